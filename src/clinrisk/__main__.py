@@ -1,0 +1,3 @@
+from clinrisk.cli import main
+
+main()

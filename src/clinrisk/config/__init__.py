@@ -1,0 +1,181 @@
+"""Typed configuration: one pydantic model per stage, loaded from YAML, overridable by dotted keys.
+
+Every error names the dotted key (``generate.n_patients``) and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from clinrisk.config.base import Section
+from clinrisk.config.features import FeaturesConfig, LabelsConfig, SplitConfig
+from clinrisk.config.generate import GenerateConfig
+from clinrisk.config.modeling import (
+    EvaluateConfig,
+    SelectConfig,
+    ThresholdConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+from clinrisk.config.monitoring import MonitoringConfig
+from clinrisk.config.run import RunConfig
+from clinrisk.config.serving import ServingConfig
+from clinrisk.config.validate import ValidateConfig
+from clinrisk.errors import ConfigError
+
+__all__ = [
+    "ClinriskConfig",
+    "EvaluateConfig",
+    "FeaturesConfig",
+    "GenerateConfig",
+    "LabelsConfig",
+    "MonitoringConfig",
+    "RunConfig",
+    "SelectConfig",
+    "ServingConfig",
+    "SplitConfig",
+    "ThresholdConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "ValidateConfig",
+    "apply_overrides",
+    "config_hash",
+    "flatten_config",
+    "load_config",
+    "save_config",
+]
+
+
+class ClinriskConfig(Section):
+    """The whole configuration of a clinrisk run."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+
+    model_config = Section.model_config | {"populate_by_name": True}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict with the YAML key names."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join("validate" if p == "validate_" else str(p) for p in item["loc"]) or "<root>"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r}: expected KEY=VALUE with a dotted key, e.g. generate.n_patients=1000"
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw config dict."""
+    known = ClinriskConfig.model_fields
+    aliases = {f.alias or name: name for name, f in known.items()}
+    for text in overrides:
+        path, value = _parse_override(text)
+        if path[0] not in aliases:
+            raise ConfigError(f"override {'.'.join(path)}: unknown section {path[0]!r}")
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ClinriskConfig:
+    """Load, override and validate a config; errors name the key or the file."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p}: not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p}: not valid YAML ({exc})") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping of sections")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+        source += " + overrides"
+    try:
+        return ClinriskConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def save_config(cfg: ClinriskConfig, path: str | Path) -> Path:
+    """Write the effective config as YAML (saved next to every output)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return p
+
+
+def flatten_config(cfg: ClinriskConfig) -> dict[str, str]:
+    """Flat ``section.key -> str(value)`` map (MLflow params)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = json.dumps(node) if isinstance(node, list | tuple) else str(node)
+
+    walk("", cfg.to_dict())
+    return out
+
+
+def config_hash(cfg: ClinriskConfig, sections: tuple[str, ...] | None = None) -> str:
+    """Stable sha256 of the config (or of some sections), for provenance and cache keys."""
+    d = cfg.to_dict()
+    if sections is not None:
+        d = {k: d[k] for k in sections}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()

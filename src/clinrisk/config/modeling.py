@@ -1,0 +1,67 @@
+"""Feature selection, training, threshold, evaluation and tracking settings (science.md §4, §5)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from clinrisk.config.base import Section
+
+
+class SelectConfig(Section):
+    """Feature selection under a memory budget: cheap filters, then stability selection with probes."""
+
+    enabled: bool = True
+    memory_budget_mb: int = Field(1500, ge=64, description="peak memory the step may plan for")
+    sample_rows: int = Field(400_000, ge=1_000, description="patient-grouped sample size for filters")
+    max_missing_share: float = Field(0.995, gt=0.0, le=1.0)
+    correlation_threshold: float = Field(0.95, gt=0.0, le=1.0, description="Spearman |rho| clustering cut")
+    n_probes: int = Field(10, ge=1, le=100)
+    rounds: int = Field(10, ge=2, le=100)
+    min_frequency: float = Field(0.7, ge=0.0, le=1.0)
+    probe_rounds_boost: int = Field(200, ge=10, le=2000, description="boosting rounds per stability fit")
+
+
+class TrainConfig(Section):
+    """LightGBM settings; imbalance handled by calibration + threshold, not resampling."""
+
+    num_boost_round: int = Field(2000, ge=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+    learning_rate: float = Field(0.05, gt=0.0, le=1.0)
+    num_leaves: int = Field(31, ge=2, le=4096)
+    min_data_in_leaf: int = Field(200, ge=1)
+    feature_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    bagging_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    bagging_freq: int = Field(1, ge=0)
+    lambda_l2: float = Field(1.0, ge=0.0)
+    max_bin: int = Field(255, ge=2, le=255)
+    num_threads: int = Field(0, ge=0, description="0 = all cores")
+    positive_class_weight: float = Field(1.0, gt=0.0, description=">1 weights positives; odds corrected")
+    calibration: Literal["logistic", "isotonic", "auto", "none"] = "auto"
+
+
+class ThresholdConfig(Section):
+    """Decision threshold from decision-curve net benefit (science.md §4.2)."""
+
+    threshold_probability: float = Field(0.10, gt=0.0, lt=1.0, description="p_t")
+    sensitivity_range: tuple[float, float] = (0.05, 0.20)
+    alert_capacity: float | None = Field(None, gt=0.0, le=1.0, description="max share of rows alerted")
+
+
+class EvaluateConfig(Section):
+    """Evaluation: bootstrap, patient-level horizons, slices."""
+
+    bootstrap_replicates: int = Field(200, ge=10, le=10_000)
+    patient_k_years: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    slice_auc_delta: float = Field(0.03, gt=0.0)
+    slice_oe_bounds: tuple[float, float] = (0.8, 1.25)
+
+
+class TrackingConfig(Section):
+    """MLflow tracking and registry. tracking_uri None = sqlite under run.output_dir."""
+
+    tracking_uri: str | None = None
+    experiment_name: str = Field("clinrisk", min_length=1)
+    registered_model_name: str = Field("clinrisk", pattern=r"^[A-Za-z0-9_.-]+$")
+    enabled: bool = True

@@ -1,0 +1,20 @@
+"""Run-level settings: where outputs go and the master seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from clinrisk.config.base import Section
+
+
+class RunConfig(Section):
+    """Where a run writes, and the master seed every stage derives its randomness from."""
+
+    name: str = Field(
+        "default", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, used in paths and MLflow"
+    )
+    output_dir: Path = Field(Path("outputs"), description="root of all run outputs (data, bundle, mlruns)")
+    seed: int = Field(20261123, ge=0, le=2**63 - 1)
+    workers: int = Field(2, ge=1, le=256, description="worker processes for per-shard stages")
