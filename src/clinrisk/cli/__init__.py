@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from clinrisk.cli import data, features, model, monitor, pipeline, rollout, serve
+from clinrisk.cli import (
+    data,
+    evaluation,
+    features,
+    model,
+    monitor,
+    pipeline,
+    rollout,
+    selection,
+    serve,
+    validation,
+)
 from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
 
 
@@ -19,7 +30,7 @@ def build_app() -> typer.Typer:
     )
     app.command("config")(show_config)
     app.command("version")(show_version)
-    for area in (data, features, model, pipeline, serve, rollout, monitor):
+    for area in (data, validation, features, selection, model, evaluation, pipeline, serve, rollout, monitor):
         area.register(app)
     return app
 
