@@ -1,9 +1,88 @@
-"""`clinrisk` commands for this area; each is a thin wrapper over library functions."""
+"""`clinrisk pipeline run|compile|submit` and the top-level `clinrisk run` (the main job)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from clinrisk.cli.common import DEFAULT_CONFIG, ConfigOption, SetOption, handle_errors
+
+pipeline_app = typer.Typer(
+    help="Run, compile or submit the Kubeflow training pipeline.", no_args_is_help=True
+)
+
+RunnerOption = Annotated[
+    str,
+    typer.Option("--runner", help="subprocess (tier 1, this interpreter) or docker (tier 2, pipeline image)"),
+]
+
+
+def _config_path(config: Path | None) -> Path | None:
+    return config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+
+
+@pipeline_app.command("run")
+@handle_errors
+def pipeline_run(
+    config: ConfigOption = None, sets: SetOption = None, runner: RunnerOption = "subprocess"
+) -> None:
+    """Run the whole training pipeline locally with kfp.local."""
+    from clinrisk.errors import ConfigError
+    from clinrisk.pipeline_runner import run_local
+
+    if runner not in ("subprocess", "docker"):
+        raise ConfigError(f"--runner: unknown runner {runner!r} (subprocess or docker)")
+    result = run_local(_config_path(config), sets, runner=runner)  # type: ignore[arg-type]
+    _print_locations(result.run_root, result.pipeline_dir, result.model_uri, result.tracking_uri)
+
+
+def _print_locations(run_root: Path, pipeline_dir: Path, model_uri: str, tracking_uri: str) -> None:
+    typer.echo(f"pipeline outputs : {pipeline_dir}  (also {run_root / 'latest'})")
+    reports = sorted(pipeline_dir.glob("evaluate/report*")) + sorted(
+        pipeline_dir.glob("evaluate/evaluation/report.md")
+    )
+    for r in reports:
+        typer.echo(f"evaluation report: {r}")
+    typer.echo(f"registered model : {model_uri}")
+    typer.echo(f"MLflow store     : {tracking_uri}")
+    typer.echo(f"MLflow UI        : .venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000")
+
+
+@pipeline_app.command("compile")
+@handle_errors
+def pipeline_compile(
+    out: Annotated[Path, typer.Option("--out", help="IR YAML to write")] = Path(
+        "outputs/kfp/clinrisk-training.yaml"
+    ),
+    parallelism: Annotated[int, typer.Option(min=1, help="max concurrent shard tasks")] = 2,
+) -> None:
+    """Compile the pipeline to its IR YAML (no server needed)."""
+    from clinrisk.pipeline_runner import compile_pipeline
+
+    typer.echo(str(compile_pipeline(out, parallelism)))
+
+
+@pipeline_app.command("submit")
+@handle_errors
+def pipeline_submit(
+    host: Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080")],
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    experiment: Annotated[str, typer.Option("--experiment")] = "clinrisk",
+    schedule: Annotated[str | None, typer.Option("--schedule", help="6-field cron: recurring run")] = None,
+    deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="canary-deploy the new model")] = False,
+) -> None:
+    """Submit the pipeline to Kubeflow Pipelines as a one-off or recurring run."""
+    from clinrisk.pipeline_runner import submit_pipeline
+
+    run_id = submit_pipeline(
+        host, _config_path(config), sets, experiment=experiment, schedule=schedule, deploy=deploy
+    )
+    typer.echo(f"submitted: {run_id}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
+    """Add the pipeline commands to the root app."""
+    app.add_typer(pipeline_app, name="pipeline")

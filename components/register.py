@@ -1,0 +1,19 @@
+"""Component: log the run's artifacts to MLflow and register the bundle as the `challenger`."""
+
+from kfp import dsl
+
+from clinrisk.images import pipeline_image
+
+
+@dsl.component(base_image=pipeline_image(), install_kfp_package=False)
+def register(
+    config: dsl.Input[dsl.Artifact],
+    bundle: dsl.Input[dsl.Model],
+    evaluation: dsl.Input[dsl.Artifact],
+    validation_report: dsl.Input[dsl.Markdown],
+    mlflow_run_id: str,
+) -> str:
+    """Register the bundle in the MLflow model registry; returns the model URI (models:/name/version)."""
+    from clinrisk.steps import register_step
+
+    return register_step(config.path, bundle.path, evaluation.path, validation_report.path, mlflow_run_id)

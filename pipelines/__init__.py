@@ -1,0 +1,1 @@
+"""Kubeflow pipeline definitions for clinrisk (wiring only; the logic lives in ``clinrisk``)."""

@@ -1,0 +1,146 @@
+"""Run, compile and submit the Kubeflow training pipeline (tier 1 and 2 locally, tier 3 on a cluster).
+
+The DAG itself lives in ``pipelines/training.py``; this module only chooses a runner and passes the typed
+config in as pipeline parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from clinrisk.config import ClinriskConfig, load_config
+from clinrisk.errors import ConfigError, StageError
+from clinrisk.paths import RunPaths
+
+Runner = Literal["subprocess", "docker"]
+
+
+@dataclass(frozen=True)
+class LocalRunResult:
+    """Where a local pipeline run left its outputs."""
+
+    run_root: Path
+    pipeline_dir: Path
+    model_uri: str
+    tracking_uri: str
+
+
+def effective_local_config(config_path: Path | None, overrides: list[str]) -> ClinriskConfig:
+    """Load the config and pin the paths a local run needs to absolute ones (components run elsewhere)."""
+    cfg = load_config(config_path, overrides)
+    out = Path(cfg.run.output_dir).resolve()
+    cfg.run.output_dir = out
+    if cfg.tracking.tracking_uri is None:
+        cfg.tracking.tracking_uri = local_tracking_uri(cfg)
+    return cfg
+
+
+def local_tracking_uri(cfg: ClinriskConfig) -> str:
+    """sqlite MLflow store under the run directory (tier 1/2 default)."""
+    mlflow_dir = (RunPaths.for_config(cfg).mlflow).resolve()
+    mlflow_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+
+
+def pipeline_arguments(cfg: ClinriskConfig, deploy: bool = False) -> dict[str, Any]:
+    """Pipeline parameters: the whole effective config as YAML text (one source of truth) plus deploy knobs."""
+    return {
+        "config_yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+        "overrides": [],
+        "deploy": deploy,
+    }
+
+
+def run_local(
+    config_path: Path | None,
+    overrides: list[str] | None = None,
+    runner: Runner = "subprocess",
+) -> LocalRunResult:
+    """Run the training pipeline with ``kfp.local`` (SubprocessRunner, or DockerRunner in the pipeline image)."""
+    import kfp.local
+    from pipelines.training import PIPELINE_NAME, build_training_pipeline
+
+    cfg = effective_local_config(config_path, list(overrides or []))
+    run_root = RunPaths.for_config(cfg).root.resolve()
+    run_root.mkdir(parents=True, exist_ok=True)
+    if runner == "subprocess":
+        kfp_runner: Any = kfp.local.SubprocessRunner(use_venv=False)
+    elif runner == "docker":
+        kfp_runner = kfp.local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}")
+    else:
+        raise ConfigError(f"--runner: unknown runner {runner!r} (subprocess or docker)")
+    kfp.local.init(runner=kfp_runner, pipeline_root=str(run_root), raise_on_error=True)
+    before = set(run_root.glob(f"{PIPELINE_NAME}-*"))
+    pipeline = build_training_pipeline(parallelism=cfg.run.workers)
+    try:
+        task = pipeline(**pipeline_arguments(cfg))
+    except RuntimeError as exc:
+        raise StageError(f"pipeline {PIPELINE_NAME} failed: {exc}") from exc
+    created = sorted(set(run_root.glob(f"{PIPELINE_NAME}-*")) - before)
+    if not created:
+        raise StageError(f"pipeline {PIPELINE_NAME}: no run directory under {run_root}")
+    pipeline_dir = created[-1]
+    latest = run_root / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(pipeline_dir.name)
+    return LocalRunResult(
+        run_root=run_root,
+        pipeline_dir=pipeline_dir,
+        model_uri=str(task.output),
+        tracking_uri=str(cfg.tracking.tracking_uri),
+    )
+
+
+def compile_pipeline(out_file: Path, parallelism: int = 2) -> Path:
+    """Write the pipeline IR YAML (no server needed)."""
+    from kfp import compiler
+    from pipelines.training import build_training_pipeline
+
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_training_pipeline(parallelism), str(out_file))
+    return out_file
+
+
+def submit_pipeline(
+    host: str,
+    config_path: Path | None,
+    overrides: list[str] | None = None,
+    experiment: str = "clinrisk",
+    schedule: str | None = None,
+    run_name: str | None = None,
+    deploy: bool = False,
+    package_dir: Path = Path("outputs/kfp"),
+) -> str:
+    """Submit a one-off run, or a recurring run when ``schedule`` (6-field cron) is given; returns its id."""
+    import kfp
+
+    cfg = load_config(config_path, list(overrides or []))
+    package = compile_pipeline(Path(package_dir) / "clinrisk-training.yaml", parallelism=cfg.run.workers)
+    arguments = pipeline_arguments(cfg, deploy=deploy)
+    client = kfp.Client(host=host)
+    name = run_name or f"clinrisk-{cfg.run.name}"
+    if schedule:
+        if len(schedule.split()) != 6:
+            raise ConfigError(
+                f"--schedule: {schedule!r} is not a 6-field cron (seconds first), e.g. '0 0 2 * * *'"
+            )
+        exp = client.create_experiment(name=experiment)
+        job = client.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name=name,
+            cron_expression=schedule,
+            pipeline_package_path=str(package),
+            params=arguments,
+        )
+        return str(job.recurring_run_id)
+    run = client.create_run_from_pipeline_package(
+        str(package), arguments=arguments, run_name=name, experiment_name=experiment
+    )
+    return str(run.run_id)
