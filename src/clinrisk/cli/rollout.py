@@ -1,9 +1,121 @@
-"""`clinrisk` commands for this area; each is a thin wrapper over library functions."""
+"""`clinrisk rollout canary|status|promote|rollback`: canary rollout of the InferenceService via the API."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from clinrisk.cli.common import ConfigOption, SetOption, handle_errors
+
+if TYPE_CHECKING:
+    from clinrisk.rollout import Rollout
+
+rollout_app = typer.Typer(
+    help="Canary rollout of the clinrisk InferenceService (KServe, Knative mode).", no_args_is_help=True
+)
+
+NamespaceOption = Annotated[str, typer.Option("--namespace", "-n", help="namespace of the InferenceService")]
+NameOption = Annotated[str, typer.Option("--name", help="InferenceService name")]
+ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: current)")]
+WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the step has settled")]
+TimeoutOption = Annotated[
+    float, typer.Option("--timeout", min=1, help="seconds to wait for the step to settle")
+]
+
+
+def _rollout(namespace: str, name: str, context: str | None) -> Rollout:
+    from clinrisk.rollout import KubernetesIsvcApi, Rollout
+
+    return Rollout(KubernetesIsvcApi(context=context), namespace=namespace, name=name)
+
+
+@rollout_app.command("status")
+@handle_errors
+def status(
+    namespace: NamespaceOption = "clinrisk",
+    name: NameOption = "clinrisk",
+    context: ContextOption = None,
+    config: ConfigOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Print phase, generations, model URIs and the traffic split."""
+    r = _rollout(namespace, name, context)
+    typer.echo(r.status().summary())
+
+
+@rollout_app.command("canary")
+@handle_errors
+def canary(
+    percent: Annotated[int, typer.Option("--percent", "-p", help="traffic to the canary, 0..100")],
+    model_uri: Annotated[
+        str | None, typer.Option("--model-uri", help="bundle to canary (omit to shift a running canary)")
+    ] = None,
+    namespace: NamespaceOption = "clinrisk",
+    name: NameOption = "clinrisk",
+    context: ContextOption = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 600,
+    config: ConfigOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Start a canary of --model-uri at --percent %, or shift the running canary's traffic."""
+    from clinrisk.rollout import validate_percent
+
+    validate_percent(percent)  # fail before touching the cluster
+    r = _rollout(namespace, name, context)
+    typer.echo(r.canary(model_uri, percent, wait=wait, timeout_s=timeout).summary())
+
+
+@rollout_app.command("promote")
+@handle_errors
+def promote(
+    namespace: NamespaceOption = "clinrisk",
+    name: NameOption = "clinrisk",
+    context: ContextOption = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 600,
+    prometheus_url: Annotated[
+        str | None, typer.Option("--prometheus-url", help="gate on canary metrics from this Prometheus")
+    ] = None,
+    max_error_rate: Annotated[float, typer.Option(help="gate: max canary 5xx rate")] = 0.01,
+    max_p95_latency: Annotated[float, typer.Option(help="gate: max canary p95 latency, seconds")] = 0.5,
+    min_requests: Annotated[int, typer.Option(help="gate: min canary requests in the window")] = 50,
+    window: Annotated[str, typer.Option(help="gate: PromQL range window")] = "5m",
+    config: ConfigOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Send 100 % to the canary (optionally only if its Prometheus metrics are within bounds)."""
+    from clinrisk.rollout import GateBounds, RolloutState, evaluate_gate, query_canary_metrics
+
+    r = _rollout(namespace, name, context)
+    gate = None
+    if prometheus_url:
+        bounds = GateBounds(max_error_rate, max_p95_latency, min_requests)
+
+        def gate(state: RolloutState) -> list[str]:
+            revision = state.latest_ready or ""
+            return evaluate_gate(query_canary_metrics(prometheus_url, revision, namespace, window), bounds)
+
+    typer.echo(r.promote(wait=wait, timeout_s=timeout, gate=gate).summary())
+
+
+@rollout_app.command("rollback")
+@handle_errors
+def rollback(
+    namespace: NamespaceOption = "clinrisk",
+    name: NameOption = "clinrisk",
+    context: ContextOption = None,
+    wait: WaitOption = True,
+    timeout: TimeoutOption = 600,
+    config: ConfigOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Restore the previous model URI (traffic returns to the previous revision at once during a canary)."""
+    r = _rollout(namespace, name, context)
+    typer.echo(r.rollback(wait=wait, timeout_s=timeout).summary())
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
+    """Add ``clinrisk rollout ...`` to the root app."""
+    app.add_typer(rollout_app, name="rollout")

@@ -1,9 +1,50 @@
-"""`clinrisk` commands for this area; each is a thin wrapper over library functions."""
+"""`clinrisk validate`: check raw shards against the raw schema, quarantine failing rows, write a report."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+
+RawOption = Annotated[Path | None, typer.Option("--raw", help="raw dataset dir (default: <run>/raw)")]
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", help="output root for validated/, quarantine/, validation/ (default: the run dir)"),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", "-w", min=1, help="worker processes (default: run.workers)")
+]
+
+
+@handle_errors
+def validate_cmd(
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    raw: RawOption = None,
+    out: OutOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Validate raw observed shards; passing rows -> validated/, failing rows -> quarantine/ with reasons."""
+    from clinrisk.paths import RunPaths
+    from clinrisk.validate import validate_dataset
+
+    cfg = load(config, sets)
+    paths = RunPaths.for_config(cfg)
+    out_dir = out if out is not None else paths.root
+    report = validate_dataset(cfg, raw if raw is not None else paths.raw, out_dir, workers=workers)
+    typer.echo(
+        f"validated {report['rows_in']:,} rows in {report['n_shards']} shard(s): "
+        f"{report['rows_valid']:,} valid, {report['rows_quarantined']:,} quarantined "
+        f"({report['quarantine_fraction']:.3%})"
+    )
+    for f in sorted(report["failures_by_check"], key=lambda f: -f["rows"])[:10]:
+        typer.echo(f"  {f['check']:<24} {f['column']:<28} {f['rows']:>10,}")
+    typer.echo(f"report: {out_dir / 'validation' / 'report.md'}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("validate")(validate_cmd)

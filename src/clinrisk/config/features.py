@@ -16,6 +16,9 @@ class FeaturesConfig(Section):
     locf: bool = Field(True, description="last value carried forward + years_since_last per lab")
     max_categories: int = Field(64, ge=2, le=1024, description="K: levels kept per categorical")
     min_category_share: float = Field(0.001, ge=0.0, lt=1.0, description="rarer levels become __OTHER__")
+    other_dx_rollup_chars: int = Field(
+        3, ge=0, le=10, description="roll other_dx_code up to its first N characters (0 = no roll-up)"
+    )
 
 
 class LabelsConfig(Section):
@@ -26,6 +29,15 @@ class LabelsConfig(Section):
     # Assumed delay pmf over D ∈ {-1, 0, 1, 2, 3} used by E1b (support) and E2 (weights).
     assumed_delay_pmf: list[float] = Field(default_factory=lambda: [0.05, 0.40, 0.30, 0.15, 0.10])
     delay_support_min: int = Field(-1, ge=-5, le=0)
+    min_history_years: int = Field(
+        1, ge=0, le=20, description="a prediction row needs year >= entry_year + min_history_years"
+    )
+    assumed_annual_incidence: float = Field(
+        0.024,
+        ge=0.0,
+        lt=1.0,
+        description="h-bar for E2 soft labels of never-recorded patients (science §2.2)",
+    )
 
     @model_validator(mode="after")
     def _pmf_is_a_distribution(self) -> LabelsConfig:

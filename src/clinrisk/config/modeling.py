@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from clinrisk.config.base import Section
 
@@ -16,11 +16,17 @@ class SelectConfig(Section):
     memory_budget_mb: int = Field(1500, ge=64, description="peak memory the step may plan for")
     sample_rows: int = Field(400_000, ge=1_000, description="patient-grouped sample size for filters")
     max_missing_share: float = Field(0.995, gt=0.0, le=1.0)
+    near_constant_share: float = Field(
+        0.9995, gt=0.5, le=1.0, description="drop when one value covers >= this share of non-missing rows"
+    )
     correlation_threshold: float = Field(0.95, gt=0.0, le=1.0, description="Spearman |rho| clustering cut")
     n_probes: int = Field(10, ge=1, le=100)
     rounds: int = Field(10, ge=2, le=100)
     min_frequency: float = Field(0.7, ge=0.0, le=1.0)
     probe_rounds_boost: int = Field(200, ge=10, le=2000, description="boosting rounds per stability fit")
+    probe_threshold: Literal["max", "matched"] = Field(
+        "max", description="max: beat every probe; matched: beat probes with <= as many distinct values"
+    )
 
 
 class TrainConfig(Section):
@@ -50,12 +56,45 @@ class ThresholdConfig(Section):
 
 
 class EvaluateConfig(Section):
-    """Evaluation: bootstrap, patient-level horizons, slices."""
+    """Evaluation: bootstrap, patient-level horizons, slices, error analysis (science.md §4.3, §7)."""
 
     bootstrap_replicates: int = Field(200, ge=10, le=10_000)
+    ci_level: float = Field(0.95, gt=0.5, lt=1.0, description="patient-cluster bootstrap CI level")
     patient_k_years: list[int] = Field(default_factory=lambda: [1, 2, 3])
     slice_auc_delta: float = Field(0.03, gt=0.0)
     slice_oe_bounds: tuple[float, float] = (0.8, 1.25)
+    slice_columns: list[str] = Field(
+        default_factory=lambda: ["insurance", "ethnicity", "age_band", "sex"],
+        description="age_band is derived from the age column",
+    )
+    age_band_edges: tuple[int, int] = Field((45, 65), description="<45, 45-64, >=65")
+    net_benefit_range: tuple[float, float] = (0.02, 0.30)
+    top_k_errors: int = Field(50, ge=0, le=10_000, description="highest-risk FPs / lowest-risk FNs listed")
+    top_contributions: int = Field(5, ge=1, le=50, description="SHAP contributions shown per listed row")
+    max_curve_points: int = Field(200, ge=10, le=10_000, description="ROC/PR points kept for KFP")
+    # Error-analysis roles -> feature column; unset roles are detected from the column names.
+    error_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="keys: hba1c_count, hba1c_years_since, visits, bmi",
+    )
+
+    @model_validator(mode="after")
+    def _sane(self) -> EvaluateConfig:
+        lo, hi = self.slice_oe_bounds
+        if not 0 < lo < 1 < hi:
+            raise ValueError("evaluate.slice_oe_bounds: need 0 < lo < 1 < hi")
+        a, b = self.age_band_edges
+        if not 0 < a < b:
+            raise ValueError("evaluate.age_band_edges: need 0 < first < second")
+        nlo, nhi = self.net_benefit_range
+        if not 0 < nlo < nhi < 1:
+            raise ValueError("evaluate.net_benefit_range: need 0 < lo < hi < 1")
+        if any(k < 1 for k in self.patient_k_years):
+            raise ValueError("evaluate.patient_k_years: years must be >= 1")
+        unknown = set(self.error_columns) - {"hba1c_count", "hba1c_years_since", "visits", "bmi"}
+        if unknown:
+            raise ValueError(f"evaluate.error_columns: unknown roles {sorted(unknown)}")
+        return self
 
 
 class TrackingConfig(Section):

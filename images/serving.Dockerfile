@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# clinrisk serving image: kserve.ModelServer + clinrisk.serving predictor (`clinrisk serve`), loads the bundle from
+# /mnt/models (KServe's storage initializer puts STORAGE_URI there). Same wheelhouse context as the
+# pipeline image.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+COPY requirements-image.txt /wheels/requirements-image.txt
+COPY wheels/deps/ /wheels/deps/
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-index --find-links /wheels/deps -r /wheels/requirements-image.txt
+COPY wheels/clinrisk/ /wheels/clinrisk/
+RUN /opt/venv/bin/pip install --no-index --no-deps /wheels/clinrisk/clinrisk-*.whl \
+ && /opt/venv/bin/pip check \
+ && /opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib \
+ && /opt/venv/bin/pip uninstall -y -q pip
+
+FROM ${BASE_IMAGE}
+RUN if ! ldconfig -p | grep -q 'libgomp.so.1'; then \
+      apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && groupadd --gid 10001 clinrisk && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp clinrisk \
+ && mkdir -p /mnt/models && chown 10001:10001 /mnt/models
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/tmp TMPDIR=/tmp MPLCONFIGDIR=/tmp/matplotlib XDG_CACHE_HOME=/tmp/.cache \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v1/models/clinrisk', timeout=2)"]
+# `clinrisk serve` runs kserve.ModelServer with the clinrisk predictor; the config default host is
+# 127.0.0.1 (safe for tier 1), so the container binds all interfaces explicitly.
+ENTRYPOINT ["clinrisk", "serve"]
+CMD ["--bundle", "/mnt/models", "--set", "serving.host=0.0.0.0", "--set", "serving.http_port=8080"]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Apply the clinrisk namespace, RBAC, NetworkPolicies and the InferenceService for a profile.
+#   deploy.sh kind                       manifests/overlays/kind as is
+#   deploy.sh gke                        overlays/gke with REGISTRY, MODEL_URI, GSA substituted
+# MODEL_URI (optional) overrides the bundle the InferenceService serves on first deployment.
+set -euo pipefail
+# shellcheck source=scripts/k8s/lib.sh
+source "$(dirname "$0")/lib.sh"
+PROFILE="${1:-kind}"
+TAG="${TAG:-$("$REPO_ROOT/.venv/bin/python" -c 'import clinrisk; print(clinrisk.__version__)')}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+# A generated kustomization wraps the overlay, so the checked-in files never carry site values.
+overlay_rel="$(realpath --relative-to="$WORK" "$REPO_ROOT/manifests/overlays/$PROFILE")"
+{
+  echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+  echo "kind: Kustomization"
+  echo "resources: [\"$overlay_rel\"]"
+  echo "images:"
+  if [[ "$PROFILE" == "gke" ]]; then
+    : "${REGISTRY:?set REGISTRY}"
+    # the gke overlay already renamed the image to its documented default registry path
+    echo "  - {name: europe-west4-docker.pkg.dev/clinrisk-project/clinrisk/serving, newName: \"$REGISTRY/serving\", newTag: \"$TAG\"}"
+  else
+    echo "  - {name: clinrisk/serving, newTag: \"$TAG\"}"
+  fi
+  if [[ -n "${MODEL_URI:-}" || -n "${GSA:-}" ]]; then
+    echo "patches:"
+  fi
+  if [[ -n "${MODEL_URI:-}" ]]; then
+    echo "  - target: {kind: InferenceService, name: clinrisk}"
+    echo "    patch: |-"
+    echo "      - {op: replace, path: /spec/predictor/containers/0/env/0/value, value: \"$MODEL_URI\"}"
+    echo "      - {op: replace, path: /metadata/annotations/clinrisk.io~1model-uri, value: \"$MODEL_URI\"}"
+  fi
+  if [[ -n "${GSA:-}" ]]; then
+    echo "  - target: {kind: ServiceAccount, name: clinrisk-predictor}"
+    echo "    patch: |-"
+    echo "      - {op: replace, path: /metadata/annotations/iam.gke.io~1gcp-service-account, value: \"$GSA\"}"
+  fi
+} >"$WORK/kustomization.yaml"
+
+log "applying overlay $PROFILE"
+"$KUBECTL" kustomize "$WORK" >"$WORK/rendered.yaml"
+"$KUBECTL" apply --server-side -f "$WORK/rendered.yaml"
+"$KUBECTL" -n "$NAMESPACE" get inferenceservice clinrisk

@@ -1,0 +1,152 @@
+"""Recalibration of the (odds-corrected) model logit on the validation split (science.md §4.2 step 2, §8).
+
+Labels may be soft (E2 expected labels in [0, 1]): both maps minimise the weighted log-loss / squared
+error against the label as given, so the recorded-label bias that E2 removed is not reintroduced.
+Stored as JSON in the bundle; applied by :meth:`clinrisk.bundle.ModelBundle.predict_proba`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from clinrisk.bundle import PROB_EPS, sigmoid
+from clinrisk.errors import DataError
+
+FloatArray = npt.NDArray[np.float64]
+Method = Literal["logistic", "isotonic", "auto", "none"]
+# science.md §4.2: isotonic only once the validation split holds enough positives to support it.
+ISOTONIC_MIN_POSITIVES = 1000
+
+
+def _arrays(z: Any, y: Any, w: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
+    zz = np.asarray(z, dtype=np.float64).ravel()
+    yy = np.asarray(y, dtype=np.float64).ravel()
+    ww = np.ones_like(zz) if w is None else np.asarray(w, dtype=np.float64).ravel()
+    if not (zz.size == yy.size == ww.size):
+        raise DataError(
+            f"calibration: length mismatch (scores {zz.size}, labels {yy.size}, weights {ww.size})"
+        )
+    if zz.size == 0:
+        raise DataError("calibration: no validation rows to fit on")
+    if not np.all(np.isfinite(zz)):
+        raise DataError("calibration: non-finite model scores")
+    if np.any((yy < 0) | (yy > 1)) or not np.all(np.isfinite(yy)):
+        raise DataError("calibration: labels must lie in [0, 1]")
+    if np.any(ww < 0):
+        raise DataError("calibration: negative sample weights")
+    return zz, yy, ww
+
+
+def fit_logistic(z: Any, y: Any, w: Any = None, max_iter: int = 100) -> tuple[float, float]:
+    """(a, b) of ``P(Y=1) = σ(a + b·z)`` by Newton's method on the weighted soft-label log-likelihood."""
+    zz, yy, ww = _arrays(z, y, w)
+    X = np.column_stack([np.ones_like(zz), zz])
+
+    def loglik(beta: FloatArray) -> float:
+        eta = X @ beta
+        # log σ(η) = −log(1 + e^{−η}); logaddexp keeps it finite for large |η|.
+        return float(-np.sum(ww * (yy * np.logaddexp(0, -eta) + (1 - yy) * np.logaddexp(0, eta))))
+
+    beta = np.array([0.0, 1.0])  # start at the identity map
+    ll = loglik(beta)
+    for _ in range(max_iter):
+        p = sigmoid(X @ beta)
+        grad = X.T @ (ww * (yy - p))
+        hess = (X * (ww * p * (1 - p))[:, None]).T @ X + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while t > 1e-8:  # step halving keeps every iteration an ascent step
+            cand = beta + t * step
+            ll_c = loglik(cand)
+            if ll_c >= ll - 1e-12:
+                break
+            t /= 2
+        if t <= 1e-8:
+            break
+        converged = abs(ll_c - ll) < 1e-10 * (1 + abs(ll))
+        beta, ll = cand, ll_c
+        if converged:
+            break
+    return float(beta[0]), float(beta[1])
+
+
+def fit_isotonic(z: Any, y: Any, w: Any = None) -> tuple[list[float], list[float]]:
+    """Knots (x on the logit scale, y probability) of a weighted isotonic fit, interpolated linearly."""
+    from sklearn.isotonic import IsotonicRegression
+
+    zz, yy, ww = _arrays(z, y, w)
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    iso.fit(zz, yy, sample_weight=ww)
+    return [float(v) for v in iso.X_thresholds_], [float(v) for v in iso.y_thresholds_]
+
+
+def fit_calibration(
+    z: Any,
+    y: Any,
+    w: Any = None,
+    method: Method = "auto",
+    isotonic_min_positives: int = ISOTONIC_MIN_POSITIVES,
+) -> dict[str, Any]:
+    """Fit the calibration map of odds-corrected logits ``z`` to (soft) labels ``y`` on validation rows.
+
+    ``auto`` = isotonic when the (weighted, expected) positive count exceeds ``isotonic_min_positives``,
+    else logistic recalibration of the logit (Platt on the logit).
+    """
+    zz, yy, ww = _arrays(z, y, w)
+    n_pos = float(np.sum(ww * yy))
+    n = float(np.sum(ww))
+    chosen = method
+    if method == "auto":
+        chosen = "isotonic" if n_pos > isotonic_min_positives else "logistic"
+    base: dict[str, Any] = {"n": n, "n_pos": n_pos, "requested": method}
+    if chosen == "none":
+        return {"method": "none", **base}
+    if n_pos <= 0 or n_pos >= n:
+        raise DataError("calibration: validation labels have a single class; cannot fit a calibration map")
+    if chosen == "logistic":
+        a, b = fit_logistic(zz, yy, ww)
+        return {"method": "logistic", "a": a, "b": b, **base}
+    if chosen == "isotonic":
+        xs, ys = fit_isotonic(zz, yy, ww)
+        return {"method": "isotonic", "x": xs, "y": ys, "scale": "logit", **base}
+    raise DataError(f"train.calibration: unknown method {method!r}")
+
+
+def validate_calibration(cal: Any) -> None:
+    """Check a calibration JSON object has the parameters its method needs."""
+    if not isinstance(cal, dict) or "method" not in cal:
+        raise DataError("calibration: expected an object with a 'method' key")
+    m = cal["method"]
+    if m == "none":
+        return
+    if m == "logistic":
+        for k in ("a", "b"):
+            if not isinstance(cal.get(k), int | float) or not np.isfinite(cal[k]):
+                raise DataError(f"calibration: logistic parameter {k!r} missing or not a finite number")
+        return
+    if m == "isotonic":
+        xs, ys = cal.get("x"), cal.get("y")
+        if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys) or not xs:
+            raise DataError("calibration: isotonic knots 'x'/'y' missing or of different lengths")
+        if np.any(np.diff(np.asarray(xs, dtype=np.float64)) < 0):
+            raise DataError("calibration: isotonic knots 'x' not sorted")
+        return
+    raise DataError(f"calibration: unknown method {m!r}")
+
+
+def apply_calibration(cal: dict[str, Any], z: Any) -> FloatArray:
+    """Calibrated probabilities for odds-corrected logits ``z``; kept inside [1e-7, 1 − 1e-7]."""
+    zz = np.asarray(z, dtype=np.float64)
+    m = cal["method"]
+    if m == "none":
+        p = sigmoid(zz)
+    elif m == "logistic":
+        p = sigmoid(float(cal["a"]) + float(cal["b"]) * zz)
+    elif m == "isotonic":
+        p = np.interp(zz, np.asarray(cal["x"], dtype=np.float64), np.asarray(cal["y"], dtype=np.float64))
+    else:
+        raise DataError(f"calibration: unknown method {m!r}")
+    return np.asarray(np.clip(p, PROB_EPS, 1 - PROB_EPS), dtype=np.float64)

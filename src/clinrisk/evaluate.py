@@ -1,0 +1,606 @@
+"""Evaluation orchestration (science.md §1.9, §2.4, §4.3, §7): test-split metrics against recorded AND true
+labels with patient-cluster bootstrap CIs, oracle ceilings, slices, error analysis, KFP curve data, report.
+
+Layers: :func:`load_test_frame` reads the features dataset; :func:`evaluate_predictions` is pure (frame +
+probabilities in, JSON-able dict out); :func:`evaluate_model` loads the bundle, scores, adds SHAP for the
+listed errors and publishes ``metrics.json``, ``report.md``, ``plots/*.png`` and ``predictions.parquet``
+atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from clinrisk import metrics as M
+from clinrisk.config import ClinriskConfig, EvaluateConfig
+from clinrisk.errors import DataError
+from clinrisk.io import atomic_output_dir, list_shards, read_json, write_json
+
+LABELS = {"recorded": "label_rec", "true": "eval_label_true"}
+REQUIRED = ("patient_id", "year", "split", "label_rec", "eval_label_true", "eval_oracle_risk")
+EVAL_COLUMNS = (
+    "eval_label_true",
+    "eval_oracle_risk",
+    "eval_onset_year",
+    "eval_recorded_year",
+    "eval_undiagnosed",
+)
+SLICE_METRICS = ("auc", "ap", "ap_lift", "oe", "cal_slope", "sensitivity", "ppv", "alert_rate", "net_benefit")
+# Column-name patterns used when EvaluateConfig.error_columns does not name the feature for a role.
+ERROR_ROLE_PATTERNS: dict[str, tuple[str, ...]] = {
+    "hba1c_count": (r"^hba1c_n_\d+y$", r"^hba1c_(n|count)_?\d*y?$"),
+    "hba1c_years_since": (r"^hba1c_years_since(_last)?$", r"^years_since(_last)?_hba1c$"),
+    "visits": (r"^visits$", r"^visits_sum_\d+y$"),
+    "bmi": (r"^bmi_locf$", r"^bmi_last_\d+y$", r"^bmi$"),
+}
+ContribFn = Callable[[pl.DataFrame], tuple[npt.NDArray[np.float64], list[str]]]
+
+
+# ------------------------------------------------------------------------------------------------ input
+
+
+def load_test_frame(features_dir: Path, split: str = "test") -> pl.DataFrame:
+    """Rows of ``split`` from every feature shard; missing label/eval columns are a DataError naming them."""
+    shards = list_shards(Path(features_dir))
+    lf = pl.scan_parquet([str(s) for s in shards])
+    names = lf.collect_schema().names()
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise DataError(f"{features_dir}: features dataset lacks column(s) {missing}")
+    df = lf.filter(pl.col("split").cast(pl.String) == split).collect()
+    if df.height == 0:
+        raise DataError(f"{features_dir}: no rows with split == {split!r}")
+    for c in ("label_rec", "eval_label_true", "eval_oracle_risk"):
+        if df[c].null_count():
+            raise DataError(
+                f"{features_dir}: column {c} has {df[c].null_count()} null values in {split} rows"
+            )
+    return df
+
+
+def _categories(features_dir: Path) -> dict[str, list[str]]:
+    spec = Path(features_dir) / "feature_spec.json"
+    if not spec.is_file():
+        return {}
+    cats = read_json(spec).get("categories", {}) or {}
+    return {str(k): [str(x) for x in v] for k, v in cats.items()}
+
+
+def slice_values(
+    df: pl.DataFrame, column: str, cfg: EvaluateConfig, categories: dict[str, list[str]] | None = None
+) -> npt.NDArray[np.str_] | None:
+    """String level per row for a slice; integer-coded categoricals are decoded via the feature spec.
+
+    ``age_band`` is derived from ``age`` with ``cfg.age_band_edges``. None when the column is absent.
+    """
+    categories = categories or {}
+    if column == "age_band":
+        if "age" not in df.columns:
+            return None
+        a, b = cfg.age_band_edges
+        age = df["age"].cast(pl.Float64).to_numpy()
+        out = np.where(age < a, f"<{a}", np.where(age < b, f"{a}-{b - 1}", f">={b}"))
+        return np.where(np.isnan(age), "missing", out)
+    if column not in df.columns:
+        return None
+    s = df[column]
+    if s.dtype.is_integer() and column in categories:
+        levels = categories[column]
+        codes = s.fill_null(-1).to_numpy()
+        lut = np.array([*levels, "missing"], dtype=object)
+        return np.asarray(lut[np.where((codes >= 0) & (codes < len(levels)), codes, len(levels))], dtype=str)
+    return np.asarray(s.cast(pl.String).fill_null("missing").to_numpy(), dtype=str)
+
+
+def _band_key(level: str) -> tuple[int, float, str]:
+    """Order bands numerically by their first number ("<25" < "25-29.9" < ">=35"); text after numbers."""
+    m = re.search(r"\d+(\.\d+)?", level)
+    if m is None:
+        return (1, 0.0, level)
+    bump = -0.5 if level.startswith("<") else (0.5 if level.startswith(">") else 0.0)
+    return (0, float(m.group()) + bump, level)
+
+
+def _ordered_levels(values: npt.NDArray[np.str_]) -> list[str]:
+    return sorted(set(values.tolist()), key=_band_key)
+
+
+def _detect(df: pl.DataFrame, role: str, cfg: EvaluateConfig) -> str | None:
+    if role in cfg.error_columns:
+        name = cfg.error_columns[role]
+        if name not in df.columns:
+            raise DataError(f"evaluate.error_columns.{role}: column {name!r} not in the features dataset")
+        return name
+    for pat in ERROR_ROLE_PATTERNS[role]:
+        for c in df.columns:
+            if re.search(pat, c) and not c.startswith("eval_"):
+                return c
+    return None
+
+
+def _num(df: pl.DataFrame, col: str) -> npt.NDArray[np.float64]:
+    return np.asarray(df[col].cast(pl.Float64).fill_null(float("nan")).to_numpy(), dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------- bands (§7)
+
+
+def error_bands(df: pl.DataFrame, cfg: EvaluateConfig, window_years: int | None = None) -> dict[str, Any]:
+    """Per error-analysis dimension, a string band per row; returns ``{dimension: (column, bands)}``."""
+    out: dict[str, Any] = {}
+    cnt = _detect(df, "hba1c_count", cfg)
+    ys = _detect(df, "hba1c_years_since", cfg)
+    if cnt is not None:
+        v = _num(df, cnt)
+        out["hba1c_in_window"] = (cnt, np.where(np.nan_to_num(v) > 0, "yes", "no"))
+    elif ys is not None and window_years is not None:
+        v = _num(df, ys)
+        out["hba1c_in_window"] = (ys, np.where(np.isfinite(v) & (v <= window_years), "yes", "no"))
+    if ys is not None:
+        v = _num(df, ys)
+        band = np.select([~np.isfinite(v), v < 1, v < 2, v < 3], ["never", "0", "1", "2"], "3+")
+        out["years_since_last_hba1c"] = (ys, band)
+    vis = _detect(df, "visits", cfg)
+    if vis is not None:
+        v = _num(df, vis)
+        band = np.select([~np.isfinite(v), v < 1, v < 3, v < 6], ["missing", "0", "1-2", "3-5"], "6+")
+        out["visits"] = (vis, band)
+    bmi = _detect(df, "bmi", cfg)
+    if bmi is not None:
+        v = _num(df, bmi)
+        band = np.select(
+            [~np.isfinite(v), v < 25, v < 30, v < 35], ["missing", "<25", "25-29.9", "30-34.9"], ">=35"
+        )
+        out["bmi"] = (bmi, band)
+    if "eval_undiagnosed" in df.columns:
+        u = df["eval_undiagnosed"].cast(pl.Boolean).fill_null(False).to_numpy()
+        out["undiagnosed_prevalent"] = ("eval_undiagnosed", np.where(u, "yes", "no"))
+    return out
+
+
+def error_crosstab(
+    bands: npt.NDArray[np.str_],
+    alert: npt.NDArray[np.bool_],
+    y_rec: npt.NDArray[Any],
+    y_true: npt.NDArray[Any],
+) -> list[dict[str, Any]]:
+    """FN/FP counts at τ per band, against both label sets, with each band's share of all FNs/FPs and of
+    all positives (a band "dominates" FNs when its FN share far exceeds its positive share)."""
+    rows: list[dict[str, Any]] = []
+    tot: dict[str, float] = {}
+    for lab, y in (("rec", y_rec), ("true", y_true)):
+        tot[f"fn_{lab}"] = float(np.sum((y == 1) & ~alert))
+        tot[f"fp_{lab}"] = float(np.sum((y == 0) & alert))
+        tot[f"pos_{lab}"] = float(np.sum(y == 1))
+    for level in _ordered_levels(bands):
+        m = bands == level
+        r: dict[str, Any] = {"band": level, "n_rows": int(m.sum()), "alert_rate": float(alert[m].mean())}
+        for lab, y in (("rec", y_rec), ("true", y_true)):
+            pos = (y == 1) & m
+            fn = int(np.sum(pos & ~alert))
+            fp = int(np.sum((y == 0) & m & alert))
+            r[f"positives_{lab}"] = int(pos.sum())
+            r[f"fn_{lab}"] = fn
+            r[f"fp_{lab}"] = fp
+            r[f"fn_rate_{lab}"] = fn / int(pos.sum()) if pos.sum() else float("nan")
+            r[f"fn_share_{lab}"] = fn / tot[f"fn_{lab}"] if tot[f"fn_{lab}"] else float("nan")
+            r[f"fp_share_{lab}"] = fp / tot[f"fp_{lab}"] if tot[f"fp_{lab}"] else float("nan")
+            r[f"positive_share_{lab}"] = (
+                int(pos.sum()) / tot[f"pos_{lab}"] if tot[f"pos_{lab}"] else float("nan")
+            )
+        rows.append(r)
+    return rows
+
+
+def fp_decomposition(
+    alert: npt.NDArray[np.bool_], y_rec: npt.NDArray[Any], y_true: npt.NDArray[Any]
+) -> dict[str, Any]:
+    """Recorded-label false positives split into label-noise FPs (Y_true = 1, coded later) and real FPs."""
+    fp = alert & (y_rec == 0)
+    noise = fp & (y_true == 1)
+    n_fp = int(fp.sum())
+    return {
+        "fp_recorded": n_fp,
+        "label_noise_fp": int(noise.sum()),
+        "real_fp": int(n_fp - noise.sum()),
+        "label_noise_share": float(noise.sum() / n_fp) if n_fp else float("nan"),
+        "fn_recorded": int(np.sum(~alert & (y_rec == 1))),
+        "fn_true": int(np.sum(~alert & (y_true == 1))),
+    }
+
+
+# ---------------------------------------------------------------------------------------- slices (§7)
+
+
+def _flag(
+    s: dict[str, dict[str, float]], overall: dict[str, dict[str, float]], cfg: EvaluateConfig
+) -> list[str]:
+    reasons: list[str] = []
+    auc, oauc = s["auc"], overall["auc"]["value"]
+    if (
+        _finite(auc["value"], oauc)
+        and abs(auc["value"] - oauc) > cfg.slice_auc_delta
+        and not (auc["lo"] <= oauc <= auc["hi"])
+    ):
+        reasons.append(f"AUC {auc['value']:.3f} vs overall {oauc:.3f} (|Δ| > {cfg.slice_auc_delta:g})")
+    oe, ooe = s["oe"], overall["oe"]["value"]
+    lo, hi = cfg.slice_oe_bounds
+    if _finite(oe["value"], ooe) and not (lo <= oe["value"] <= hi) and not (oe["lo"] <= ooe <= oe["hi"]):
+        reasons.append(f"O/E {oe['value']:.2f} outside [{lo:g}, {hi:g}] (overall {ooe:.2f})")
+    return reasons
+
+
+def _finite(*xs: float) -> bool:
+    return all(x is not None and math.isfinite(x) for x in xs)
+
+
+def slice_analysis(
+    df: pl.DataFrame,
+    p: npt.NDArray[np.float64],
+    overall: dict[str, dict[str, dict[str, float]]],
+    cfg: EvaluateConfig,
+    *,
+    tau: float,
+    p_t: float,
+    counts: npt.NDArray[np.int64],
+    codes: npt.NDArray[np.int64],
+    categories: dict[str, list[str]] | None = None,
+    patient_kwargs: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Per slice level: sizes, prevalences, bootstrap metrics vs both label sets, flags (science.md §7)."""
+    alpha = 1 - cfg.ci_level
+    out: list[dict[str, Any]] = []
+    for col in cfg.slice_columns:
+        vals = slice_values(df, col, cfg, categories)
+        if vals is None:
+            continue
+        for level in _ordered_levels(vals):
+            m = vals == level
+            entry: dict[str, Any] = {
+                "slice": col,
+                "level": level,
+                "n_rows": int(m.sum()),
+                "n_patients": int(np.unique(codes[m]).size),
+            }
+            flags: list[str] = []
+            for name, col_y in LABELS.items():
+                y = df[col_y].cast(pl.Float64).to_numpy()[m]
+                if y.min() == y.max():  # one class only: ranking metrics undefined, still report sizes
+                    entry[name] = {"prevalence": {"value": float(y.mean())}}
+                    continue
+                panel = M.bootstrap_panel(
+                    y, p[m], None, tau=tau, p_t=p_t, alpha=alpha, counts=counts, codes=codes[m]
+                )
+                entry[name] = {k: panel[k] for k in ("prevalence", *SLICE_METRICS)}
+                flags += [f"{name} labels: {r}" for r in _flag(panel, overall[name], cfg)]
+            if patient_kwargs is not None:
+                pk = {k: (v[m] if isinstance(v, np.ndarray) else v) for k, v in patient_kwargs.items()}
+                pl_m = M.patient_level_metrics(**pk)
+                k_max = max(cfg.patient_k_years)
+                entry["patient_sensitivity"] = pl_m[f"sensitivity_{k_max}"]["value"]
+                entry["median_lead_time"] = pl_m["lead_time"]["median"]
+            entry["flags"] = flags
+            entry["flagged"] = bool(flags)
+            out.append(entry)
+    return out
+
+
+def blind_spot(slices: list[dict[str, Any]], column: str = "insurance") -> list[dict[str, Any]]:
+    """The label-noise blind spot (§7): O/E vs true against O/E vs recorded per level of ``column``."""
+    rows = []
+    for s in slices:
+        if s["slice"] != column or "oe" not in s.get("true", {}) or "oe" not in s.get("recorded", {}):
+            continue
+        oe_t, oe_r = s["true"]["oe"]["value"], s["recorded"]["oe"]["value"]
+        rows.append(
+            {
+                "level": s["level"],
+                "prevalence_true": s["true"]["prevalence"]["value"],
+                "prevalence_recorded": s["recorded"]["prevalence"]["value"],
+                "oe_true": oe_t,
+                "oe_true_ci": [s["true"]["oe"]["lo"], s["true"]["oe"]["hi"]],
+                "oe_recorded": oe_r,
+                "oe_recorded_ci": [s["recorded"]["oe"]["lo"], s["recorded"]["oe"]["hi"]],
+                "gap": oe_t - oe_r,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------- top errors
+
+
+def top_errors(
+    df: pl.DataFrame,
+    p: npt.NDArray[np.float64],
+    alert: npt.NDArray[np.bool_],
+    k: int,
+    n_contrib: int,
+    contrib: ContribFn | None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Top-k highest-risk FPs and lowest-risk FNs (vs recorded labels), each with Y_true/undiagnosed and
+    its largest |SHAP| contributions (``contrib`` returns (rows × features[+bias]) values and names)."""
+    y_rec = df["label_rec"].cast(pl.Int64).to_numpy()
+    out: dict[str, list[dict[str, Any]]] = {}
+    fp_idx = np.flatnonzero(alert & (y_rec == 0))
+    fn_idx = np.flatnonzero(~alert & (y_rec == 1))
+    picks = {
+        "false_positives": fp_idx[np.argsort(-p[fp_idx], kind="mergesort")][:k],
+        "false_negatives": fn_idx[np.argsort(p[fn_idx], kind="mergesort")][:k],
+    }
+    for name, idx in picks.items():
+        rows: list[dict[str, Any]] = []
+        vals: npt.NDArray[np.float64] | None = None
+        names: list[str] = []
+        if contrib is not None and idx.size:
+            vals, names = contrib(df[idx])
+        for j, i in enumerate(idx):
+            r: dict[str, Any] = {
+                "patient_id": int(df["patient_id"][int(i)]),
+                "year": int(df["year"][int(i)]),
+                "probability": float(p[i]),
+                "label_rec": int(y_rec[i]),
+                "eval_label_true": int(df["eval_label_true"][int(i)]),
+            }
+            if "eval_undiagnosed" in df.columns:
+                r["eval_undiagnosed"] = bool(df["eval_undiagnosed"][int(i)])
+            if vals is not None:
+                row = vals[j, : len(names)]
+                top = np.argsort(-np.abs(row), kind="mergesort")[:n_contrib]
+                r["top_contributions"] = [{"feature": names[t], "shap": float(row[t])} for t in top]
+            rows.append(r)
+        out[name] = rows
+    return out
+
+
+# ------------------------------------------------------------------------------------- the evaluation
+
+
+def evaluate_predictions(
+    cfg: EvaluateConfig,
+    df: pl.DataFrame,
+    p: npt.NDArray[np.float64],
+    *,
+    tau: float,
+    p_t: float,
+    seed: int = 0,
+    categories: dict[str, list[str]] | None = None,
+    window_years: int | None = None,
+    contrib: ContribFn | None = None,
+) -> dict[str, Any]:
+    """Every number of the evaluation for test rows ``df`` scored ``p`` (pure; JSON-able result)."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.shape != (df.height,):
+        raise DataError(f"probability: expected {df.height} values, got shape {p.shape}")
+    if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise DataError("probability: model returned values outside [0, 1] or NaN")
+    alpha = 1 - cfg.ci_level
+    codes, n_pat = M.patient_codes(df["patient_id"].to_numpy())
+    counts = M.cluster_counts(n_pat, cfg.bootstrap_replicates, seed)
+    po = df["eval_oracle_risk"].cast(pl.Float64).to_numpy()
+    ys = {k: df[c].cast(pl.Float64).to_numpy() for k, c in LABELS.items()}
+    for k, y in ys.items():
+        if not np.isin(y, (0.0, 1.0)).all():
+            raise DataError(f"{LABELS[k]}: labels must be 0/1")
+
+    overall = {
+        name: M.bootstrap_panel(
+            y, p, None, tau=tau, p_t=p_t, alpha=alpha, counts=counts, codes=codes, p_oracle=po
+        )
+        for name, y in ys.items()
+    }
+    oracle_panel = M.bootstrap_panel(
+        ys["true"], np.clip(po, 0, 1), None, tau=tau, p_t=p_t, alpha=alpha, counts=counts, codes=codes
+    )
+    nb_lo, nb_hi = cfg.net_benefit_range
+    result: dict[str, Any] = {
+        "n_rows": df.height,
+        "n_patients": n_pat,
+        "years": sorted({int(v) for v in df["year"].unique().to_list()}),
+        "tau": float(tau),
+        "p_t": float(p_t),
+        "ci_level": cfg.ci_level,
+        "bootstrap_replicates": cfg.bootstrap_replicates,
+        "overall": overall,
+        "calibration": {name: {**M.ici(y, p), "curve": M.calibration_curve(y, p)} for name, y in ys.items()},
+        "operating_point": {name: M.operating_point(y, p, tau) for name, y in ys.items()},
+        "net_benefit_curve": {name: M.net_benefit_curve(y, p, lo=nb_lo, hi=nb_hi) for name, y in ys.items()},
+        "oracle": {
+            **M.oracle_summary(ys["true"], p, po),
+            "true_label_panel": {k: oracle_panel[k] for k in ("auc", "ap", "brier", "net_benefit")},
+            "net_benefit_curve": M.net_benefit_curve(ys["true"], np.clip(po, 0, 1), lo=nb_lo, hi=nb_hi),
+        },
+        "kfp": {
+            name: {
+                "roc": M.roc_points(y, p, cfg.max_curve_points),
+                "confusion_matrix": M.confusion_matrix_at(y, p, tau),
+            }
+            for name, y in ys.items()
+        },
+        "pr_curve": {name: M.pr_points(y, p, cfg.max_curve_points) for name, y in ys.items()},
+    }
+
+    patient_kwargs: dict[str, Any] | None = None
+    if {"eval_onset_year", "eval_recorded_year"} <= set(df.columns):
+        patient_kwargs = {
+            "patient_id": df["patient_id"].to_numpy(),
+            "year": df["year"].cast(pl.Float64).to_numpy(),
+            "p": p,
+            "onset_year": _num(df, "eval_onset_year"),
+            "recorded_year": _num(df, "eval_recorded_year"),
+            "label_true": ys["true"],
+            "tau": tau,
+            "ks": tuple(cfg.patient_k_years),
+        }
+        result["patient_level"] = M.patient_level_metrics(
+            **patient_kwargs, n_boot=cfg.bootstrap_replicates, seed=seed, alpha=alpha
+        )
+
+    result["slices"] = slice_analysis(
+        df,
+        p,
+        overall,
+        cfg,
+        tau=tau,
+        p_t=p_t,
+        counts=counts,
+        codes=codes,
+        categories=categories,
+        patient_kwargs=patient_kwargs,
+    )
+    result["label_noise_blind_spot"] = blind_spot(result["slices"], "insurance")
+
+    alert = p >= tau
+    yr, yt = ys["recorded"], ys["true"]
+    bands = error_bands(df, cfg, window_years)
+    result["error_analysis"] = {
+        "fp_decomposition": fp_decomposition(alert, yr, yt),
+        "crosstabs": {
+            dim: {"column": col, "rows": error_crosstab(b, alert, yr, yt)} for dim, (col, b) in bands.items()
+        },
+    }
+    result["top_errors"] = top_errors(df, p, alert, cfg.top_k_errors, cfg.top_contributions, contrib)
+    result["headline"] = headline(result)
+    return result
+
+
+def headline(result: dict[str, Any]) -> dict[str, float]:
+    """The few numbers printed by the CLI and logged to MLflow as ``test_*``."""
+    h: dict[str, float] = {}
+    for name in LABELS:
+        o = result["overall"][name]
+        for k in (
+            "auc",
+            "ap",
+            "ap_lift",
+            "brier",
+            "oe",
+            "cal_slope",
+            "net_benefit",
+            "sensitivity",
+            "ppv",
+            "alert_rate",
+        ):
+            h[f"{name}_{k}"] = o[k]["value"]
+    h["expected_auc_model"] = result["oracle"]["expected_auc_model"]
+    h["expected_auc_oracle"] = result["oracle"]["expected_auc_oracle"]
+    h["excess_brier"] = result["oracle"]["excess_brier"]
+    h["oracle_brier"] = result["oracle"]["oracle_brier"]
+    h["label_noise_fp_share"] = result["error_analysis"]["fp_decomposition"]["label_noise_share"]
+    h["n_flagged_slices"] = float(sum(s["flagged"] for s in result["slices"]))
+    return h
+
+
+def classification_metrics_data(result: dict[str, Any], labels: str = "recorded") -> dict[str, Any]:
+    """What KFP's ClassificationMetrics needs: ROC points (fpr, tpr, thresholds; ≤ max_curve_points) and
+    the confusion matrix at τ (``categories``, ``matrix`` rows = actual), for ``labels`` recorded|true."""
+    if labels not in LABELS:
+        raise DataError(f"labels: expected one of {sorted(LABELS)}, got {labels!r}")
+    k = result["kfp"][labels]
+    return {"roc": k["roc"], "confusion_matrix": k["confusion_matrix"]}
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf → None and numpy scalars → Python, so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_outputs(
+    result: dict[str, Any], df: pl.DataFrame, p: npt.NDArray[np.float64], out_dir: Path
+) -> dict[str, Any]:
+    """Publish metrics.json, report.md, plots/*.png and predictions.parquet atomically into ``out_dir``."""
+    from clinrisk.report import render_plots, render_report
+
+    safe = _json_safe(result)
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        plots = render_plots(result, tmp / "plots")
+        write_json(tmp / "metrics.json", safe)
+        (tmp / "report.md").write_text(
+            render_report(result, {k: f"plots/{v.name}" for k, v in plots.items()})
+        )
+        predictions_frame(df, p).write_parquet(tmp / "predictions.parquet", compression="zstd")
+    return safe
+
+
+def predictions_frame(df: pl.DataFrame, p: npt.NDArray[np.float64]) -> pl.DataFrame:
+    """patient_id, year, probability, label_rec, eval_label_true — used by serving parity and experiments."""
+    return pl.DataFrame(
+        {
+            "patient_id": df["patient_id"],
+            "year": df["year"],
+            "probability": pl.Series("probability", p, dtype=pl.Float64),
+            "label_rec": df["label_rec"].cast(pl.Int8),
+            "eval_label_true": df["eval_label_true"].cast(pl.Int8),
+        }
+    )
+
+
+def _bundle_contrib(bundle: Any) -> ContribFn | None:
+    """Adapt ``bundle.predict_contrib`` to (values, feature names); None if the bundle lacks it."""
+    fn = getattr(bundle, "predict_contrib", None)
+    if fn is None:
+        return None
+
+    def contrib(frame: pl.DataFrame) -> tuple[npt.NDArray[np.float64], list[str]]:
+        raw = fn(frame)
+        if isinstance(raw, pl.DataFrame):
+            cols = [c for c in raw.columns if c not in ("bias", "expected_value", "__bias__")]
+            return raw.select(cols).to_numpy().astype(np.float64), cols
+        vals = np.asarray(raw, dtype=np.float64)
+        names = list(_feature_names(bundle))
+        return vals, names
+
+    return contrib
+
+
+def _feature_names(bundle: Any) -> Sequence[str]:
+    names = getattr(bundle, "feature_names", None)
+    if names is None:
+        raise DataError("bundle: has no feature_names to label SHAP contributions")
+    return list(names)
+
+
+def evaluate_model(
+    cfg: ClinriskConfig, bundle_dir: Path, features_dir: Path, out_dir: Path
+) -> dict[str, Any]:
+    """Score the test split with the bundle and publish the full evaluation into ``out_dir``."""
+    from clinrisk.bundle import load_bundle
+
+    bundle = load_bundle(Path(bundle_dir))
+    categories = _categories(Path(features_dir)) or dict(bundle.spec.get("categories") or {})
+    df = load_test_frame(Path(features_dir))
+    p = np.asarray(bundle.predict_proba(df), dtype=np.float64).reshape(-1)
+    thr: dict[str, Any] = dict(getattr(bundle, "threshold_info", None) or {})
+    tau = float(bundle.threshold)
+    # p_t is the net-benefit threshold probability the bundle's τ was chosen for (τ may differ: capacity).
+    p_t = float(thr.get("threshold_probability") or cfg.threshold.threshold_probability)
+    result = evaluate_predictions(
+        cfg.evaluate,
+        df,
+        p,
+        tau=tau,
+        p_t=p_t,
+        seed=cfg.run.seed,
+        categories=categories,
+        window_years=cfg.features.window_years,
+        contrib=_bundle_contrib(bundle),
+    )
+    result["threshold"] = thr
+    result["bundle_dir"] = str(bundle_dir)
+    return write_outputs(result, df, p, Path(out_dir))

@@ -1,0 +1,632 @@
+"""The ONE feature function used by training and serving, the feature spec, and the per-shard stage.
+
+``build_feature_frame(raw, spec)`` turns validated patient-years (any number of patients, any order) into
+one feature row per patient-year: canonical units (``clinrisk.units``), derived BMI and eGFR (CKD-EPI
+2021), age, history_years, missingness indicators, frozen categoricals, gap-aware rolling aggregates over
+the previous X *calendar* years (``rolling_*_by("year", "Xi").over("patient_id")``: a missing year never
+pulls in an older one), unlimited LOCF + years_since_last, counts of visits/tests, and current + "ever"
+medication/comorbidity flags.
+
+Categorical encoding: each categorical feature is a ``pl.Enum`` whose categories are frozen in the spec
+(kept levels sorted, ``__OTHER__`` last; rare and unseen levels map to ``__OTHER__``, null stays null).
+The Enum's physical codes are therefore consecutive integers from 0, identical in training and serving;
+``feature_matrix`` hands LightGBM those codes (as float, NaN = missing) and ``categorical_features``
+names the columns to declare as ``categorical_feature``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, Field
+
+from clinrisk.errors import DataError
+from clinrisk.generator.schema import DX_COLUMNS, OBSERVED_SCHEMA, RX_COLUMNS
+from clinrisk.units import ANALYTES, REGISTRY, normalise_units
+
+SPEC_VERSION = 1
+OTHER = "__OTHER__"
+
+CATEGORICAL_RAW = ("sex", "region", "ethnicity", "insurance", "site_id", "other_dx_code")
+# Rolling families: canonical-unit labs and vitals (bmi, egfr derived).
+ROLLED = ("hba1c", "glucose", "ldl", "hdl", "tc", "tg", "creatinine", "egfr", "sbp", "bmi", "weight")
+FEATURE_UNITS: dict[str, str] = {
+    **{a: REGISTRY[a].canonical for a in ANALYTES},
+    "egfr": "mL/min/1.73m2",
+    "sbp": "mmHg",
+    "bmi": "kg/m2",
+    "height_cm": "cm",
+    "age": "years",
+    "history_years": "years",
+}
+FLAGS = (*RX_COLUMNS, *DX_COLUMNS)  # dx_E11 is the label: never a feature
+RAW_FIELDS: tuple[str, ...] = tuple(OBSERVED_SCHEMA)
+LABEL_COLUMNS = ("label", "label_rec", "sample_weight")
+ID_COLUMNS = ("patient_id", "year", "split")
+EVAL_PREFIX = "eval_"
+# Columns that must never be features: ids, labels, the recorded diagnosis code and truth fields.
+FORBIDDEN_FEATURES = frozenset(
+    {*ID_COLUMNS, *LABEL_COLUMNS, "dx_E11", "birth_year", "entry_year"}
+    | {"g_latent", "hazard", "onset_year", "recorded_year", "delay", "false_code", "enrolled"}
+)
+
+
+class FeatureSpec(BaseModel):
+    """Frozen description of the feature matrix (serialised as feature_spec.json; used by serving)."""
+
+    spec_version: int = SPEC_VERSION
+    window_years: int = Field(ge=1)
+    locf: bool
+    horizon_years: int = Field(ge=1)
+    feature_names: list[str]
+    dtypes: dict[str, str]
+    categories: dict[str, list[str]]
+    units: dict[str, str]
+    raw_fields: list[str]
+    rollups: dict[str, int] = Field(default_factory=dict, description="categorical -> prefix length")
+
+    def to_json(self, path: Path | None = None) -> str:
+        """JSON text (and write it to ``path`` if given)."""
+        text = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> FeatureSpec:
+        """Load from a path or JSON text; a bad file is a DataError naming it."""
+        text = source
+        where = "feature spec"
+        if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
+            where = str(source)
+            try:
+                text = Path(source).read_text()
+            except FileNotFoundError:
+                raise DataError(f"{source}: feature spec not found") from None
+        try:
+            spec = cls.model_validate_json(str(text))
+        except ValueError as exc:
+            raise DataError(f"{where}: invalid feature spec ({exc})") from None
+        check_feature_names(spec.feature_names)
+        return spec
+
+    def polars_dtype(self, name: str) -> pl.DataType:
+        """Polars dtype of feature ``name``."""
+        d = self.dtypes[name]
+        if d == "Enum":
+            return pl.Enum(self.categories[name])
+        return _DTYPES[d]
+
+
+_DTYPES: dict[str, pl.DataType] = {
+    "Float32": pl.Float32(),
+    "Int8": pl.Int8(),
+    "Int16": pl.Int16(),
+    "UInt8": pl.UInt8(),
+}
+
+
+def check_feature_names(names: Sequence[str]) -> None:
+    """Refuse ids, labels, truth and ``eval_*`` columns as features (leakage guard)."""
+    bad = [n for n in names if n.startswith(EVAL_PREFIX) or n in FORBIDDEN_FEATURES]
+    if bad:
+        raise DataError(f"feature_names: columns {bad} are ids, labels, truth or eval_ columns")
+    if len(set(names)) != len(names):
+        raise DataError("feature_names: duplicate names")
+
+
+def feature_layout(window_years: int, locf: bool) -> dict[str, str]:
+    """Ordered feature name -> dtype name for a window X and LOCF setting (categoricals = "Enum")."""
+    x = window_years
+    out: dict[str, str] = {
+        "age": "Int16",
+        "history_years": "Int16",
+        "sex": "Enum",
+        "region": "Enum",
+        "ethnicity": "Enum",
+        "insurance": "Enum",
+        "site_id": "Enum",
+        "other_dx_code": "Enum",
+        "family_history": "Int8",
+        "height_cm": "Float32",
+        "visits": "UInt8",
+        f"visits_sum_{x}y": "UInt8",
+        f"glycaemic_tests_{x}y": "UInt8",
+        f"lipid_tests_{x}y": "UInt8",
+        "n_comorb": "UInt8",
+        "n_comorb_ever": "UInt8",
+    }
+    for lab in ROLLED:
+        out[lab] = "Float32"
+        out[f"{lab}_missing"] = "Int8"
+        for agg in ("mean", "min", "max", "last", "slope"):
+            out[f"{lab}_{agg}_{x}y"] = "Float32"
+        out[f"{lab}_n_{x}y"] = "UInt8"
+        if locf:
+            out[f"{lab}_locf"] = "Float32"
+            out[f"{lab}_years_since"] = "Int16"
+    for flag in FLAGS:
+        out[flag] = "Int8"
+        out[f"{flag}_ever"] = "Int8"
+    return out
+
+
+def feature_units(names: Sequence[str]) -> dict[str, str]:
+    """Unit of each feature whose value carries one (aggregates inherit the lab's canonical unit)."""
+    out: dict[str, str] = {}
+    for n in names:
+        base = n.split("_")[0]
+        if n in FEATURE_UNITS:
+            out[n] = FEATURE_UNITS[n]
+        elif base in FEATURE_UNITS and n.startswith(tuple(f"{lab}_" for lab in ROLLED)):
+            if "_slope_" in n:
+                out[n] = f"{FEATURE_UNITS[base]}/year"
+            elif n.endswith("_years_since"):
+                out[n] = "years"
+            elif not (n.endswith("_missing") or "_n_" in n):
+                out[n] = FEATURE_UNITS[base]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# casting and categoricals
+
+
+def _require_columns(lf: pl.LazyFrame, needed: Sequence[str], what: str) -> None:
+    have = set(lf.collect_schema().names())
+    missing = [c for c in needed if c not in have]
+    if missing:
+        raise DataError(f"{what}: missing columns {missing}")
+
+
+def cast_raw(raw: pl.LazyFrame) -> pl.LazyFrame:
+    """Select the contract's raw fields with narrow dtypes; Enums/Categoricals become String so that an
+    unseen level never fails a cast (it maps to __OTHER__ later)."""
+    _require_columns(raw, RAW_FIELDS, "raw patient-years")
+    exprs = []
+    for name, dtype in OBSERVED_SCHEMA.items():
+        if isinstance(dtype, pl.Enum | pl.Categorical):
+            exprs.append(pl.col(name).cast(pl.String))
+        else:
+            exprs.append(pl.col(name).cast(dtype, strict=False))
+    return raw.select(exprs)
+
+
+def _category_source(name: str, rollups: dict[str, int]) -> pl.Expr:
+    """String expression whose levels are counted / encoded for categorical ``name``."""
+    e = pl.col(name).cast(pl.String)
+    n = rollups.get(name)
+    if n:
+        e = e.str.slice(0, n)
+    return e
+
+
+def encode_categorical(name: str, levels: list[str], rollups: dict[str, int]) -> pl.Expr:
+    """Map a raw categorical to the frozen Enum (unseen/rare -> __OTHER__, null stays null)."""
+    src = _category_source(name, rollups)
+    known = [lv for lv in levels if lv != OTHER]
+    mapped = pl.when(src.is_null()).then(None).when(src.is_in(known)).then(src).otherwise(pl.lit(OTHER))
+    return mapped.cast(pl.Enum(levels)).alias(name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# derived clinical values
+
+
+def egfr_ckd_epi_2021(scr_mg_dl: pl.Expr, age: pl.Expr, female: pl.Expr) -> pl.Expr:
+    """CKD-EPI 2021 creatinine equation (race-free), mL/min/1.73 m² (science.md §1.3)."""
+    kappa = pl.when(female).then(0.7).otherwise(0.9)
+    alpha = pl.when(female).then(-0.241).otherwise(-0.302)
+    ratio = scr_mg_dl / kappa
+    lo = pl.min_horizontal(ratio, pl.lit(1.0)).pow(alpha)
+    hi = pl.max_horizontal(ratio, pl.lit(1.0)).pow(-1.200)
+    sex_f = pl.when(female).then(1.012).otherwise(1.0)
+    return 142.0 * lo * hi * pl.lit(0.9938).pow(age.cast(pl.Float64)) * sex_f
+
+
+def window_aggregates(lab: str, x: int) -> list[pl.Expr]:
+    """Aggregations of one lab over a calendar window, for the grouped rolling context: mean, min, max,
+    count and the OLS slope on year (null with fewer than 2 points)."""
+    v = pl.col(lab)
+    xm = pl.when(v.is_not_null()).then(pl.col("_x"))
+    n = v.count().cast(pl.Float64)
+    sx, sy, sxy, sxx = xm.sum(), v.sum(), (xm * v).sum(), (xm * xm).sum()
+    den = n * sxx - sx * sx
+    return [
+        v.mean().alias(f"{lab}_mean_{x}y"),
+        v.min().alias(f"{lab}_min_{x}y"),
+        v.max().alias(f"{lab}_max_{x}y"),
+        pl.when((n >= 2) & (den > 0)).then((n * sxy - sx * sy) / den).alias(f"{lab}_slope_{x}y"),
+        v.count().alias(f"{lab}_n_{x}y"),
+    ]
+
+
+def build_feature_frame(raw: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:
+    """Validated raw patient-years -> ``patient_id, year, *spec.feature_names`` (one row per input row,
+    sorted by patient_id, year). The same function serves training and serving."""
+    x = spec.window_years
+    win = f"{x}i"
+    lf = cast_raw(raw).sort("patient_id", "year")
+    lf = normalise_units(lf)
+
+    # Canonical values as Float64 for arithmetic; final features are cast to Float32.
+    female = pl.col("sex") == "F"
+    lf = lf.with_columns(
+        _yr=pl.col("year").cast(pl.Int32),
+        _x=(pl.col("year").cast(pl.Float64) - 2000.0),
+        age=(pl.col("year") - pl.col("birth_year")).cast(pl.Int16),
+        history_years=(pl.col("year") - pl.col("entry_year")).cast(pl.Int16),
+        height_cm=pl.col("height").forward_fill().over("patient_id"),
+        sbp=pl.col("sbp_mmhg").cast(pl.Float64),
+    )
+    lf = lf.with_columns(
+        bmi=pl.col("weight") / (pl.col("height_cm") / 100.0).pow(2),
+        egfr=egfr_ckd_epi_2021(pl.col("creatinine"), pl.col("age"), female),
+    )
+
+    # Gap-aware calendar windows (t - X, t] per patient: the grouped rolling context computes every
+    # window aggregate in one pass (equivalent to rolling_*_by("year", "Xi").over("patient_id") - a test
+    # proves it - about 10x faster here, and each window is aggregated from scratch, so one patient's
+    # values never depend on which other patients are in the frame: bitwise train/serve parity).
+    def _count(e: pl.Expr, name: str) -> pl.Expr:
+        return e.cast(pl.Int32).sum().alias(name)
+
+    aggs = [a for lab in ROLLED for a in window_aggregates(lab, x)]
+    aggs += [
+        _count(pl.col("visits").fill_null(0), f"visits_sum_{x}y"),
+        _count(pl.col("hba1c").is_not_null() | pl.col("glucose").is_not_null(), f"glycaemic_tests_{x}y"),
+        _count(
+            pl.any_horizontal([pl.col(c).is_not_null() for c in ("ldl", "hdl", "tc", "tg")]),
+            f"lipid_tests_{x}y",
+        ),
+    ]
+    windows = lf.rolling(index_column="_yr", period=win, group_by="patient_id").agg(aggs)
+    lf = lf.join(windows, on=["patient_id", "_yr"], how="left", maintain_order="left")
+
+    exprs: list[pl.Expr] = []
+    for lab in ROLLED:
+        v = pl.col(lab)
+        present = v.is_not_null()
+        last_year = pl.when(present).then(pl.col("year")).forward_fill().over("patient_id")
+        years_since = (pl.col("year") - last_year).cast(pl.Int16)
+        locf = v.forward_fill().over("patient_id")
+        exprs += [
+            v.alias(lab),
+            (~present).cast(pl.Int8).alias(f"{lab}_missing"),
+            pl.when(years_since < x).then(locf).alias(f"{lab}_last_{x}y"),
+        ]
+        if spec.locf:
+            exprs += [locf.alias(f"{lab}_locf"), years_since.alias(f"{lab}_years_since")]
+
+    n_comorb = pl.sum_horizontal([pl.col(c).fill_null(False).cast(pl.UInt8) for c in DX_COLUMNS])
+    exprs += [
+        pl.col("family_history").cast(pl.Int8),
+        pl.col("visits"),
+        pl.col(f"visits_sum_{x}y").clip(0, 255),
+        n_comorb.alias("n_comorb"),
+        pl.sum_horizontal(
+            [pl.col(c).fill_null(False).cast(pl.UInt8).cum_max().over("patient_id") for c in DX_COLUMNS]
+        ).alias("n_comorb_ever"),
+    ]
+    for flag in FLAGS:
+        f = pl.col(flag).fill_null(False).cast(pl.Int8)
+        exprs += [f.alias(flag), f.cum_max().over("patient_id").alias(f"{flag}_ever")]
+    for name in CATEGORICAL_RAW:
+        if name in spec.categories:
+            exprs.append(encode_categorical(name, spec.categories[name], spec.rollups))
+
+    lf = lf.with_columns(exprs)
+    missing = [n for n in spec.feature_names if n not in lf.collect_schema().names()]
+    if missing:
+        raise DataError(f"feature spec: features {missing} cannot be built by this clinrisk version")
+    return lf.select(
+        pl.col("patient_id"),
+        pl.col("year"),
+        *[pl.col(n).cast(spec.polars_dtype(n)) for n in spec.feature_names],
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# fitting the spec (training-split rows only)
+
+
+def fit_feature_spec(train_raw: pl.LazyFrame, cfg: Any) -> FeatureSpec:
+    """Learn the frozen category levels from TRAINING-split rows only and return the spec.
+
+    ``train_raw`` may hold every patient: rows outside the training split (hash bucket and, for the
+    temporal split, training years) are filtered out here, so nothing leaks from validation/test.
+    """
+    from clinrisk.splits import assign_split
+
+    fcfg = cfg.features
+    layout = feature_layout(fcfg.window_years, fcfg.locf)
+    rollups = {"other_dx_code": fcfg.other_dx_rollup_chars} if fcfg.other_dx_rollup_chars else {}
+    _require_columns(train_raw, ["patient_id", "year", *CATEGORICAL_RAW], "training raw data")
+    rows = assign_split(
+        train_raw.select("patient_id", "year", *CATEGORICAL_RAW), cfg.split, cfg.labels.horizon_years
+    ).filter(pl.col("split") == "train")
+    counts = rows.select(
+        pl.len().alias("_n"),
+        *[_category_source(c, rollups).value_counts(sort=True).implode().alias(c) for c in CATEGORICAL_RAW],
+    ).collect(engine="streaming")
+    n_rows = int(counts["_n"][0])
+    if n_rows == 0:
+        raise DataError("training raw data: no training-split rows to fit the feature spec on")
+    categories: dict[str, list[str]] = {}
+    for c in CATEGORICAL_RAW:
+        vc = counts[c][0]
+        pairs = [(r[c], int(r["count"])) for r in vc.to_list() if r[c] is not None]
+        pairs.sort(key=lambda p: (-p[1], p[0]))
+        keep = [lvl for lvl, n in pairs if n / n_rows >= fcfg.min_category_share]
+        keep = sorted(keep[: fcfg.max_categories - 1])
+        categories[c] = [*keep, OTHER]
+    names = list(layout)
+    check_feature_names(names)
+    return FeatureSpec(
+        window_years=fcfg.window_years,
+        locf=fcfg.locf,
+        horizon_years=cfg.labels.horizon_years,
+        feature_names=names,
+        dtypes=layout,
+        categories=categories,
+        units=feature_units(names),
+        raw_fields=list(RAW_FIELDS),
+        rollups=rollups,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# model-matrix helpers shared by training, evaluation and serving
+
+
+def feature_columns(spec: FeatureSpec) -> list[str]:
+    """Exactly the columns a model may read: ``spec.feature_names`` (never ids/labels/eval_)."""
+    check_feature_names(spec.feature_names)
+    return list(spec.feature_names)
+
+
+def categorical_features(spec: FeatureSpec) -> list[str]:
+    """Feature names to pass to LightGBM as ``categorical_feature`` (Enum physical codes)."""
+    return [n for n in spec.feature_names if spec.dtypes[n] == "Enum"]
+
+
+def feature_matrix(df: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """Float32 (n, p) matrix in spec order: Enum -> physical code, null -> NaN."""
+    cols = feature_columns(spec)
+    out = df.select(
+        [(pl.col(c).to_physical() if spec.dtypes[c] == "Enum" else pl.col(c)).cast(pl.Float32) for c in cols]
+    )
+    return out.to_numpy().astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the features stage: shard by shard, atomic output
+
+
+def _first_prediction_year(cfg: Any) -> int:
+    return int(cfg.generate.first_year + cfg.generate.burn_in_years)
+
+
+def _shard_index(path: Path) -> int:
+    from clinrisk.io import SHARD_DIR_RE
+
+    m = SHARD_DIR_RE.match(Path(path).parent.name)
+    if not m:
+        raise DataError(f"{path}: not inside a shard=NNN directory")
+    return int(m.group(1))
+
+
+def features_lazy(raw: pl.LazyFrame, spec: FeatureSpec, cfg: Any, truth: pl.LazyFrame | None) -> pl.LazyFrame:
+    """Eligible rows of ``raw``: ids + split, features, labels (+ eval_* from ``truth``)."""
+    from clinrisk.labels import EVAL_COLUMNS, build_labels, eval_columns
+    from clinrisk.splits import assign_split
+
+    h = cfg.labels.horizon_years
+    if spec.horizon_years != h:
+        raise DataError(f"feature spec: horizon_years {spec.horizon_years} != labels.horizon_years {h}")
+    labels = build_labels(
+        raw, cfg.labels, first_prediction_year=_first_prediction_year(cfg), last_year=cfg.generate.last_year
+    )
+    feats = build_feature_frame(raw, spec)
+    lf = assign_split(labels.join(feats, on=["patient_id", "year"], how="left"), cfg.split, h)
+    cols = [*ID_COLUMNS, *spec.feature_names, *LABEL_COLUMNS]
+    if truth is not None:
+        lf = lf.join(eval_columns(truth, h), on=["patient_id", "year"], how="left")
+        cols += list(EVAL_COLUMNS)
+    return lf.select(cols).sort("patient_id", "year")
+
+
+def build_features_shard(
+    validated_file: Path,
+    truth_file: Path | None,
+    spec: FeatureSpec,
+    cfg: Any,
+    out_file: Path,
+    unit_q_file: Path,
+) -> dict[str, Any]:
+    """Features + labels (+ eval) for one validated shard, validated against the feature schema before
+    it is written; also writes the shard's unit-quarantine table. Returns the shard summary."""
+    from clinrisk.feature_schema import validate_features
+    from clinrisk.units import unit_counts, unit_quarantine
+
+    validated_file, out_file, unit_q_file = Path(validated_file), Path(out_file), Path(unit_q_file)
+    if not validated_file.is_file():
+        raise DataError(f"{validated_file}: validated shard not found")
+    raw = pl.scan_parquet(validated_file)
+    truth = None
+    if truth_file is not None:
+        if not Path(truth_file).is_file():
+            raise DataError(f"{truth_file}: truth shard not found")
+        truth = pl.scan_parquet(truth_file)
+    df = features_lazy(raw, spec, cfg, truth).collect(engine="streaming")
+    validate_features(df, spec, where=str(out_file))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(out_file, compression="zstd")
+
+    sorted_raw = cast_raw(raw).sort("patient_id", "year")
+    uq = unit_quarantine(sorted_raw).collect(engine="streaming")
+    unit_q_file.parent.mkdir(parents=True, exist_ok=True)
+    uq.write_parquet(unit_q_file, compression="zstd")
+
+    per_split = (
+        df.group_by("split")
+        .agg(
+            pl.len().alias("rows"),
+            pl.col("label_rec").cast(pl.Int64).sum().alias("label_rec_pos"),
+            pl.col("label").cast(pl.Float64).sum().alias("label_sum"),
+            (pl.col("sample_weight") > 0).sum().alias("weighted_rows"),
+            *(
+                [pl.col("eval_label_true").cast(pl.Int64).sum().alias("label_true_pos")]
+                if truth is not None
+                else []
+            ),
+        )
+        .sort("split")
+    )
+    return {
+        "shard": _maybe_shard_index(validated_file),
+        "rows": df.height,
+        "patients": df["patient_id"].n_unique(),
+        "per_split": {r["split"]: {k: v for k, v in r.items() if k != "split"} for r in per_split.to_dicts()},
+        "units": unit_counts(sorted_raw),
+        "unit_quarantine_rows": uq.height,
+    }
+
+
+def _maybe_shard_index(path: Path) -> int | None:
+    from clinrisk.io import SHARD_DIR_RE
+
+    m = SHARD_DIR_RE.match(Path(path).parent.name)
+    return int(m.group(1)) if m else None
+
+
+def _shard_job(args: tuple[str, str | None, str, dict[str, Any], str, str]) -> dict[str, Any]:
+    """Process-pool entry point (plain, picklable arguments)."""
+    from clinrisk.config import ClinriskConfig
+
+    vf, tf, spec_json, cfg_dict, of, qf = args
+    cfg = ClinriskConfig.model_validate(cfg_dict)
+    spec = FeatureSpec.from_json(spec_json)
+    return build_features_shard(Path(vf), Path(tf) if tf else None, spec, cfg, Path(of), Path(qf))
+
+
+def merge_shard_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up per-shard feature summaries (rows, patients, per-split counts, unit-cleaning counts)."""
+    per_split: dict[str, dict[str, float]] = {}
+    units: dict[str, dict[str, float]] = {}
+    for p in parts:
+        for s, vals in p["per_split"].items():
+            acc = per_split.setdefault(s, {})
+            for k, v in vals.items():
+                acc[k] = acc.get(k, 0) + v
+        for a, vals in p["units"].items():
+            ua = units.setdefault(a, {})
+            for k, v in vals.items():
+                ua[k] = ua.get(k, 0) + v
+    for vals in per_split.values():
+        n = max(vals["rows"], 1)
+        vals["prevalence_recorded"] = vals["label_rec_pos"] / n
+        vals["mean_label"] = vals["label_sum"] / n
+        if "label_true_pos" in vals:
+            vals["prevalence_true"] = vals["label_true_pos"] / n
+    for vals in units.values():
+        present = max(vals.get("present", 0), 1)
+        flagged = sum(
+            vals.get(r, 0)
+            for r in (
+                "implausible_for_unit",
+                "incompatible_unit",
+                "ambiguous_missing_unit",
+                "implausible_any_unit",
+            )
+        )
+        vals["quarantined"] = flagged
+        vals["quarantined_share"] = flagged / present
+    return {
+        "rows": sum(p["rows"] for p in parts),
+        "patients": sum(p["patients"] for p in parts),
+        "shards": len(parts),
+        "per_split": per_split,
+        "units": units,
+        "unit_quarantine_rows": sum(p["unit_quarantine_rows"] for p in parts),
+    }
+
+
+def build_features_dataset(
+    cfg: Any,
+    validated_dir: Path,
+    out_dir: Path,
+    truth_dir: Path | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """The features stage: fit the spec on training-split rows, then build every shard (memory bounded
+    by one shard) into ``out_dir`` atomically. Returns the summary (also written as summary.json)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from clinrisk.io import atomic_output_dir, list_shards, shard_dir_name
+
+    shards = list_shards(Path(validated_dir))
+    truth_files: list[Path | None] = [None] * len(shards)
+    if truth_dir is not None:
+        truth_files = [Path(truth_dir) / f.parent.name / f.name for f in shards]
+        missing = [str(t) for t in truth_files if t is not None and not t.is_file()]
+        if missing:
+            raise DataError(f"{truth_dir}: truth shards missing: {missing[:3]}")
+    spec = fit_feature_spec(pl.scan_parquet([str(f) for f in shards]), cfg)
+    spec_json = spec.to_json()
+    n_workers = max(1, min(workers or cfg.run.workers, len(shards)))
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        jobs = [
+            (
+                str(f),
+                str(t) if t is not None else None,
+                spec_json,
+                cfg.to_dict(),
+                str(tmp / f.parent.name / "part.parquet"),
+                str(tmp / "unit_quarantine" / f.parent.name / "part.parquet"),
+            )
+            for f, t in zip(shards, truth_files, strict=True)
+        ]
+        if n_workers == 1:
+            parts = [_shard_job(j) for j in jobs]
+        else:
+            with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as ex:
+                parts = list(ex.map(_shard_job, jobs))
+        summary = write_feature_metadata(
+            tmp, spec, cfg, parts, [shard_dir_name(_shard_index(f)) for f in shards], truth_dir is not None
+        )
+    return summary
+
+
+def write_feature_metadata(
+    out_dir: Path,
+    spec: FeatureSpec,
+    cfg: Any,
+    parts: list[dict[str, Any]],
+    shard_dirs: list[str],
+    with_truth: bool,
+) -> dict[str, Any]:
+    """Write feature_spec.json, feature_schema.json and summary.json next to the feature shards."""
+    from clinrisk.feature_schema import feature_schema_dict
+    from clinrisk.io import write_json
+
+    out_dir = Path(out_dir)
+    (out_dir / "feature_spec.json").write_text(spec.to_json())
+    write_json(out_dir / "feature_schema.json", feature_schema_dict(spec, with_eval=with_truth))
+    summary = {
+        **merge_shard_summaries(parts),
+        "n_features": len(spec.feature_names),
+        "window_years": spec.window_years,
+        "horizon_years": spec.horizon_years,
+        "label_strategy": cfg.labels.strategy,
+        "with_truth": with_truth,
+        "shard_dirs": shard_dirs,
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,187 @@
+"""Labels with diagnosis-year uncertainty (science.md §2.2, §2.3, §3.1) and evaluation-only truth columns.
+
+Recorded diagnosis year ``T_rec`` = first year with an observed ``dx_E11``. A prediction row t is eligible
+when ``t >= first_prediction_year``, ``t >= entry_year + min_history_years`` and ``t < T_rec``. Its
+recorded label is ``1{T_rec <= t+H}``. A negative needs full label follow-up: ``t+H <= E`` (last calendar
+year) and the patient still observed through ``t+H`` (last observed year ``L >= t+H``); censored rows are
+dropped, never labelled 0.
+
+Strategies (``labels.strategy``):
+
+- E0: hard recorded labels, weight 1.
+- E1b: weight 0 for recorded-NEGATIVE rows in the ambiguity buffer ``t in [r-H-d_max, r-H-1]`` of
+  recorded cases and in the end-of-follow-up band ``t > L-H-d_max`` of never-recorded patients;
+  recorded positives are never dropped.
+- E2: expected (soft) label ``P(T* <= t+H | data)`` under the assumed delay pmf. At pmf = delta_0 it is
+  exactly the E0 label.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from clinrisk.config import LabelsConfig
+from clinrisk.errors import DataError
+
+LABEL_SCHEMA = {
+    "patient_id": pl.Int64,
+    "year": pl.Int16,
+    "label": pl.Float32,
+    "label_rec": pl.Int8,
+    "sample_weight": pl.Float32,
+}
+EVAL_COLUMNS = (
+    "eval_label_true",
+    "eval_oracle_risk",
+    "eval_onset_year",
+    "eval_recorded_year",
+    "eval_undiagnosed",
+)
+
+
+def delay_support(cfg: LabelsConfig) -> list[tuple[int, float]]:
+    """(d, pi(d)) pairs of the assumed delay pmf, d starting at ``delay_support_min``."""
+    return [(cfg.delay_support_min + i, float(p)) for i, p in enumerate(cfg.assumed_delay_pmf)]
+
+
+def delay_bounds(cfg: LabelsConfig) -> tuple[int, int]:
+    """(d_min, d_max) over delays with positive probability."""
+    ds = [d for d, p in delay_support(cfg) if p > 0]
+    return min(ds), max(ds)
+
+
+def patient_events(raw: pl.LazyFrame) -> pl.LazyFrame:
+    """Per patient: recorded diagnosis year ``t_rec`` (null if never), last observed year ``last_obs``."""
+    names = raw.collect_schema().names()
+    missing = [c for c in ("patient_id", "year", "dx_E11", "entry_year") if c not in names]
+    if missing:
+        raise DataError(f"raw patient-years: missing columns {missing} needed for labels")
+    return raw.group_by("patient_id").agg(
+        pl.col("year").filter(pl.col("dx_E11").fill_null(False)).min().cast(pl.Int16).alias("t_rec"),
+        pl.col("year").max().cast(pl.Int16).alias("last_obs"),
+    )
+
+
+def build_labels(
+    raw: pl.LazyFrame,
+    cfg: LabelsConfig,
+    *,
+    first_prediction_year: int,
+    last_year: int,
+) -> pl.LazyFrame:
+    """Eligible prediction rows with ``label``, ``label_rec`` and ``sample_weight`` (see module doc)."""
+    h = cfg.horizon_years
+    _, d_max = delay_bounds(cfg)
+    events = patient_events(raw)
+    t = pl.col("year").cast(pl.Int32)
+    r = pl.col("t_rec").cast(pl.Int32)
+    big_l = pl.col("last_obs").cast(pl.Int32)
+    recorded = pl.col("t_rec").is_not_null()
+
+    rows = (
+        raw.select(
+            pl.col("patient_id").cast(pl.Int64),
+            pl.col("year").cast(pl.Int16),
+            pl.col("entry_year").cast(pl.Int16),
+        )
+        .join(events, on="patient_id", how="left")
+        .filter(
+            (t >= first_prediction_year)
+            & (t >= pl.col("entry_year").cast(pl.Int32) + cfg.min_history_years)
+            & (~recorded | (t < r))
+        )
+        .with_columns(label_rec=(recorded & (r <= t + h)).cast(pl.Int8))
+        .filter((pl.col("label_rec") == 1) | ((t + h <= last_year) & (big_l >= t + h)))
+    )
+
+    neg = pl.col("label_rec") == 0
+    if cfg.strategy == "E0":
+        label = pl.col("label_rec").cast(pl.Float32)
+        weight = pl.lit(1.0)
+    elif cfg.strategy == "E1b":
+        buffer = recorded & (t >= r - h - d_max) & (t <= r - h - 1)
+        band = ~recorded & (t > big_l - h - d_max)
+        label = pl.col("label_rec").cast(pl.Float32)
+        weight = pl.when(neg & (buffer | band)).then(0.0).otherwise(1.0)
+    elif cfg.strategy == "E2":
+        label = soft_label_expr(cfg, first_prediction_year=first_prediction_year)
+        weight = pl.lit(1.0)
+    else:  # pragma: no cover - pydantic restricts the literal
+        raise DataError(f"labels.strategy: unknown strategy {cfg.strategy!r}")
+    return rows.select(
+        "patient_id",
+        "year",
+        label.cast(pl.Float32).alias("label"),
+        pl.col("label_rec"),
+        weight.cast(pl.Float32).alias("sample_weight"),
+    )
+
+
+def soft_label_expr(cfg: LabelsConfig, *, first_prediction_year: int) -> pl.Expr:
+    """E2 expected label ỹ (science.md §2.2) on rows carrying year, t_rec and last_obs.
+
+    Recorded cases: ``sum_d w_d 1{r-d <= t+H}`` with ``w_d ∝ pi(d) 1{r-d >= first_prediction_year}``
+    (onsets before the first prediction year were excluded as prevalent). Never recorded:
+    ``h_bar * sum_{d>0} pi(d) max(0, t+H-(L-d))`` with L the last observed year; P(T_rec > L) ≈ 1 at
+    these incidences, so it is not divided out.
+    """
+    h = cfg.horizon_years
+    t = pl.col("year").cast(pl.Int32)
+    r = pl.col("t_rec").cast(pl.Int32)
+    big_l = pl.col("last_obs").cast(pl.Int32)
+    support = delay_support(cfg)
+    num: pl.Expr = pl.lit(0.0)
+    den: pl.Expr = pl.lit(0.0)
+    for d, p in support:
+        if p <= 0:
+            continue
+        adm = (r - d >= first_prediction_year).cast(pl.Float64) * p
+        den = den + adm
+        num = num + adm * (r - d <= t + h).cast(pl.Float64)
+    recorded_soft = pl.when(den > 0).then(num / den).otherwise((r <= t + h).cast(pl.Float64))
+    never: pl.Expr = pl.lit(0.0)
+    for d, p in support:
+        if d > 0 and p > 0:
+            never = never + p * pl.max_horizontal(pl.lit(0), t + h - (big_l - d)).cast(pl.Float64)
+    never_soft = (never * cfg.assumed_annual_incidence).clip(0.0, 1.0)
+    return pl.when(pl.col("t_rec").is_not_null()).then(recorded_soft).otherwise(never_soft)
+
+
+def eval_columns(truth: pl.LazyFrame, horizon_years: int) -> pl.LazyFrame:
+    """Evaluation-only columns per (patient_id, year) from the generator's truth table.
+
+    ``eval_oracle_risk`` is p^A = 1 if T* <= t else 1 - prod_{k=1..H}(1 - hazard_{t+k}); a missing future
+    year (death) contributes no hazard.
+    """
+    names = truth.collect_schema().names()
+    need = ["patient_id", "year", "hazard", "onset_year", "recorded_year"]
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise DataError(f"truth table: missing columns {missing}")
+    base = truth.select(
+        pl.col("patient_id").cast(pl.Int64),
+        pl.col("year").cast(pl.Int16),
+        pl.col("onset_year").cast(pl.Int16),
+        pl.col("recorded_year").cast(pl.Int16),
+        (1.0 - pl.col("hazard").cast(pl.Float64)).log().alias("_l0"),
+    )
+    acc = base
+    for k in range(1, horizon_years + 1):
+        shifted = base.select(
+            "patient_id", (pl.col("year").cast(pl.Int32) - k).cast(pl.Int16).alias("year"), pl.col("_l0")
+        ).rename({"_l0": f"_l{k}"})
+        acc = acc.join(shifted, on=["patient_id", "year"], how="left")
+    t = pl.col("year").cast(pl.Int32)
+    onset = pl.col("onset_year").cast(pl.Int32)
+    rec = pl.col("recorded_year").cast(pl.Int32)
+    log_surv = pl.sum_horizontal([pl.col(f"_l{k}").fill_null(0.0) for k in range(1, horizon_years + 1)])
+    risk = pl.when(onset <= t).then(1.0).otherwise(1.0 - log_surv.exp())
+    return acc.select(
+        "patient_id",
+        "year",
+        (onset <= t + horizon_years).fill_null(False).cast(pl.Int8).alias("eval_label_true"),
+        risk.cast(pl.Float32).alias("eval_oracle_risk"),
+        pl.col("onset_year").alias("eval_onset_year"),
+        pl.col("recorded_year").alias("eval_recorded_year"),
+        ((onset <= t).fill_null(False) & (rec.is_null() | (t < rec))).cast(pl.Int8).alias("eval_undiagnosed"),
+    )

@@ -1,0 +1,337 @@
+"""Scoring engine behind the predictor (no KServe imports): validate -> raw frame -> the ONE feature
+function -> bundle probabilities, threshold, out-of-distribution flags and TreeSHAP reasons.
+
+Feature building goes through ``clinrisk.features.build_feature_frame`` - the function training used -
+applied to the request's patient-years, keeping each patient's current-year row. Building that lazy plan
+costs tens of milliseconds of Python per call (hundreds of expressions) while executing it on a handful of
+rows costs much less, so each worker thread builds the plan ONCE over a deferred source (``pl.defer``) and
+re-executes it per request with the new frame: the same function, the same plan, no per-request planning.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from clinrisk.errors import DataError
+from clinrisk.generator.schema import OBSERVED_SCHEMA
+from clinrisk.serving.request import (
+    OutOfDistribution,
+    ServingError,
+    ValidatedRequest,
+    validate_request,
+)
+
+if TYPE_CHECKING:
+    from clinrisk.bundle import ModelBundle
+    from clinrisk.config import ServingConfig
+    from clinrisk.features import FeatureSpec
+
+# Optional file a bundle may carry: {"instances": [...], "probabilities": [...]} checked at start-up.
+SERVING_EXAMPLES_FILE = "serving_examples.json"
+SELF_CHECK_TOL = 1e-9
+
+# A plausible built-in patient (mixed units on purpose) that every bundle must score at start-up.
+EXAMPLE_INSTANCE: dict[str, Any] = {
+    "sex": "F",
+    "birth_year": 1961,
+    "region": "S",
+    "site_id": 12,
+    "ethnicity": "Hispanic",
+    "entry_year": 2004,
+    "family_history": True,
+    "history": [
+        {
+            "year": year,
+            "insurance": "commercial",
+            "visits": 3,
+            "height_value": 162.0,
+            "height_unit": "cm",
+            "weight_value": 181.0 + 2 * k,
+            "weight_unit": "lb",
+            "sbp_mmhg": 131.0,
+            "hba1c_value": 5.8 + 0.1 * k if k % 2 == 0 else None,
+            "hba1c_unit": "%" if k % 2 == 0 else None,
+            "glucose_value": 5.9 + 0.1 * k,
+            "glucose_unit": "mmol/L",
+            "ldl_value": 128.0,
+            "ldl_unit": "mg/dL",
+            "hdl_value": 44.0,
+            "hdl_unit": "mg/dL",
+            "tc_value": 205.0,
+            "tc_unit": "mg/dL",
+            "tg_value": 160.0,
+            "tg_unit": "mg/dL",
+            "creatinine_value": 71.0,
+            "creatinine_unit": "umol/L",
+            **{c: False for c in OBSERVED_SCHEMA if c.startswith(("rx_", "dx_"))},
+            "dx_I10": k >= 2,
+            "other_dx_code": "M54.5",
+        }
+        for k, year in enumerate(range(2012, 2016))
+    ],
+}
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One scored request: the V1 response body plus what metrics and the request log need."""
+
+    response: dict[str, Any]
+    probabilities: list[float]
+    ood_features: list[list[str]]
+
+
+@dataclass(frozen=True)
+class OODReference:
+    """Columns checked for out-of-distribution values and their training statistics (float64 arrays)."""
+
+    index: np.ndarray
+    names: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def ood_reference(bundle: ModelBundle, spec: FeatureSpec) -> OODReference:
+    """Numeric, non-indicator features with reference stats (0/1 indicators and categoricals are not
+    checked: a rare flag set to 1 is not an anomaly, whatever its z-score)."""
+    feats = (bundle.reference or {}).get("features", {})
+    idx, names, mean, std, lo, hi = [], [], [], [], [], []
+    for j, name in enumerate(bundle.feature_names):
+        ref = feats.get(name)
+        if not ref or ref.get("type") != "numeric" or spec.dtypes.get(name) in ("Enum", "Int8"):
+            continue
+        if ref.get("min") is None or ref.get("max") is None:
+            continue
+
+        def num(v: Any) -> float:
+            return math.nan if v is None else float(v)
+
+        idx.append(j)
+        names.append(name)
+        mean.append(num(ref.get("mean")))
+        std.append(num(ref.get("std")))
+        lo.append(num(ref["min"]))
+        hi.append(num(ref["max"]))
+    return OODReference(
+        np.asarray(idx, dtype=np.int64), names, *(np.asarray(a, np.float64) for a in (mean, std, lo, hi))
+    )
+
+
+def ood_flags(X: np.ndarray, ref: OODReference, z: float) -> list[list[str]]:
+    """Per row: names of features outside the observed training range or beyond ``z`` SDs (NaN = missing,
+    never flagged)."""
+    if ref.index.size == 0:
+        return [[] for _ in range(X.shape[0])]
+    V = X[:, ref.index].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        zz = np.abs(V - ref.mean) / ref.std
+    out_range = (ref.lo > V) | (ref.hi < V)
+    far = np.where((ref.std > 0) & np.isfinite(zz), zz > z, False)
+    bad = np.isfinite(V) & (out_range | far)
+    return [[ref.names[j] for j in np.flatnonzero(row)] for row in bad]
+
+
+class ServingEngine:
+    """Thread-safe scorer for one loaded bundle (see module doc)."""
+
+    def __init__(self, bundle: ModelBundle, cfg: ServingConfig) -> None:
+        from clinrisk.features import FeatureSpec
+
+        self.bundle = bundle
+        self.cfg = cfg
+        self.spec = FeatureSpec.model_validate(bundle.spec)
+        self.version = bundle.version
+        self.threshold = bundle.threshold
+        self.ood = ood_reference(bundle, self.spec)
+        self._local = threading.local()
+        # bundle.to_matrix re-reads df.schema per feature (O(p^2) in polars); the encoder expressions are
+        # the bundle's own, built once here from the spec dtypes (the feature rows always have them).
+        from clinrisk.bundle import _encode_column
+
+        cats = bundle.categories
+        self._encode = [
+            _encode_column(n, self.spec.polars_dtype(n), cats.get(n)) for n in bundle.feature_names
+        ]
+        self.request_logger: Any = None
+        if cfg.request_log_dir:
+            from clinrisk.request_log import RequestLogger
+
+            self.request_logger = RequestLogger(
+                cfg.request_log_dir, flush_rows=1000, feature_names=bundle.feature_names
+            )
+
+    @classmethod
+    def from_dir(cls, path: str | Path, cfg: ServingConfig) -> ServingEngine:
+        """Load the bundle at ``path`` (a DataError names what is wrong)."""
+        from clinrisk.bundle import load_bundle
+
+        return cls(load_bundle(path), cfg)
+
+    # -------------------------------------------------------------------------------------- features
+
+    def _plan(self) -> tuple[pl.LazyFrame, dict[str, pl.DataFrame]]:
+        plan = getattr(self._local, "plan", None)
+        if plan is None:
+            from clinrisk.features import build_feature_frame
+
+            slot: dict[str, pl.DataFrame] = {}
+            source = pl.defer(lambda: slot["raw"], schema=pl.Schema(OBSERVED_SCHEMA))
+            plan = (build_feature_frame(source, self.spec), slot)
+            self._local.plan = plan
+        return plan
+
+    def build_features(self, raw: pl.DataFrame) -> pl.DataFrame:
+        """Feature rows (one per raw row, sorted by patient_id, year) via the cached per-thread plan."""
+        lf, slot = self._plan()
+        slot["raw"] = raw
+        try:
+            return lf.collect()
+        finally:
+            slot.pop("raw", None)
+
+    def current_rows(self, req: ValidatedRequest) -> pl.DataFrame:
+        """Each instance's current-year feature row, in instance order."""
+        feats = self.build_features(req.frame)
+        pid = feats["patient_id"].to_numpy()
+        last = np.flatnonzero(np.r_[pid[1:] != pid[:-1], True])
+        rows = feats[last]
+        if rows.height != req.n_instances or rows["year"].to_list() != req.current_years:
+            raise DataError("serving: feature rows do not line up with the request's current years")
+        return rows
+
+    def matrix(self, rows: pl.DataFrame) -> np.ndarray:
+        """Model input matrix, exactly as ``bundle.to_matrix`` encodes it (cached expressions)."""
+        return np.ascontiguousarray(rows.select(self._encode).to_numpy(), dtype=np.float32)
+
+    # --------------------------------------------------------------------------------------- scoring
+
+    def score(self, payload: Any) -> ScoreResult:
+        """Validate a decoded V1 body and score it (raises ServingError on bad input)."""
+        req = validate_request(
+            payload,
+            window_years=self.spec.window_years,
+            max_instances=self.cfg.max_instances,
+            default_top_k=self.cfg.reason_codes_top_k,
+        )
+        return self.score_validated(req)
+
+    def score_validated(self, req: ValidatedRequest, *, internal: bool = False) -> ScoreResult:
+        """Features -> probability, label, OOD flags and (top-k) reasons for a validated request.
+
+        ``internal`` (the start-up self-check) neither rejects out-of-distribution rows nor logs."""
+        rows = self.current_rows(req)
+        X = self.matrix(rows)
+        probs = self.bundle.predict_proba(X)
+        flags = ood_flags(X, self.ood, self.cfg.ood_z)
+        if self.cfg.reject_out_of_distribution and not internal:
+            bad = [i for i, f in enumerate(flags) if f]
+            if bad:
+                i = bad[0]
+                raise OutOfDistribution(
+                    f"anomaly detected: instances[{i}] is outside the training distribution "
+                    f"(features {', '.join(flags[i][:10])}); {len(bad)} instance(s) flagged",
+                    reason="out_of_distribution",
+                )
+        reasons = self._reasons(rows, X, req.reason_codes_top_k)
+        tau = self.threshold
+        preds = [
+            {
+                "probability": float(p),
+                "label": int(p >= tau),
+                "threshold": tau,
+                "out_of_distribution": bool(flags[i]),
+                "ood_features": flags[i],
+                "reasons": reasons[i],
+            }
+            for i, p in enumerate(probs)
+        ]
+        if self.request_logger is not None and not internal:
+            self.request_logger.log(rows, probs, self.version)
+        return ScoreResult(
+            response={"predictions": preds, "model_version": self.version},
+            probabilities=[float(p) for p in probs],
+            ood_features=flags,
+        )
+
+    def _reasons(self, rows: pl.DataFrame, X: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        """Top-k TreeSHAP contributions (raw-margin scale) per instance, largest |contribution| first."""
+        if k <= 0:
+            return [[] for _ in range(X.shape[0])]
+        contrib = self.bundle.predict_contrib(X)[:, :-1]
+        names = self.bundle.feature_names
+        out = []
+        for i in range(X.shape[0]):
+            order = np.argsort(-np.abs(contrib[i]), kind="stable")[:k]
+            out.append(
+                [
+                    {
+                        "feature": names[j],
+                        "contribution": float(contrib[i, j]),
+                        "value": _plain(rows[names[j]][i]),
+                    }
+                    for j in order
+                ]
+            )
+        return out
+
+    # ----------------------------------------------------------------------------------- self-check
+
+    def self_check(self) -> dict[str, Any]:
+        """Score the built-in example (and the bundle's serving_examples.json if present) end to end.
+
+        Fails (DataError) unless every probability is finite, in (0, 1), deterministic, equal to the batch
+        path (``predict_proba`` on the DataFrame) and, for bundled examples, equal to the stored value.
+        """
+        from clinrisk.io import read_json
+
+        req = validate_request(
+            {"instances": [EXAMPLE_INSTANCE]}, window_years=self.spec.window_years, max_instances=1
+        )
+        rows = self.current_rows(req)
+        p_matrix = self.bundle.predict_proba(self.matrix(rows))
+        p_frame = self.bundle.predict_proba(rows)
+        p_again = self.bundle.predict_proba(self.matrix(self.current_rows(req)))
+        if not (np.all(np.isfinite(p_matrix)) and np.all((p_matrix > 0) & (p_matrix < 1))):
+            raise DataError(f"bundle {self.bundle.path}: self-check probability {p_matrix} not in (0, 1)")
+        if not (np.array_equal(p_matrix, p_frame) and np.array_equal(p_matrix, p_again)):
+            raise DataError(f"bundle {self.bundle.path}: self-check is not deterministic across paths")
+        checked = 1
+        examples_file = Path(self.bundle.path) / SERVING_EXAMPLES_FILE
+        if examples_file.is_file():
+            ex = read_json(examples_file)
+            want = np.asarray(ex.get("probabilities", []), dtype=np.float64)
+            try:
+                ex_req = validate_request(
+                    {"instances": ex.get("instances", [])},
+                    window_years=self.spec.window_years,
+                    max_instances=max(1, len(ex.get("instances", []))),
+                )
+            except ServingError as exc:
+                raise DataError(f"bundle file {SERVING_EXAMPLES_FILE}: invalid example ({exc})") from None
+            got = np.asarray(self.score_validated(ex_req, internal=True).probabilities)
+            if want.shape != got.shape or not np.allclose(got, want, rtol=0, atol=SELF_CHECK_TOL):
+                raise DataError(
+                    f"bundle {self.bundle.path}: {SERVING_EXAMPLES_FILE} probabilities differ from served ones"
+                )
+            checked += int(want.size)
+        return {"examples_checked": checked, "example_probability": float(p_matrix[0])}
+
+    def close(self) -> None:
+        """Flush the request log (if any)."""
+        if self.request_logger is not None:
+            self.request_logger.close()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v

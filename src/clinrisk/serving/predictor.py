@@ -1,0 +1,108 @@
+"""The KServe V1 predictor: a ``kserve.Model`` that scores clinrisk instances with a model bundle.
+
+Readiness: ``ready`` becomes True only in :meth:`ClinriskModel.load`, after the bundle loaded AND passed
+its self-check (KServe's default ``start()`` would mark any model ready; it is overridden).
+
+Event loop: ``preprocess`` only checks the media type and decodes the body. Validation, feature building
+and prediction run in the loop's default thread pool (KServe sizes it with ``max_asyncio_workers``):
+polars and LightGBM release the GIL, so the loop keeps accepting requests, health checks and metric
+scrapes while a request is scored, and a 256-instance request cannot stall the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clinrisk.serving.kserve_import import import_kserve
+
+kserve = import_kserve()
+
+from kserve.errors import ModelNotReady  # noqa: E402
+
+from clinrisk.config import ServingConfig  # noqa: E402
+from clinrisk.serving.inference import ServingEngine  # noqa: E402
+from clinrisk.serving.metrics import serving_metrics  # noqa: E402
+from clinrisk.serving.request import ServingError, decode_body  # noqa: E402
+
+log = logging.getLogger("clinrisk.serving")
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """Body after media-type checks (not a dict, so KServe's own V1 ``validate`` leaves it alone)."""
+
+    payload: Any
+
+
+class ClinriskModel(kserve.Model):  # type: ignore[misc,name-defined]
+    """clinrisk predictor; construct, then :meth:`load` (raises on a bad bundle), then serve."""
+
+    def __init__(self, name: str, bundle_dir: str | Path, cfg: ServingConfig) -> None:
+        super().__init__(name)
+        self.bundle_dir = Path(bundle_dir)
+        self.cfg = cfg
+        self.engine: ServingEngine | None = None
+        self.self_check: dict[str, Any] = {}
+        self.ready = False
+
+    def load(self) -> bool:
+        """Load the bundle and self-check it; ready only if both succeed (errors propagate)."""
+        engine = ServingEngine.from_dir(self.bundle_dir, self.cfg)
+        self.self_check = engine.self_check()
+        self.engine = engine
+        self.ready = True
+        log.info(
+            "model %s ready: bundle %s, version %s, %d features, threshold %.4f, self-check %s",
+            self.name,
+            self.bundle_dir,
+            engine.version,
+            len(engine.bundle.feature_names),
+            engine.threshold,
+            self.self_check,
+        )
+        return self.ready
+
+    def start(self) -> None:
+        """KServe calls this at start-up; readiness is decided by :meth:`load` alone."""
+
+    def stop(self) -> None:
+        """Flush the request log and mark not ready."""
+        if self.engine is not None:
+            self.engine.close()
+        self.ready = False
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        try:
+            return _Decoded(decode_body(payload, headers))
+        except ServingError as exc:
+            serving_metrics().observe_rejected(self.name, _outcome(exc), exc.reason)
+            raise
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        engine = self.engine
+        if engine is None:
+            raise ModelNotReady(self.name)
+        body = payload.payload if isinstance(payload, _Decoded) else payload
+        loop = asyncio.get_running_loop()
+        metrics = serving_metrics()
+        try:
+            result = await loop.run_in_executor(None, engine.score, body)
+        except ServingError as exc:
+            metrics.observe_rejected(self.name, _outcome(exc), exc.reason)
+            if exc.reason == "out_of_distribution":
+                metrics.ood_instances.labels(self.name).inc()
+            raise
+        metrics.observe_success(self.name, result.probabilities, result.ood_features)
+        if self.cfg.log_patient_data:
+            log.info("scored %d instance(s): %s", len(result.probabilities), result.response)
+        return result.response
+
+
+def _outcome(exc: ServingError) -> str:
+    return {400: "invalid", 415: "unsupported_media_type", 422: "out_of_distribution"}.get(
+        exc.status, "error"
+    )

@@ -1,0 +1,547 @@
+"""Raw-data validation: split every raw shard into validated rows and quarantined rows with reasons.
+
+Per shard (memory bounded by one shard):
+
+1. read ``observed/shard=NNN/part.parquet`` — a missing, truncated or corrupt file is a :class:`DataError`
+   naming the file;
+2. cast each column to the contract dtype (``clinrisk.schemas``). A missing column, a column with no cast
+   path, or one whose non-null values *all* fail to cast is a :class:`DataError` naming the file and column
+   (a systematically wrong extract must be fixed, not quarantined). Individual values that cannot be cast
+   (``'abc'`` in a Float32 column, ``'mg/l'`` in a unit column, ``1.5`` in an Int16 column) become null and
+   their rows are quarantined with check ``dtype`` / ``isin`` and the original value in the reason;
+3. run the pandera schema with ``lazy=True`` (all failures at once); each failing row goes to quarantine
+   once, with the failing checks, columns and reasons joined by ``"; "``;
+4. passing rows are written sorted by ``(patient_id, year)`` (stable) with the contract dtypes; columns not
+   in the contract are dropped from the output and listed in the report.
+
+Counts always add up: ``rows_in = rows_valid + rows_quarantined`` per shard and in total. The stage fails
+(publishing nothing) when the quarantined share exceeds ``validate.max_quarantine_fraction``, when a shard
+listed in the raw manifest is missing, or when the row count disagrees with the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from clinrisk.config import ClinriskConfig
+from clinrisk.errors import DataError
+from clinrisk.io import (
+    SHARD_DIR_RE,
+    atomic_output_dir,
+    list_shards,
+    read_json,
+    sha256_file,
+    shard_file,
+    write_json,
+)
+from clinrisk.schemas import OBSERVED_SCHEMA, Rule, raw_rules, raw_schema
+
+__all__ = [
+    "QUARANTINE_COLUMNS",
+    "REPORT_VERSION",
+    "ShardResult",
+    "build_report",
+    "cast_to_schema",
+    "check_report",
+    "read_raw_manifest",
+    "render_report_md",
+    "validate_dataset",
+    "validate_frame",
+    "validate_shard",
+    "validate_shard_to_dir",
+    "write_report",
+]
+
+REPORT_VERSION = 1
+QUARANTINE_COLUMNS = ("_row", "_check", "_column", "_reason")
+SORT_KEY = ["patient_id", "year"]
+VALIDATED_DIR, QUARANTINE_DIR, REPORT_DIR = "validated", "quarantine", "validation"
+_FAILURE_SCHEMA = {"_row": pl.UInt32, "_check": pl.String, "_column": pl.String, "_reason": pl.String}
+
+
+@dataclass
+class ShardResult:
+    """Outcome of validating one shard: passing rows, quarantined rows, and counts for the report."""
+
+    valid: pl.DataFrame
+    quarantine: pl.DataFrame
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _failures(rows: pl.Series, check: str, column: str, reasons: pl.Series | str) -> pl.DataFrame:
+    n = rows.len()
+    reason = reasons if isinstance(reasons, pl.Series) else pl.Series([reasons] * n, dtype=pl.String)
+    return pl.DataFrame(
+        {
+            "_row": rows.cast(pl.UInt32),
+            "_check": pl.Series([check] * n, dtype=pl.String),
+            "_column": pl.Series([column] * n, dtype=pl.String),
+            "_reason": reason.cast(pl.String),
+        },
+        schema=_FAILURE_SCHEMA,
+    )
+
+
+def _quote(s: pl.Series) -> pl.Series:
+    return ("'" + s.cast(pl.String) + "'").fill_null("null")
+
+
+def _cast_column(src: pl.Series, dtype: pl.DataType, where: str) -> tuple[pl.Series, pl.DataFrame]:
+    """Cast one column to ``dtype``; returns the cast column and a failure frame for values that did not cast."""
+    col = src.name
+    idx = pl.Series("_row", range(src.len()), dtype=pl.UInt32)
+    if isinstance(dtype, pl.Enum):
+        levels = list(dtype.categories)
+        try:
+            as_str = src.cast(pl.String)
+        except Exception as exc:
+            raise DataError(f"{where}: column {col!r}: cannot read {src.dtype} as {dtype} ({exc})") from None
+        bad = as_str.is_not_null() & ~as_str.is_in(levels)
+        out = as_str.set(bad, None).cast(dtype) if bad.any() else as_str.cast(dtype)  # type: ignore[arg-type]
+        reasons = "unknown value " + _quote(as_str.filter(bad)) + f" (allowed: {', '.join(levels)})"
+        return out, _failures(idx.filter(bad), "isin", col, reasons)
+    try:
+        out = src.cast(dtype, strict=False)
+    except Exception as exc:
+        raise DataError(f"{where}: column {col!r}: no cast from {src.dtype} to {dtype} ({exc})") from None
+    bad = src.is_not_null() & out.is_null()
+    if src.dtype.is_float() and dtype.is_integer():
+        # float -> int truncates silently (1.5 -> 1): a value that does not round-trip is a cast failure.
+        lossy = out.cast(pl.Float64) != src.cast(pl.Float64)
+        bad = bad | lossy.fill_null(False)
+        out = out.set(bad, None)  # type: ignore[arg-type]
+    n_bad, n_nonnull = int(bad.sum()), src.len() - src.null_count()
+    if n_bad and n_bad == n_nonnull:
+        example = src.filter(bad).cast(pl.String, strict=False)[0]
+        raise DataError(
+            f"{where}: column {col!r}: none of its {n_nonnull} values can be cast from {src.dtype} to {dtype} "
+            f"(e.g. {example!r})"
+        )
+    reasons = "cannot cast " + _quote(src.filter(bad).cast(pl.String, strict=False)) + f" to {dtype}"
+    return out, _failures(idx.filter(bad), "dtype", col, reasons)
+
+
+def cast_to_schema(
+    df: pl.DataFrame, where: str = "data"
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, str]]:
+    """Cast ``df`` to the contract dtypes (contract column order, extra columns dropped).
+
+    Returns ``(cast_frame, failures, recast)``: failures has one row per (row, column) that could not be cast
+    (columns ``_row, _check, _column, _reason``); ``recast`` maps a column to the dtype it arrived with when
+    that differed. A missing or wholly un-castable column raises :class:`DataError` naming ``where`` and it.
+    """
+    missing = [c for c in OBSERVED_SCHEMA if c not in df.columns]
+    if missing:
+        raise DataError(f"{where}: required column(s) missing: {', '.join(missing)}")
+    cols: list[pl.Series] = []
+    fails: list[pl.DataFrame] = []
+    recast: dict[str, str] = {}
+    for name, dtype in OBSERVED_SCHEMA.items():
+        src = df.get_column(name)
+        if src.dtype == dtype:
+            cols.append(src)
+            continue
+        recast[name] = str(src.dtype)
+        out, f = _cast_column(src, dtype, where)
+        cols.append(out.alias(name))
+        if f.height:
+            fails.append(f)
+    failures = pl.concat(fails) if fails else pl.DataFrame(schema=_FAILURE_SCHEMA)
+    return pl.DataFrame(cols), failures, recast
+
+
+def _pandera_failures(
+    df: pl.DataFrame, rules: Sequence[Rule], first_year: int, last_year: int, where: str
+) -> pl.DataFrame:
+    """Run the pandera schema lazily and return one failure row per (row, check)."""
+    import pandera.errors as pa_errors
+
+    schema = raw_schema(first_year, last_year)
+    try:
+        schema.validate(df, lazy=True)
+    except pa_errors.SchemaErrors as exc:
+        fc = exc.failure_cases
+    else:
+        return pl.DataFrame(schema=_FAILURE_SCHEMA)
+    if fc.get_column("index").null_count():
+        # a schema-level failure (dtype, missing column) cannot happen after cast_to_schema: report it loudly.
+        bad = fc.filter(pl.col("index").is_null()).head(5).to_dicts()
+        raise DataError(f"{where}: schema-level validation failure: {bad}")
+    label = {(r.column, r.name): r.label for r in rules}
+    reason = {(r.column, r.name): r.reason for r in rules}
+    keys = list(zip(fc.get_column("column").to_list(), fc.get_column("check").to_list(), strict=True))
+    uniq = {
+        k: (label.get(k, k[0]), reason.get(k, f"{k[0]} must not be null" if k[1] == "not_nullable" else k[1]))
+        for k in set(keys)
+    }
+    lut = pl.DataFrame(
+        {
+            "column": [k[0] for k in uniq],
+            "check": [k[1] for k in uniq],
+            "_column": [v[0] for v in uniq.values()],
+            "_reason": [v[1] for v in uniq.values()],
+        },
+        schema={"column": pl.String, "check": pl.String, "_column": pl.String, "_reason": pl.String},
+    )
+    return (
+        fc.select(pl.col("index").cast(pl.UInt32).alias("_row"), "column", "check", "failure_case")
+        .join(lut, on=["column", "check"], how="left")
+        .select(
+            "_row",
+            pl.col("check").alias("_check"),
+            "_column",
+            (
+                pl.col("_reason")
+                + " (got "
+                + pl.col("column")
+                + "="
+                + pl.col("failure_case").fill_null("null")
+                + ")"
+            ).alias("_reason"),
+        )
+    )
+
+
+def validate_frame(
+    raw: pl.DataFrame, first_year: int, last_year: int, where: str = "data", shard: int | None = None
+) -> ShardResult:
+    """Validate one in-memory raw frame (pure): cast, run every rule, split into valid and quarantine rows."""
+    rules = raw_rules(first_year, last_year)
+    extra = [c for c in raw.columns if c not in OBSERVED_SCHEMA]
+    df, cast_fail, recast = cast_to_schema(raw, where)
+    pa_fail = _pandera_failures(df, rules, first_year, last_year, where)
+    if cast_fail.height and pa_fail.height:
+        # a value that failed to cast is null now; its not_nullable failure would only repeat the cast reason.
+        pa_fail = pa_fail.join(
+            cast_fail.select("_row", pl.col("_column")), on=["_row", "_column"], how="anti"
+        )
+    per_check = pl.concat([cast_fail, pa_fail])
+    by_row = (
+        per_check.sort("_row", maintain_order=True)
+        .group_by("_row", maintain_order=True)
+        .agg(
+            pl.col("_check").str.join("; "),
+            pl.col("_column").str.join("; "),
+            (pl.col("_check") + ": " + pl.col("_reason")).str.join("; ").alias("_reason"),
+        )
+    )
+    indexed = df.with_row_index("_row")
+    valid = (
+        indexed.join(by_row.select("_row"), on="_row", how="anti", maintain_order="left")
+        .drop("_row")
+        .sort(SORT_KEY, maintain_order=True)
+    )
+    quarantine = indexed.join(by_row, on="_row", how="inner", maintain_order="left")
+    counts = (
+        per_check.group_by("_check", "_column")
+        .agg(pl.col("_row").n_unique().alias("rows"))
+        .sort("_check", "_column")
+    )
+    step_pid = pl.col("patient_id").diff()
+    in_order = (step_pid > 0) | ((step_pid == 0) & (pl.col("year").diff() > 0))
+    was_sorted = df.height < 2 or bool(df.select(in_order.slice(1).all()).item())
+    stats: dict[str, Any] = {
+        "shard": shard,
+        "file": where,
+        "rows_in": raw.height,
+        "rows_valid": valid.height,
+        "rows_quarantined": quarantine.height,
+        "failures": counts.to_dicts(),
+        "extra_columns_dropped": extra,
+        "recast_columns": recast,
+        "input_sorted": was_sorted,
+    }
+    if stats["rows_valid"] + stats["rows_quarantined"] != stats["rows_in"]:  # invariant, never expected
+        raise DataError(f"{where}: row accounting mismatch {stats}")
+    return ShardResult(valid, quarantine, stats)
+
+
+def _read_shard(path: Path) -> pl.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: shard file missing")
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises several error types for truncated / corrupt files
+        raise DataError(f"{path}: unreadable Parquet shard ({type(exc).__name__}: {exc})") from None
+
+
+def validate_shard(
+    observed_file: Path, first_year: int, last_year: int, shard: int | None = None
+) -> ShardResult:
+    """Read and validate one raw shard file; a missing or corrupt file raises :class:`DataError`."""
+    return validate_frame(_read_shard(observed_file), first_year, last_year, str(observed_file), shard)
+
+
+def _write_parquet(df: pl.DataFrame, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(path, compression="zstd", statistics=True)
+    return sha256_file(path)
+
+
+def validate_shard_to_dir(
+    cfg: ClinriskConfig, observed_file: Path, shard: int, validated_root: Path, quarantine_root: Path
+) -> dict[str, Any]:
+    """Validate one shard and write ``<validated_root>/shard=NNN/part.parquet`` and the quarantine twin.
+
+    Returns the shard's stats (with the sha256 of the validated file). Callers provide (temporary) roots:
+    this is the per-shard unit of work of :func:`validate_dataset` and of the per-shard KFP step.
+    """
+    g = cfg.generate
+    res = validate_shard(Path(observed_file), g.first_year, g.last_year, shard)
+    stats = dict(res.stats)
+    stats["validated_sha256"] = _write_parquet(res.valid, shard_file(Path(validated_root), shard))
+    stats["quarantine_sha256"] = _write_parquet(res.quarantine, shard_file(Path(quarantine_root), shard))
+    return stats
+
+
+def _shard_index(path: Path) -> int:
+    m = SHARD_DIR_RE.match(path.parent.name)
+    if not m:
+        raise DataError(f"{path}: not inside a shard=NNN directory")
+    return int(m.group(1))
+
+
+def read_raw_manifest(raw_dir: Path) -> dict[str, Any]:
+    """``{"path", "sha256", "content"}`` of ``raw_dir/manifest.json`` (DataError if missing or corrupt)."""
+    path = raw_dir / "manifest.json"
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return {"path": str(path), "sha256": sha256_file(path), "content": data}
+
+
+def _expected_shards(manifest: dict[str, Any]) -> list[int] | None:
+    """Shard indices the raw manifest promises (``shards`` list/dict or ``n_shards``), if it says."""
+    shards = manifest.get("shards")
+    if isinstance(shards, list):
+        out = []
+        for s in shards:
+            if isinstance(s, dict) and "shard" in s:
+                out.append(int(s["shard"]))
+            elif isinstance(s, int):
+                out.append(s)
+        if out:
+            return sorted(out)
+    if isinstance(shards, dict) and shards:
+        try:
+            return sorted(int(str(k).removeprefix("shard=")) for k in shards)
+        except ValueError:
+            return None
+    n = manifest.get("n_shards")
+    return list(range(int(n))) if isinstance(n, int) else None
+
+
+def _expected_rows(manifest: dict[str, Any]) -> int | None:
+    for key in ("n_rows", "rows", "observed_rows", "n_observed_rows"):
+        v = manifest.get(key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, dict) and isinstance(v.get("observed"), int):
+            return int(v["observed"])
+    return None
+
+
+def _content_hash(shard_stats: Sequence[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for s in sorted(shard_stats, key=lambda s: s["shard"]):
+        h.update(f"shard={s['shard']:03d}:{s['validated_sha256']}\n".encode())
+    return h.hexdigest()
+
+
+def build_report(
+    cfg: ClinriskConfig, shard_stats: Sequence[dict[str, Any]], raw_manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Dataset report from per-shard stats: totals, per-check counts, hashes, provenance."""
+    stats = sorted(shard_stats, key=lambda s: s["shard"])
+    rows_in = sum(s["rows_in"] for s in stats)
+    valid = sum(s["rows_valid"] for s in stats)
+    quar = sum(s["rows_quarantined"] for s in stats)
+    by_check: dict[tuple[str, str], int] = {}
+    for s in stats:
+        for f in s["failures"]:
+            k = (f["_check"], f["_column"])
+            by_check[k] = by_check.get(k, 0) + int(f["rows"])
+    content = raw_manifest.get("content", {})
+    return {
+        "report_version": REPORT_VERSION,
+        "rows_in": rows_in,
+        "rows_valid": valid,
+        "rows_quarantined": quar,
+        "quarantine_fraction": quar / rows_in if rows_in else 0.0,
+        "max_quarantine_fraction": cfg.validate_.max_quarantine_fraction,
+        "calendar": [cfg.generate.first_year, cfg.generate.last_year],
+        "n_shards": len(stats),
+        "failures_by_check": [
+            {"check": c, "column": col, "rows": n} for (c, col), n in sorted(by_check.items())
+        ],
+        "shards": [
+            {
+                k: s[k]
+                for k in (
+                    "shard",
+                    "file",
+                    "rows_in",
+                    "rows_valid",
+                    "rows_quarantined",
+                    "input_sorted",
+                    "extra_columns_dropped",
+                    "recast_columns",
+                    "validated_sha256",
+                )
+            }
+            | {
+                "failures": [
+                    {"check": f["_check"], "column": f["_column"], "rows": f["rows"]} for f in s["failures"]
+                ]
+            }
+            for s in stats
+        ],
+        "validated_content_hash": _content_hash(stats),
+        "raw_manifest": {
+            "path": raw_manifest.get("path"),
+            "sha256": raw_manifest.get("sha256"),
+            "content_hash": content.get("content_hash") or content.get("data_hash"),
+            "config_hash": content.get("config_hash"),
+        },
+    }
+
+
+def render_report_md(report: dict[str, Any]) -> str:
+    """Human-readable Markdown version of :func:`build_report`'s dict."""
+    lines = [
+        "# Raw data validation report",
+        "",
+        f"- rows in: **{report['rows_in']:,}**",
+        f"- rows valid: **{report['rows_valid']:,}**",
+        f"- rows quarantined: **{report['rows_quarantined']:,}** "
+        f"({report['quarantine_fraction']:.4%}; limit {report['max_quarantine_fraction']:.2%})",
+        f"- calendar: {report['calendar'][0]}..{report['calendar'][1]}; shards: {report['n_shards']}",
+        f"- validated content hash: `{report['validated_content_hash']}`",
+        f"- raw manifest: `{report['raw_manifest']['path']}` (sha256 `{report['raw_manifest']['sha256']}`, "
+        f"content hash `{report['raw_manifest']['content_hash']}`)",
+        "",
+        "## Failures by check",
+        "",
+    ]
+    if report["failures_by_check"]:
+        lines += ["| check | column | rows |", "|---|---|---:|"]
+        lines += [f"| {f['check']} | {f['column']} | {f['rows']:,} |" for f in report["failures_by_check"]]
+    else:
+        lines.append("No failures.")
+    lines += [
+        "",
+        "## Shards",
+        "",
+        "| shard | rows in | valid | quarantined | input sorted | notes |",
+        "|---:|---:|---:|---:|---|---|",
+    ]
+    for s in report["shards"]:
+        notes = []
+        if s["extra_columns_dropped"]:
+            notes.append("dropped extra columns: " + ", ".join(s["extra_columns_dropped"]))
+        if s["recast_columns"]:
+            notes.append("recast: " + ", ".join(f"{c} from {t}" for c, t in s["recast_columns"].items()))
+        lines.append(
+            f"| {s['shard']:03d} | {s['rows_in']:,} | {s['rows_valid']:,} | {s['rows_quarantined']:,} | "
+            f"{'yes' if s['input_sorted'] else 'no (re-sorted)'} | {'; '.join(notes)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _check_patients_disjoint(shard_ids: dict[int, pl.Series]) -> None:
+    """A patient must never span shards (contract); report the first offender."""
+    if len(shard_ids) < 2:
+        return
+    all_ids = pl.concat(
+        [s.unique().to_frame("pid").with_columns(shard=pl.lit(k)) for k, s in shard_ids.items()]
+    )
+    clash = all_ids.group_by("pid").agg(pl.col("shard").sort()).filter(pl.col("shard").list.len() > 1)
+    if clash.height:
+        row = clash.sort("pid").row(0)
+        raise DataError(
+            f"patient_id {row[0]} appears in several shards {row[1]} (a patient must never span shards)"
+        )
+
+
+def _job(args: tuple[ClinriskConfig, Path, int, Path, Path]) -> tuple[dict[str, Any], pl.Series]:
+    cfg, path, shard, vroot, qroot = args
+    stats = validate_shard_to_dir(cfg, path, shard, vroot, qroot)
+    ids = pl.read_parquet(shard_file(vroot, shard), columns=["patient_id"]).get_column("patient_id").unique()
+    return stats, ids
+
+
+def validate_dataset(
+    cfg: ClinriskConfig, raw_dir: Path, out_dir: Path, workers: int | None = None
+) -> dict[str, Any]:
+    """Validate every shard of ``raw_dir/observed`` and publish atomically under ``out_dir``.
+
+    Writes ``out_dir/validated/shard=NNN/part.parquet``, ``out_dir/quarantine/shard=NNN/part.parquet`` and
+    ``out_dir/validation/{report.json,report.md}`` (the run layout when ``out_dir`` is the run root). Nothing
+    is published if any shard fails or the quarantined share exceeds ``validate.max_quarantine_fraction``.
+    Returns the report dict.
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    manifest = read_raw_manifest(raw_dir)
+    files = list_shards(raw_dir / "observed")
+    indices = [_shard_index(f) for f in files]
+    expected = _expected_shards(manifest["content"])
+    if expected is not None and expected != indices:
+        missing = sorted(set(expected) - set(indices))
+        extra = sorted(set(indices) - set(expected))
+        raise DataError(
+            f"{raw_dir / 'observed'}: shards do not match {manifest['path']} "
+            f"(missing: {[f'shard={i:03d}' for i in missing]}, unexpected: {[f'shard={i:03d}' for i in extra]})"
+        )
+    n_workers = max(1, min(workers or cfg.run.workers, len(files)))
+    with ExitStack() as stack:
+        vroot = stack.enter_context(atomic_output_dir(out_dir / VALIDATED_DIR))
+        qroot = stack.enter_context(atomic_output_dir(out_dir / QUARANTINE_DIR))
+        rroot = stack.enter_context(atomic_output_dir(out_dir / REPORT_DIR))
+        jobs = [(cfg, f, i, vroot, qroot) for f, i in zip(files, indices, strict=True)]
+        if n_workers == 1:
+            results = [_job(j) for j in jobs]
+        else:
+            # spawn, not fork: polars' thread pool does not survive fork.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+                results = list(pool.map(_job, jobs))
+        shard_stats = [r[0] for r in results]
+        _check_patients_disjoint({s["shard"]: ids for s, ids in results})
+        report = build_report(cfg, shard_stats, manifest)
+        check_report(cfg, report, manifest, raw_dir / "observed")
+        write_report(report, rroot)
+    return report
+
+
+def check_report(
+    cfg: ClinriskConfig, report: dict[str, Any], manifest: dict[str, Any], where: Path | str
+) -> None:
+    """Stage gates on a built report: row count equals the raw manifest's, quarantine share within the limit."""
+    n_expected = _expected_rows(manifest["content"])
+    if n_expected is not None and n_expected != report["rows_in"]:
+        raise DataError(f"{where}: {report['rows_in']} rows read but {manifest['path']} says {n_expected}")
+    if report["quarantine_fraction"] > cfg.validate_.max_quarantine_fraction:
+        top = sorted(report["failures_by_check"], key=lambda f: -f["rows"])[:5]
+        raise DataError(
+            f"{where}: {report['rows_quarantined']} of {report['rows_in']} rows quarantined "
+            f"({report['quarantine_fraction']:.2%}) > validate.max_quarantine_fraction="
+            f"{cfg.validate_.max_quarantine_fraction}; top checks: "
+            + json.dumps([f"{f['check']}[{f['column']}]={f['rows']}" for f in top])
+        )
+
+
+def write_report(report: dict[str, Any], report_dir: Path) -> None:
+    """Write ``report.json`` and ``report.md`` into ``report_dir``."""
+    write_json(Path(report_dir) / "report.json", report)
+    (Path(report_dir) / "report.md").write_text(render_report_md(report))

@@ -1,0 +1,133 @@
+"""Labels: eligibility, censoring, E0 / E1b / E2, and the evaluation-only truth columns."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from clinrisk.config import LabelsConfig
+from clinrisk.labels import build_labels, eval_columns
+from tests.features.synth import frame, row
+
+FPY, E = 2005, 2023
+
+
+def _labels(rows, **cfg_kw) -> pl.DataFrame:
+    cfg = LabelsConfig(**cfg_kw)
+    return (
+        build_labels(frame(rows).lazy(), cfg, first_prediction_year=FPY, last_year=E)
+        .collect()
+        .sort("patient_id", "year")
+    )
+
+
+def _patient(pid: int, years: range, t_rec: int | None = None, entry: int = 2000):
+    return [row(pid, y, entry_year=entry, dx_E11=(t_rec is not None and y >= t_rec)) for y in years]
+
+
+def test_e0_recorded_case_rows_and_exclusions() -> None:
+    df = _labels(_patient(1, range(2000, 2024), t_rec=2012))
+    # rows 2005..2011 (>= first prediction year, < T_rec); positives where T_rec <= t+3
+    assert df["year"].to_list() == list(range(2005, 2012))
+    assert df["label_rec"].to_list() == [0, 0, 0, 0, 1, 1, 1]
+    assert df["label"].to_list() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    assert df["sample_weight"].to_list() == [1.0] * 7
+    assert df.schema["label"] == pl.Float32 and df.schema["label_rec"] == pl.Int8
+
+
+def test_censoring_drops_unfollowed_negatives_never_labels_them_zero() -> None:
+    # Never recorded, leaves after 2015: negatives need t+3 <= 2015 -> t <= 2012.
+    df = _labels(_patient(2, range(2003, 2016)))
+    assert df["year"].to_list() == list(range(2005, 2013))
+    assert (df["label_rec"] == 0).all()
+    # Observed to E: negatives need t+3 <= 2023.
+    df = _labels(_patient(3, range(2000, 2024)))
+    assert df["year"].max() == 2020
+
+
+def test_entry_min_history() -> None:
+    df = _labels(_patient(4, range(2008, 2024), entry=2008))
+    assert df["year"].min() == 2009  # min_history_years = 1
+    df0 = _labels(_patient(4, range(2008, 2024), entry=2008), min_history_years=0)
+    assert df0["year"].min() == 2008
+
+
+def test_positive_kept_even_if_after_e_minus_h() -> None:
+    df = _labels(_patient(5, range(2000, 2024), t_rec=2023))
+    assert df.filter(pl.col("year") == 2022)["label_rec"].to_list() == [1]
+    assert 2021 in df["year"].to_list() and df.filter(pl.col("year") == 2021)["label_rec"][0] == 1
+
+
+def test_e1b_zero_weights_buffer_negatives_never_positives() -> None:
+    rows = _patient(1, range(2000, 2024), t_rec=2015) + _patient(2, range(2000, 2024))
+    df = _labels(rows, strategy="E1b")
+    p1 = df.filter(pl.col("patient_id") == 1)
+    # r - H - d_max = 2015 - 3 - 3 = 2009 .. r - H - 1 = 2011 get weight 0; positives 2012-2014 keep 1
+    zero = p1.filter(pl.col("sample_weight") == 0)["year"].to_list()
+    assert zero == [2009, 2010, 2011]
+    assert (p1.filter(pl.col("label_rec") == 1)["sample_weight"] == 1).all()
+    p2 = df.filter(pl.col("patient_id") == 2)
+    # never recorded, L = 2023: band t > L - H - d_max = 2017
+    assert p2.filter(pl.col("sample_weight") == 0)["year"].to_list() == [2018, 2019, 2020]
+    assert (df["label"] == df["label_rec"].cast(pl.Float32)).all()
+
+
+def test_e2_soft_labels() -> None:
+    rows = _patient(1, range(2000, 2024), t_rec=2015) + _patient(2, range(2000, 2024))
+    df = _labels(rows, strategy="E2")
+    p1 = {r["year"]: r["label"] for r in df.filter(pl.col("patient_id") == 1).to_dicts()}
+    pmf = dict(zip([-1, 0, 1, 2, 3], [0.05, 0.40, 0.30, 0.15, 0.10], strict=True))
+    # t=2011: T* <= 2014 iff d >= 1 -> 0.55; t=2012 (recorded positive, r = t+H): d >= 0 -> 0.95
+    assert p1[2011] == pytest.approx(pmf[1] + pmf[2] + pmf[3], abs=1e-6)
+    assert p1[2012] == pytest.approx(0.95, abs=1e-6)
+    assert p1[2013] == pytest.approx(1.0) and p1[2008] == pytest.approx(0.0)
+    p2 = {r["year"]: r["label"] for r in df.filter(pl.col("patient_id") == 2).to_dicts()}
+    hbar = LabelsConfig().assumed_annual_incidence
+    # t = 2020 = L - H: hbar * sum_{d>0} pi(d) * d
+    assert p2[2020] == pytest.approx(hbar * (0.30 * 1 + 0.15 * 2 + 0.10 * 3), rel=1e-5)
+    assert p2[2017] == pytest.approx(0.0)
+    assert ((df["label"] >= 0) & (df["label"] <= 1)).all()
+
+
+def test_e2_equals_e0_at_delta_zero() -> None:
+    rows = (
+        _patient(1, range(2000, 2024), t_rec=2015)
+        + _patient(2, range(2000, 2024))
+        + _patient(3, range(2004, 2019), t_rec=2010)
+        + _patient(4, range(2002, 2017))
+    )
+    delta0 = [0.0, 1.0, 0.0, 0.0, 0.0]
+    e0 = _labels(rows, strategy="E0", assumed_delay_pmf=delta0)
+    e2 = _labels(rows, strategy="E2", assumed_delay_pmf=delta0)
+    assert e0.equals(e2)
+    e1b = _labels(rows, strategy="E1b", assumed_delay_pmf=delta0)
+    assert e0.equals(e1b)  # no buffer without delay
+
+
+def test_eval_columns_from_truth() -> None:
+    truth = pl.DataFrame(
+        {
+            "patient_id": [1] * 6,
+            "year": list(range(2010, 2016)),
+            "hazard": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+            "onset_year": [2013] * 6,
+            "recorded_year": [2015] * 6,
+        }
+    ).with_columns(
+        pl.col("year", "onset_year", "recorded_year").cast(pl.Int16), pl.col("hazard").cast(pl.Float32)
+    )
+    ev = eval_columns(truth.lazy(), 2).collect().sort("year")
+    r = {row["year"]: row for row in ev.to_dicts()}
+    assert r[2010]["eval_oracle_risk"] == pytest.approx(1 - (1 - 0.2) * (1 - 0.3), rel=1e-5)
+    assert r[2013]["eval_oracle_risk"] == 1.0  # T* <= t
+    assert r[2015]["eval_oracle_risk"] == 1.0
+    none = truth.with_columns(
+        pl.lit(None, dtype=pl.Int16).alias("onset_year"), pl.lit(None, dtype=pl.Int16).alias("recorded_year")
+    )
+    ev2 = {x["year"]: x for x in eval_columns(none.lazy(), 2).collect().to_dicts()}
+    assert ev2[2014]["eval_oracle_risk"] == pytest.approx(0.6, rel=1e-5)  # 2016 missing: no hazard
+    assert ev2[2015]["eval_oracle_risk"] == pytest.approx(0.0)
+    assert ev2[2015]["eval_label_true"] == 0 and ev2[2015]["eval_undiagnosed"] == 0
+    assert [r[y]["eval_label_true"] for y in range(2010, 2016)] == [0, 1, 1, 1, 1, 1]
+    assert [r[y]["eval_undiagnosed"] for y in range(2010, 2016)] == [0, 0, 0, 1, 1, 0]
+    assert r[2010]["eval_onset_year"] == 2013 and r[2010]["eval_recorded_year"] == 2015

@@ -1,0 +1,163 @@
+"""Offline validation of every overlay and chart: real kubectl/helm render, strict schemas, semantics."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from clinrisk import k8s_validate as kv
+
+OVERLAYS = ["kind", "gke"]
+SERVING_VALUES: list[dict[str, str]] = [
+    {},
+    {"canary.percent": "0"},
+    {"canary.percent": "25", "model.previousUri": "s3://mlflow/1/aaa/artifacts/bundle"},
+    {"canary.percent": "100", "serviceAccount.secrets[0]": "clinrisk-s3"},
+]
+
+
+def _assert_clean(findings: list[kv.Finding]) -> None:
+    assert not findings, "\n".join(map(str, findings))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_validates(overlay: str, repo: Path, tools: kv.Tools) -> None:
+    objs = kv.render_kustomize(tools, repo / "manifests" / "overlays" / overlay)
+    _assert_clean(kv.validate_rendered(objs, repo, overlay))
+    kinds = {o["kind"] for o in objs}
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "NetworkPolicy",
+        "InferenceService",
+    } <= kinds
+    isvc = next(o for o in objs if o["kind"] == "InferenceService")
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/clinrisk"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    uri = next(e["value"] for e in container["env"] if e["name"] == "STORAGE_URI")
+    assert uri.startswith({"kind": "s3://", "gke": "gs://"}[overlay])
+    assert isvc["metadata"]["annotations"]["clinrisk.io/model-uri"] == uri
+    assert all(o["metadata"].get("namespace") == "clinrisk" for o in objs if o["kind"] != "Namespace")
+
+
+@pytest.mark.parametrize("values", SERVING_VALUES, ids=lambda v: ",".join(v) or "defaults")
+def test_serving_chart(values: dict[str, str], repo: Path, tools: kv.Tools) -> None:
+    chart = repo / "charts" / "clinrisk-serving"
+    objs = kv.render_helm(tools, chart, set_values=values)
+    _assert_clean(kv.validate_rendered(objs, repo, "clinrisk-serving"))
+    isvc = next(o for o in objs if o["kind"] == "InferenceService")
+    pct = values.get("canary.percent")
+    assert isvc["spec"]["predictor"].get("canaryTrafficPercent") == (int(pct) if pct else None)
+
+
+def test_mlflow_chart(repo: Path, tools: kv.Tools) -> None:
+    objs = kv.render_helm(tools, repo / "charts" / "mlflow", namespace="mlflow")
+    _assert_clean(kv.validate_rendered(objs, repo, "mlflow"))
+    assert {o["kind"] for o in objs} >= {"Deployment", "StatefulSet", "Service", "Secret"}
+    deploy = next(o for o in objs if o["kind"] == "Deployment")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert any(a.startswith("--backend-store-uri=postgresql") for a in args)
+
+
+@pytest.mark.parametrize("chart", ["clinrisk-serving", "mlflow"])
+def test_helm_lint(chart: str, repo: Path, tools: kv.Tools) -> None:
+    out = kv.helm_lint(tools, repo / "charts" / chart)
+    assert "0 chart(s) failed" in out
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"canary.percent": "101"}, "maximum"),
+        ({"canary.percent": "-5"}, "minimum"),
+        ({"image.tag": "latest"}, "image/tag"),
+        ({"model.uri": "not-a-uri"}, "model/uri"),
+    ],
+)
+def test_serving_chart_rejects_bad_values(
+    values: dict[str, str], message: str, repo: Path, tools: kv.Tools
+) -> None:
+    with pytest.raises(kv.K8sValidationError, match=message):
+        kv.render_helm(tools, repo / "charts" / "clinrisk-serving", set_values=values)
+
+
+def _kind_objects(repo: Path, tools: kv.Tools) -> list[dict[str, Any]]:
+    return kv.render_kustomize(tools, repo / "manifests" / "overlays" / "kind")
+
+
+def test_schema_rejects_unknown_fields_and_kinds(repo: Path, tools: kv.Tools, crds: Any) -> None:
+    objs = _kind_objects(repo, tools)
+    isvc = copy.deepcopy(next(o for o in objs if o["kind"] == "InferenceService"))
+    isvc["spec"]["predictor"]["containers"][0]["imagePullPolicyy"] = "Always"
+    assert any("imagePullPolicyy" in f.message for f in kv.validate_object(isvc, crds=crds))
+    role = copy.deepcopy(next(o for o in objs if o["kind"] == "Role"))
+    role["rules"][0]["verb"] = ["get"]
+    assert any("verb" in f.message for f in kv.validate_object(role, crds=crds))
+    unknown = {"apiVersion": "v1", "kind": "Podd", "metadata": {"name": "x"}}
+    assert kv.validate_object(unknown, crds=crds)
+    other_group = {
+        "apiVersion": "serving.kserve.io/v9",
+        "kind": "InferenceService",
+        "metadata": {"name": "x"},
+    }
+    assert "no KServe CRD" in kv.validate_object(other_group, crds=crds)[0].message
+
+
+def test_semantic_checks_catch_what_schemas_miss(repo: Path, tools: kv.Tools) -> None:
+    objs = _kind_objects(repo, tools)
+    ns = copy.deepcopy(next(o for o in objs if o["kind"] == "Namespace"))
+    ns["metadata"]["labels"][kv.RESTRICTED_LABEL] = "baseline"
+    isvc = copy.deepcopy(next(o for o in objs if o["kind"] == "InferenceService"))
+    pred = isvc["spec"]["predictor"]
+    pred["canaryTrafficPercent"] = 150
+    pred["minReplicas"] = 0
+    c = pred["containers"][0]
+    c["name"] = "predictor"
+    c["image"] = "clinrisk/serving:latest"
+    del c["securityContext"]["runAsNonRoot"]
+    del pred["securityContext"]["runAsNonRoot"]
+    messages = " | ".join(str(f) for f in kv.semantic_checks([ns, isvc]))
+    for expected in ("restricted", "0..100", "kserve-container", "'latest'", "runAsNonRoot", "minReplicas"):
+        assert expected in messages, expected
+    c["image"] = "clinrisk/serving"
+    assert "no tag" in " ".join(map(str, kv.semantic_checks([isvc])))
+
+
+def test_crd_conversion_strictness(repo: Path) -> None:
+    strict = kv.load_crd_schemas(kv.crd_dir(repo), strict=True)
+    loose = kv.load_crd_schemas(kv.crd_dir(repo), strict=False)
+    key = ("serving.kserve.io/v1beta1", "InferenceService")
+    assert strict[key].schema["properties"]["spec"]["additionalProperties"] is False
+    assert "additionalProperties" not in loose[key].schema["properties"]["spec"]
+    assert ("serving.kserve.io/v1alpha1", "ClusterServingRuntime") in strict
+
+
+def test_vendored_runtime_validates(repo: Path, crds: Any) -> None:
+    doc = yaml.safe_load((kv.crd_dir(repo) / "kserve-lgbserver.clusterservingruntime.yaml").read_text())
+    _assert_clean(kv.validate_object(doc, crds=crds))
+
+
+def test_missing_shared_dir_is_a_clear_error(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with pytest.raises(kv.K8sValidationError, match=r"shared directory .* not found"):
+        kv.crd_dir(repo)
+
+
+def test_skaffold_references_existing_files(repo: Path) -> None:
+    doc = yaml.safe_load((repo / "skaffold.yaml").read_text())
+    assert doc["apiVersion"].startswith("skaffold/")
+    for artifact in doc["build"]["artifacts"]:
+        script, which = artifact["custom"]["buildCommand"].split()
+        assert (repo / artifact["context"] / script).is_file()
+        assert (repo / "images" / f"{which}.Dockerfile").is_file()
+    for profile in doc["profiles"]:
+        for path in (profile.get("manifests") or {}).get("kustomize", {}).get("paths", []):
+            assert (repo / path / "kustomization.yaml").is_file()

@@ -1,0 +1,244 @@
+"""Evaluation orchestration on synthetic test splits, and end to end with a real model bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from clinrisk import metrics as M
+from clinrisk.config import EvaluateConfig, load_config
+from clinrisk.errors import DataError
+from clinrisk.evaluate import (
+    classification_metrics_data,
+    evaluate_model,
+    evaluate_predictions,
+    load_test_frame,
+)
+from clinrisk.io import shard_file
+from tests.model.eval_synth import synth_test_frame
+
+CFG = EvaluateConfig(bootstrap_replicates=30, top_k_errors=5)
+
+
+@pytest.fixture(scope="module")
+def synth() -> tuple[pl.DataFrame, np.ndarray]:
+    return synth_test_frame(n_patients=1500, seed=0)
+
+
+@pytest.fixture(scope="module")
+def result(synth: tuple[pl.DataFrame, np.ndarray]) -> dict:
+    df, p = synth
+    return evaluate_predictions(CFG, df, p, tau=0.1, p_t=0.1, seed=1, window_years=3)
+
+
+def test_overall_metrics_side_by_side_against_both_label_sets(synth, result) -> None:
+    df, p = synth
+    for name, col in (("recorded", "label_rec"), ("true", "eval_label_true")):
+        y = df[col].to_numpy().astype(float)
+        o = result["overall"][name]
+        assert o["auc"]["value"] == pytest.approx(M.roc_auc(y, p))
+        assert o["prevalence"]["value"] == pytest.approx(y.mean())
+        assert o["auc"]["lo"] <= o["auc"]["value"] <= o["auc"]["hi"]
+    # The synthetic recorded labels miss delayed diagnoses: true prevalence and true O/E are higher.
+    assert (
+        result["overall"]["true"]["prevalence"]["value"]
+        > result["overall"]["recorded"]["prevalence"]["value"]
+    )
+    assert result["overall"]["true"]["oe"]["value"] > result["overall"]["recorded"]["oe"]["value"]
+
+
+def test_oracle_ceiling_beats_the_model(synth, result) -> None:
+    df, p = synth
+    o = result["oracle"]
+    po = df["eval_oracle_risk"].to_numpy().astype(float)
+    assert o["expected_auc_oracle"] > o["expected_auc_model"]
+    assert o["expected_auc_model"] == pytest.approx(M.expected_auc(p, po))
+    assert o["excess_brier"] == pytest.approx(np.mean((p - po) ** 2), rel=1e-6)
+    assert o["oracle_brier"] < result["overall"]["true"]["brier"]["value"]
+    assert "expected_auc" in result["overall"]["true"]
+
+
+def test_slices_cover_insurance_ethnicity_age_sex_and_blind_spot_hits_uninsured(result) -> None:
+    got = {(s["slice"], s["level"]) for s in result["slices"]}
+    assert {
+        ("insurance", "uninsured"),
+        ("ethnicity", "Black"),
+        ("age_band", "<45"),
+        ("age_band", ">=65"),
+    } <= got
+    assert {("sex", "F"), ("sex", "M")} <= got
+    ins = [s for s in result["slices"] if s["slice"] == "insurance"]
+    assert sum(s["n_rows"] for s in ins) == result["n_rows"]
+    bs = {r["level"]: r for r in result["label_noise_blind_spot"]}
+    # Uninsured diagnoses are delayed most: biggest recorded-vs-true O/E gap.
+    assert max(bs, key=lambda k: bs[k]["gap"]) == "uninsured"
+
+
+def test_miscalibrated_slice_is_flagged_with_reason(synth) -> None:
+    df, p = synth
+    q = p.copy()
+    black = (df["ethnicity"].cast(pl.String) == "Black").to_numpy()
+    q[black] = q[black] * 0.3  # severe under-prediction in one slice only
+    res = evaluate_predictions(CFG, df, q, tau=0.1, p_t=0.1, seed=1)
+    s = next(s for s in res["slices"] if s["slice"] == "ethnicity" and s["level"] == "Black")
+    assert s["flagged"] and any(f.startswith("recorded labels: O/E") for f in s["flags"])
+    white = next(s for s in res["slices"] if s["slice"] == "ethnicity" and s["level"] == "White")
+    assert not any(f.startswith("recorded labels: O/E") for f in white["flags"])
+
+
+def test_error_analysis_counts_are_consistent(synth, result) -> None:
+    df, p = synth
+    alert = p >= 0.1
+    yr = df["label_rec"].to_numpy()
+    yt = df["eval_label_true"].to_numpy()
+    fp = result["error_analysis"]["fp_decomposition"]
+    assert fp["fp_recorded"] == int(np.sum(alert & (yr == 0)))
+    assert fp["label_noise_fp"] + fp["real_fp"] == fp["fp_recorded"]
+    assert fp["label_noise_fp"] == int(np.sum(alert & (yr == 0) & (yt == 1)))
+    ct = result["error_analysis"]["crosstabs"]
+    assert set(ct) == {"hba1c_in_window", "years_since_last_hba1c", "visits", "bmi", "undiagnosed_prevalent"}
+    assert ct["hba1c_in_window"]["column"] == "hba1c_n_3y"
+    for dim in ct.values():
+        assert sum(r["fn_true"] for r in dim["rows"]) == fp["fn_true"]
+        assert sum(r["n_rows"] for r in dim["rows"]) == result["n_rows"]
+    fps = result["top_errors"]["false_positives"]
+    assert len(fps) == 5 and all(r["label_rec"] == 0 for r in fps)
+    assert [r["probability"] for r in fps] == sorted((r["probability"] for r in fps), reverse=True)
+
+
+def test_patient_level_and_kfp_data(result) -> None:
+    pl_ = result["patient_level"]
+    assert pl_["sensitivity_1"]["value"] <= pl_["sensitivity_2"]["value"] <= pl_["sensitivity_3"]["value"]
+    kfp = classification_metrics_data(result, "true")
+    assert len(kfp["roc"]["fpr"]) <= 200
+    assert sum(map(sum, kfp["confusion_matrix"]["matrix"])) == result["n_rows"]
+    with pytest.raises(DataError, match="labels"):
+        classification_metrics_data(result, "nope")
+
+
+def test_bad_probabilities_are_rejected(synth) -> None:
+    df, p = synth
+    with pytest.raises(DataError, match="probability"):
+        evaluate_predictions(CFG, df, p[:-1], tau=0.1, p_t=0.1)
+    with pytest.raises(DataError, match="probability"):
+        evaluate_predictions(CFG, df, p + 2, tau=0.1, p_t=0.1)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+FEATURES = ["age", "insurance", "visits", "hba1c_n_3y", "hba1c_locf", "bmi_locf"]
+
+
+def _write_dataset(root: Path, df: pl.DataFrame) -> Path:
+    feats = root / "features"
+    ids = df["patient_id"].to_numpy()
+    for shard in range(2):
+        part = df.filter(pl.Series((ids % 2) == shard))
+        f = shard_file(feats, shard)
+        f.parent.mkdir(parents=True)
+        part.write_parquet(f)
+    spec = {
+        "feature_names": FEATURES,
+        "categories": {"insurance": ["commercial", "medicaid", "medicare", "uninsured", "__OTHER__"]},
+    }
+    (feats / "feature_spec.json").write_text(json.dumps(spec))
+    return feats
+
+
+def _write_bundle(root: Path, df: pl.DataFrame) -> Path:
+    import lightgbm as lgb
+
+    from clinrisk.bundle import features_to_matrix, write_bundle
+    from clinrisk.io import atomic_output_dir
+
+    spec = json.loads((root / "features" / "feature_spec.json").read_text())
+    X = features_to_matrix(df, FEATURES, spec["categories"])
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 7, "min_data_in_leaf": 20, "verbose": -1, "seed": 0},
+        lgb.Dataset(X, df["label_rec"].to_numpy(), feature_name=FEATURES),
+        num_boost_round=30,
+    )
+    out = root / "bundle"
+    with atomic_output_dir(out) as tmp:
+        write_bundle(
+            tmp,
+            model_text=booster.model_to_string(),
+            spec=spec,
+            feature_names=FEATURES,
+            calibration={"method": "none"},
+            threshold={"value": 0.1, "method": "net_benefit", "reason": "p_t", "threshold_probability": 0.1},
+            reference={"features": {}, "score": {}},
+            metrics={},
+            cfg=load_config(None),
+            metadata={"positive_class_weight": 1.0, "label_strategy": "E0"},
+        )
+    return out
+
+
+def test_evaluate_model_end_to_end_and_cli(tmp_path: Path) -> None:
+    # A model trained on one synthetic population, evaluated on another one's test rows.
+    train_df, _ = synth_test_frame(n_patients=1200, seed=3)
+    test_df, _ = synth_test_frame(n_patients=800, seed=4)
+    feats = _write_dataset(tmp_path, test_df)
+    bundle = _write_bundle(tmp_path, train_df)
+    cfg = load_config(None, ["evaluate.bootstrap_replicates=20", "evaluate.top_k_errors=3"])
+    out = tmp_path / "evaluation"
+    res = evaluate_model(cfg, bundle, feats, out)
+    for rel in (
+        "metrics.json",
+        "report.md",
+        "predictions.parquet",
+        *(f"plots/{n}.png" for n in ("roc", "pr", "calibration", "net_benefit", "slices")),
+    ):
+        assert (out / rel).is_file(), rel
+    saved = json.loads((out / "metrics.json").read_text())  # strict JSON (no NaN)
+    assert saved["headline"]["true_auc"] == pytest.approx(res["headline"]["true_auc"])
+    assert res["threshold"]["method"] == "net_benefit" and res["tau"] == 0.1
+    preds = pl.read_parquet(out / "predictions.parquet")
+    assert preds.columns == ["patient_id", "year", "probability", "label_rec", "eval_label_true"]
+    assert preds.height == load_test_frame(feats).height
+    top = res["top_errors"]["false_positives"][0]["top_contributions"]
+    assert len(top) == 5 and {c["feature"] for c in top} <= set(FEATURES)
+    assert "insurance" in (out / "report.md").read_text()
+
+    from clinrisk.cli import build_app
+
+    cli_out = tmp_path / "cli_eval"
+    r = CliRunner().invoke(
+        build_app(),
+        [
+            "evaluate",
+            "--set",
+            "evaluate.bootstrap_replicates=10",
+            "--bundle",
+            str(bundle),
+            "--features",
+            str(feats),
+            "--out",
+            str(cli_out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "auc" in r.output and (cli_out / "metrics.json").is_file()
+
+
+def test_failure_publishes_nothing(tmp_path: Path) -> None:
+    df, _ = synth_test_frame(n_patients=200, seed=5)
+    feats = _write_dataset(tmp_path, df.drop("eval_oracle_risk"))
+    with pytest.raises(DataError, match="eval_oracle_risk"):
+        load_test_frame(feats)
+    from clinrisk.cli import build_app
+
+    out = tmp_path / "evaluation"
+    r = CliRunner().invoke(
+        build_app(),
+        ["evaluate", "--bundle", str(tmp_path / "nobundle"), "--features", str(feats), "--out", str(out)],
+    )
+    assert r.exit_code == 2 and "error:" in r.output
+    assert not out.exists()

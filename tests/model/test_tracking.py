@@ -1,0 +1,74 @@
+"""MLflow round trip (slowish; kept to one registry test): log config/metrics, register the bundle as a
+pyfunc model, reload it through the registry alias and compare predictions with the bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from clinrisk.bundle import load_bundle
+from clinrisk.config import flatten_config
+from clinrisk.errors import DataError
+from clinrisk.io import list_shards
+from tests.model.conftest import small_config
+
+
+def test_flatten_metrics():
+    from clinrisk.tracking import flatten_metrics
+
+    flat = flatten_metrics(
+        {"validation": {"auc": 0.8, "n": 10, "curve": [1, 2], "bad": float("nan")}, "ok": True}
+    )
+    assert flat == {"validation.auc": 0.8, "validation.n": 10.0, "ok": 1.0}
+
+
+def test_mlflow_round_trip(trained_bundle_dir: Path, synthetic_features_dir: Path, tmp_path: Path):
+    import mlflow
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    from clinrisk import tracking
+
+    cfg = small_config(tmp_path)
+    run_dir = tmp_path / "run"
+    run_id = tracking.start_run(cfg, run_dir, kfp_run_id="kfp-123")
+    assert tracking.tracking_uri(cfg, run_dir) == f"sqlite:///{(run_dir / 'mlflow' / 'mlflow.db').resolve()}"
+    n_params = tracking.log_config(cfg, run_id)
+    bundle = load_bundle(trained_bundle_dir)
+    tracking.log_metrics(bundle.metrics, run_id)
+    # A second step (e.g. evaluate) logs into the same run by id.
+    tracking.log_metrics({"test": {"auc": 0.5}}, run_id)
+    version = tracking.register_bundle(cfg, trained_bundle_dir, run_id, run_dir=run_dir)
+    tracking.end_run(run_id)
+
+    run = MlflowClient().get_run(run_id)
+    assert len(run.data.params) == n_params == len(flatten_config(cfg))
+    assert run.data.tags["kfp.run_id"] == "kfp-123"
+    assert run.data.metrics["validation.auc"] == pytest.approx(bundle.metrics["validation"]["auc"])
+    assert run.data.metrics["test.auc"] == 0.5
+    assert (run_dir / "mlflow" / "artifacts").is_dir()
+
+    frame = pl.read_parquet(str(list_shards(synthetic_features_dir)[0]))
+    expected = bundle.predict_proba(frame)
+    # Categoricals go in as level names (the signature's string columns), everything else as numbers.
+    pdf = (
+        frame.select(bundle.feature_names)
+        .with_columns([pl.col(c).cast(pl.String) for c in bundle.categories])
+        .to_pandas()
+    )
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.registered_model_name}@challenger")
+    got = np.asarray(model.predict(pdf), dtype=np.float64)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+    local = tracking.resolve_model(cfg, "challenger", tmp_path / "dl", run_dir=run_dir)
+    assert load_bundle(local).version == bundle.version
+    same = tracking.resolve_model(cfg, version, tmp_path / "dl2", run_dir=run_dir)
+    assert load_bundle(same).version == bundle.version
+    client = MlflowClient()
+    mv = client.get_model_version_by_alias(cfg.tracking.registered_model_name, "challenger")
+    assert str(mv.version) == version and mv.tags["bundle_version"] == bundle.version
+    with pytest.raises(DataError, match="cannot resolve"):
+        tracking.resolve_model(cfg, "no-such-alias", tmp_path / "dl3", run_dir=run_dir)

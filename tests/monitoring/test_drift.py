@@ -1,0 +1,132 @@
+"""Drift: PSI against hand-computed values, binning conventions, and the drift job on real bundles."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from clinrisk.config import MonitoringConfig, load_config
+from clinrisk.drift import (
+    OK,
+    RETRAIN,
+    categorical_shares,
+    drift_report,
+    ks_at_edges,
+    numeric_bin_shares,
+    prometheus_text,
+    psi,
+    run_drift_job,
+)
+from clinrisk.errors import DataError
+from clinrisk.request_log import RequestLogger
+
+
+def test_psi_hand_computed() -> None:
+    # (0.5−0.25)ln(0.5/0.25) + (0.5−0.75)ln(0.5/0.75) = 0.25·ln2 + 0.25·ln1.5
+    assert psi([0.25, 0.75], [0.5, 0.5]) == pytest.approx(0.25 * math.log(2) + 0.25 * math.log(1.5))
+    assert psi([0.2, 0.3, 0.5], [0.2, 0.3, 0.5]) == 0.0
+    # symmetric in its arguments, and an empty current bin stays finite through the floor
+    assert psi([0.1, 0.9], [0.3, 0.7]) == pytest.approx(psi([0.3, 0.7], [0.1, 0.9]))
+    assert math.isfinite(psi([0.5, 0.5], [1.0, 0.0]))
+    with pytest.raises(DataError):
+        psi([0.5, 0.5], [1.0])
+
+
+def test_bin_conventions_match_reference() -> None:
+    # Bins (-inf, 1), [1, 2), [2, inf) + missing: values exactly on an edge go right, as in train.py.
+    s = numeric_bin_shares([0.5, 1.0, 1.5, 2.0, 3.0, float("nan")], [1.0, 2.0])
+    np.testing.assert_allclose(s, [1 / 6, 2 / 6, 2 / 6, 1 / 6])
+    c = categorical_shares(pl.Series(["F", "M", "X", None]), ["F", "M", "__OTHER__"])
+    np.testing.assert_allclose(c, [0.25, 0.25, 0.25, 0.25])
+    codes = categorical_shares(pl.Series([0, 0, 1, None]), ["F", "M"])
+    np.testing.assert_allclose(codes, [0.5, 0.25, 0.25])
+    # reference deciles of U(0,1) vs a current sample that is all above 0.5: KS = 0.5 at edge 0.5
+    edges = np.linspace(0.1, 0.9, 9)
+    assert ks_at_edges(np.full(10, 0.1), np.linspace(0.55, 0.99, 100), edges) == pytest.approx(0.5)
+
+
+def _reference(rng: np.random.Generator) -> dict:
+    x = rng.normal(0, 1, 20000)
+    edges = np.quantile(x, np.linspace(0.1, 0.9, 9))
+    score = rng.beta(2, 20, 20000)
+    sedges = np.quantile(score, np.linspace(0.1, 0.9, 9))
+    return {
+        "features": {
+            "x": {
+                "type": "numeric",
+                "edges": edges.tolist(),
+                "shares": [0.1] * 10,
+                "missing_share": 0.0,
+                "min": float(x.min()),
+                "max": float(x.max()),
+                "mean": 0.0,
+            },
+            "sex": {"type": "categorical", "levels": ["F", "M"], "shares": [0.5, 0.5], "missing_share": 0.0},
+        },
+        "score": {"edges": sedges.tolist(), "shares": [0.1] * 10, "mean": float(score.mean())},
+    }
+
+
+def test_drift_report_shifted_vs_unshifted() -> None:
+    rng = np.random.default_rng(1)
+    ref = _reference(rng)
+    mc = MonitoringConfig(min_drifted_features=1)
+    same = pl.DataFrame(
+        {
+            "x": rng.normal(0, 1, 5000),
+            "sex": rng.choice(["F", "M"], 5000),
+            "probability": rng.beta(2, 20, 5000),
+        }
+    )
+    rep = drift_report(ref, same, mc)
+    assert rep["decision"] == OK, rep["reasons"]
+    assert rep["max_feature_psi"] < 0.02 and rep["score"]["psi"] < 0.02
+    shifted = pl.DataFrame(
+        {
+            "x": rng.normal(1.0, 1, 5000),
+            "sex": rng.choice(["F", "M"], 5000, p=[0.5, 0.5]),
+            "probability": rng.beta(4, 20, 5000),
+        }
+    )
+    rep2 = drift_report(ref, shifted, mc)
+    assert rep2["decision"] == RETRAIN
+    assert rep2["drifted_features"] == ["x"]
+    assert rep2["score"]["psi"] > 0.1 and rep2["score"]["ks"] > 0.1
+    assert any("score PSI" in r for r in rep2["reasons"])
+    text = prometheus_text(rep2, "v1")
+    assert 'clinrisk_drift_retrain{model_version="v1"} 1' in text
+    assert 'clinrisk_drift_feature_psi{feature="x",model_version="v1"}' in text
+    small = drift_report(ref, shifted.head(10), mc)
+    assert small["decision"] == "insufficient_data"
+
+
+def test_drift_job_on_bundle(trained_bundle_dir: Path, synthetic_features_dir: Path, tmp_path: Path) -> None:
+    from clinrisk.bundle import load_bundle
+    from clinrisk.evaluate import load_test_frame
+
+    bundle = load_bundle(trained_bundle_dir)
+    test = load_test_frame(synthetic_features_dir)
+    cfg = load_config(None, [f"run.output_dir={tmp_path}"])
+    with RequestLogger(tmp_path / "log") as lg:
+        lg.log(test, bundle.predict_proba(test), bundle.version)
+    rep = run_drift_job(cfg, trained_bundle_dir, tmp_path / "log", tmp_path / "drift")
+    assert rep["decision"] == OK, rep["reasons"]
+    # later population: higher HbA1c and BMI, less testing → feature and score drift
+    later = test.with_columns(
+        (pl.col("hba1c_last") + 0.6).alias("hba1c_last"),
+        (pl.col("hba1c_mean_3y") + 0.6).alias("hba1c_mean_3y"),
+        (pl.col("bmi") + 4.0).alias("bmi"),
+    )
+    with RequestLogger(tmp_path / "log2") as lg:
+        lg.log(later, bundle.predict_proba(later), bundle.version)
+    rep2 = run_drift_job(cfg, trained_bundle_dir, tmp_path / "log2", tmp_path / "drift2", mlflow=True)
+    assert rep2["decision"] == RETRAIN
+    assert {"hba1c_last", "bmi"} <= set(rep2["drifted_features"])
+    assert rep2["score"]["psi"] > rep["score"]["psi"]
+    for f in ("report.json", "report.md", "metrics.prom"):
+        assert (tmp_path / "drift2" / f).is_file()
+    assert rep2["mlflow_run_id"]
