@@ -27,7 +27,7 @@ run: venv ## run the main job on the default config
 	$(BIN)/clinrisk run --config $(CONFIG)
 
 test: venv ## run the whole test suite
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -m "not docker" tests
 
 lint: venv ## ruff + mypy
 	$(BIN)/ruff check src tests components pipelines benchmarks

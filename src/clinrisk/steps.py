@@ -78,10 +78,98 @@ def copy_shards(part_dirs: list[str | Path], subdir: str, dest: Path) -> int:
     return n
 
 
+# --------------------------------------------------------------------------- tracking + generation
+
+
+def start_tracking_step(config_dir: str | Path, kfp_run_id: str) -> str:
+    """Open the pipeline run's MLflow run (tagged with the KFP run id) with the flattened config as params."""
+    from clinrisk.tracking import log_config, start_run
+
+    cfg = _load(config_dir)
+    if not cfg.tracking.enabled:
+        return ""
+    run_id = start_run(cfg, kfp_run_id=kfp_run_id or None)
+    log_config(cfg, run_id)
+    return run_id
+
+
+def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> None:
+    """Calibrate α by bisection and fix each shard's patient blocks (plan.json)."""
+    from clinrisk.generate import plan_generation
+
+    cfg = _load(config_dir)
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        write_json(tmp / "plan.json", plan_generation(cfg))
+
+
+def generate_shard_step(
+    config_dir: str | Path, plan_dir: str | Path, shard: int, out_dir: str | Path
+) -> None:
+    """Generate one shard's observed + truth files."""
+    from clinrisk.generate import generate_shard
+
+    cfg = _load(config_dir)
+    plan = read_json(Path(plan_dir) / "plan.json")
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        generate_shard(cfg, plan, shard, tmp)
+
+
+def merge_data_step(
+    config_dir: str | Path,
+    plan_dir: str | Path,
+    raw_parts: list[str | Path],
+    validated_parts: list[str | Path],
+    raw_out: str | Path,
+    validated_out: str | Path,
+    report_file: str | Path,
+    log_metric: MetricLogger | None = None,
+) -> dict[str, Any]:
+    """Collect raw and validated shards; write the manifest (content hash) and the validation report.
+
+    The same checks as ``clinrisk validate`` apply (row counts vs manifest, quarantine share), so a run
+    with too much bad data stops here and publishes neither dataset.
+    """
+    from clinrisk.generate import finalize_generation
+    from clinrisk.validate import (
+        build_report,
+        check_report,
+        read_raw_manifest,
+        render_report_md,
+        write_report,
+    )
+
+    cfg = _load(config_dir)
+    plan = read_json(Path(plan_dir) / "plan.json")
+    with atomic_output_dir(Path(raw_out)) as raw_tmp, atomic_output_dir(Path(validated_out)) as val_tmp:
+        copy_shards(raw_parts, "observed", raw_tmp / "observed")
+        copy_shards(raw_parts, "truth", raw_tmp / "truth")
+        finalize_generation(cfg, plan, raw_tmp)
+        manifest = read_raw_manifest(raw_tmp)
+        copy_shards(validated_parts, "validated", val_tmp)
+        copy_shards(validated_parts, "quarantine", val_tmp / "quarantine")
+        stats = [read_json(Path(p) / "stats.json") for p in validated_parts]
+        report = build_report(cfg, stats, manifest)
+        check_report(cfg, report, manifest, raw_tmp / "observed")
+        write_report(report, val_tmp / "validation")
+    Path(report_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(report_file).write_text(render_report_md(report))
+    _log_numeric(
+        log_metric,
+        {
+            k: report[k]
+            for k in ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
+            if k in report
+        },
+    )
+    return dict(report)
+
+
 # --------------------------------------------------------------------------- validation
 
 
-def validate_shard_step(config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path) -> None:
+def validate_shard_step(
+    config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path
+) -> None:
     """Validate one generated shard into ``out_dir/{validated,quarantine}/shard=NNN`` + ``stats.json``."""
     from clinrisk.io import shard_file
     from clinrisk.validate import validate_shard_to_dir
@@ -160,6 +248,53 @@ def merge_features_step(
     return summary
 
 
+# --------------------------------------------------------------------------- selection + training
+
+
+def select_features_step(
+    config_dir: str | Path,
+    features_dir: str | Path,
+    out_dir: str | Path,
+    log_metric: MetricLogger | None = None,
+) -> dict[str, Any]:
+    """Feature selection under the memory budget; writes selected_features.json."""
+    from clinrisk.selection import select_features, summary_metrics
+
+    doc = select_features(_load(config_dir), Path(features_dir), Path(out_dir))
+    _log_numeric(log_metric, summary_metrics(doc))
+    return dict(doc)
+
+
+def train_step(
+    config_dir: str | Path,
+    features_dir: str | Path,
+    selection_dir: str | Path,
+    mlflow_run_id: str,
+    out_dir: str | Path,
+    log_metric: MetricLogger | None = None,
+) -> dict[str, Any]:
+    """Train on the selected features, calibrate, choose τ, write the bundle; log validation metrics."""
+    from clinrisk.selection import load_selected_features
+    from clinrisk.train import train_model
+
+    cfg = _load(config_dir)
+    selected = load_selected_features(Path(selection_dir)) if Path(selection_dir).exists() else None
+    result = train_model(cfg, Path(features_dir), Path(out_dir), selected)
+    metrics = result["metrics"] if isinstance(result.get("metrics"), dict) else {}
+    _log_numeric(log_metric, metrics)
+    if mlflow_run_id:
+        from clinrisk.tracking import log_to_run
+
+        log_to_run(cfg, mlflow_run_id, metrics=_flat_numeric(metrics), artifacts={"bundle": Path(out_dir)})
+    return dict(result)
+
+
+def _flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    _log_numeric(out.__setitem__, metrics)
+    return out
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -195,6 +330,41 @@ def evaluate_step(
 
         log_to_run(cfg, mlflow_run_id, metrics=result["headline"], artifacts={"evaluation": Path(out_dir)})
     return dict(result)
+
+
+# --------------------------------------------------------------------------- registry + deploy
+
+
+def register_step(
+    config_dir: str | Path,
+    bundle_dir: str | Path,
+    evaluation_dir: str | Path,
+    validation_report: str | Path,
+    mlflow_run_id: str,
+) -> str:
+    """Log reports to the run, register the bundle (alias ``challenger``); returns ``models:/name/version``."""
+    from clinrisk.tracking import end_run, log_to_run, model_uri, register_bundle
+
+    cfg = _load(config_dir)
+    if not mlflow_run_id:
+        return str(Path(bundle_dir))
+    log_to_run(
+        cfg,
+        mlflow_run_id,
+        artifacts={"evaluation": Path(evaluation_dir), "validation": Path(validation_report).parent},
+    )
+    version = register_bundle(cfg, Path(bundle_dir), mlflow_run_id)
+    end_run(mlflow_run_id)
+    return model_uri(cfg, version)
+
+
+def deploy_canary_step(model_uri: str, inference_service: str, namespace: str, percent: int) -> str:
+    """Start (or shift) a canary of ``model_uri`` on the InferenceService through the Kubernetes API."""
+    from clinrisk.rollout import KubernetesIsvcApi, Rollout
+
+    rollout = Rollout(KubernetesIsvcApi(), namespace=namespace, name=inference_service)
+    state = rollout.canary(model_uri=model_uri, percent=percent)
+    return str(state)
 
 
 __all__ = [

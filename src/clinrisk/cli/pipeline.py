@@ -83,6 +83,31 @@ def pipeline_submit(
     typer.echo(f"submitted: {run_id}")
 
 
+@handle_errors
+def run_main_job(
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    runner: RunnerOption = "subprocess",
+    smoke: Annotated[
+        bool, typer.Option("--smoke/--no-smoke", help="serve the new model and send a request")
+    ] = True,
+) -> None:
+    """The main job: run the training pipeline, then serve the new model and send it a real V1 request."""
+    import json
+
+    from clinrisk.pipeline_runner import effective_local_config, run_local
+    from clinrisk.smoke import serving_smoke_test
+
+    result = run_local(_config_path(config), sets, runner=runner)  # type: ignore[arg-type]
+    if smoke:
+        cfg = effective_local_config(_config_path(config), list(sets or []))
+        out = serving_smoke_test(cfg, result.model_uri, result.pipeline_dir / "merge-data" / "validated")
+        typer.echo(f"serving smoke test: POST {out['url']}/v1/models/{cfg.serving.model_name}:predict")
+        typer.echo(json.dumps(out["response"], indent=2)[:2000])
+    _print_locations(result.run_root, result.pipeline_dir, result.model_uri, result.tracking_uri)
+
+
 def register(app: typer.Typer) -> None:
     """Add the pipeline commands to the root app."""
     app.add_typer(pipeline_app, name="pipeline")
+    app.command("run")(run_main_job)

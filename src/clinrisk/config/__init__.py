@@ -23,7 +23,7 @@ from clinrisk.config.modeling import (
     TrackingConfig,
     TrainConfig,
 )
-from clinrisk.config.monitoring import MonitoringConfig
+from clinrisk.config.monitoring import ExperimentsConfig, MonitoringConfig, PromotionConfig
 from clinrisk.config.run import RunConfig
 from clinrisk.config.serving import ServingConfig
 from clinrisk.config.validate import ValidateConfig
@@ -32,10 +32,12 @@ from clinrisk.errors import ConfigError
 __all__ = [
     "ClinriskConfig",
     "EvaluateConfig",
+    "ExperimentsConfig",
     "FeaturesConfig",
     "GenerateConfig",
     "LabelsConfig",
     "MonitoringConfig",
+    "PromotionConfig",
     "RunConfig",
     "SelectConfig",
     "ServingConfig",
@@ -68,6 +70,8 @@ class ClinriskConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
 
     model_config = Section.model_config | {"populate_by_name": True}
 

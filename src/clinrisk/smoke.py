@@ -1,0 +1,59 @@
+"""End-of-run serving smoke test: start the real KServe server on the newest model, send one V1 request."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from clinrisk.config import ClinriskConfig
+from clinrisk.errors import StageError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """An unused TCP port on ``host``."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def serving_smoke_test(
+    cfg: ClinriskConfig, model_uri: str, validated_dir: Path, timeout_s: float = 120.0
+) -> dict[str, Any]:
+    """Resolve ``model_uri`` from the registry, serve it on 127.0.0.1, predict one real patient, stop.
+
+    Returns ``{"url", "bundle", "request", "response"}``; any failure raises StageError with the server log.
+    """
+    from clinrisk.io import list_shards
+    from clinrisk.serving.client import example_request, predict, wait_ready
+    from clinrisk.tracking import resolve_model
+
+    bundle = resolve_model(
+        cfg, model_uri.rsplit("/", 1)[-1] if model_uri.startswith("models:/") else model_uri
+    )
+    host, port = "127.0.0.1", free_port()
+    request = example_request(list_shards(Path(validated_dir))[0], cfg.features.window_years, n=2)
+    log = Path(bundle).parent / "smoke-server.log"
+    cmd = [
+        sys.executable, "-m", "clinrisk", "serve", "--bundle", str(bundle),
+        "--set", f"serving.host={host}", "--set", f"serving.http_port={port}",
+    ]  # fmt: skip
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    base = f"http://{host}:{port}"
+    try:
+        wait_ready(base, cfg.serving.model_name, timeout_s=timeout_s)
+        response = predict(base, request["instances"], cfg.serving.model_name)
+    except Exception as exc:
+        raise StageError(
+            f"serving smoke test failed: {exc}\n--- server log ---\n{log.read_text()[-3000:]}"
+        ) from exc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {"url": base, "bundle": str(bundle), "request": request, "response": response}
