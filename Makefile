@@ -83,5 +83,6 @@ rollback: venv ## restore the previous model URI
 rollout-status: venv ## phase + traffic split of the InferenceService
 	$(BIN)/clinrisk rollout status --namespace $(NAMESPACE)
 
-serve: venv ## serve the run's model bundle with KServe on 127.0.0.1 (V1 protocol)
-	$(BIN)/clinrisk serve --config $(CONFIG)
+MODEL ?= models:/clinrisk@challenger
+serve: venv ## serve the newest registered model (MODEL=models:/clinrisk@challenger) with KServe on 127.0.0.1
+	$(BIN)/clinrisk serve --config $(CONFIG) --model-uri $(MODEL)
