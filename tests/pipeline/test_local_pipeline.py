@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import components as c
 import polars as pl
 import pytest
 from kfp import dsl
 
-import components as c
 from clinrisk.bundle import load_bundle
 from clinrisk.config import load_config, save_config
 from clinrisk.errors import StageError
