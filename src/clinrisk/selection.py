@@ -897,6 +897,21 @@ def load_selected_features(path: Path) -> list[str]:
     return sel
 
 
+def features_for_training(path: Path) -> list[str] | None:
+    """The feature list training should use: the selection if it passed its own non-inferiority check
+    (science.md §5.3: ΔAP ≥ −0.005 and ΔBrier ≤ +0.0005 vs the full set on validation), else ``None`` (all
+    features). A selection that loses accuracy must not silently degrade the deployed model."""
+    from clinrisk.io import read_json
+
+    p = Path(path)
+    doc = read_json(p / SELECTION_FILE if p.is_dir() else p)
+    selected = load_selected_features(p)
+    evaluation = doc.get("evaluation") if isinstance(doc, dict) else None
+    if isinstance(evaluation, dict) and evaluation.get("acceptable") is False:
+        return None
+    return selected
+
+
 def summary_metrics(doc: dict[str, Any]) -> dict[str, float]:
     """Flat numeric measurements of a selection document (for KFP Metrics / MLflow)."""
     out: dict[str, float] = {

@@ -274,11 +274,11 @@ def train_step(
     log_metric: MetricLogger | None = None,
 ) -> dict[str, Any]:
     """Train on the selected features, calibrate, choose τ, write the bundle; log validation metrics."""
-    from clinrisk.selection import load_selected_features
+    from clinrisk.selection import features_for_training
     from clinrisk.train import train_model
 
     cfg = _load(config_dir)
-    selected = load_selected_features(Path(selection_dir)) if Path(selection_dir).exists() else None
+    selected = features_for_training(Path(selection_dir)) if Path(selection_dir).exists() else None
     result = train_model(cfg, Path(features_dir), Path(out_dir), selected)
     metrics = result["metrics"] if isinstance(result.get("metrics"), dict) else {}
     _log_numeric(log_metric, metrics)

@@ -456,3 +456,16 @@ def test_matched_mode_runs_and_reports_heldout_probes(features_dir: Path, tmp_pa
     assert set(INFORMATIVE) <= set(doc["selected"])
     assert doc["config"]["probe_threshold"] == "matched"
     assert doc["quality"]["probe_false_selection_rate"] is not None
+
+
+def test_training_falls_back_to_all_features_when_selection_is_not_non_inferior(tmp_path: Path) -> None:
+    import json
+
+    from clinrisk.selection import SELECTION_FILE, features_for_training
+
+    doc = {"selected": ["a", "b"], "evaluation": {"acceptable": False, "delta_ap": -0.04}}
+    (tmp_path / SELECTION_FILE).write_text(json.dumps(doc))
+    assert features_for_training(tmp_path) is None
+    doc["evaluation"]["acceptable"] = True
+    (tmp_path / SELECTION_FILE).write_text(json.dumps(doc))
+    assert features_for_training(tmp_path) == ["a", "b"]

@@ -33,13 +33,13 @@ def train(
 ) -> None:
     """Train LightGBM on the training split, calibrate and pick τ on validation, write the model bundle."""
     from clinrisk.paths import RunPaths
-    from clinrisk.selection import SELECTION_FILE, load_selected_features
+    from clinrisk.selection import SELECTION_FILE, features_for_training
     from clinrisk.train import train_model
 
     cfg = load(config, sets)
     paths = RunPaths.for_config(cfg)
     sel_file = selected if selected is not None else paths.selection / SELECTION_FILE
-    names = load_selected_features(sel_file) if (selected is not None or sel_file.is_file()) else None
+    names = features_for_training(sel_file) if (selected is not None or sel_file.is_file()) else None
     out_dir = out or paths.bundle
     res = train_model(cfg, features or paths.features, out_dir, selected_features=names)
     md, v, thr = res["metadata"], res["metrics"]["validation"], res["threshold"]
