@@ -472,23 +472,17 @@ def evaluate_predictions(
     return result
 
 
+HEADLINE_METRICS = (
+    "auc", "ap", "ap_lift", "brier", "oe", "cal_slope", "net_benefit", "sensitivity", "ppv", "alert_rate",
+)  # fmt: skip
+
+
 def headline(result: dict[str, Any]) -> dict[str, float]:
     """The few numbers printed by the CLI and logged to MLflow as ``test_*``."""
     h: dict[str, float] = {}
     for name in LABELS:
         o = result["overall"][name]
-        for k in (
-            "auc",
-            "ap",
-            "ap_lift",
-            "brier",
-            "oe",
-            "cal_slope",
-            "net_benefit",
-            "sensitivity",
-            "ppv",
-            "alert_rate",
-        ):
+        for k in HEADLINE_METRICS:
             h[f"{name}_{k}"] = o[k]["value"]
     h["expected_auc_model"] = result["oracle"]["expected_auc_model"]
     h["expected_auc_oracle"] = result["oracle"]["expected_auc_oracle"]

@@ -40,6 +40,8 @@ def evaluate(
 
 def format_headline(result: dict[str, object]) -> str:
     """Two-column headline table (recorded vs true labels) plus the oracle and error-analysis numbers."""
+    from clinrisk.evaluate import HEADLINE_METRICS
+
     h = result["headline"]
     assert isinstance(h, dict)
 
@@ -50,18 +52,7 @@ def format_headline(result: dict[str, object]) -> str:
         f"test rows {result['n_rows']}, patients {result['n_patients']}, tau {f(result['tau'])}",
         f"{'metric':<14}{'recorded':>10}{'true':>10}",
     ]
-    for k in (
-        "auc",
-        "ap",
-        "ap_lift",
-        "brier",
-        "oe",
-        "cal_slope",
-        "net_benefit",
-        "sensitivity",
-        "ppv",
-        "alert_rate",
-    ):
+    for k in HEADLINE_METRICS:
         nd = 4 if k in ("brier", "net_benefit") else 3
         lines.append(f"{k:<14}{f(h.get(f'recorded_{k}'), nd):>10}{f(h.get(f'true_{k}'), nd):>10}")
     lines.append(
