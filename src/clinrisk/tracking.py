@@ -59,8 +59,8 @@ def configure(cfg: ClinriskConfig, run_dir: Path | None = None) -> str:
     if exp is not None:
         return str(exp.experiment_id)
     location = None
-    if not cfg.tracking.tracking_uri:  # local store: artifacts next to the db, not in the cwd
-        art = (_run_dir(cfg, run_dir) / "mlflow" / "artifacts").resolve()
+    if uri.startswith("sqlite:///"):  # local store: artifacts next to the db, never MLflow's ./mlruns default
+        art = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve()
         art.mkdir(parents=True, exist_ok=True)
         location = art.as_uri()
     return str(client.create_experiment(name, artifact_location=location))

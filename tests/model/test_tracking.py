@@ -72,3 +72,18 @@ def test_mlflow_round_trip(trained_bundle_dir: Path, synthetic_features_dir: Pat
     assert str(mv.version) == version and mv.tags["bundle_version"] == bundle.version
     with pytest.raises(DataError, match="cannot resolve"):
         tracking.resolve_model(cfg, "no-such-alias", tmp_path / "dl3", run_dir=run_dir)
+
+
+def test_explicit_sqlite_uri_keeps_artifacts_next_to_the_db(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from clinrisk.config import load_config
+    from clinrisk.tracking import configure
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "store" / "mlflow.db"
+    cfg = load_config(None, [f"tracking.tracking_uri=sqlite:///{db}", "tracking.experiment_name=art-loc"])
+    configure(cfg)
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(f"sqlite:///{db}").get_experiment_by_name("art-loc")
+    assert exp.artifact_location == (db.parent / "artifacts").resolve().as_uri()
+    assert not (tmp_path / "mlruns").exists()
