@@ -83,6 +83,7 @@ def build_training_pipeline(parallelism: int = 2) -> Callable[..., Any]:
         )
         with dsl.If(deploy == True):  # noqa: E712 - KFP condition expression, not a Python comparison
             c.deploy_canary(
+                config=cfg.outputs["config"],
                 model_uri=registered.output,
                 inference_service=inference_service,
                 namespace=namespace,

@@ -358,12 +358,27 @@ def register_step(
     return model_uri(cfg, version)
 
 
-def deploy_canary_step(model_uri: str, inference_service: str, namespace: str, percent: int) -> str:
-    """Start (or shift) a canary of ``model_uri`` on the InferenceService through the Kubernetes API."""
-    from clinrisk.rollout import KubernetesIsvcApi, Rollout
+def deploy_canary_step(
+    config_dir: str | Path,
+    model_uri: str,
+    inference_service: str,
+    namespace: str,
+    percent: int,
+    api: Any = None,
+) -> str:
+    """Start (or shift) a canary of ``model_uri`` on the InferenceService through the Kubernetes API.
 
-    rollout = Rollout(KubernetesIsvcApi(), namespace=namespace, name=inference_service)
-    state = rollout.canary(model_uri=model_uri, percent=percent)
+    A registry URI (``models:/name/version`` or ``models:/name@alias``, what ``register`` returns) is
+    resolved to the bundle's storage location first: KServe's storage initializer cannot read ``models:/``.
+    """
+    from clinrisk.rollout import KubernetesIsvcApi, Rollout
+    from clinrisk.tracking import resolve_storage_uri
+
+    storage_uri = resolve_storage_uri(_load(config_dir), model_uri)
+    rollout = Rollout(
+        api if api is not None else KubernetesIsvcApi(), namespace=namespace, name=inference_service
+    )
+    state = rollout.canary(model_uri=storage_uri, percent=percent)
     return str(state)
 
 

@@ -247,6 +247,56 @@ def model_uri(cfg: ClinriskConfig, alias_or_version: str) -> str:
     return f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
 
 
+def _bundle_path_in_model(mlmodel_text: str, where: str) -> str:
+    """The bundle's path inside a logged clinrisk pyfunc model, read from its MLmodel file."""
+    import yaml
+
+    try:
+        conf = yaml.safe_load(mlmodel_text)
+        return str(conf["flavors"]["python_function"]["artifacts"][BUNDLE_ARTIFACT_KEY]["path"])
+    except (KeyError, TypeError, yaml.YAMLError):
+        raise DataError(f"{where}: not a clinrisk model (no '{BUNDLE_ARTIFACT_KEY}' artifact)") from None
+
+
+def bundle_storage_uri(cfg: ClinriskConfig, alias_or_version: str, run_dir: Path | None = None) -> str:
+    """Where the registered version's bundle directory lives in the artifact store (``s3://…`` with MinIO).
+
+    KServe's storage initializer cannot read ``models:/`` URIs; an InferenceService needs the storage
+    location of the bundle itself, which is ``<model download URI>/<bundle path from MLmodel>``.
+    """
+    import tempfile
+
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    configure(cfg, run_dir)
+    client = _client()
+    name = cfg.tracking.registered_model_name
+    ref = str(alias_or_version)
+    where = model_uri(cfg, ref)
+    try:
+        version = ref if ref.isdigit() else str(client.get_model_version_by_alias(name, ref).version)
+        root = str(client.get_model_version_download_uri(name, version)).rstrip("/")
+        with tempfile.TemporaryDirectory(prefix="clinrisk-mlmodel-") as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=tmp)
+            text = Path(local).read_text()
+    except MlflowException as exc:
+        raise DataError(f"{where}: cannot resolve registered model ({exc.message})") from None
+    return f"{root}/{_bundle_path_in_model(text, where).strip('/')}"
+
+
+def resolve_storage_uri(cfg: ClinriskConfig, uri: str, run_dir: Path | None = None) -> str:
+    """A ``models:/`` registry URI becomes its bundle's storage URI; any other URI is returned as given."""
+    if not uri.startswith("models:/"):
+        return uri
+    from clinrisk.serving.resolve import parse_model_uri
+
+    name, ref = parse_model_uri(uri)
+    named = cfg.model_copy(deep=True)
+    named.tracking.registered_model_name = name
+    return bundle_storage_uri(named, ref, run_dir=run_dir)
+
+
 def resolve_model(
     cfg: ClinriskConfig,
     alias_or_version: str = CHALLENGER,
@@ -257,7 +307,6 @@ def resolve_model(
     import tempfile
 
     import mlflow.artifacts
-    import yaml
     from mlflow.exceptions import MlflowException
 
     configure(cfg, run_dir)
@@ -271,12 +320,7 @@ def resolve_model(
     mlmodel = local / "MLmodel"
     if not mlmodel.is_file():
         raise DataError(f"{uri}: downloaded model has no MLmodel file")
-    conf = yaml.safe_load(mlmodel.read_text())
-    try:
-        rel = conf["flavors"]["python_function"]["artifacts"][BUNDLE_ARTIFACT_KEY]["path"]
-    except (KeyError, TypeError):
-        raise DataError(f"{uri}: not a clinrisk model (no '{BUNDLE_ARTIFACT_KEY}' artifact)") from None
-    bundle_dir = local / rel
+    bundle_dir = local / _bundle_path_in_model(mlmodel.read_text(), uri)
     from clinrisk.bundle import load_bundle
 
     load_bundle(bundle_dir)  # validate before handing it to serving

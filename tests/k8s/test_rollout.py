@@ -270,3 +270,19 @@ def test_kubernetes_client_maps_errors() -> None:
     with pytest.raises(ro.UnsettledError, match="409"):
         api.patch("clinrisk", "clinrisk", {"spec": {}})
     assert custom.calls[0] == ("get", "serving.kserve.io", "v1beta1", "clinrisk", "inferenceservices", "nope")
+
+
+def test_deploy_step_passes_storage_uri_and_refuses_unservable(tmp_path: Any) -> None:
+    from clinrisk.config import load_config, save_config
+    from clinrisk.steps import CONFIG_FILE, deploy_canary_step
+
+    save_config(load_config(None), tmp_path / CONFIG_FILE)
+    api = RecordingApi([load_fixture("stable"), load_fixture("canary_in_progress")])
+    deploy_canary_step(tmp_path, V2, "clinrisk", "clinrisk", 10, api=api)
+    (patch,) = api.patches
+    assert V2 in str(patch)
+    # A local path (register without MLflow) cannot be fetched by KServe's storage initializer.
+    with pytest.raises(ro.RolloutError, match="unsupported scheme"):
+        deploy_canary_step(
+            tmp_path, "/tmp/bundle", "clinrisk", "clinrisk", 10, api=RecordingApi([load_fixture("stable")])
+        )

@@ -73,6 +73,18 @@ def test_mlflow_round_trip(trained_bundle_dir: Path, synthetic_features_dir: Pat
     with pytest.raises(DataError, match="cannot resolve"):
         tracking.resolve_model(cfg, "no-such-alias", tmp_path / "dl3", run_dir=run_dir)
 
+    # The storage location KServe's storage initializer would download: the bundle directory itself.
+    storage = tracking.bundle_storage_uri(cfg, "challenger", run_dir=run_dir)
+    assert storage == tracking.bundle_storage_uri(cfg, version, run_dir=run_dir)
+    assert storage.startswith((run_dir / "mlflow" / "artifacts").resolve().as_uri() + "/")
+    assert load_bundle(Path(storage.removeprefix("file://"))).version == bundle.version
+    with pytest.raises(DataError, match="cannot resolve"):
+        tracking.bundle_storage_uri(cfg, "no-such-alias", run_dir=run_dir)
+    # What the deploy step does with register's output; non-registry URIs pass through untouched.
+    registry_uri = tracking.model_uri(cfg, version)
+    assert tracking.resolve_storage_uri(cfg, registry_uri, run_dir=run_dir) == storage
+    assert tracking.resolve_storage_uri(cfg, "s3://b/k", run_dir=run_dir) == "s3://b/k"
+
 
 def test_explicit_sqlite_uri_keeps_artifacts_next_to_the_db(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from clinrisk.config import load_config
