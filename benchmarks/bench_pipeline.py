@@ -1,0 +1,187 @@
+"""Pipeline benchmark: wall time and peak RSS of the whole local pipeline (kfp.local, SubprocessRunner), per
+step and in total — the issue's goal is ≤ 180 s and ≤ 3 GB at the default 2M rows on 2 cores.
+
+    .venv/bin/python benchmarks/bench_pipeline.py                                  # configs/default.yaml
+    .venv/bin/python benchmarks/bench_pipeline.py --config configs/tiny.yaml       # quick
+    .venv/bin/python benchmarks/bench_pipeline.py --set generate.n_patients=100000 --json out.json
+
+Every KFP task runs as its own ``python -m kfp.dsl.executor_main`` subprocess whose ``--executor_input``
+names the task's output directory; a sampler thread walks this process's tree every ``--interval`` seconds
+and attributes RSS and first/last-seen times to tasks. Per-step wall = last seen - first seen (summed over
+ParallelFor iterations, with the span of the fan-out too); per-step peak RSS = the largest RSS of one task
+process tree; total peak = the largest sum over the whole tree at one instant (what the machine must hold).
+Sampling misses tasks shorter than the interval; they show as ``<interval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# The executor input carries each output's URI: <pipeline_root>/<pipeline-run>/<task-name>/<output-name>.
+OUTPUT_FILE_RE = re.compile(r'"outputFile":\s*"[^"]*/(?P<task>[^/"]+)/executor_output\.json"')
+
+
+@dataclass
+class TaskSample:
+    """What the sampler saw of one task process (one ParallelFor iteration is one task)."""
+
+    name: str
+    first: float
+    last: float
+    peak_rss: int = 0
+
+
+@dataclass
+class TreeSampler:
+    """Samples this process's subprocess tree; maps executor processes to KFP task names."""
+
+    interval: float
+    tasks: dict[int, TaskSample] = field(default_factory=dict)
+    peak_total_rss: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _task_of(self, proc: Any) -> str | None:
+        try:
+            cmd = " ".join(proc.cmdline())
+        except Exception:  # process ended between listing and reading
+            return None
+        if "executor_main" not in cmd:
+            return None
+        m = OUTPUT_FILE_RE.search(cmd.replace('\\"', '"'))
+        return m["task"] if m else "unknown-task"
+
+    def sample_once(self) -> None:
+        import psutil
+
+        now = time.perf_counter()
+        me = psutil.Process()
+        total = 0
+        owner: dict[int, str] = {}  # pid -> task, for every executor process (wrappers included)
+        procs: list[tuple[Any, int, int]] = []
+        for proc in me.children(recursive=True):
+            try:
+                rss, parent = proc.memory_info().rss, proc.ppid()
+            except psutil.Error:
+                continue
+            total += rss
+            task = self._task_of(proc)
+            if task is not None:
+                owner[proc.pid] = task
+                procs.append((proc, parent, rss))
+        for proc, parent, rss in procs:
+            task = owner[proc.pid]
+            if owner.get(parent) == task:
+                continue  # the runner's wrapper and the executor: count the outermost once
+            tree = rss
+            with contextlib.suppress(psutil.Error):
+                tree += sum(c.memory_info().rss for c in proc.children(recursive=True))
+            seen = self.tasks.get(proc.pid)
+            if seen is None:
+                self.tasks[proc.pid] = TaskSample(task, now, now, tree)
+            else:
+                seen.last = now
+                seen.peak_rss = max(seen.peak_rss, tree)
+        self.peak_total_rss = max(self.peak_total_rss, total + me.memory_info().rss)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.sample_once()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+STEP_RE = re.compile(r"-\d+$")  # iteration suffixes, if the runner adds them
+
+
+def summarise(sampler: TreeSampler, wall: float) -> dict[str, Any]:
+    """Per step: number of task processes, summed busy time, span (first start → last end), peak RSS."""
+    steps: dict[str, dict[str, Any]] = {}
+    for t in sampler.tasks.values():
+        step = STEP_RE.sub("", t.name)
+        s = steps.setdefault(
+            step, {"tasks": 0, "busy_s": 0.0, "start": t.first, "end": t.last, "peak_rss": 0}
+        )
+        s["tasks"] += 1
+        s["busy_s"] += t.last - t.first
+        s["start"] = min(s["start"], t.first)
+        s["end"] = max(s["end"], t.last)
+        s["peak_rss"] = max(s["peak_rss"], t.peak_rss)
+    t0 = min((s["start"] for s in steps.values()), default=0.0)
+    rows = [
+        {
+            "step": name,
+            "tasks": s["tasks"],
+            "start_s": round(s["start"] - t0, 1),
+            "span_s": round(s["end"] - s["start"], 1),
+            "busy_s": round(s["busy_s"], 1),
+            "peak_rss_mb": round(s["peak_rss"] / 2**20),
+        }
+        for name, s in sorted(steps.items(), key=lambda kv: kv[1]["start"])
+    ]
+    return {
+        "wall_s": round(wall, 1),
+        "peak_total_rss_mb": round(sampler.peak_total_rss / 2**20),
+        "steps": rows,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    ap.add_argument("--interval", type=float, default=0.25, help="sampling interval in seconds")
+    ap.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    ap.add_argument("--goal-s", type=float, default=180.0)
+    ap.add_argument("--goal-gb", type=float, default=3.0)
+    args = ap.parse_args()
+    if args.interval <= 0:
+        ap.error("--interval: must be > 0")
+
+    from clinrisk.pipeline_runner import run_local
+
+    sampler = TreeSampler(args.interval)
+    thread = threading.Thread(target=sampler.run, daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    result = run_local(args.config, args.overrides)
+    wall = time.perf_counter() - t0
+    sampler.stop()
+    thread.join()
+    summary = summarise(sampler, wall)
+    summary["config"] = str(args.config)
+    summary["overrides"] = args.overrides
+    summary["pipeline_dir"] = str(result.pipeline_dir)
+
+    print(f"{'step':24s} {'tasks':>5s} {'start s':>8s} {'span s':>8s} {'busy s':>8s} {'peak MB':>8s}")
+    for r in summary["steps"]:
+        span = f"{r['span_s']:.1f}" if r["span_s"] >= args.interval else f"<{args.interval}"
+        print(
+            f"{r['step']:24s} {r['tasks']:5d} {r['start_s']:8.1f} {span:>8s} {r['busy_s']:8.1f} "
+            f"{r['peak_rss_mb']:8d}"
+        )
+    gb = summary["peak_total_rss_mb"] / 1024
+    print(
+        f"total wall {summary['wall_s']:.1f} s (goal {args.goal_s:.0f} s, ratio {wall / args.goal_s:.2f}); "
+        f"peak RSS of the whole tree {gb:.2f} GB (goal {args.goal_gb:.1f} GB, ratio {gb / args.goal_gb:.2f})"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
