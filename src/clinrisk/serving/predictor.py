@@ -3,16 +3,20 @@
 Readiness: ``ready`` becomes True only in :meth:`ClinriskModel.load`, after the bundle loaded AND passed
 its self-check (KServe's default ``start()`` would mark any model ready; it is overridden).
 
-Event loop: ``preprocess`` only checks the media type and decodes the body. Validation, feature building
-and prediction run in the loop's default thread pool (KServe sizes it with ``max_asyncio_workers``):
-polars and LightGBM release the GIL, so the loop keeps accepting requests, health checks and metric
-scrapes while a request is scored, and a 256-instance request cannot stall the others.
+Event loop: ``preprocess`` only checks the media type and decodes the body. Validation of a small request
+(pure Python, well under a millisecond) runs on the loop; a large one (more than
+``INLINE_VALIDATION_INSTANCES`` instances) goes to the loop's default thread pool. Feature building and
+prediction always run in the thread pool, through a :class:`MicroBatcher`: requests that arrive while a
+batch is scored are coalesced into the next one (one feature build for all of them, no added wait), so
+the loop keeps accepting requests, health checks and metric scrapes, and a 256-instance request cannot
+stall the others for longer than its own batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +28,15 @@ kserve = import_kserve()
 from kserve.errors import ModelNotReady  # noqa: E402
 
 from clinrisk.config import ServingConfig  # noqa: E402
-from clinrisk.serving.inference import ServingEngine  # noqa: E402
+from clinrisk.serving.batching import MicroBatcher  # noqa: E402
+from clinrisk.serving.inference import ScoreResult, ServingEngine  # noqa: E402
 from clinrisk.serving.metrics import serving_metrics  # noqa: E402
-from clinrisk.serving.request import ServingError, decode_body  # noqa: E402
+from clinrisk.serving.request import ServingError, ValidatedRequest, decode_body  # noqa: E402
 
 log = logging.getLogger("clinrisk.serving")
+
+# Requests with at most this many instances are validated on the event loop (cheaper than a thread hop).
+INLINE_VALIDATION_INSTANCES = 8
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class ClinriskModel(kserve.Model):  # type: ignore[misc,name-defined]
         self.bundle_dir = Path(bundle_dir)
         self.cfg = cfg
         self.engine: ServingEngine | None = None
+        self.batcher: MicroBatcher[ValidatedRequest, ScoreResult] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self.self_check: dict[str, Any] = {}
         self.ready = False
 
@@ -53,6 +63,16 @@ class ClinriskModel(kserve.Model):  # type: ignore[misc,name-defined]
         """Load the bundle and self-check it; ready only if both succeed (errors propagate)."""
         engine = ServingEngine.from_dir(self.bundle_dir, self.cfg)
         self.self_check = engine.self_check()
+        # One scoring thread: batches run one at a time anyway, and the feature plan is cached per
+        # thread, so it is built once here (warm-up) instead of on the first request of each pool thread.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clinrisk-score")
+        self._executor.submit(engine.warm_up).result()
+        self.batcher = MicroBatcher(
+            engine.score_many,
+            lambda r: r.n_instances,
+            max_instances=self.cfg.max_instances,
+            executor=self._executor,
+        )
         self.engine = engine
         self.ready = True
         log.info(
@@ -73,6 +93,8 @@ class ClinriskModel(kserve.Model):  # type: ignore[misc,name-defined]
         """Flush the request log and mark not ready."""
         if self.engine is not None:
             self.engine.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
         self.ready = False
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
@@ -83,14 +105,17 @@ class ClinriskModel(kserve.Model):  # type: ignore[misc,name-defined]
             raise
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
-        engine = self.engine
-        if engine is None:
+        engine, batcher = self.engine, self.batcher
+        if engine is None or batcher is None:
             raise ModelNotReady(self.name)
         body = payload.payload if isinstance(payload, _Decoded) else payload
-        loop = asyncio.get_running_loop()
         metrics = serving_metrics()
         try:
-            result = await loop.run_in_executor(None, engine.score, body)
+            if _instance_count(body) <= INLINE_VALIDATION_INSTANCES:
+                req = engine.validate(body)
+            else:
+                req = await asyncio.get_running_loop().run_in_executor(None, engine.validate, body)
+            result = await batcher.submit(req)
         except ServingError as exc:
             metrics.observe_rejected(self.name, _outcome(exc), exc.reason)
             if exc.reason == "out_of_distribution":
@@ -100,6 +125,12 @@ class ClinriskModel(kserve.Model):  # type: ignore[misc,name-defined]
         if self.cfg.log_patient_data:
             log.info("scored %d instance(s): %s", len(result.probabilities), result.response)
         return result.response
+
+
+def _instance_count(body: Any) -> int:
+    """Number of instances a body claims (0 when it is not even shaped like a V1 request)."""
+    inst = body.get("instances") if isinstance(body, dict) else None
+    return len(inst) if isinstance(inst, list) else 0
 
 
 def _outcome(exc: ServingError) -> str:

@@ -12,6 +12,7 @@ check below still guards programmatic callers that hand Python floats to :func:`
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -155,12 +156,35 @@ def decode_body(body: Any, headers: Mapping[str, str] | None) -> Any:
 
 @dataclass(frozen=True)
 class ValidatedRequest:
-    """A request that passed validation: the raw patient-years frame and per-request options."""
+    """A request that passed validation: the raw patient-years (as column lists, patient_id = instance
+    index, rows sorted by (patient_id, year)) and per-request options."""
 
-    frame: pl.DataFrame  # OBSERVED_SCHEMA dtypes; patient_id = instance index; sorted by (patient_id, year)
+    columns: dict[str, list[Any]]
     n_instances: int
     current_years: list[int]
     reason_codes_top_k: int
+
+    @functools.cached_property
+    def frame(self) -> pl.DataFrame:
+        """The raw patient-years frame in OBSERVED_SCHEMA dtypes (built on first use)."""
+        return records_frame(self.columns)
+
+
+def merge_requests(reqs: list[ValidatedRequest]) -> pl.DataFrame:
+    """One raw frame for several requests, patient ids offset so that every instance keeps its own id
+    (request order, then instance order)."""
+    if len(reqs) == 1:
+        return reqs[0].frame
+    merged: dict[str, list[Any]] = {c: [] for c in OBSERVED_SCHEMA}
+    offset = 0
+    for r in reqs:
+        for c, values in r.columns.items():
+            if c == "patient_id":
+                merged[c].extend(i + offset for i in values)
+            else:
+                merged[c].extend(values)
+        offset += r.n_instances
+    return records_frame(merged)
 
 
 def _bad(where: str, problem: str, reason: str) -> InvalidRequest:
@@ -351,7 +375,7 @@ def validate_request(
             for f in HISTORY_FIELDS:
                 columns[f].append(r[f])
     return ValidatedRequest(
-        frame=records_frame(columns),
+        columns=columns,
         n_instances=len(instances),
         current_years=current,
         reason_codes_top_k=top_k,
@@ -359,11 +383,11 @@ def validate_request(
 
 
 def records_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
-    """Column lists -> a frame with exactly the observed raw dtypes (Enums via String)."""
-    schema = {
-        k: pl.String if isinstance(v, pl.Enum | pl.Categorical) else v for k, v in OBSERVED_SCHEMA.items()
-    }
-    return pl.DataFrame(columns, schema=schema).cast(pl.Schema(OBSERVED_SCHEMA))
+    """Column lists -> a frame with exactly the observed raw dtypes.
+
+    Each column is built directly in its dtype (Enum levels were checked by validation): no frame-wide
+    cast, which would plan and run a lazy query per request."""
+    return pl.DataFrame([pl.Series(k, columns[k], dtype=d) for k, d in OBSERVED_SCHEMA.items()])
 
 
 # ------------------------------------------------------------------------------------- building requests
