@@ -1,8 +1,9 @@
 """Features-stage benchmark: wall time and peak RSS at two sizes, polars vs naive pandas rolling, and the
-HbA1c measurement coverage for X = 1, 2, 3, 5 (the window-X justification).
+per-lab measurement coverage for X = 1, 2, 3, 5 (the window-X justification, science.md §3.2).
 
     .venv/bin/python benchmarks/bench_features.py                       # 0.5M and 2M rows
     .venv/bin/python benchmarks/bench_features.py --rows 20000 100000 --pandas-rows 20000   # quick
+    .venv/bin/python benchmarks/bench_features.py --source generator --coverage-only --coverage-rows 300000
 
 Data: the product generator (``clinrisk.generate.generate_dataset`` + validation-free copy of observed/)
 when importable and ``--source generator``, else the contract-shaped synthetic rows of
@@ -44,9 +45,8 @@ def _make_synthetic(out: Path, rows: int, seed: int = 0) -> Path:
 
 
 def _make_generated(out: Path, rows: int) -> Path:
-    from clinrisk.generate import generate_dataset  # type: ignore[import-not-found]
-
     from clinrisk.config import load_config
+    from clinrisk.generate import generate_dataset
 
     n_patients = max(100, int(rows / 10))
     n_shards = max(1, round(rows / ROWS_PER_SHARD))
@@ -145,8 +145,14 @@ def pandas_vs_polars(rows: int) -> dict[str, float]:
     }
 
 
-def coverage(rows: int, source: str) -> dict[str, float]:
-    """Share of prediction rows (year >= 2005) with >= 1 HbA1c in the previous X calendar years."""
+COVERAGE_WINDOWS = (1, 2, 3, 5)
+COVERAGE_LABS = ("hba1c", "glucose", "ldl", "hdl", "tc", "tg", "creatinine", "sbp", "weight")
+
+
+def coverage(rows: int, source: str) -> dict[str, dict[str, float]]:
+    """Per lab: share of prediction patient-years (year >= 2005) with >= 1 measurement of the lab in the
+    previous X calendar years (t - X, t], after unit cleaning (a quarantined value counts as missing), for
+    X = 1, 2, 3, 5; plus ``glycaemic`` (HbA1c or glucose) and the share of rows with a value ever (LOCF)."""
     import polars as pl
 
     from clinrisk.features import cast_raw
@@ -158,22 +164,42 @@ def coverage(rows: int, source: str) -> dict[str, float]:
             _make_generated(Path(d), rows) if source == "generator" else _make_synthetic(Path(d), rows)
         )
         raw = pl.scan_parquet([str(f) for f in list_shards(validated)])
-        lf = normalise_units(cast_raw(raw).sort("patient_id", "year"), ("hba1c",)).with_columns(
-            pl.col("year").cast(pl.Int32).alias("_yr")
+        lf = normalise_units(cast_raw(raw).sort("patient_id", "year")).with_columns(
+            pl.col("year").cast(pl.Int32).alias("_yr"),
+            pl.col("sbp_mmhg").alias("sbp"),
+            glycaemic=pl.when(pl.col("hba1c").is_not_null() | pl.col("glucose").is_not_null()).then(1.0),
         )
-        has = pl.col("hba1c").is_not_null().cast(pl.Int32)
+        labs = [*COVERAGE_LABS, "glycaemic"]
+        exprs = []
+        for lab in labs:
+            has = pl.col(lab).is_not_null().cast(pl.Int32)
+            exprs += [
+                (has.rolling_sum_by("_yr", f"{x}i").over("patient_id") > 0).alias(f"{lab}|X={x}")
+                for x in COVERAGE_WINDOWS
+            ]
+            exprs.append((has.cum_sum().over("patient_id") > 0).alias(f"{lab}|ever"))
         out = (
-            lf.with_columns(
-                [
-                    (has.rolling_sum_by("_yr", f"{x}i").over("patient_id") > 0).alias(f"X={x}")
-                    for x in (1, 2, 3, 5)
-                ]
-            )
+            lf.with_columns(exprs)
             .filter(pl.col("year") >= 2005)
-            .select([pl.col(f"X={x}").mean() for x in (1, 2, 3, 5)])
+            .select(pl.len().alias("rows"), *[pl.col(e.meta.output_name()).mean() for e in exprs])
             .collect()
         )
-    return {k: round(float(v), 3) for k, v in out.row(0, named=True).items()}
+    row = out.row(0, named=True)
+    table: dict[str, dict[str, float]] = {"_rows": {"n": float(row.pop("rows"))}}
+    for key, val in row.items():
+        lab, x = key.split("|")
+        table.setdefault(lab, {})[x] = round(float(val), 3)
+    return table
+
+
+def print_coverage(table: dict[str, dict[str, float]]) -> None:
+    """One line per lab: coverage for each X and ever."""
+    cols = [f"X={x}" for x in COVERAGE_WINDOWS] + ["ever"]
+    print(f"measurement coverage over {int(table['_rows']['n']):,} patient-years (year >= 2005)")
+    print(f"  {'lab':<11}" + "".join(f"{c:>8}" for c in cols))
+    for lab, vals in table.items():
+        if lab != "_rows":
+            print(f"  {lab:<11}" + "".join(f"{vals[c]:>8.3f}" for c in cols))
 
 
 def main() -> None:
@@ -185,7 +211,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="POLARS_MAX_THREADS for the stage")
     ap.add_argument("--source", choices=["synthetic", "generator"], default="synthetic")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--coverage-only", action="store_true", help="only the measurement-coverage table")
     args = ap.parse_args()
+    if args.coverage_only:
+        print_coverage(coverage(args.coverage_rows, args.source))
+        return
     if args.child is not None:
         child(args.child, args.source, args.workers)
         return
@@ -213,10 +243,7 @@ def main() -> None:
         )
         print("stage", res.stdout.strip().splitlines()[-1])
     print("rolling polars vs pandas", json.dumps(pandas_vs_polars(args.pandas_rows)))
-    print(
-        "hba1c coverage (share of rows with >=1 HbA1c in window)",
-        json.dumps(coverage(args.coverage_rows, args.source)),
-    )
+    print_coverage(coverage(args.coverage_rows, args.source))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ The step runs in a fresh subprocess so ``ru_maxrss`` is its own (the step also r
 peak). ``--synthetic-patients N`` first writes the planted synthetic features dataset of
 ``tests/features/test_selection.py`` (about 6 rows per patient) at PATH when PATH has no shards.
 Prints one JSON line: wall_s, peak RSS (child ru_maxrss and the step's own), budget, sample rows,
-feature counts, ΔAP/ΔBrier.
+feature counts, ΔAP/ΔBrier (and whether they pass science.md §5.3), hazard-family recall and the families
+missed, probe and noise-code false selections, the selected list. On a shared box pass
+``--set select.num_threads=1``: oversubscribed OpenMP threads make LightGBM several times slower.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def _child(features: str, out: str, sets: list[str]) -> None:
                 "step_wall_s": doc["resources"]["wall_s"],
                 "memory_budget_mb": doc["resources"]["memory_budget_mb"],
                 "hazard_family_recall": doc.get("quality", {}).get("hazard_family_recall"),
+                "families_missed": [
+                    k
+                    for k, f in doc.get("quality", {}).get("hazard_families", {}).items()
+                    if not f["recovered"]
+                ],
+                "probe_false_selection_rate": doc.get("quality", {}).get("probe_false_selection_rate"),
+                "noise_selected": doc.get("quality", {}).get("noise_selected"),
+                "acceptable": ev.get("acceptable"),
+                "validation_rows": ev.get("validation_rows"),
+                "selected": doc["selected"],
             }
         )
     )

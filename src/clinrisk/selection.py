@@ -8,19 +8,29 @@
    a patient filter, so the step never holds more than the sample.
 2. **Cheap filters** on the sample: > ``max_missing_share`` missing; constant / near-constant (one value
    covers ≥ ``near_constant_share`` of non-missing rows); correlation clustering by Spearman |ρ| (Pearson
-   on ranks, pairwise-complete rows) with complete linkage at ``correlation_threshold``, keeping per
-   cluster the member with the best univariate AP, then the least missingness.
-3. **Stability selection with probes:** ``n_probes`` probe columns (permuted copies of real features -
-   categoricals first, since gain favours many-level features - and pure Gaussian noise) join the
-   survivors; ``rounds`` shallow LightGBM fits (num_leaves 31, feature_fraction 0.8, max_bin 63,
-   ``probe_rounds_boost`` rounds) on 50 % patient subsamples. A feature's selection frequency is the share
-   of rounds in which its normalised gain exceeds the maximum probe gain; features with frequency ≥
-   ``min_frequency`` are selected. A second, held-out set of probes (same recipe) is scored exactly like
-   real features; its selection rate is the reported probe false-selection rate.
-4. **Measure:** ΔAP / ΔBrier of a quick LightGBM on the selected vs the full feature set (trained on the
-   sample, evaluated on a patient-grouped validation sample), recall of the generator's hazard-input
-   families (:data:`HAZARD_FAMILIES`), false-selection rates of probes and of the noise code, stability
-   (mean pairwise Jaccard of per-round selected sets) and the step's peak RSS.
+   on ranks, pairwise-complete rows) with complete linkage at ``correlation_threshold`` - only between
+   features present on nearly the same rows (co-presence Jaccard ≥ ``min_copresence``; ``hba1c_locf``
+   equals ``hba1c_last_3y`` where both exist but exists on far more rows) - keeping per cluster the member
+   with the best univariate AP, then the least missingness.
+3. **Stability selection with probes:** ``n_probes`` probe columns (permuted copies of real features
+   spread over kinds and cardinalities - categoricals first - and pure Gaussian noise) join the
+   survivors; ``rounds`` shallow LightGBM fits (``num_leaves``, feature_fraction 0.8, max_bin 63,
+   ``probe_rounds_boost`` rounds, smoothed categorical splits) on 50 % patient subsamples. A feature's
+   selection frequency is the share of rounds in which its normalised gain exceeds its probe bar:
+   ``matched`` (default) - the max gain of the probes with no more splitting freedom (no more distinct
+   values; no categorical probe for a numeric feature; at least 3 probes); ``max`` - the max of all
+   probes, which a permuted 64-level categorical dominates (it won ~10 % of the gain on generated data,
+   so only 2 of 156 features passed). Features with frequency ≥ ``min_frequency`` are selected. A
+   second, held-out set of probes (same recipe) is scored exactly like real features; its selection
+   rate is the reported probe false-selection rate.
+4. **Measure:** ΔAP / ΔBrier of a deterministic LightGBM (no feature/row subsampling, so the difference
+   is the feature sets', not the seed's) on the selected vs the full feature set (trained on the sample,
+   evaluated on a patient-grouped validation sample), recall of the generator's hazard-input families
+   (:data:`HAZARD_FAMILIES`), false-selection rates of probes and of the noise code, stability (mean
+   pairwise Jaccard of per-round selected sets) and the step's peak RSS.
+
+LightGBM threads: ``select.num_threads``, else ``train.num_threads``, else the cores actually available
+(affinity and cgroup quota, not ``os.cpu_count()``).
 
 Output (atomic): ``out_dir/selected_features.json``.
 """
@@ -369,8 +379,9 @@ def _column_stats(col: F32, is_cat: bool) -> tuple[float, float, F32 | None, I64
     return 1.0 - m / n, mode_share, (z if starts.size > 1 else None), bins
 
 
-def pairwise_spearman(X: F32, Z: F32, cols: Sequence[int]) -> F64:
-    """|ρ| matrix over ``cols``: Pearson on centred ranks ``Z`` using only rows where both are present.
+def pairwise_spearman(X: F32, Z: F32, cols: Sequence[int]) -> tuple[F64, F64]:
+    """|ρ| matrix over ``cols`` (Pearson on centred ranks ``Z`` using only rows where both are present)
+    and the co-presence matrix: rows where both are present / rows where either one is (Jaccard).
 
     Accumulates N, Σx, Σx², Σxy over row blocks, so no extra n × p array is materialised.
     """
@@ -395,7 +406,11 @@ def pairwise_spearman(X: F32, Z: F32, cols: Sequence[int]) -> F64:
         r = np.where((den > 0) & (N >= _MIN_PAIR_ROWS), num / den, 0.0)
     r = np.clip(np.abs(r), 0.0, 1.0)
     np.fill_diagonal(r, 1.0)
-    return np.asarray(r, dtype=np.float64)
+    n_i = np.diag(N)
+    union = n_i[:, None] + n_i[None, :] - N
+    with np.errstate(invalid="ignore", divide="ignore"):
+        co = np.where(union > 0, N / union, 1.0)
+    return np.asarray(r, dtype=np.float64), np.asarray(co, dtype=np.float64)
 
 
 def cheap_filters(
@@ -408,8 +423,15 @@ def cheap_filters(
     max_missing_share: float,
     near_constant_share: float,
     correlation_threshold: float,
+    min_copresence: float = 0.0,
 ) -> FilterResult:
-    """Missing / constant / near-constant / correlated filters on the sample (science.md §5.2 step 4)."""
+    """Missing / constant / near-constant / correlated filters on the sample (science.md §5.2 step 4).
+
+    Two features are redundant only if |ρ| ≥ ``correlation_threshold`` on the rows where both are present
+    AND they are present on nearly the same rows (co-presence Jaccard ≥ ``min_copresence``): ``hba1c_locf``
+    equals ``hba1c_last_3y`` wherever both exist, but carries a value on many more rows, so dropping it
+    would lose information that the rank correlation cannot see.
+    """
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
@@ -437,9 +459,11 @@ def cheap_filters(
     clusters: list[list[str]] = []
     kept = set(survivors)
     if len(survivors) > 1:
-        R = pairwise_spearman(X, Z, survivors)
+        R, co = pairwise_spearman(X, Z, survivors)
         del Z
-        dist = squareform(1.0 - R, checks=False)
+        D = np.where(co >= min_copresence, 1.0 - R, 1.0)
+        np.fill_diagonal(D, 0.0)
+        dist = squareform(D, checks=False)
         labels = fcluster(
             linkage(dist, method="complete"), t=1.0 - correlation_threshold, criterion="distance"
         )
@@ -477,21 +501,42 @@ def cheap_filters(
 # ------------------------------------------------------------------------------------------- stability
 
 
+def available_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    ``os.cpu_count()`` is the host's count inside a container; LightGBM's OpenMP threads beyond the cores
+    actually available wait on each other at every barrier (measured: 7x slower on a busy 2-core host).
+    """
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(float(quota) // float(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def _lgb_threads(cfg: ClinriskConfig) -> int:
-    return int(cfg.train.num_threads or (os.cpu_count() or 1))
+    return int(cfg.select.num_threads or cfg.train.num_threads or available_cores())
 
 
 def shallow_params(cfg: ClinriskConfig, soft: bool, seed: int) -> dict[str, Any]:
     """The shallow, deterministic LightGBM of the stability fits (science.md §5.2 step 5)."""
     return {
         "objective": "cross_entropy" if soft else "binary",
-        "num_leaves": 31,
+        "num_leaves": cfg.select.num_leaves,
         "feature_fraction": 0.8,
         "max_bin": 63,
         "learning_rate": 0.1,
         # train.* regularisation: small leaves let continuous noise (and probes) win gain by overfitting
         "min_data_in_leaf": cfg.train.min_data_in_leaf,
         "lambda_l2": cfg.train.lambda_l2,
+        # A many-level categorical (site_id: 64 levels) otherwise wins ~10 % of the gain with many-vs-many
+        # splits fitted to noise, and its permuted probe nearly as much; smoothing shrinks both.
+        "cat_smooth": 50.0,
+        "min_data_per_group": 200,
+        "max_cat_threshold": 16,
         "num_threads": _lgb_threads(cfg),
         "seed": seed % (2**31 - 1),
         "deterministic": True,
@@ -500,16 +545,59 @@ def shallow_params(cfg: ClinriskConfig, soft: bool, seed: int) -> dict[str, Any]
     }
 
 
+def n_distinct(col: F32, cap: int = 64) -> int:
+    """Distinct non-missing values, capped at ``cap`` (beyond max_bin = 63 LightGBM sees no difference)."""
+    v = col[~np.isnan(col)]
+    return int(min(np.unique(v).size, cap))
+
+
+def _spread(order: Sequence[int], k: int) -> list[int]:
+    """``k`` members of ``order`` at evenly spaced ranks, both ends included."""
+    if k <= 0 or not order:
+        return []
+    pos = np.unique(np.linspace(0, len(order) - 1, min(k, len(order))).round().astype(np.int64))
+    return [int(order[p]) for p in pos]
+
+
 def probe_sources(
-    names: Sequence[str], categorical: set[str], n_perm: int, rng: np.random.Generator
+    names: Sequence[str],
+    categorical: set[str],
+    n_perm: int,
+    rng: np.random.Generator,
+    card: Sequence[int] | None = None,
 ) -> list[int]:
-    """Features to permute: categoricals first (gain favours many levels), then random others."""
+    """Features to permute into probes, spread over kinds and cardinalities.
+
+    Gain's bias depends on the kind (LightGBM's many-vs-many categorical splits win far more gain than a
+    numeric split) and grows with the number of distinct values, so every real feature needs probes of its
+    own kind with no more distinct values than itself (the ``matched`` bar). Categoricals come first (up to
+    half the slots: one per distinct cardinality, spread from the fewest to the most levels, then extra
+    copies of the many-level ones), then numeric features at evenly spaced cardinality ranks (binary flags
+    ... continuous). Without ``card``, categoricals first, then random others.
+    """
     cats = [i for i, nm in enumerate(names) if nm in categorical]
     rest = [i for i, nm in enumerate(names) if nm not in categorical]
-    sources = cats[:n_perm]
-    if len(sources) < n_perm and rest:
-        extra = rng.choice(rest, size=min(n_perm - len(sources), len(rest)), replace=False)
-        sources += [int(i) for i in extra]
+    if card is None:
+        sources = cats[:n_perm]
+        if len(sources) < n_perm and rest:
+            extra = rng.choice(rest, size=min(n_perm - len(sources), len(rest)), replace=False)
+            sources += [int(i) for i in extra]
+    else:
+        tie = rng.random(len(names))
+        by_card: dict[int, int] = {}
+        for i in sorted(cats, key=lambda i: (card[i], tie[i])):
+            by_card.setdefault(int(card[i]), i)  # one source per distinct cardinality
+        cat_slots = min(len(cats), math.ceil(n_perm / 2))
+        cat_src = _spread(list(by_card.values()), min(len(by_card), cat_slots))
+        # Spare categorical slots: more copies of the many-level ones, whose null gain varies most (one
+        # probe alone is beaten by a noise code in about half of the rounds).
+        many = sorted((i for i in cats if card[i] >= 16), key=lambda i: (-card[i], tie[i]))
+        for r in range(cat_slots - len(cat_src)):
+            if not many:
+                break
+            cat_src.append(many[r % len(many)])
+        num_src = _spread(sorted(rest, key=lambda i: (card[i], tie[i])), n_perm - len(cat_src))
+        sources = cat_src + num_src
     while names and len(sources) < n_perm:  # fewer features than probes: reuse with replacement
         sources.append(int(rng.integers(len(names))))
     return sources
@@ -545,20 +633,31 @@ def make_probes(
     return out_names, cols, is_cat, origin
 
 
-def n_distinct(col: F32, cap: int = 64) -> int:
-    """Distinct non-missing values, capped at ``cap`` (beyond max_bin = 63 LightGBM sees no difference)."""
-    v = col[~np.isnan(col)]
-    return int(min(np.unique(v).size, cap))
-
-
-def matched_threshold(probe_gain: F64, probe_card: I64, target_card: I64) -> F64:
-    """Per-round bar for each target column: the max gain of probes with no more distinct values than the
-    target (gain grows with cardinality), or of the lowest-cardinality probes if none qualifies."""
+def matched_threshold(
+    probe_gain: F64,
+    probe_card: I64,
+    target_card: I64,
+    probe_cat: npt.NDArray[np.bool_] | None = None,
+    target_cat: npt.NDArray[np.bool_] | None = None,
+    min_pool: int = 3,
+) -> F64:
+    """Per-round bar for each target column: the max gain of the probes with no more splitting freedom than
+    the target - no more distinct values (gain grows with cardinality) and, when kinds are given, no
+    categorical probe for a numeric target (a many-vs-many categorical split wins more gain than any
+    numeric split; a numeric probe is a fair null for a categorical target). If none qualifies, the
+    lowest-cardinality probes of the allowed kinds. The pool holds at least ``min_pool`` probes (topped up
+    with the next-lowest cardinalities): against a single probe a null feature wins half of the rounds."""
     out = np.empty((probe_gain.shape[0], target_card.size))
     for t, c in enumerate(target_card):
-        ok = probe_card <= c
-        if not ok.any():
-            ok = probe_card == probe_card.min()
+        pool = np.ones(probe_card.size, dtype=bool)
+        if probe_cat is not None and target_cat is not None and not target_cat[t]:
+            numeric = ~probe_cat
+            if numeric.any():
+                pool = numeric
+        ok = pool & (probe_card <= c)
+        if ok.sum() < min_pool:
+            allowed = np.flatnonzero(pool)
+            ok[allowed[np.argsort(probe_card[allowed], kind="stable")[:min_pool]]] = True
         out[:, t] = probe_gain[:, ok].max(axis=1)
     return out
 
@@ -582,7 +681,11 @@ def stability_selection(
     rng = np.random.default_rng([seed, 1])
     idx = sample.columns(names)
     X = sample.X[:, idx]
-    sources = probe_sources(names, categorical, math.ceil(sc.n_probes / 2), rng)
+    matched = sc.probe_threshold == "matched"
+    card_x = np.array([n_distinct(X[:, i]) for i in range(X.shape[1])]) if matched else None
+    sources = probe_sources(
+        names, categorical, math.ceil(sc.n_probes / 2), rng, card_x.tolist() if card_x is not None else None
+    )
     # Threshold probes set the bar; held-out probes (same recipe, fresh permutations/noise) are scored
     # like real features, so their selection rate estimates the false-selection rate of null features.
     probe_names, probe_cols, probe_cat, origin = make_probes(
@@ -599,11 +702,11 @@ def stability_selection(
         M[:, len(names) + k] = col
     del probe_cols, held_cols
     cat_flags = [nm in categorical for nm in names] + probe_cat + held_cat
-    card = (
-        np.array([n_distinct(M[:, i]) for i in range(M.shape[1])])
-        if sc.probe_threshold == "matched"
-        else None
-    )
+    card = None
+    if card_x is not None:
+        # a permuted probe has its source's cardinality; noise is continuous (capped at 64)
+        card_p = [n_distinct(M[:, i]) for i in range(len(names), M.shape[1])]
+        card = np.concatenate([card_x, np.array(card_p, dtype=np.int64)])
     cat_idx = [i for i, c in enumerate(cat_flags) if c]
     soft = bool(np.any((sample.y > 0) & (sample.y < 1)))
     params = shallow_params(cfg, soft, seed)
@@ -613,7 +716,13 @@ def stability_selection(
         weight=sample.w,
         feature_name=[f"f{i}" for i in range(len(all_names))],  # LightGBM-safe names
         categorical_feature=cat_idx,
-        params={"max_bin": 63, "verbosity": -1, "feature_pre_filter": False, "seed": params["seed"]},
+        params={
+            "max_bin": 63,
+            "verbosity": -1,
+            "feature_pre_filter": False,
+            "seed": params["seed"],
+            "num_threads": params["num_threads"],
+        },
         free_raw_data=True,
     ).construct()
     del M
@@ -634,18 +743,23 @@ def stability_selection(
     real, probes, held = gains[:, :p_real], gains[:, p_real : p_real + k], gains[:, p_real + k :]
     max_probe = probes.max(axis=1)
     if card is not None:
+        kind = np.array(cat_flags, dtype=bool)
         card_real, card_probe, card_held = card[:p_real], card[p_real : p_real + k], card[p_real + k :]
-        passed = real > matched_threshold(probes, card_probe, card_real)
-        held_pass = held > matched_threshold(probes, card_probe, card_held)
+        kind_real, kind_probe, kind_held = kind[:p_real], kind[p_real : p_real + k], kind[p_real + k :]
+        bar_real = matched_threshold(probes, card_probe, card_real, kind_probe, kind_real)
+        bar_held = matched_threshold(probes, card_probe, card_held, kind_probe, kind_held)
     else:
-        passed = real > max_probe[:, None]
-        held_pass = held > max_probe[:, None]
+        bar_real = np.repeat(max_probe[:, None], p_real, axis=1)
+        bar_held = np.repeat(max_probe[:, None], k, axis=1)
+    passed = real > bar_real
+    held_pass = held > bar_held
     freq = passed.mean(axis=0)
     held_freq = held_pass.mean(axis=0)
     round_sets = [{names[int(j)] for j in np.flatnonzero(passed[b])} for b in range(sc.rounds)]
     return {
         "frequency": {nm: float(freq[j]) for j, nm in enumerate(names)},
         "mean_gain": {nm: float(real[:, j].mean()) for j, nm in enumerate(names)},
+        "mean_bar": {nm: float(bar_real[:, j].mean()) for j, nm in enumerate(names)},
         "probe_names": probe_names,
         "probe_origin": origin,
         "probe_mean_gain": {nm: float(probes[:, k].mean()) for k, nm in enumerate(probe_names)},
@@ -670,11 +784,21 @@ def quick_compare(
     categorical: set[str],
     seed: int,
 ) -> dict[str, Any]:
-    """Validation AP/Brier of the same quick LightGBM on the full vs the selected feature set."""
+    """Validation AP/Brier of the same quick LightGBM on the full vs the selected feature set.
+
+    The learner is deterministic (no feature or row subsampling) with a moderate learning rate, so the
+    difference reflects the feature sets rather than the seed: with ``feature_fraction`` 0.8 the full set's
+    validation AP alone moved by ±0.005 between seeds, the size of the acceptance margin.
+    """
     import lightgbm as lgb
 
     soft = bool(np.any((train.y > 0) & (train.y < 1)))
-    params = shallow_params(cfg, soft, seed)
+    params = {
+        **shallow_params(cfg, soft, seed),
+        "num_leaves": 31,
+        "feature_fraction": 1.0,
+        "learning_rate": 0.05,
+    }
     out: dict[str, Any] = {}
     for label, cols in (("full", list(all_names)), ("selected", list(selected))):
         idx = train.columns(cols)
@@ -688,7 +812,7 @@ def quick_compare(
             params={"max_bin": 63, "verbosity": -1, "feature_pre_filter": False},
             free_raw_data=True,
         )
-        booster = lgb.train(params, ds, cfg.select.probe_rounds_boost)
+        booster = lgb.train(params, ds, cfg.select.compare_rounds)
         Xv = valid.X if len(idx) == valid.X.shape[1] else valid.X[:, idx]
         p = np.clip(np.asarray(booster.predict(Xv), dtype=np.float64), 0.0, 1.0)
         out[label] = {
@@ -815,6 +939,7 @@ def _run_selection(
         max_missing_share=sc.max_missing_share,
         near_constant_share=sc.near_constant_share,
         correlation_threshold=sc.correlation_threshold,
+        min_copresence=sc.min_copresence,
     )
     if not filt.kept:
         raise DataError("features: every feature was dropped by the cheap filters (see select.* thresholds)")

