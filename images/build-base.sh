@@ -19,10 +19,15 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 fi
 
 ROOTFS="$(mktemp -d /tmp/clinrisk-rootfs.XXXXXX)"
-cleanup() { rm -rf "$ROOTFS"; }
+cleanup() { rm -rf "$ROOTFS"; }  # the log stays for a failed run
 trap cleanup EXIT
 
-debootstrap --variant=minbase --include="$PACKAGES" bookworm "$ROOTFS" "$MIRROR"
+echo "debootstrap bookworm into $ROOTFS (log: $ROOTFS.log)"
+if ! debootstrap --variant=minbase --include="$PACKAGES" bookworm "$ROOTFS" "$MIRROR" >"$ROOTFS.log" 2>&1; then
+  tail -n 40 "$ROOTFS.log" >&2
+  echo "error: debootstrap failed (full log: $ROOTFS.log)" >&2
+  exit 1
+fi
 # Make `python3` and `python` the 3.11 interpreter like the slim image, and slim the tree down.
 chroot "$ROOTFS" ln -sf /usr/bin/python3.11 /usr/local/bin/python
 chroot "$ROOTFS" ln -sf /usr/bin/python3.11 /usr/local/bin/python3
@@ -34,4 +39,5 @@ tar -C "$ROOTFS" -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'CMD ["python3"]' \
   - "$IMAGE"
+rm -f "$ROOTFS.log"
 echo "built base image $IMAGE"

@@ -4,25 +4,30 @@
 # pipeline image.
 ARG BASE_IMAGE=python:3.11-slim
 
-FROM ${BASE_IMAGE} AS build
+# Pinned dependencies only (same stage text as pipeline.Dockerfile, so both images share it): this stage and
+# the final stage's copy of it stay cached until requirements.lock changes. The venv never gets its own
+# pip: the base image's pip installs into it (`pip --python`).
+FROM ${BASE_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 COPY requirements-image.txt /wheels/requirements-image.txt
 COPY wheels/deps/ /wheels/deps/
-RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-index --find-links /wheels/deps -r /wheels/requirements-image.txt
-COPY wheels/clinrisk/ /wheels/clinrisk/
-RUN /opt/venv/bin/pip install --no-index --no-deps /wheels/clinrisk/clinrisk-*.whl \
- && /opt/venv/bin/pip check \
- && /opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib \
- && /opt/venv/bin/pip uninstall -y -q pip
+RUN python3 -m venv --without-pip /opt/venv \
+ && python3 -m pip --python /opt/venv/bin/python install --no-index --find-links /wheels/deps \
+      -r /wheels/requirements-image.txt \
+ && /opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib
 
 FROM ${BASE_IMAGE}
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN if ! ldconfig -p | grep -q 'libgomp.so.1'; then \
       apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*; \
     fi \
  && groupadd --gid 10001 clinrisk && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp clinrisk \
  && mkdir -p /mnt/models && chown 10001:10001 /mnt/models
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY wheels/clinrisk/ /wheels/clinrisk/
+RUN python3 -m pip --python /opt/venv/bin/python install --no-index --no-deps /wheels/clinrisk/clinrisk-*.whl \
+ && python3 -m pip --python /opt/venv/bin/python check \
+ && rm -rf /wheels
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp TMPDIR=/tmp MPLCONFIGDIR=/tmp/matplotlib XDG_CACHE_HOME=/tmp/.cache \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

@@ -15,6 +15,7 @@ import yaml
 
 from clinrisk.config import ClinriskConfig, load_config
 from clinrisk.errors import ConfigError, StageError
+from clinrisk.images import pipeline_image
 from clinrisk.paths import RunPaths
 
 Runner = Literal["subprocess", "docker"]
@@ -47,6 +48,68 @@ def local_tracking_uri(cfg: ClinriskConfig) -> str:
     return f"sqlite:///{mlflow_dir / 'mlflow.db'}"
 
 
+def docker_run_args(cfg: ClinriskConfig, run_root: Path) -> dict[str, Any]:
+    """``containers.run`` arguments for ``kfp.local.DockerRunner``: each task runs like a restricted pod.
+
+    kfp mounts only the pipeline root (at the same path), so the MLflow store must live under it or be
+    reachable over HTTP. The image's ENTRYPOINT (``clinrisk``) is reset because the KFP task command is
+    a full argv, as on a cluster where the pod's ``command`` replaces the entrypoint.
+    """
+    uri = str(cfg.tracking.tracking_uri or "")
+    store = local_store_path(uri)
+    if store is not None and not store.resolve().is_relative_to(run_root.resolve()):
+        raise ConfigError(
+            f"tracking.tracking_uri: {uri!r} is outside the run directory {run_root}, the only host path "
+            "the Docker runner mounts; leave it unset (a store under the run directory) or use a server"
+        )
+    return {
+        "entrypoint": [""],
+        "user": f"{os.getuid()}:{os.getgid()}",
+        "read_only": True,
+        "tmpfs": {"/tmp": "rw,exec,size=2g"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        # The steps need no network unless MLflow is a server (then the host's, e.g. a port-forward).
+        "network_mode": "none" if store is not None else "host",
+    }
+
+
+def local_store_path(uri: str) -> Path | None:
+    """Directory of a local MLflow store (``sqlite:///``, ``file://`` or a bare path); None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def ensure_docker_image(image: str) -> None:
+    """Fail early, naming the fix, when no Docker engine answers or the pipeline image is absent."""
+    try:
+        import docker
+        from docker.errors import DockerException, ImageNotFound
+    except ImportError as exc:  # pragma: no cover - docker is a declared dependency
+        raise StageError("--runner docker: the 'docker' Python package is not installed") from exc
+    try:
+        client = docker.from_env()
+    except DockerException as exc:
+        raise StageError(f"--runner docker: no Docker engine answers ({exc}); start Docker") from exc
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        try:
+            client.images.pull(image)
+        except DockerException as exc:
+            raise StageError(
+                f"--runner docker: pipeline image {image!r} is not present and could not be pulled ({exc}); "
+                "build it with `make images` or set CLINRISK_PIPELINE_IMAGE"
+            ) from exc
+    finally:
+        client.close()
+
+
 def pipeline_arguments(cfg: ClinriskConfig, deploy: bool = False) -> dict[str, Any]:
     """Pipeline parameters: the whole effective config as YAML text (one source of truth) plus deploy knobs."""
     return {
@@ -71,7 +134,8 @@ def run_local(
     if runner == "subprocess":
         kfp_runner: Any = kfp.local.SubprocessRunner(use_venv=False)
     elif runner == "docker":
-        kfp_runner = kfp.local.DockerRunner(user=f"{os.getuid()}:{os.getgid()}")
+        ensure_docker_image(pipeline_image())
+        kfp_runner = kfp.local.DockerRunner(**docker_run_args(cfg, run_root))
     else:
         raise ConfigError(f"--runner: unknown runner {runner!r} (subprocess or docker)")
     kfp.local.init(runner=kfp_runner, pipeline_root=str(run_root), raise_on_error=True)

@@ -1,0 +1,174 @@
+"""Tier 2: ``clinrisk pipeline run --runner docker`` runs the whole DAG with kfp.local's DockerRunner, each
+task in the pipeline image (non-root, read-only root FS, no network).
+
+The ``docker``-marked tests run in ``make test-images`` (engine + images built there); the argument tests run
+everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clinrisk.bundle import load_bundle
+from clinrisk.config import load_config
+from clinrisk.errors import ConfigError, StageError
+from clinrisk.images import pipeline_image
+from clinrisk.io import list_shards, read_json
+from clinrisk.pipeline_runner import docker_run_args, ensure_docker_image, local_store_path, run_local
+from tests.pipeline.test_local_pipeline import TASKS, TINY
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO / "configs" / "tiny.yaml"
+SHARDS = 2  # TINY sets generate.n_shards=2
+# generate + validate per shard, build-features per shard, plus the tasks that run once.
+TASK_COUNT = len(TASKS) + 3 * SHARDS
+
+
+def test_docker_run_args_mirror_a_restricted_pod(tmp_path: Path) -> None:
+    cfg = load_config(TINY_CONFIG, [f"tracking.tracking_uri=sqlite:///{tmp_path}/tiny/mlflow/mlflow.db"])
+    args = docker_run_args(cfg, tmp_path / "tiny")
+    assert args["entrypoint"] == [""]  # the KFP command is a full argv, not `clinrisk` arguments
+    assert args["user"] == f"{os.getuid()}:{os.getgid()}"
+    assert args["read_only"] is True and "/tmp" in args["tmpfs"]
+    assert args["cap_drop"] == ["ALL"] and args["network_mode"] == "none"
+    server = load_config(TINY_CONFIG, ["tracking.tracking_uri=http://127.0.0.1:5000"])
+    assert docker_run_args(server, tmp_path / "tiny")["network_mode"] == "host"
+
+
+def test_docker_run_args_refuse_a_store_the_container_cannot_see(tmp_path: Path) -> None:
+    cfg = load_config(TINY_CONFIG, [f"tracking.tracking_uri=sqlite:///{tmp_path}/elsewhere/mlflow.db"])
+    with pytest.raises(ConfigError, match=r"tracking\.tracking_uri.*outside the run directory"):
+        docker_run_args(cfg, tmp_path / "tiny")
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [
+        ("sqlite:////abs/mlflow/mlflow.db", Path("/abs/mlflow")),
+        ("file:///abs/mlruns", Path("/abs/mlruns")),
+        ("/abs/mlruns", Path("/abs/mlruns")),
+        ("http://mlflow:5000", None),
+        ("postgresql://u@db/mlflow", None),
+    ],
+)
+def test_local_store_path(uri: str, path: Path | None) -> None:
+    assert local_store_path(uri) == path
+
+
+def test_no_engine_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(StageError, match="no Docker engine answers"):
+        ensure_docker_image(pipeline_image())
+
+
+def _require_engine_and_image() -> None:
+    """Skip without an engine (plain pytest), but fail under make test-images (CLINRISK_REQUIRE_DOCKER=1)."""
+    try:
+        ensure_docker_image(pipeline_image())
+    except StageError as exc:
+        if os.environ.get("CLINRISK_REQUIRE_DOCKER") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def _container_events(image: str, since: float, until: float) -> list[dict[str, Any]]:
+    """The engine's own record of the containers of ``image`` that died in [since, until]."""
+    proc = subprocess.run(
+        ["docker", "events", "--since", str(int(since)), "--until", str(int(until) + 1),
+         "--filter", "type=container", "--filter", "event=die", "--filter", f"image={image}",
+         "--format", "{{json .}}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def docker_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`clinrisk pipeline run --runner docker` on the tiny config, through the real CLI."""
+    _require_engine_and_image()
+    out = tmp_path_factory.mktemp("docker-pipeline")
+    sets = [a for s in [f"run.output_dir={out}", *TINY] for a in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "clinrisk",
+        "pipeline",
+        "run",
+        "--runner",
+        "docker",
+        "--config",
+        str(TINY_CONFIG),
+    ]
+    since = time.time()
+    proc = subprocess.run([*cmd, *sets], cwd=REPO, capture_output=True, text=True, timeout=900)
+    until = time.time()
+    log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # kfp colours its log lines
+    assert proc.returncode == 0, log[-6000:]
+    return {"root": out / "tiny", "log": log, "events": _container_events(pipeline_image(), since, until)}
+
+
+@pytest.mark.docker
+def test_every_task_ran_in_the_pipeline_image(docker_run: dict[str, Any]) -> None:
+    log = docker_run["log"]
+    # kfp.local's log lines can be lost under ParallelFor (its print swap is not thread-safe), so the count
+    # comes from the engine: one container of the pipeline image per task, each exiting 0.
+    exits = [e["Actor"]["Attributes"].get("exitCode") for e in docker_run["events"]]
+    assert exits == ["0"] * TASK_COUNT, exits
+    executed = set(re.findall(r"Executing task '([a-z-]+)'", log))
+    assert executed == {*TASKS, "generate-shard", "validate-shard", "build-features-shard"}
+    assert "FAILURE" not in log
+    assert "Pipeline 'clinrisk-training' finished with status SUCCESS" in log
+
+
+@pytest.mark.docker
+def test_outputs_are_valid_and_owned_by_the_caller(docker_run: dict[str, Any]) -> None:
+    d = (docker_run["root"] / "latest").resolve()
+    for task in TASKS:
+        assert (d / task).is_dir(), task
+    for loop in ("for-loop-1", "for-loop-2"):
+        assert len(list(d.glob(f"{loop}-iteration-*"))) == SHARDS
+    assert len(list_shards(d / "merge-features" / "features")) == SHARDS
+    bundle = load_bundle(d / "train" / "bundle")
+    assert bundle.feature_names
+    assert read_json(d / "evaluate" / "evaluation" / "metrics.json")
+    # The register step wrote the MLflow store under the mounted run directory.
+    assert (docker_run["root"] / "mlflow" / "mlflow.db").stat().st_size > 0
+    assert "registered model : models:/clinrisk/1" in docker_run["log"]
+    # DockerRunner(user=uid:gid): files on the host belong to the caller, not to the image's user.
+    files = [p for p in d.rglob("*") if p.is_file()]
+    assert files and {p.stat().st_uid for p in files} == {os.getuid()}
+
+
+@pytest.mark.docker
+def test_failed_step_in_a_container_stops_the_run(tmp_path: Path) -> None:
+    _require_engine_and_image()
+    since = time.time()
+    with pytest.raises(StageError, match="merge-data"):
+        run_local(
+            TINY_CONFIG,
+            [
+                f"run.output_dir={tmp_path}",
+                *TINY,
+                "validate.max_quarantine_fraction=0.0",
+                "generate.unit_wrong_label_rate=0.2",
+            ],
+            runner="docker",
+        )
+    exits = [
+        e["Actor"]["Attributes"].get("exitCode")
+        for e in _container_events(pipeline_image(), since, time.time())
+    ]
+    assert len([x for x in exits if x != "0"]) == 1, exits  # the engine saw the failing step's container
+    run_dir = next(tmp_path.glob("tiny/clinrisk-training-*"))
+    assert not (run_dir / "merge-data" / "validated").exists()
+    assert not (run_dir / "fit-feature-spec").exists()
+    assert not (run_dir / "train").exists()
