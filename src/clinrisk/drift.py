@@ -4,8 +4,17 @@ Per feature: PSI over the reference bins (numeric: the reference quantile edges,
 ``(-inf, e1), [e1, e2), ..., [ek, inf)`` as in ``reference_stats.json``; categorical: the spec levels),
 with *missing* as one more bin, so a change in testing frequency shows up as drift. Score: PSI over the
 reference score deciles and a KS statistic evaluated at those deciles (a lower bound on the exact KS,
-since the bundle keeps only the binned reference). Out-of-range: share of rows with any numeric feature
-outside the training [min, max]. The verdict is "retrain" when a bound of ``MonitoringConfig`` is crossed.
+since the bundle keeps only the binned reference). Out-of-range: per numeric feature, the share of rows
+outside the training [min, max]; the criterion is the largest such share, not the share of rows with
+*any* feature out of range (also reported): with ~150 features the union of pure sampling tails (each
+new value beyond the max of n reference values has probability ~1/n) is already several percent.
+
+Features matched by ``monitoring.calendar_trend_features`` (age, history_years, *_years_since, *_ever)
+rise with calendar time for every followed patient, so a later year exceeds the training range and
+shifts their distribution by construction: their PSI and out-of-range shares are reported (flagged
+``calendar_trend``) but neither counts towards retraining, which would otherwise fire on elapsed time
+rather than on a changed population. The verdict is "retrain" when a bound of ``MonitoringConfig`` is
+crossed.
 
 Outputs: ``report.json``, ``report.md`` and ``metrics.prom`` (Prometheus text exposition format, for the
 node-exporter textfile collector or a Pushgateway), and MLflow metrics.
@@ -13,6 +22,7 @@ node-exporter textfile collector or a Pushgateway), and MLflow metrics.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,6 +131,11 @@ def _bounds(cfg: ClinriskConfig | MonitoringConfig) -> MonitoringConfig:
     return cfg.monitoring if isinstance(cfg, ClinriskConfig) else cfg
 
 
+def is_calendar_trend(name: str, patterns: list[str]) -> bool:
+    """Whether ``name`` matches one of the (case-sensitive fnmatch) calendar-trend patterns."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 def drift_report(
     reference: dict[str, Any],
     logged: pl.DataFrame,
@@ -146,7 +161,8 @@ def drift_report(
             absent.append(name)
             continue
         col = logged[name]
-        entry: dict[str, Any] = {"feature": name, "type": ref.get("type", "numeric")}
+        trend = is_calendar_trend(name, mc.calendar_trend_features)
+        entry: dict[str, Any] = {"feature": name, "type": ref.get("type", "numeric"), "calendar_trend": trend}
         if ref.get("type") == "categorical":
             levels = [str(x) for x in ref["levels"]]
             r = np.append(
@@ -168,7 +184,8 @@ def drift_report(
             out = np.zeros(n, dtype=bool)
             if lo is not None and hi is not None:
                 out = ok & ((x < lo) | (x > hi))
-            oor_any |= out
+            if not trend:
+                oor_any |= out
             entry["out_of_range_share"] = float(out.mean()) if n else 0.0
             entry["missing_share"] = float((~ok).mean()) if n else 0.0
             entry["mean"] = float(np.nanmean(x)) if ok.any() else None
@@ -197,8 +214,12 @@ def drift_report(
                 "n_bins": len(edges) + 1,
             }
 
-    drifted = [e["feature"] for e in rows if e["drifted"]]
+    drifted = [e["feature"] for e in rows if e["drifted"] and not e["calendar_trend"]]
+    drifted_trend = [e["feature"] for e in rows if e["drifted"] and e["calendar_trend"]]
     oor_rate = float(oor_any.mean()) if n else 0.0
+    oor_feats = [e for e in rows if "out_of_range_share" in e and not e["calendar_trend"]]
+    worst = max(oor_feats, key=lambda e: e["out_of_range_share"], default=None)
+    max_oor = float(worst["out_of_range_share"]) if worst is not None else 0.0
     reasons: list[str] = []
     if n < mc.min_rows:
         decision = INSUFFICIENT
@@ -214,8 +235,10 @@ def drift_report(
                 reasons.append(f"score PSI {score['psi']:.4f} > {mc.psi_score_bound:g}")
             if math.isfinite(score["ks"]) and score["ks"] > mc.ks_score_bound:
                 reasons.append(f"score KS {score['ks']:.4f} > {mc.ks_score_bound:g}")
-        if oor_rate > mc.out_of_range_bound:
-            reasons.append(f"out-of-range row rate {oor_rate:.4f} > {mc.out_of_range_bound:g}")
+        if worst is not None and max_oor > mc.out_of_range_bound:
+            reasons.append(
+                f"{worst['feature']}: out-of-training-range share {max_oor:.4f} > {mc.out_of_range_bound:g}"
+            )
         decision = RETRAIN if reasons else OK
     finite = [e["psi"] for e in rows if math.isfinite(e["psi"])]
     return {
@@ -228,7 +251,11 @@ def drift_report(
         "n_drifted_features": len(drifted),
         "drifted_features": drifted,
         "score": score,
+        "drifted_calendar_trend_features": drifted_trend,
         "out_of_range_rate": oor_rate,
+        "max_feature_out_of_range": max_oor,
+        "max_out_of_range_feature": worst["feature"] if worst is not None else None,
+        "calendar_trend_features": [e["feature"] for e in rows if e["calendar_trend"]],
         "bounds": mc.model_dump(mode="json"),
         "decision": decision,
         "reasons": reasons,
@@ -243,6 +270,7 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
         "drift_max_feature_psi": float(report["max_feature_psi"] or 0.0),
         "drift_n_drifted_features": float(report["n_drifted_features"]),
         "drift_out_of_range_rate": float(report["out_of_range_rate"]),
+        "drift_max_feature_out_of_range": float(report.get("max_feature_out_of_range") or 0.0),
         "drift_retrain": 1.0 if report["decision"] == RETRAIN else 0.0,
     }
     if s.get("available"):
@@ -290,8 +318,11 @@ def render_markdown(report: dict[str, Any], top: int = 20) -> str:
             else ""
         ),
         f"- Features with PSI > {b['psi_feature_bound']}: {report['n_drifted_features']} "
-        f"(retrain at >= {b['min_drifted_features']})",
-        f"- Out-of-range row rate: {report['out_of_range_rate']:.4f} (bound {b['out_of_range_bound']})",
+        f"(retrain at >= {b['min_drifted_features']}); calendar-trend features over it, not counted: "
+        f"{', '.join(report.get('drifted_calendar_trend_features') or []) or 'none'}",
+        f"- Out of training range: worst feature {report.get('max_out_of_range_feature') or '–'} "
+        f"{report.get('max_feature_out_of_range') or 0.0:.4f} (bound {b['out_of_range_bound']}); rows with "
+        f"any non-trend feature out of range {report['out_of_range_rate']:.4f}",
     ]
     if s.get("available"):
         lines.append(
@@ -313,7 +344,7 @@ def render_markdown(report: dict[str, Any], top: int = 20) -> str:
         lines.append(
             f"| {e['feature']} | {e['type']} | {e['psi']:.4f}{' ⚠' if e['drifted'] else ''} | "
             f"{e['reference_missing_share']:.3f} → {e['missing_share']:.3f} | "
-            f"{'' if oor is None else f'{oor:.4f}'} |"
+            f"{'' if oor is None else f'{oor:.4f}'}{' (calendar trend)' if e.get('calendar_trend') else ''} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -230,7 +230,16 @@ def locate_outputs(pipeline_dir: Path) -> dict[str, str | None]:
         "evaluation_dir": ev,
         "predictions": str(Path(ev) / "predictions.parquet") if ev else None,
         "bundle_dir": parent_of("*/*/model.txt"),
-        "features_dir": parent_of("*/*/feature_spec.json") if _find_one(root, "*/*/shard=*") else None,
+        # the merged features dataset: a feature_spec.json next to shard=NNN directories (the spec-fitting
+        # step also writes a bare feature_spec.json)
+        "features_dir": next(
+            (
+                str(f.parent)
+                for f in sorted(root.glob("*/*/feature_spec.json"))
+                if any(f.parent.glob("shard=*"))
+            ),
+            None,
+        ),
         "selection_file": str(f) if (f := _find_one(root, "*/*/selected_features.json")) else None,
     }
 
@@ -281,11 +290,14 @@ def run_suite(
     out_dir: Path | None = None,
     only: list[str] | None = None,
     kfp_timeout_s: int = 6 * 3600,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run every (arm, cell) of a suite through the pipeline; writes and returns ``suite_result.json``.
 
     ``runner``: ``local`` (kfp.local subprocess), ``docker`` (kfp.local DockerRunner) — or ``kfp_host``
     to submit to Kubeflow Pipelines and wait. ``only`` restricts to some run names (baselines are added).
+    ``resume``: keep the runs of an existing ``suite_result.json`` in the suite directory that finished
+    ``ok`` with identical effective overrides and whose predictions still exist; run only the others.
     """
     from clinrisk.config import load_config
 
@@ -320,6 +332,7 @@ def run_suite(
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": [],
     }
+    previous = reusable_runs(suite_dir / SUITE_RESULT) if resume else {}
     for r in runs:
         run_name = _slug(f"{suite.name}-{r['arm']}" + (f"-{r['cell']}" if r["cell"] else ""))
         ov = [
@@ -331,6 +344,11 @@ def run_suite(
         if tracking_uri:
             ov.append(f"tracking.tracking_uri={tracking_uri}")
         entry = {**r, "run_name": run_name, "effective_overrides": ov}
+        old = previous.get(r["name"])
+        if old is not None and old.get("effective_overrides") == ov:
+            result["runs"].append({**old, "resumed": True})
+            write_json(suite_dir / SUITE_RESULT, result)
+            continue
         try:
             load_config(base, ov)  # fail fast on a bad override, before any compute
             if kfp_host:
@@ -347,6 +365,17 @@ def run_suite(
     result["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     write_json(suite_dir / SUITE_RESULT, result)
     return result
+
+
+def reusable_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """Runs of an earlier ``suite_result.json`` that finished ok and still have their predictions."""
+    if not Path(path).is_file():
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for e in read_json(Path(path)).get("runs") or []:
+        if e.get("status") == "ok" and e.get("predictions") and Path(e["predictions"]).is_file():
+            out[str(e["name"])] = dict(e)
+    return out
 
 
 def _run_locally(base: Path | None, overrides: list[str], runner: str) -> dict[str, Any]:
@@ -424,10 +453,15 @@ def _validation_predictions(entry: dict[str, Any]) -> pl.DataFrame:
     from clinrisk.bundle import load_bundle
     from clinrisk.evaluate import load_test_frame
 
-    if not entry.get("bundle_dir") or not entry.get("features_dir"):
+    where = dict(entry)
+    if entry.get("pipeline_dir") and Path(entry["pipeline_dir"]).is_dir():
+        where.update(
+            locate_outputs(Path(entry["pipeline_dir"]))
+        )  # re-located: older results recorded wrong dirs
+    if not where.get("bundle_dir") or not where.get("features_dir"):
         raise DataError(f"run {entry['name']}: bundle/features not available locally for validation scoring")
-    bundle = load_bundle(Path(entry["bundle_dir"]))
-    df = load_test_frame(Path(entry["features_dir"]), split="validation")
+    bundle = load_bundle(Path(where["bundle_dir"]))
+    df = load_test_frame(Path(where["features_dir"]), split="validation")
     p = np.asarray(bundle.predict_proba(df), dtype=np.float64)
     return pl.DataFrame(
         {
@@ -495,6 +529,30 @@ def paired_deltas(
         d = M.paired_bootstrap_diff(y, pa, pb, g, tau=p_t, p_t=p_t, n_boot=n_boot, seed=seed, alpha=alpha)
         info[lab] = {k: d[k] for k in TABLE_METRICS if k in d}
     return info
+
+
+def selection_summary(selection_file: str | None) -> dict[str, Any] | None:
+    """The selection step's own numbers for a run (None when selection was disabled or is unavailable):
+    feature counts, its validation ΔAP/ΔBrier vs the full set, and whether training used the selection
+    (only when it passed its non-inferiority check; otherwise training falls back to all features)."""
+    if not selection_file or not Path(selection_file).is_file():
+        return None
+    doc = read_json(Path(selection_file))
+    if not doc.get("enabled", True) or "evaluation" not in doc:
+        return None
+    ev = doc.get("evaluation") or {}
+    res = doc.get("resources") or {}
+    return {
+        "n_features_before": doc.get("n_features_before"),
+        "n_features_selected": doc.get("n_features_selected"),
+        "validation_delta_ap": ev.get("delta_ap"),
+        "validation_delta_brier": ev.get("delta_brier"),
+        "validation_rows": ev.get("validation_rows"),
+        "acceptable": ev.get("acceptable"),
+        "used_for_training": ev.get("acceptable") is not False,
+        "peak_rss_mb": res.get("peak_rss_mb"),
+        "wall_s": res.get("wall_s"),
+    }
 
 
 def _improves(metric: str, delta: dict[str, float]) -> bool:
@@ -631,6 +689,7 @@ def compare_runs(
             )
         }
         row["mlflow_run_uri"] = f"runs:/{e['mlflow_run_id']}" if e.get("mlflow_run_id") else None
+        row["selection"] = selection_summary(e.get("selection_file"))
         if e.get("status") == "ok":
             try:
                 frames[e["name"]] = _read_predictions(e["predictions"])
@@ -738,6 +797,28 @@ def render_comparison(report: dict[str, Any]) -> str:
                     else "–"
                 )
             lines.append(f"| {r['name']} | {r['baseline']} | {lab} | " + " | ".join(cells) + " |")
+    sel = [r for r in report["runs"] if r.get("selection")]
+    if sel:
+        lines += [
+            "",
+            "## Feature selection step (its own validation check vs the full set)",
+            "",
+            "Training uses the selected set only if it passed the non-inferiority check (ΔAP ≥ −0.005 and "
+            "ΔBrier ≤ +0.0005); otherwise it falls back to all features, and the test metrics above are "
+            "those of the full set.",
+            "",
+            "| run | features before → selected | validation ΔAP | validation ΔBrier | validation rows | "
+            "passed | used for training | peak RSS MB | wall s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sel:
+            x = r["selection"]
+            lines.append(
+                f"| {r['name']} | {x['n_features_before']} → {x['n_features_selected']} | "
+                f"{_fmt(x['validation_delta_ap'], '+.4f')} | {_fmt(x['validation_delta_brier'], '+.5f')} | "
+                f"{x.get('validation_rows') or '–'} | {x['acceptable']} | {x['used_for_training']} | "
+                f"{_fmt(x['peak_rss_mb'], '.0f')} | {_fmt(x['wall_s'], '.1f')} |"
+            )
     lines += ["", "## Winner", "", f"Rule: {report['winner_rule']['statement']}.", ""]
     for w in report["winners"]:
         cell = f" (cell `{w['cell']}`)" if w.get("cell") else ""

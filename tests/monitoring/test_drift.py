@@ -130,3 +130,85 @@ def test_drift_job_on_bundle(trained_bundle_dir: Path, synthetic_features_dir: P
     for f in ("report.json", "report.md", "metrics.prom"):
         assert (tmp_path / "drift2" / f).is_file()
     assert rep2["mlflow_run_id"]
+
+
+def test_calendar_trend_features_reported_not_counted() -> None:
+    """Features that rise with calendar time (history_years, age, *_years_since, *_ever) leave the training
+    range and shift in every later year by construction: reported per feature, not counted for retraining."""
+    rng = np.random.default_rng(3)
+    ref = _reference(rng)
+    for name in ("history_years", "hba1c_years_since", "x_other"):
+        ref["features"][name] = {
+            "type": "numeric",
+            "edges": [1.0, 2.0, 3.0],
+            "shares": [0.25] * 4,
+            "missing_share": 0.0,
+            "min": 0.0,
+            "max": 4.0,
+            "mean": 2.0,
+        }
+    n = 2000
+    later = pl.DataFrame(
+        {
+            "x": rng.normal(0, 1, n),
+            "sex": rng.choice(["F", "M"], n),
+            "history_years": rng.integers(0, 12, n).astype(float),  # ~60% above the training max 4
+            "hba1c_years_since": rng.integers(0, 9, n).astype(float),
+            "x_other": rng.integers(0, 4, n).astype(float),  # same distribution as its reference
+            "probability": rng.beta(2, 20, n),
+        }
+    )
+    mc = MonitoringConfig(min_drifted_features=1)
+    rep = drift_report(ref, later, mc)
+    feats = {e["feature"]: e for e in rep["features"]}
+    assert feats["history_years"]["out_of_range_share"] > 0.5 and feats["history_years"]["psi"] > 0.25
+    assert feats["history_years"]["calendar_trend"] and feats["hba1c_years_since"]["calendar_trend"]
+    assert not feats["x"]["calendar_trend"] and not feats["x_other"]["calendar_trend"]
+    assert sorted(rep["drifted_calendar_trend_features"]) == ["hba1c_years_since", "history_years"]
+    assert rep["drifted_features"] == [] and rep["n_drifted_features"] == 0
+    assert rep["max_feature_out_of_range"] < 0.01  # only x's tail beyond its 20,000-draw reference range
+    assert rep["decision"] == OK, rep["reasons"]
+    # with no trend list the same rows trip both criteria: they measured elapsed time
+    strict = drift_report(ref, later, mc.model_copy(update={"calendar_trend_features": []}))
+    assert strict["max_out_of_range_feature"] == "history_years" and strict["max_feature_out_of_range"] > 0.5
+    assert "history_years" in strict["drifted_features"] and strict["decision"] == RETRAIN
+    assert any("out-of-training-range" in r for r in strict["reasons"])
+    # a non-trend feature leaving its range still triggers
+    shifted = later.with_columns(pl.col("x_other") + 10.0)
+    rep3 = drift_report(ref, shifted, mc.model_copy(update={"min_drifted_features": 10}))
+    assert rep3["max_out_of_range_feature"] == "x_other" and rep3["decision"] == RETRAIN
+
+
+def test_out_of_range_criterion_is_per_feature_not_the_union() -> None:
+    """Many features each with a thin tail beyond their reference max (sampling, no shift): the share of rows
+    with *any* feature out of range exceeds the bound, the worst single feature does not."""
+    rng = np.random.default_rng(4)
+    k, n = 60, 5000
+    ref = {
+        "features": {
+            f"f{i}": {
+                "type": "numeric",
+                "edges": [0.5],
+                "shares": [0.5, 0.5],
+                "missing_share": 0.0,
+                "min": 0.0,
+                "max": 0.999,  # 0.1% of U(0, 1) draws exceed it
+                "mean": 0.5,
+            }
+            for i in range(k)
+        }
+    }
+    logged = pl.DataFrame({f"f{i}": rng.random(n) for i in range(k)})
+    mc = MonitoringConfig(out_of_range_bound=0.02)
+    rep = drift_report(ref, logged, mc)
+    assert rep["out_of_range_rate"] > 0.04  # 1 − 0.999**60 ≈ 0.058
+    assert rep["max_feature_out_of_range"] < 0.005
+    assert rep["decision"] == OK, rep["reasons"]
+    shifted = logged.with_columns(pl.col("f7") * 1.1)  # ~9% of f7 beyond its max
+    rep2 = drift_report(ref, shifted, mc)
+    assert rep2["max_out_of_range_feature"] == "f7" and rep2["decision"] == RETRAIN
+
+
+def test_calendar_trend_features_rejects_empty_pattern() -> None:
+    with pytest.raises(ValueError, match="calendar_trend_features"):
+        MonitoringConfig(calendar_trend_features=["age", " "])

@@ -223,3 +223,113 @@ def test_one_se_rule_prefers_simpler(tmp_path: Path) -> None:
     w = rep["winners"][0]
     assert w["winner"] == "X2", w["reason"]
     assert w["per_run"]["X1"]["value"] < w["bound"]
+
+
+def test_run_suite_resume_reruns_only_failed_or_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume keeps runs that finished ok with the same effective overrides; reruns failed/changed ones."""
+    import clinrisk.experiments as X
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: s\nruns:\n  - {name: A, overrides: [labels.strategy=E0]}\n"
+        "  - {name: B, overrides: [labels.strategy=E2]}\nbaseline: A\n"
+    )
+    base, risk = _preds(50, 2, 0)
+    calls: list[str] = []
+
+    def fake(fail: set[str]):
+        def run(_base: object, overrides: list[str], _runner: str) -> dict:
+            arm = "A" if "labels.strategy=E0" in overrides else "B"
+            calls.append(arm)
+            if arm in fail:
+                raise RuntimeError(f"{arm} broke")
+            return {"predictions": _write(tmp_path, f"{arm}{len(calls)}", base, risk), "mlflow_run_id": arm}
+
+        return run
+
+    sets = ["tracking.tracking_uri=sqlite:///unused.db"]  # a user store: no suite store is prepared
+    monkeypatch.setattr(X, "_run_locally", fake({"B"}))
+    first = X.run_suite(suite, extra_overrides=sets, out_dir=tmp_path / "out")
+    assert [r["status"] for r in first["runs"]] == ["ok", "failed"] and calls == ["A", "B"]
+    monkeypatch.setattr(X, "_run_locally", fake(set()))
+    second = X.run_suite(suite, extra_overrides=sets, out_dir=tmp_path / "out", resume=True)
+    assert calls == ["A", "B", "B"]  # only the failed run ran again
+    assert [r["status"] for r in second["runs"]] == ["ok", "ok"] and second["runs"][0].get("resumed")
+    assert second["runs"][0]["predictions"] == first["runs"][0]["predictions"]
+    # a changed scale knob changes the effective overrides: nothing is reused
+    X.run_suite(
+        suite, extra_overrides=[*sets, "generate.n_patients=700"], out_dir=tmp_path / "out", resume=True
+    )
+    assert calls == ["A", "B", "B", "A", "B"]
+    # without --resume everything runs
+    X.run_suite(suite, extra_overrides=sets, out_dir=tmp_path / "out")
+    assert calls[-2:] == ["A", "B"] and len(calls) == 7
+
+
+def test_locate_outputs_picks_the_merged_features_not_the_bare_spec(tmp_path: Path) -> None:
+    """kfp.local layout: fit-feature-spec writes a bare feature_spec.json; the features dataset is the one
+    with shard=NNN directories (merge-features), which validation scoring must read."""
+    from clinrisk.experiments import locate_outputs
+
+    root = tmp_path / "clinrisk-training-x"
+    for d in (
+        "fit-feature-spec/feature_spec",
+        "merge-features/features/shard=000",
+        "train/bundle",
+        "evaluate/evaluation",
+    ):
+        (root / d).mkdir(parents=True)
+    (root / "fit-feature-spec/feature_spec/feature_spec.json").write_text("{}")
+    (root / "merge-features/features/feature_spec.json").write_text("{}")
+    (root / "train/bundle/model.txt").write_text("")
+    (root / "evaluate/evaluation/predictions.parquet").write_text("")
+    out = locate_outputs(root)
+    assert out["features_dir"] == str(root / "merge-features/features")
+    assert out["bundle_dir"] == str(root / "train/bundle")
+    assert out["predictions"] == str(root / "evaluate/evaluation/predictions.parquet")
+
+
+def test_selection_step_numbers_reported(tmp_path: Path) -> None:
+    """A run whose selection failed its non-inferiority check is reported as trained on all features."""
+    from clinrisk.experiments import render_comparison, selection_summary
+
+    f = tmp_path / "selected_features.json"
+    f.write_text(
+        json.dumps(
+            {
+                "enabled": True,
+                "n_features_before": 156,
+                "n_features_selected": 3,
+                "selected": ["a", "b", "c"],
+                "evaluation": {
+                    "delta_ap": -0.09,
+                    "delta_brier": 0.003,
+                    "acceptable": False,
+                    "validation_rows": 538,
+                },
+                "resources": {"peak_rss_mb": 280.0, "wall_s": 43.5},
+            }
+        )
+    )
+    s = selection_summary(str(f))
+    assert s is not None and s["n_features_selected"] == 3
+    assert s["acceptable"] is False and s["used_for_training"] is False
+    off = tmp_path / "off.json"
+    off.write_text(json.dumps({"enabled": False, "n_features_before": 156, "selected": ["a"]}))
+    assert selection_summary(str(off)) is None and selection_summary(None) is None
+    report = {
+        "suite": "selection",
+        "p_t": 0.1,
+        "bootstrap_replicates": 10,
+        "ci_level": 0.95,
+        "winner_rule": {"statement": "x"},
+        "winners": [],
+        "runs": [{"name": "stability", "is_baseline": False, "status": "ok", "selection": s}],
+    }
+    md = render_comparison(report)
+    assert (
+        "## Feature selection step" in md
+        and "| stability | 156 → 3 | -0.0900 | +0.00300 | 538 | False | False |" in md
+    )

@@ -59,11 +59,14 @@ def experiments_run(
     out: Annotated[Path | None, typer.Option("--out", help="suite output directory")] = None,
     compare: Annotated[bool, typer.Option("--compare/--no-compare", help="write the comparison")] = True,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=10, help="paired bootstrap B")] = 200,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="keep runs already ok in the suite directory; run the rest")
+    ] = False,
 ) -> None:
     """Run every run of a suite through the pipeline (each an MLflow run), then compare them."""
     from clinrisk.experiments import compare_runs, run_suite
 
-    result = run_suite(suite, runner, sets, kfp_host=kfp_host, out_dir=out, only=only)
+    result = run_suite(suite, runner, sets, kfp_host=kfp_host, out_dir=out, only=only, resume=resume)
     for r in result["runs"]:
         typer.echo(f"{r['name']:<24} {r['status']:<7} {r.get('mlflow_run_id') or r.get('error') or ''}")
     if compare:

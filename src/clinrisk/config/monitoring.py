@@ -29,7 +29,21 @@ class MonitoringConfig(Section):
     psi_score_bound: float = Field(0.10, gt=0.0, description="score PSI above this triggers retraining")
     ks_score_bound: float = Field(0.10, gt=0.0, le=1.0, description="score KS (at reference deciles) bound")
     out_of_range_bound: float = Field(
-        0.05, ge=0.0, le=1.0, description="share of rows with any feature outside the training range"
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "largest share of rows outside the training [min, max] on any one feature; per feature, not "
+            "the union over features, whose sampling tails alone reach several % with ~150 features"
+        ),
+    )
+    calendar_trend_features: list[str] = Field(
+        default_factory=lambda: ["age", "history_years", "*_years_since", "*_ever"],
+        description=(
+            "features (fnmatch globs) that rise with calendar time per patient in a followed cohort, so "
+            "later years leave the training range and shift by construction: their PSI and out-of-range "
+            "shares are reported but not counted by the retrain criteria"
+        ),
     )
     min_drifted_features: int = Field(
         3, ge=1, description="retrain when at least this many features exceed psi_feature_bound"
@@ -41,6 +55,14 @@ class MonitoringConfig(Section):
     request_log_flush_rows: int = Field(
         5_000, ge=1, description="buffered rows before the request logger writes a Parquet part"
     )
+
+    @model_validator(mode="after")
+    def _trend_patterns(self) -> MonitoringConfig:
+        if any(not p.strip() for p in self.calendar_trend_features):
+            raise ValueError(
+                "monitoring.calendar_trend_features: patterns must be non-empty feature names/globs"
+            )
+        return self
 
 
 class PromotionConfig(Section):
