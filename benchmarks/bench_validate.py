@@ -47,9 +47,8 @@ def _make_synthetic(raw: Path, rows: int, shards: int) -> None:
 
 
 def _make_generated(raw: Path, rows: int, shards: int) -> None:
-    from clinrisk.generate import generate_dataset  # type: ignore[import-not-found,unused-ignore]
-
     from clinrisk.config import load_config
+    from clinrisk.generate import generate_dataset  # type: ignore[import-not-found,unused-ignore]
 
     cfg = load_config(None, [f"generate.n_patients={max(10, rows // 10)}", f"generate.n_shards={shards}"])
     generate_dataset(cfg, raw, workers=2)

@@ -1,6 +1,7 @@
 """Shared model-test fixtures: a small synthetic features dataset (contract layout) and a trained bundle.
 
-The label depends on an HbA1c-like and a glucose-like feature (plus BMI and age), so directional tests
+Feature names and dtypes are a subset of what the real feature function produces (a test checks it). The
+label depends on the HbA1c and glucose features (plus BMI and age), so directional tests
 have a known answer. ``make_features_dataset`` is importable for tests that need a variant.
 """
 
@@ -21,13 +22,13 @@ FEATURES: dict[str, str] = {
     "age": "Int16",
     "sex": "Enum",
     "insurance": "Enum",
-    "hba1c_last": "Float32",
+    "hba1c_last_3y": "Float32",
     "hba1c_mean_3y": "Float32",
-    "glucose_last": "Float32",
+    "glucose_last_3y": "Float32",
     "bmi": "Float32",
     "visits": "UInt8",
     "rx_metformin": "Int8",
-    "noise": "Float32",
+    "ldl_mean_3y": "Float32",
 }
 YEARS = tuple(range(2005, 2011))
 
@@ -48,7 +49,7 @@ def feature_spec_dict() -> dict[str, object]:
         "feature_names": list(FEATURES),
         "dtypes": dict(FEATURES),
         "categories": {"sex": SEX, "insurance": INSURANCE},
-        "units": {"hba1c_last": "%", "hba1c_mean_3y": "%", "glucose_last": "mg/dL", "bmi": "kg/m2"},
+        "units": {"hba1c_last_3y": "%", "hba1c_mean_3y": "%", "glucose_last_3y": "mg/dL", "bmi": "kg/m2"},
         "raw_fields": ["patient_id", "year"],
         "rollups": {},
     }
@@ -97,13 +98,13 @@ def synth_frame(n_patients: int, seed: int, soft: bool = False, val_label_shift:
             "age": pl.Series(age, dtype=pl.Int16),
             "sex": pl.Series([SEX[s] for s in sex[P]], dtype=pl.Enum(SEX)),
             "insurance": pl.Series([INSURANCE[i] for i in ins[P]], dtype=pl.Enum(INSURANCE)),
-            "hba1c_last": pl.Series(a1c_obs, dtype=pl.Float32, nan_to_null=True),
+            "hba1c_last_3y": pl.Series(a1c_obs, dtype=pl.Float32, nan_to_null=True),
             "hba1c_mean_3y": mean3.cast(pl.Float32),
-            "glucose_last": pl.Series(glu, dtype=pl.Float32),
+            "glucose_last_3y": pl.Series(glu, dtype=pl.Float32),
             "bmi": pl.Series(bmi, dtype=pl.Float32),
             "visits": pl.Series(rng.integers(0, 6, n), dtype=pl.UInt8),
             "rx_metformin": pl.Series((rng.random(n) < 0.03).astype(np.int8), dtype=pl.Int8),
-            "noise": pl.Series(rng.normal(size=n), dtype=pl.Float32),
+            "ldl_mean_3y": pl.Series(rng.normal(size=n), dtype=pl.Float32),
             "label": pl.Series(label, dtype=pl.Float32),
             "label_rec": pl.Series(hard, dtype=pl.Int8),
             "sample_weight": pl.Series(np.ones(n), dtype=pl.Float32),

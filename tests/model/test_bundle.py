@@ -55,7 +55,7 @@ def test_layout_and_metadata(trained_bundle_dir: Path, bundle: ModelBundle):
     assert set(bundle.categories) == {"sex", "insurance"}
     ref = bundle.reference
     assert set(ref["features"]) == set(bundle.feature_names)
-    a1c = ref["features"]["hba1c_last"]
+    a1c = ref["features"]["hba1c_last_3y"]
     assert a1c["min"] <= a1c["mean"] <= a1c["max"] and 0.05 < a1c["null_share"] < 0.15
     assert sum(a1c["shares"]) == pytest.approx(1.0) and len(a1c["shares"]) == len(a1c["edges"]) + 1
     assert sum(ref["features"]["sex"]["shares"]) == pytest.approx(1.0)
@@ -113,8 +113,8 @@ def test_predict_paths_agree(bundle: ModelBundle, frame: pl.DataFrame):
 
 
 def test_missing_feature_column_is_named(bundle: ModelBundle, frame: pl.DataFrame):
-    with pytest.raises(DataError, match="glucose_last"):
-        bundle.predict_proba(frame.drop("glucose_last"))
+    with pytest.raises(DataError, match="glucose_last_3y"):
+        bundle.predict_proba(frame.drop("glucose_last_3y"))
     with pytest.raises(DataError, match="columns"):
         bundle.predict_proba(np.zeros((2, 3)))
 

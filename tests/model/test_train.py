@@ -36,13 +36,13 @@ def _profile(n: int = 1, **values: float) -> pl.DataFrame:
         "age": 55,
         "sex": "F",
         "insurance": "commercial",
-        "hba1c_last": 5.6,
+        "hba1c_last_3y": 5.6,
         "hba1c_mean_3y": 5.6,
-        "glucose_last": 98.0,
+        "glucose_last_3y": 98.0,
         "bmi": 27.0,
         "visits": 2,
         "rx_metformin": 0,
-        "noise": 0.0,
+        "ldl_mean_3y": 0.0,
     }
     base.update(values)
     return pl.DataFrame({k: [v] * n for k, v in base.items()})
@@ -57,8 +57,8 @@ def test_directional_higher_hba1c_and_glucose_raise_risk(
     b = load_bundle(trained_bundle_dir)
     val = _validation_frame(synthetic_features_dir)
     p0 = b.predict_proba(val)
-    up_a1c = b.predict_proba(val.with_columns(pl.col("hba1c_last") + 1.0, pl.col("hba1c_mean_3y") + 1.0))
-    up_glu = b.predict_proba(val.with_columns(pl.col("glucose_last") + 30.0))
+    up_a1c = b.predict_proba(val.with_columns(pl.col("hba1c_last_3y") + 1.0, pl.col("hba1c_mean_3y") + 1.0))
+    up_glu = b.predict_proba(val.with_columns(pl.col("glucose_last_3y") + 30.0))
     assert up_a1c.mean() > 2 * p0.mean()
     assert np.mean(up_a1c >= p0) > 0.95
     assert up_glu.mean() > p0.mean()
@@ -178,10 +178,10 @@ def test_e2_soft_labels_use_cross_entropy_and_soft_calibration(tmp_path: Path):
 
 
 def test_selected_features_subset(synthetic_features_dir: Path, tmp_path: Path):
-    sel = ["hba1c_last", "glucose_last", "age", "sex"]
+    sel = ["hba1c_last_3y", "glucose_last_3y", "age", "sex"]
     train_model(small_config(), synthetic_features_dir, tmp_path / "bundle", selected_features=sel)
     b = load_bundle(tmp_path / "bundle")
-    assert b.feature_names == ["age", "sex", "hba1c_last", "glucose_last"]  # spec order
+    assert b.feature_names == ["age", "sex", "hba1c_last_3y", "glucose_last_3y"]  # spec order
     assert set(b.reference["features"]) == set(sel)
     assert b.predict_proba(_validation_frame(synthetic_features_dir)).shape[0] > 0
 

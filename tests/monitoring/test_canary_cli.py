@@ -50,7 +50,7 @@ def test_drift_cli_exit_codes(trained_bundle_dir: Path, synthetic_features_dir: 
 
     bundle = load_bundle(trained_bundle_dir)
     df = load_test_frame(synthetic_features_dir).with_columns(
-        pl.col("bmi") + 6.0, pl.col("hba1c_last") + 1.0, pl.col("hba1c_mean_3y") + 1.0
+        pl.col("bmi") + 6.0, pl.col("hba1c_last_3y") + 1.0, pl.col("hba1c_mean_3y") + 1.0
     )
     with RequestLogger(tmp_path / "log") as lg:
         lg.log(df, bundle.predict_proba(df), bundle.version)

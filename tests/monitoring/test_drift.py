@@ -117,7 +117,7 @@ def test_drift_job_on_bundle(trained_bundle_dir: Path, synthetic_features_dir: P
     assert rep["decision"] == OK, rep["reasons"]
     # later population: higher HbA1c and BMI, less testing → feature and score drift
     later = test.with_columns(
-        (pl.col("hba1c_last") + 0.6).alias("hba1c_last"),
+        (pl.col("hba1c_last_3y") + 0.6).alias("hba1c_last_3y"),
         (pl.col("hba1c_mean_3y") + 0.6).alias("hba1c_mean_3y"),
         (pl.col("bmi") + 4.0).alias("bmi"),
     )
@@ -125,7 +125,7 @@ def test_drift_job_on_bundle(trained_bundle_dir: Path, synthetic_features_dir: P
         lg.log(later, bundle.predict_proba(later), bundle.version)
     rep2 = run_drift_job(cfg, trained_bundle_dir, tmp_path / "log2", tmp_path / "drift2", mlflow=True)
     assert rep2["decision"] == RETRAIN
-    assert {"hba1c_last", "bmi"} <= set(rep2["drifted_features"])
+    assert {"hba1c_last_3y", "bmi"} <= set(rep2["drifted_features"])
     assert rep2["score"]["psi"] > rep["score"]["psi"]
     for f in ("report.json", "report.md", "metrics.prom"):
         assert (tmp_path / "drift2" / f).is_file()

@@ -73,7 +73,7 @@ def test_registry_flow(trained_bundle_dir: Path, synthetic_features_dir: Path, t
     assert first["champion_after"] == first["challenger_version"] == "1"
 
     weak = tmp_path / "weak"
-    keep = ["age", "sex", "insurance", "bmi", "visits", "noise"]
+    keep = ["age", "sex", "insurance", "bmi", "visits", "ldl_mean_3y"]
     train_model(cfg, synthetic_features_dir, weak, selected_features=keep)
     run2 = tracking.start_run(cfg)
     tracking.register_bundle(cfg, weak, run2)
