@@ -488,30 +488,24 @@ def test_correlated_only_when_present_on_the_same_rows() -> None:
     sparse = np.where(rng.random(n) < 0.5, np.nan, x).astype(np.float32)  # same values, half the rows
     twin = (x * 2 + 1).astype(np.float32)  # exact monotone copy, same rows
     X = np.stack([x, sparse, twin], axis=1)
-    res = cheap_filters(
-        X,
-        y,
-        np.ones(n),
-        ["x", "sparse", "twin"],
-        set(),
-        max_missing_share=0.99,
-        near_constant_share=0.999,
-        correlation_threshold=0.95,
-        min_copresence=0.9,
-    )
+
+    def run(min_copresence: float) -> Any:
+        return cheap_filters(
+            X,
+            y,
+            np.ones(n),
+            ["x", "sparse", "twin"],
+            set(),
+            max_missing_share=0.99,
+            near_constant_share=0.999,
+            correlation_threshold=0.95,
+            min_copresence=min_copresence,
+        )
+
+    res = run(0.9)
     assert res.decisions["sparse"]["decision"] == "kept"
     assert {res.decisions["x"]["decision"], res.decisions["twin"]["decision"]} == {"kept", "dropped"}
-    legacy = cheap_filters(
-        X,
-        y,
-        np.ones(n),
-        ["x", "sparse", "twin"],
-        set(),
-        max_missing_share=0.99,
-        near_constant_share=0.999,
-        correlation_threshold=0.95,
-        min_copresence=0.0,
-    )
+    legacy = run(0.0)
     assert len(legacy.kept) == 1  # without the co-presence rule all three collapse into one
 
 
