@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from clinrisk.errors import DataError
+from clinrisk.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from clinrisk.config import ClinriskConfig
@@ -1022,17 +1022,20 @@ def load_selected_features(path: Path) -> list[str]:
     return sel
 
 
-def features_for_training(path: Path) -> list[str] | None:
+def features_for_training(path: Path, apply: str = "if_non_inferior") -> list[str] | None:
     """The feature list training should use: the selection if it passed its own non-inferiority check
     (science.md §5.3: ΔAP ≥ −0.005 and ΔBrier ≤ +0.0005 vs the full set on validation), else ``None`` (all
-    features). A selection that loses accuracy must not silently degrade the deployed model."""
+    features). A selection that loses accuracy must not silently degrade the deployed model.
+    ``apply="always"`` uses the selection regardless (``select.apply``, for experiments)."""
     from clinrisk.io import read_json
 
+    if apply not in ("if_non_inferior", "always"):
+        raise ConfigError(f"select.apply: {apply!r} is not one of if_non_inferior, always")
     p = Path(path)
     doc = read_json(p / SELECTION_FILE if p.is_dir() else p)
     selected = load_selected_features(p)
     evaluation = doc.get("evaluation") if isinstance(doc, dict) else None
-    if isinstance(evaluation, dict) and evaluation.get("acceptable") is False:
+    if apply == "if_non_inferior" and isinstance(evaluation, dict) and evaluation.get("acceptable") is False:
         return None
     return selected
 

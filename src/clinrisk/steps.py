@@ -278,7 +278,8 @@ def train_step(
     from clinrisk.train import train_model
 
     cfg = _load(config_dir)
-    selected = features_for_training(Path(selection_dir)) if Path(selection_dir).exists() else None
+    selection = Path(selection_dir)
+    selected = features_for_training(selection, cfg.select.apply) if selection.exists() else None
     result = train_model(cfg, Path(features_dir), Path(out_dir), selected)
     metrics = result["metrics"] if isinstance(result.get("metrics"), dict) else {}
     _log_numeric(log_metric, metrics)

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 
 from clinrisk.config import ClinriskConfig, load_config
-from clinrisk.errors import DataError
+from clinrisk.errors import ConfigError, DataError
 from clinrisk.features import FeatureSpec
 from clinrisk.selection import (
     HAZARD_FAMILIES,
@@ -471,6 +471,10 @@ def test_training_falls_back_to_all_features_when_selection_is_not_non_inferior(
     doc = {"selected": ["a", "b"], "evaluation": {"acceptable": False, "delta_ap": -0.04}}
     (tmp_path / SELECTION_FILE).write_text(json.dumps(doc))
     assert features_for_training(tmp_path) is None
+    # select.apply=always: experiments measure what the selected set costs, so it is used regardless.
+    assert features_for_training(tmp_path, "always") == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"select\.apply"):
+        features_for_training(tmp_path, "sometimes")
     doc["evaluation"]["acceptable"] = True
     (tmp_path / SELECTION_FILE).write_text(json.dumps(doc))
     assert features_for_training(tmp_path) == ["a", "b"]

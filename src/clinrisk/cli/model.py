@@ -39,7 +39,11 @@ def train(
     cfg = load(config, sets)
     paths = RunPaths.for_config(cfg)
     sel_file = selected if selected is not None else paths.selection / SELECTION_FILE
-    names = features_for_training(sel_file) if (selected is not None or sel_file.is_file()) else None
+    names = (
+        features_for_training(sel_file, cfg.select.apply)
+        if (selected is not None or sel_file.is_file())
+        else None
+    )
     out_dir = out or paths.bundle
     res = train_model(cfg, features or paths.features, out_dir, selected_features=names)
     md, v, thr = res["metadata"], res["metrics"]["validation"], res["threshold"]

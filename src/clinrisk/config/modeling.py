@@ -38,6 +38,11 @@ class SelectConfig(Section):
         150, ge=10, le=5000, description="boosting rounds of the full-vs-selected check"
     )
     num_threads: int = Field(0, ge=0, description="LightGBM threads; 0 = train.num_threads, else the cores")
+    apply: Literal["if_non_inferior", "always"] = Field(
+        "if_non_inferior",
+        description="if_non_inferior: train on the selection only when it passed its check, else all "
+        "features; always: train on it regardless (experiments that measure what selection costs)",
+    )
 
 
 class TrainConfig(Section):
