@@ -31,6 +31,9 @@ def build_training_pipeline(parallelism: int = 2) -> Callable[..., Any]:
     ) -> str:
         cfg = c.resolve_config(config_yaml=config_yaml, overrides=overrides)
         tracking = c.start_tracking(config=cfg.outputs["config"], kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        # Steps with side effects outside their outputs (MLflow run, registry, InferenceService) are never
+        # served from the cache; the deterministic data/feature/model steps are.
+        tracking.set_caching_options(False)
         plan = c.plan_generation(config=cfg.outputs["config"])
 
         with dsl.ParallelFor(cfg.outputs["Output"], parallelism=parallelism) as shard:
@@ -81,6 +84,7 @@ def build_training_pipeline(parallelism: int = 2) -> Callable[..., Any]:
             validation_report=data.outputs["validation_report"],
             mlflow_run_id=tracking.output,
         )
+        registered.set_caching_options(False)
         with dsl.If(deploy == True):  # noqa: E712 - KFP condition expression, not a Python comparison
             c.deploy_canary(
                 config=cfg.outputs["config"],
@@ -88,7 +92,7 @@ def build_training_pipeline(parallelism: int = 2) -> Callable[..., Any]:
                 inference_service=inference_service,
                 namespace=namespace,
                 percent=canary_percent,
-            )
+            ).set_caching_options(False)
         return registered.output
 
     return clinrisk_training

@@ -50,3 +50,21 @@ def test_compile_is_deterministic(tmp_path: Path) -> None:
     a = compile_pipeline(tmp_path / "a.yaml").read_text()
     b = compile_pipeline(tmp_path / "b.yaml").read_text()
     assert a == b
+
+
+def _caching(spec: dict[str, object]) -> dict[str, bool]:
+    """Task name -> enableCache for every task, descending into ParallelFor/If sub-DAGs."""
+    out: dict[str, bool] = {}
+    for comp in [spec["root"], *spec["components"].values()]:  # type: ignore[index,union-attr]
+        for name, task in ((comp.get("dag") or {}).get("tasks") or {}).items():  # type: ignore[union-attr]
+            if "componentRef" in task and "executorLabel" not in task:
+                out[name] = bool((task.get("cachingOptions") or {}).get("enableCache", False))
+    return out
+
+
+def test_side_effecting_steps_are_never_cached(tmp_path: Path) -> None:
+    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    caching = _caching(ir)
+    assert {t for t, on in caching.items() if not on} >= {"start-tracking", "register", "deploy-canary"}
+    for deterministic in ("generate-shard", "validate-shard", "build-features-shard", "train", "evaluate"):
+        assert caching[deterministic], deterministic
