@@ -197,3 +197,33 @@ def test_self_check_refuses_a_bundle_whose_model_disagrees(
     with pytest.raises(DataError, match="serving_examples"):
         model.load()
     assert model.ready is False
+
+
+def test_calendar_trend_features_are_not_out_of_distribution(
+    client: Any, instances: list[dict[str, Any]]
+) -> None:
+    """A patient seen 25 years later (older, longer history) leaves the training range of age and
+    history_years by construction; that is not an anomaly and must not be flagged (or rejected)."""
+    later = json.loads(json.dumps(instances[0]))
+    later["birth_year"] -= 25
+    later["entry_year"] -= 25
+    r = client.post(PREDICT, json={"instances": [later]})
+    assert r.status_code == 200
+    flagged = r.json()["predictions"][0]["ood_features"]
+    assert not [f for f in flagged if f in ("age", "history_years") or f.endswith(("_years_since", "_ever"))]
+
+
+def test_ood_reference_skips_calendar_trend_features(bundle_dir: Any) -> None:
+    from clinrisk.bundle import load_bundle
+    from clinrisk.features import FeatureSpec
+    from clinrisk.serving.inference import ood_reference
+
+    bundle = load_bundle(bundle_dir)
+    spec = FeatureSpec.from_json(bundle_dir / "feature_spec.json")
+    names = ood_reference(bundle, spec).names
+    assert "age" in bundle.feature_names and "age" not in names
+    assert not [n for n in names if n == "history_years" or n.endswith("_years_since")]
+    assert any(n.startswith("hba1c") for n in names)
+    bundle.config.setdefault("monitoring", {})["calendar_trend_features"] = ["hba1c*"]
+    custom = ood_reference(bundle, spec).names
+    assert "age" in custom and not [n for n in custom if n.startswith("hba1c")]

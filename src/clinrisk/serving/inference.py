@@ -101,14 +101,30 @@ class OODReference:
     hi: np.ndarray
 
 
+def calendar_trend_patterns(bundle: ModelBundle) -> list[str]:
+    """The bundle's ``monitoring.calendar_trend_features`` (the config it was trained with), else the default."""
+    from clinrisk.config import MonitoringConfig
+
+    monitoring = (bundle.config or {}).get("monitoring") or {}
+    patterns = monitoring.get("calendar_trend_features")
+    return list(patterns) if patterns else list(MonitoringConfig().calendar_trend_features)
+
+
 def ood_reference(bundle: ModelBundle, spec: FeatureSpec) -> OODReference:
     """Numeric, non-indicator features with reference stats (0/1 indicators and categoricals are not
-    checked: a rare flag set to 1 is not an anomaly, whatever its z-score)."""
+    checked: a rare flag set to 1 is not an anomaly, whatever its z-score). Calendar-trend features (age,
+    history_years, years-since: ``monitoring.calendar_trend_features``) are not checked either: a later
+    year leaves their training range by construction, which says nothing about the patient."""
+    from clinrisk.drift import is_calendar_trend
+
+    trend = calendar_trend_patterns(bundle)
     feats = (bundle.reference or {}).get("features", {})
     idx, names, mean, std, lo, hi = [], [], [], [], [], []
     for j, name in enumerate(bundle.feature_names):
         ref = feats.get(name)
         if not ref or ref.get("type") != "numeric" or spec.dtypes.get(name) in ("Enum", "Int8"):
+            continue
+        if is_calendar_trend(name, trend):
             continue
         if ref.get("min") is None or ref.get("max") is None:
             continue
