@@ -219,14 +219,17 @@ def encode_categorical(name: str, levels: list[str], rollups: dict[str, int]) ->
 
 
 def egfr_ckd_epi_2021(scr_mg_dl: pl.Expr, age: pl.Expr, female: pl.Expr) -> pl.Expr:
-    """CKD-EPI 2021 creatinine equation (race-free), mL/min/1.73 m² (science.md §1.3)."""
+    """CKD-EPI 2021 creatinine equation (race-free), mL/min/1.73 m² (science.md §1.3); null where the
+    creatinine is null (min/max_horizontal skip nulls, which would otherwise turn a missing creatinine
+    into Scr = kappa, an eGFR that is a function of age and sex only)."""
     kappa = pl.when(female).then(0.7).otherwise(0.9)
     alpha = pl.when(female).then(-0.241).otherwise(-0.302)
     ratio = scr_mg_dl / kappa
     lo = pl.min_horizontal(ratio, pl.lit(1.0)).pow(alpha)
     hi = pl.max_horizontal(ratio, pl.lit(1.0)).pow(-1.200)
     sex_f = pl.when(female).then(1.012).otherwise(1.0)
-    return 142.0 * lo * hi * pl.lit(0.9938).pow(age.cast(pl.Float64)) * sex_f
+    egfr = 142.0 * lo * hi * pl.lit(0.9938).pow(age.cast(pl.Float64)) * sex_f
+    return pl.when(scr_mg_dl.is_not_null()).then(egfr)
 
 
 def window_aggregates(lab: str, x: int) -> list[pl.Expr]:

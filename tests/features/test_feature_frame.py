@@ -98,6 +98,9 @@ def test_derived_bmi_egfr_age(spec: FeatureSpec) -> None:
     assert df["bmi"][1] == pytest.approx(141 * 0.45359237 / 1.6**2, rel=1e-5)  # height carried forward
     # CKD-EPI 2021, female, Scr = kappa: 142 * 0.9938^60 * 1.012
     assert df["egfr"][0] == pytest.approx(142 * 0.9938**60 * 1.012, rel=1e-5)
+    # no creatinine that year: eGFR is missing, not Scr = kappa (a function of age and sex only)
+    assert df["egfr"][1] is None
+    assert df["egfr_missing"].to_list() == [0, 1]
     male = _build(
         [row(2, 2010, sex="M", birth_year=1950, creatinine_value=1.8, creatinine_unit="mg/dL")], spec
     )
