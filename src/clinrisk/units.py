@@ -39,6 +39,7 @@ TRIGLYCERIDE_MGDL_PER_MMOLL = 88.57
 CREATININE_UMOLL_PER_MGDL = 88.4
 CM_PER_IN = 2.54
 KG_PER_LB = 0.45359237
+M_PER_CM = 1.0 / 100.0  # a multiplication, as polars evaluates "/ 100.0" (see _div)
 
 QUARANTINE_REASONS = (
     "implausible_for_unit",
@@ -85,7 +86,10 @@ def _mul(f: float) -> ExprFn:
 
 
 def _div(f: float) -> ExprFn:
-    return lambda e: e / f
+    # polars divides by a scalar as a multiplication by its reciprocal; spelled out so that the same rule
+    # applied to a Python float (clinrisk.features_rowwise, convert_value) is bitwise the polars result.
+    inverse = 1.0 / f
+    return lambda e: e * inverse
 
 
 def _ifcc_to_ngsp(e: pl.Expr) -> pl.Expr:
@@ -93,7 +97,7 @@ def _ifcc_to_ngsp(e: pl.Expr) -> pl.Expr:
 
 
 def _ngsp_to_ifcc(e: pl.Expr) -> pl.Expr:
-    return (e - HBA1C_NGSP_INTERCEPT) / HBA1C_NGSP_SLOPE
+    return (e - HBA1C_NGSP_INTERCEPT) * (1.0 / HBA1C_NGSP_SLOPE)  # reciprocal: see _div
 
 
 def _mass_molar(canonical_range: tuple[float, float], molar_range: tuple[float, float], f: float) -> dict:
@@ -223,7 +227,7 @@ def _resolution(a: Analyte) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         # for the label; the patient's height exposes it: the BMI is implausible in the labelled unit and
         # plausible in the other one. Refused (quarantined), never silently converted.
         # (Unknown height: null, never flipped.)
-        h2 = (_height_reference_cm() / 100.0).pow(2)
+        h2 = (_height_reference_cm() * M_PER_CM).pow(2)
         as_kg, as_lb = _in(v / h2, BMI_PLAUSIBLE), _in(v * KG_PER_LB / h2, BMI_PLAUSIBLE)
         flipped = ((u == "kg") & ~as_kg & as_lb) | ((u == "lb") & ~as_lb & as_kg)
         value = value.when(flipped.fill_null(False)).then(None)
@@ -239,7 +243,7 @@ def _resolution(a: Analyte) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
         kg, lb = v, v * KG_PER_LB
         near_kg = ((kg / ref) - 1.0).abs() <= WEIGHT_CONSISTENCY_TOL
         near_lb = ((lb / ref) - 1.0).abs() <= WEIGHT_CONSISTENCY_TOL
-        h_m = _height_reference_cm() / 100.0
+        h_m = _height_reference_cm() * M_PER_CM
         bmi_kg = _in(kg / (h_m * h_m), BMI_PLAUSIBLE)
         bmi_lb = _in(lb / (h_m * h_m), BMI_PLAUSIBLE)
         ambiguous = u.is_null() & (n_fit > 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from clinrisk.config.base import Section
@@ -21,3 +23,8 @@ class ServingConfig(Section):
     reason_codes_top_k: int = Field(0, ge=0, le=50)
     log_patient_data: bool = False
     request_log_dir: str | None = Field(None, description="Parquet sink for served feature vectors")
+    feature_engine: Literal["rowwise", "polars"] = Field(
+        "rowwise",
+        description="rowwise: clinrisk.features_rowwise (bitwise equal to the feature function, checked at "
+        "start-up; ~100x cheaper per request); polars: the feature function's lazy query itself",
+    )

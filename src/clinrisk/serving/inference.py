@@ -1,11 +1,13 @@
-"""Scoring engine behind the predictor (no KServe imports): validate -> raw frame -> the ONE feature
-function -> bundle probabilities, threshold, out-of-distribution flags and TreeSHAP reasons.
+"""Scoring engine behind the predictor (no KServe imports): validate -> raw patient-years -> features ->
+bundle probabilities, threshold, out-of-distribution flags and TreeSHAP reasons.
 
-Feature building goes through ``clinrisk.features.build_feature_frame`` - the function training used -
-applied to the request's patient-years, keeping each patient's current-year row. Building that lazy plan
-costs tens of milliseconds of Python per call (hundreds of expressions) while executing it on a handful of
-rows costs much less, so each worker thread builds the plan ONCE over a deferred source (``pl.defer``) and
-re-executes it per request with the new frame: the same function, the same plan, no per-request planning.
+Features: by default (``serving.feature_engine=rowwise``) :class:`clinrisk.features_rowwise.RowwiseFeatureBuilder`
+evaluates the feature function's definitions patient by patient, bitwise equal to
+``clinrisk.features.build_feature_frame`` (tests over generated populations; re-checked against the polars
+path on the built-in and bundled examples at start-up, where any difference keeps the server not ready).
+``feature_engine=polars`` runs ``build_feature_frame`` itself: each worker thread builds the lazy plan once
+over a deferred source (``pl.defer``) and re-executes it per request (~50 ms of CPU per call, mostly
+query planning and per-expression overhead, whatever the number of patients).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from clinrisk.serving.request import (
     OutOfDistribution,
     ServingError,
     ValidatedRequest,
+    merge_columns,
     merge_requests,
     validate_request,
 )
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from clinrisk.bundle import ModelBundle
     from clinrisk.config import ServingConfig
     from clinrisk.features import FeatureSpec
+    from clinrisk.features_rowwise import RowwiseFeatureBuilder
 
 # Optional file a bundle may carry: {"instances": [...], "probabilities": [...]} checked at start-up.
 SERVING_EXAMPLES_FILE = "serving_examples.json"
@@ -99,6 +103,40 @@ class OODReference:
     std: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+
+
+@dataclass(frozen=True)
+class CurrentRows:
+    """Each instance's current-year features: the model matrix and the values behind it (from the polars
+    frame or the row-wise builder's rows)."""
+
+    matrix: np.ndarray
+    frame: pl.DataFrame | None = None
+    rows: list[dict[str, Any]] | None = None
+    spec: FeatureSpec | None = None
+
+    def value(self, i: int, name: str) -> Any:
+        """Feature ``name`` of row ``i`` as the feature frame holds it (Float32-rounded float, int, level)."""
+        if self.frame is not None:
+            return self.frame[name][i]
+        assert self.rows is not None and self.spec is not None
+        v = self.rows[i][name]
+        if v is not None and self.spec.dtypes[name] == "Float32":
+            return float(np.float32(v))
+        return v
+
+    def to_frame(self, start: int, n: int) -> pl.DataFrame:
+        """Rows ``start:start+n`` as a feature frame (the request log's input)."""
+        if self.frame is not None:
+            return self.frame.slice(start, n)
+        assert self.rows is not None and self.spec is not None
+        part = self.rows[start : start + n]
+        names = self.spec.feature_names
+        return pl.DataFrame(
+            {c: [r[c] for r in part] for c in names if c in part[0]} if part else {},
+            schema={c: self.spec.polars_dtype(c) for c in names if not part or c in part[0]},
+            strict=False,
+        )
 
 
 def calendar_trend_patterns(bundle: ModelBundle) -> list[str]:
@@ -191,6 +229,11 @@ class ServingEngine:
         self.threshold = bundle.threshold
         self.ood = ood_reference(bundle, self.spec)
         self._local = threading.local()
+        self.rowwise: RowwiseFeatureBuilder | None = None
+        if cfg.feature_engine == "rowwise":
+            from clinrisk.features_rowwise import RowwiseFeatureBuilder
+
+            self.rowwise = RowwiseFeatureBuilder(self.spec, list(bundle.feature_names))
         # bundle.to_matrix re-reads df.schema per feature (O(p^2) in polars); the encoder expressions are
         # the bundle's own, built once here from the spec dtypes (the feature rows always have them).
         from clinrisk.bundle import _encode_column
@@ -253,11 +296,11 @@ class ServingEngine:
             slot.pop("raw", None)
 
     def current_rows(self, req: ValidatedRequest) -> pl.DataFrame:
-        """Each instance's current-year feature row, in instance order."""
+        """Each instance's current-year feature row via the feature function (the polars path)."""
         return self.current_rows_many([req])
 
     def current_rows_many(self, reqs: list[ValidatedRequest]) -> pl.DataFrame:
-        """Current-year feature rows of several requests from ONE feature build (instances in request
+        """Current-year feature rows of several requests from ONE polars feature build (instances in request
         order). Patient ids are offset per request so that no two instances share one; each patient's
         features depend on its own rows only, so batching never changes a value."""
         feats = self.build_features(merge_requests(reqs))
@@ -268,6 +311,21 @@ class ServingEngine:
         if rows.height != len(want) or rows["year"].to_list() != want:
             raise DataError("serving: feature rows do not line up with the requests' current years")
         return rows
+
+    def current_features(self, reqs: list[ValidatedRequest], engine: str | None = None) -> CurrentRows:
+        """Current-year features and model matrix of several requests with the configured feature engine
+        (``engine`` overrides it: the start-up check runs both)."""
+        if (engine or self.cfg.feature_engine) == "rowwise":
+            from clinrisk.features_rowwise import RowwiseFeatureBuilder
+
+            builder = self.rowwise or RowwiseFeatureBuilder(self.spec, list(self.bundle.feature_names))
+            rows = builder.rows(merge_columns(reqs), last_only=True)
+            if len(rows) != sum(r.n_instances for r in reqs):
+                raise DataError("serving: feature rows do not line up with the requests' instances")
+            X = builder.matrix(rows, self.bundle.feature_names, self.bundle.categories)
+            return CurrentRows(X, rows=rows, spec=self.spec)
+        frame = self.current_rows_many(reqs)
+        return CurrentRows(self.matrix(frame), frame=frame)
 
     def matrix(self, rows: pl.DataFrame) -> np.ndarray:
         """Model input matrix, exactly as ``bundle.to_matrix`` encodes it (cached expressions)."""
@@ -307,8 +365,8 @@ class ServingEngine:
         the same for 1 or 100 patients (planning the ~1000-expression query dominates), so coalescing
         concurrent requests is what buys throughput (see :class:`clinrisk.serving.batching.MicroBatcher`).
         """
-        rows = self.current_rows_many(reqs)
-        X = self.matrix(rows)
+        cur = self.current_features(reqs)
+        X = cur.matrix
         probs = self.bundle.predict_proba(X)
         flags = ood_flags(X, self.ood, self.cfg.ood_z)
         tau = self.threshold
@@ -329,7 +387,7 @@ class ServingEngine:
                 )
                 start = stop
                 continue
-            reasons = self._reasons(rows, X, start, stop, req.reason_codes_top_k)
+            reasons = self._reasons(cur, start, stop, req.reason_codes_top_k)
             preds = [
                 {
                     "probability": float(pi),
@@ -342,7 +400,7 @@ class ServingEngine:
                 for i, pi in enumerate(p)
             ]
             if self.request_logger is not None and not internal:
-                self.request_logger.log(rows.slice(start, req.n_instances), p, self.version)
+                self.request_logger.log(cur.to_frame(start, req.n_instances), p, self.version)
             out.append(
                 ScoreResult(
                     response={"predictions": preds, "model_version": self.version},
@@ -353,25 +411,22 @@ class ServingEngine:
             start = stop
         return out
 
-    def _reasons(
-        self, rows: pl.DataFrame, X: np.ndarray, start: int, stop: int, k: int
-    ) -> list[list[dict[str, Any]]]:
+    def _reasons(self, cur: CurrentRows, start: int, stop: int, k: int) -> list[list[dict[str, Any]]]:
         """Top-k TreeSHAP contributions (raw-margin scale) for rows ``start:stop``, largest |contribution|
         first (TreeSHAP runs only on those rows, and only when asked for)."""
         if k <= 0:
             return [[] for _ in range(stop - start)]
-        contrib = self.bundle.predict_contrib(X[start:stop])[:, :-1]
+        contrib = self.bundle.predict_contrib(cur.matrix[start:stop])[:, :-1]
         names = self.bundle.feature_names
         out = []
         for i in range(stop - start):
             order = np.argsort(-np.abs(contrib[i]), kind="stable")[:k]
-            values = rows.row(start + i, named=True)
             out.append(
                 [
                     {
                         "feature": names[j],
                         "contribution": float(contrib[i, j]),
-                        "value": _plain(values[names[j]]),
+                        "value": _plain(cur.value(start + i, names[j])),
                     }
                     for j in order
                 ]
@@ -384,7 +439,8 @@ class ServingEngine:
         """Score the built-in example (and the bundle's serving_examples.json if present) end to end.
 
         Fails (DataError) unless every probability is finite, in (0, 1), deterministic, equal to the batch
-        path (``predict_proba`` on the DataFrame) and, for bundled examples, equal to the stored value.
+        path (``predict_proba`` on the DataFrame) and, for bundled examples, equal to the stored value; with
+        the row-wise feature engine, its matrix must also equal the feature function's bit for bit.
         """
         from clinrisk.io import read_json
 
@@ -399,6 +455,7 @@ class ServingEngine:
             raise DataError(f"bundle {self.bundle.path}: self-check probability {p_matrix} not in (0, 1)")
         if not (np.array_equal(p_matrix, p_frame) and np.array_equal(p_matrix, p_again)):
             raise DataError(f"bundle {self.bundle.path}: self-check is not deterministic across paths")
+        self._check_engines(req, "the built-in example")
         checked = 1
         examples_file = Path(self.bundle.path) / SERVING_EXAMPLES_FILE
         if examples_file.is_file():
@@ -412,6 +469,7 @@ class ServingEngine:
                 )
             except ServingError as exc:
                 raise DataError(f"bundle file {SERVING_EXAMPLES_FILE}: invalid example ({exc})") from None
+            self._check_engines(ex_req, SERVING_EXAMPLES_FILE)
             got = np.asarray(self.score_validated(ex_req, internal=True).probabilities)
             if want.shape != got.shape or not np.allclose(got, want, rtol=0, atol=SELF_CHECK_TOL):
                 raise DataError(
@@ -419,6 +477,20 @@ class ServingEngine:
                 )
             checked += int(want.size)
         return {"examples_checked": checked, "example_probability": float(p_matrix[0])}
+
+    def _check_engines(self, req: ValidatedRequest, what: str) -> None:
+        """The row-wise engine (when configured) must give the feature function's matrix bit for bit."""
+        if self.rowwise is None:
+            return
+        want = self.current_features([req], engine="polars").matrix
+        got = self.current_features([req], engine="rowwise").matrix
+        if want.shape != got.shape or not np.array_equal(want, got, equal_nan=True):
+            differ = np.flatnonzero(~((want == got) | (np.isnan(want) & np.isnan(got))).all(axis=0))
+            names = [self.bundle.feature_names[j] for j in differ[:10]]
+            raise DataError(
+                f"bundle {self.bundle.path}: the row-wise feature engine differs from the feature function "
+                f"on {what} (features {names}); set serving.feature_engine=polars"
+            )
 
     def close(self) -> None:
         """Flush the request log (if any)."""

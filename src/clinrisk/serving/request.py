@@ -175,6 +175,13 @@ def merge_requests(reqs: list[ValidatedRequest]) -> pl.DataFrame:
     (request order, then instance order)."""
     if len(reqs) == 1:
         return reqs[0].frame
+    return records_frame(merge_columns(reqs))
+
+
+def merge_columns(reqs: list[ValidatedRequest]) -> dict[str, list[Any]]:
+    """The column lists of several requests, patient ids offset as in :func:`merge_requests`."""
+    if len(reqs) == 1:
+        return reqs[0].columns
     merged: dict[str, list[Any]] = {c: [] for c in OBSERVED_SCHEMA}
     offset = 0
     for r in reqs:
@@ -184,7 +191,7 @@ def merge_requests(reqs: list[ValidatedRequest]) -> pl.DataFrame:
             else:
                 merged[c].extend(values)
         offset += r.n_instances
-    return records_frame(merged)
+    return merged
 
 
 def _bad(where: str, problem: str, reason: str) -> InvalidRequest:
