@@ -201,8 +201,16 @@ def throughput_run(
 
 
 def measure(
-    name: str, port: int, path: str, one: bytes, many: bytes, pid: int, args: argparse.Namespace
+    name: str,
+    port: int,
+    path: str,
+    one: bytes,
+    many: bytes,
+    pid: int,
+    args: argparse.Namespace,
+    full_history: bytes | None = None,
 ) -> dict[str, Any]:
+    """Latency (single, batch of 32, and optionally one full-history instance) and c8 throughput."""
     cpu0 = proc_tree_cpu_s(pid)
     single = latency_run(KeepAliveClient(port, path, one), args.latency_duration)
     single["server_cpu_ms_per_req"] = 1000 * (proc_tree_cpu_s(pid) - cpu0) / (single["n"] + 20)
@@ -213,8 +221,20 @@ def measure(
             lambda: KeepAliveClient(port, path, one), args.duration, CONCURRENCY, pid
         ),
     }
+    if full_history is not None:
+        out["single_full_history"] = latency_run(
+            KeepAliveClient(port, path, full_history), args.latency_duration
+        )
+        f = out["single_full_history"]
+        print(
+            f"{name:9s} single full-history instance ({args.full_history_years} records):"
+            f" p50 {f['p50_ms']:7.2f} ms p99 {f['p99_ms']:7.2f} ms | errors {f['errors']}",
+            flush=True,
+        )
     s, b, c = out["single"], out["batch32"], out["concurrency8"]
-    out["errors"] = s["errors"] + b["errors"] + c["errors"]
+    out["errors"] = (
+        s["errors"] + b["errors"] + c["errors"] + out.get("single_full_history", {}).get("errors", 0)
+    )
     print(
         f"{name:9s} single p50 {s['p50_ms']:7.2f} ms p99 {s['p99_ms']:7.2f} ms"
         f" (server CPU {s['server_cpu_ms_per_req']:5.2f} ms/req) | batch32 p50 {b['p50_ms']:7.2f} ms"
@@ -283,6 +303,8 @@ def bench_clinrisk(
         str(bundle),
         "--set",
         f"serving.http_port={port}",
+        "--set",
+        f"serving.feature_engine={args.feature_engine}",
     ]
     env = dict(os.environ)
     if args.polars_threads:
@@ -291,9 +313,28 @@ def bench_clinrisk(
     try:
         one = json.dumps({"instances": instances[:1]}).encode()
         many = json.dumps({"instances": instances[:BATCH]}).encode()
-        return measure("clinrisk", port, "/v1/models/clinrisk:predict", one, many, proc.pid, args)
+        full = json.dumps(
+            {"instances": [full_history_instance(instances[0], args.full_history_years)]}
+        ).encode()
+        return measure("clinrisk", port, "/v1/models/clinrisk:predict", one, many, proc.pid, args, full)
     finally:
         stop_process(proc)
+
+
+def full_history_instance(instance: dict[str, Any], n_records: int) -> dict[str, Any]:
+    """``instance`` with its history extended backwards (copies of its oldest record) to ``n_records``
+    years: the size of a request that sends a patient's full history."""
+    import copy
+
+    inst = copy.deepcopy(instance)
+    hist = inst["history"]
+    while len(hist) < n_records:
+        older = copy.deepcopy(hist[0])
+        older["year"] -= 1
+        hist.insert(0, older)
+    inst["entry_year"] = min(inst["entry_year"], hist[0]["year"])
+    inst["birth_year"] = min(inst["birth_year"], inst["entry_year"] - 18)
+    return inst
 
 
 def noop_server(port: int) -> None:
@@ -402,14 +443,12 @@ def _stages(engine: Any, body: dict[str, Any]) -> dict[str, Callable[[], Any]]:
 
     req = engine.validate(body)
     raw = merge_requests([req])
-    rows = engine.current_rows(req)
-    X = engine.matrix(rows)
+    X = engine.current_features([req]).matrix
     return {
         "validate": lambda: engine.validate(body),
-        "raw_frame": lambda: merge_requests([engine.validate(body)]),
-        "feature_query": lambda: engine.build_features(raw),
-        "feature_query_plan_only": lambda: engine._plan()[0].explain(),
-        "matrix": lambda: engine.matrix(rows),
+        "features_rowwise": lambda: engine.current_features([req], engine="rowwise"),
+        "features_polars_query": lambda: engine.build_features(raw),
+        "features_polars_plan_only": lambda: engine._plan()[0].explain(),
         "predict_proba": lambda: engine.bundle.predict_proba(X),
         "score_total": lambda: engine.score(body),
     }
@@ -474,7 +513,7 @@ def make_inputs(bundle: Path | None, workdir: Path) -> tuple[Path, list[dict[str
     candidates = instances_from_raw(synthetic_raw(200, seed=5, id_offset=500_000), x, n=96)
     # The synthetic rows are not run through the validate stage: drop patients it would quarantine.
     instances = [i for i in candidates if _valid(i, x)][:64]
-    X = engine.matrix(engine.current_rows(engine.validate({"instances": instances})))
+    X = engine.current_features([engine.validate({"instances": instances})]).matrix
     return bundle, instances, X
 
 
@@ -492,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-mlserver", action="store_true", help="do not run MLServer")
     ap.add_argument("--skip-noop", action="store_true", help="do not run the no-op KServe model")
     ap.add_argument("--polars-threads", type=int, default=0, help="POLARS_MAX_THREADS for the predictor")
+    ap.add_argument(
+        "--feature-engine", choices=("rowwise", "polars"), default="rowwise", help="serving.feature_engine"
+    )
+    ap.add_argument(
+        "--full-history-years", type=int, default=20, help="records in the full-history latency request"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--noop-server", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -95,6 +95,36 @@ def test_parity_http_vs_batch_features(live_server: str, bundle_dir: Path, holdo
     assert np.max(np.abs(got - want)) <= 1e-9
 
 
+def test_parity_full_history_equals_training_features(
+    live_server: str, bundle_dir: Path, holdout_raw: pl.DataFrame
+) -> None:
+    """With each patient's full history, the served probability equals the batch evaluation's on the
+    feature rows the features stage builds from all of that patient's years (LOCF, ever-flags and the
+    carried height included), exactly."""
+    from clinrisk.bundle import load_bundle
+    from clinrisk.features import FeatureSpec, build_feature_frame
+    from clinrisk.serving.request import instances_from_raw
+
+    bundle = load_bundle(bundle_dir)
+    spec = FeatureSpec.model_validate(bundle.spec)
+    insts = instances_from_raw(holdout_raw, WINDOW, n=25, full_history=True)
+    assert max(len(i["history"]) for i in insts) > WINDOW + 1
+    feats = build_feature_frame(holdout_raw.lazy(), spec).collect()
+    last = holdout_raw.group_by("patient_id").agg(pl.col("year").max().alias("_t"))
+    clean = holdout_raw.group_by("patient_id").agg((~pl.col("dx_E11").any()).alias("_ok"))
+    current = (
+        feats.join(last, on="patient_id")
+        .join(clean, on="patient_id")
+        .filter((pl.col("year") == pl.col("_t")) & pl.col("_ok"))
+        .sort("patient_id")
+        .head(len(insts))
+    )
+    want = bundle.predict_proba(current)
+    got = np.array([p["probability"] for p in predict(live_server, insts)["predictions"]])
+    assert got.shape == want.shape
+    assert np.array_equal(got, want)
+
+
 def test_example_request_from_validated_shard(
     live_server: str, holdout_raw: pl.DataFrame, tmp_path: Path
 ) -> None:

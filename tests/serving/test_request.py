@@ -198,3 +198,31 @@ def test_instances_from_raw_takes_last_window_and_skips_diagnosed(holdout_raw: p
         years = [r["year"] for r in inst["history"]]
         assert years == sorted(years) and years[-1] - years[0] <= WINDOW
         assert not any(r.get("dx_E11") for r in inst["history"])
+
+
+def test_longer_history_allowed_up_to_max_history_years(instances: list[dict[str, Any]]) -> None:
+    """``serving.max_history_years`` lets a client send more than X+1 years (LOCF and "ever" features then
+    see them, as in training); the count and the calendar span are both bounded."""
+    inst = _full(instances[0])
+    longer = copy.deepcopy(inst)
+    for _ in range(3):
+        extra = copy.deepcopy(longer["history"][0])
+        extra["year"] -= 1
+        longer["history"].insert(0, extra)
+    longer["entry_year"] = min(longer["entry_year"], longer["history"][0]["year"])
+    with pytest.raises(InvalidRequest, match=r"needs 1\.\.4 yearly records"):
+        validate_request({"instances": [longer]}, window_years=WINDOW, max_instances=1)
+    req = validate_request({"instances": [longer]}, window_years=WINDOW, max_instances=1, max_history_years=7)
+    assert req.current_years == [longer["history"][-1]["year"]]
+    assert len(req.columns["year"]) == WINDOW + 4
+    with pytest.raises(InvalidRequest, match=r"needs 1\.\.6 yearly records") as ei:
+        validate_request({"instances": [longer]}, window_years=WINDOW, max_instances=1, max_history_years=6)
+    assert ei.value.reason == "history_length"
+    sparse = copy.deepcopy(longer)
+    sparse["history"] = [sparse["history"][0], sparse["history"][-1]]
+    sparse["history"][0]["year"] = sparse["history"][-1]["year"] - 7
+    sparse["entry_year"] = min(sparse["entry_year"], sparse["history"][0]["year"])
+    sparse["birth_year"] = min(sparse["birth_year"], sparse["entry_year"])
+    with pytest.raises(InvalidRequest, match="within the last 7 calendar years") as ei:
+        validate_request({"instances": [sparse]}, window_years=WINDOW, max_instances=1, max_history_years=7)
+    assert ei.value.reason == "history_window" and "instances[0].history[0].year" in str(ei.value)

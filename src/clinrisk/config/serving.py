@@ -18,6 +18,13 @@ class ServingConfig(Section):
     grpc_enabled: bool = False
     grpc_port: int = Field(8081, ge=1, le=65535)
     max_instances: int = Field(256, ge=1, le=100_000)
+    max_history_years: int = Field(
+        40,
+        ge=2,
+        le=120,
+        description="most yearly records (and calendar span) one instance's history may hold; at least X+1. "
+        "The full history gives exactly the training features (LOCF, ever-flags, carried height)",
+    )
     reject_out_of_distribution: bool = False
     ood_z: float = Field(3.0, gt=0.0)
     reason_codes_top_k: int = Field(0, ge=0, le=50)

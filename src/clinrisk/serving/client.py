@@ -74,12 +74,13 @@ def predict(
 
 
 def example_instances(shard: str | Path, window_years: int, n: int = 1) -> list[dict[str, Any]]:
-    """Up to ``n`` V1 instances from a raw validated shard: each patient's last X+1 years (patients with
-    a recorded diagnosis in that window are skipped - they are not in the risk set)."""
+    """Up to ``n`` V1 instances from a raw validated shard: each patient's full history, which reproduces
+    the training features exactly (patients with a recorded diagnosis are skipped - they are not in the
+    risk set)."""
     path = Path(shard)
     if not path.is_file():
         raise DataError(f"{path}: shard file not found")
-    out = instances_from_raw(pl.read_parquet(path), window_years, n=n)
+    out = instances_from_raw(pl.read_parquet(path), window_years, n=n, full_history=True)
     if not out:
         raise DataError(f"{path}: no patient without a recorded diagnosis to build an example from")
     return out

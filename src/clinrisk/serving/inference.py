@@ -340,6 +340,7 @@ class ServingEngine:
             window_years=self.spec.window_years,
             max_instances=self.cfg.max_instances,
             default_top_k=self.cfg.reason_codes_top_k,
+            max_history_years=self.cfg.max_history_years,
         )
 
     def score(self, payload: Any) -> ScoreResult:
@@ -466,6 +467,7 @@ class ServingEngine:
                     {"instances": ex.get("instances", [])},
                     window_years=self.spec.window_years,
                     max_instances=max(1, len(ex.get("instances", []))),
+                    max_history_years=self.cfg.max_history_years,
                 )
             except ServingError as exc:
                 raise DataError(f"bundle file {SERVING_EXAMPLES_FILE}: invalid example ({exc})") from None

@@ -277,7 +277,9 @@ def _check_record(where: str, rec: Any) -> dict[str, Any]:
     return out
 
 
-def _check_instance(i: int, inst: Any, window_years: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _check_instance(
+    i: int, inst: Any, window_years: int, max_history_years: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     where = f"instances[{i}]"
     if not isinstance(inst, dict):
         raise _bad(where, "expected an object (one patient)", "wrong_type")
@@ -294,11 +296,9 @@ def _check_instance(i: int, inst: Any, window_years: int) -> tuple[dict[str, Any
         raise _bad(f"{where}.history", "missing required field", "missing_field")
     if not isinstance(hist, list):
         raise _bad(f"{where}.history", "expected a list of yearly records", "wrong_type")
-    max_len = window_years + 1
+    max_len = max(max_history_years, window_years + 1)
     if not 1 <= len(hist) <= max_len:
-        raise _bad(
-            f"{where}.history", f"needs 1..{max_len} yearly records (X+1 = {max_len})", "history_length"
-        )
+        raise _bad(f"{where}.history", f"needs 1..{max_len} yearly records", "history_length")
     records = [_check_record(f"{where}.history[{j}]", r) for j, r in enumerate(hist)]
     years = [r["year"] for r in records]
     for j in range(1, len(years)):
@@ -310,10 +310,10 @@ def _check_instance(i: int, inst: Any, window_years: int) -> tuple[dict[str, Any
                 "years out of order (oldest first, current last)",
                 "history_order",
             )
-    if years[-1] - years[0] > window_years:
+    if years[-1] - years[0] >= max_len:
         raise _bad(
             f"{where}.history[0].year",
-            f"older than the window: records must lie within the last {max_len} calendar years",
+            f"too old: records must lie within the last {max_len} calendar years",
             "history_window",
         )
     if not static["birth_year"] <= static["entry_year"]:
@@ -350,9 +350,19 @@ def _top_k(params: Any, default: int) -> int:
 
 
 def validate_request(
-    payload: Any, *, window_years: int, max_instances: int, default_top_k: int = 0
+    payload: Any,
+    *,
+    window_years: int,
+    max_instances: int,
+    default_top_k: int = 0,
+    max_history_years: int | None = None,
 ) -> ValidatedRequest:
-    """Validate a decoded V1 body and build the raw patient-years frame (patient_id = instance index)."""
+    """Validate a decoded V1 body and build the raw patient-years frame (patient_id = instance index).
+
+    An instance's history holds 1 to ``max_history_years`` yearly records (default X+1; never fewer than
+    X+1 allowed). The window aggregates read the last X years; LOCF, years-since, "ever" flags and the
+    carried height read every record sent, so the patient's full history reproduces the training
+    features exactly, while X+1 years leave older values out."""
     if not isinstance(payload, dict):
         raise _bad("body", 'expected a JSON object {"instances": [...]}', "wrong_type")
     unknown = sorted(set(payload) - TOP_LEVEL_KEYS)
@@ -373,7 +383,7 @@ def validate_request(
     columns: dict[str, list[Any]] = {c: [] for c in OBSERVED_SCHEMA}
     current: list[int] = []
     for i, inst in enumerate(instances):
-        static, records = _check_instance(i, inst, window_years)
+        static, records = _check_instance(i, inst, window_years, max_history_years or window_years + 1)
         current.append(records[-1]["year"])
         for r in records:
             columns["patient_id"].append(i)
@@ -418,17 +428,20 @@ def instance_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return inst
 
 
-def instances_from_raw(raw: pl.DataFrame, window_years: int, n: int | None = None) -> list[dict[str, Any]]:
-    """V1 instances from validated raw rows: per patient the last X+1 calendar years, current year last.
+def instances_from_raw(
+    raw: pl.DataFrame, window_years: int, n: int | None = None, full_history: bool = False
+) -> list[dict[str, Any]]:
+    """V1 instances from validated raw rows: per patient the last X+1 calendar years (or, with
+    ``full_history``, every year), current year last.
 
-    Patients whose window holds a recorded diagnosis (dx_E11) are skipped: they are not in the risk set.
+    Patients whose history holds a recorded diagnosis (dx_E11) are skipped: they are not in the risk set.
     Patients appear in ``patient_id`` order; ``n`` caps how many are returned.
     """
     df = raw.select([c for c in OBSERVED_SCHEMA if c in raw.columns]).sort("patient_id", "year")
     last = df.group_by("patient_id", maintain_order=True).agg(pl.col("year").max().alias("_t"))
-    df = df.join(last, on="patient_id", maintain_order="left").filter(
-        pl.col("year") > pl.col("_t") - window_years - 1
-    )
+    df = df.join(last, on="patient_id", maintain_order="left")
+    if not full_history:
+        df = df.filter(pl.col("year") > pl.col("_t") - window_years - 1)
     ok = df.group_by("patient_id", maintain_order=True).agg((~pl.col("dx_E11").any()).alias("_ok"))
     df = df.join(ok, on="patient_id", maintain_order="left").filter(pl.col("_ok")).drop("_t", "_ok")
     out: list[dict[str, Any]] = []
