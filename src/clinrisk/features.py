@@ -250,9 +250,9 @@ def _count_in_order(terms: Sequence[pl.Expr]) -> pl.Expr:
 
 def window_aggregates(lab: str, x: int) -> list[pl.Expr]:
     """Aggregates of one lab over the calendar window (t - X, t]: mean, min, max, OLS slope on year (null
-    with fewer than 2 points) and count. Needs the ``_in{k}`` columns of :func:`build_feature_frame`."""
-    vals = [_back(pl.col(lab), k) for k in range(x - 1, -1, -1)]  # oldest first
-    xs = [_back(pl.col("_x"), k) for k in range(x - 1, -1, -1)]
+    with fewer than 2 points) and count. Needs the ``_<col>_b<k>`` columns of :func:`build_feature_frame`."""
+    vals = [_back(lab, k) for k in range(x - 1, -1, -1)]  # oldest first
+    xs = [_back("_x", k) for k in range(x - 1, -1, -1)]
     xm = [pl.when(v.is_not_null()).then(xk) for v, xk in zip(vals, xs, strict=True)]
     n_int = _count_in_order([v.is_not_null() for v in vals])
     n = n_int.cast(pl.Float64)
@@ -270,12 +270,10 @@ def window_aggregates(lab: str, x: int) -> list[pl.Expr]:
     ]
 
 
-def _back(e: pl.Expr, k: int) -> pl.Expr:
-    """``e`` of the patient's row ``k`` rows back when that row lies inside the window, else null (rows are
-    sorted by patient, year and years are unique per patient, so the window's rows are among the last X)."""
-    if k == 0:
-        return e
-    return pl.when(pl.col(f"_in{k}")).then(e.shift(k))
+def _back(name: str, k: int) -> pl.Expr:
+    """Column ``name`` of the patient's row ``k`` rows back when that row lies inside the window, else null
+    (materialised as ``_<name>_b<k>`` by :func:`build_feature_frame`; k = 0 is the current row)."""
+    return pl.col(name) if k == 0 else pl.col(f"_{name}_b{k}")
 
 
 def build_feature_frame(raw: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:
@@ -306,33 +304,36 @@ def build_feature_frame(raw: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:
     # first). polars' rolling contexts update sums incrementally, so a window's float sum depended on the
     # patient's earlier rows - a full training history and a served X+1-year history could differ in the
     # last bit; here each value depends on its window's rows only (bitwise train/serve parity).
+    # Rows k back (k < X) that are the same patient and inside the window, materialised once as columns
+    # so that the aggregate expressions stay small (a small request's query is mostly planning).
+    inside = {
+        k: (pl.col("patient_id").shift(k) == pl.col("patient_id"))
+        & (pl.col("_yr").shift(k) > pl.col("_yr") - x)
+        for k in range(1, x)
+    }
+    lf = lf.with_columns(
+        _glycaemic=pl.col("hba1c").is_not_null() | pl.col("glucose").is_not_null(),
+        _lipid=pl.any_horizontal([pl.col(c).is_not_null() for c in ("ldl", "hdl", "tc", "tg")]),
+        _visits=pl.col("visits").fill_null(0),
+    )
     lf = lf.with_columns(
         [
-            (
-                (pl.col("patient_id").shift(k) == pl.col("patient_id"))
-                & (pl.col("_yr").shift(k) > pl.col("_yr") - x)
-            )
-            .fill_null(False)
-            .alias(f"_in{k}")
+            pl.when(inside[k].fill_null(False)).then(pl.col(c).shift(k)).alias(f"_{c}_b{k}")
             for k in range(1, x)
+            for c in (*ROLLED, "_x", "_glycaemic", "_lipid", "_visits")
         ]
     )
 
-    def _window_count(e: pl.Expr, name: str) -> pl.Expr:
-        return _count_in_order([_back(e, k) for k in range(x - 1, -1, -1)]).alias(name)
+    def _window_count(name: str, alias: str) -> pl.Expr:
+        return _count_in_order([_back(name, k).fill_null(False) for k in range(x - 1, -1, -1)]).alias(alias)
 
     aggs = [a for lab in ROLLED for a in window_aggregates(lab, x)]
     aggs += [
-        _count_in_order([_back(pl.col("visits"), k).fill_null(0) for k in range(x - 1, -1, -1)]).alias(
+        _count_in_order([_back("_visits", k).fill_null(0) for k in range(x - 1, -1, -1)]).alias(
             f"visits_sum_{x}y"
         ),
-        _window_count(
-            pl.col("hba1c").is_not_null() | pl.col("glucose").is_not_null(), f"glycaemic_tests_{x}y"
-        ),
-        _window_count(
-            pl.any_horizontal([pl.col(c).is_not_null() for c in ("ldl", "hdl", "tc", "tg")]),
-            f"lipid_tests_{x}y",
-        ),
+        _window_count("_glycaemic", f"glycaemic_tests_{x}y"),
+        _window_count("_lipid", f"lipid_tests_{x}y"),
     ]
     lf = lf.with_columns(aggs)
 
