@@ -60,14 +60,30 @@ def psi(reference: Any, current: Any, floor: float = 1e-4) -> float:
     return float(np.sum((c - r) * np.log(c / r)))
 
 
-def numeric_bin_shares(values: Any, edges: Any) -> FloatArray:
-    """Shares over bins ``(-inf, e1), [e1, e2), ..., [ek, inf)`` plus a final *missing* bin (NaN)."""
+def _row_weights(weights: Any, n: int) -> FloatArray:
+    """``weights`` as a float vector of length ``n`` (None = all ones); negative or non-finite is an error."""
+    if weights is None:
+        return np.ones(n, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise DataError(f"weights: need one weight per row ({n}), got shape {w.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise DataError("weights: must be finite and non-negative")
+    return w
+
+
+def numeric_bin_shares(values: Any, edges: Any, weights: Any = None) -> FloatArray:
+    """Shares over bins ``(-inf, e1), [e1, e2), ..., [ek, inf)`` plus a final *missing* bin (NaN);
+    with ``weights``, each row counts its weight (shares of the total weight)."""
     x = np.asarray(values, dtype=np.float64)
     e = np.asarray(edges, dtype=np.float64)
+    w = _row_weights(weights, x.size)
     ok = np.isfinite(x)
-    counts = np.bincount(np.searchsorted(e, x[ok], side="right"), minlength=e.size + 1).astype(np.float64)
-    out = np.append(counts, float((~ok).sum()))
-    return out / max(x.size, 1)
+    idx = np.searchsorted(e, x[ok], side="right")
+    counts = np.bincount(idx, weights=w[ok], minlength=e.size + 1).astype(np.float64)
+    out = np.append(counts, float(w[~ok].sum()))
+    total = float(w.sum())
+    return out / total if total > 0 else out
 
 
 def reference_numeric_shares(ref: dict[str, Any]) -> FloatArray:
@@ -77,50 +93,55 @@ def reference_numeric_shares(ref: dict[str, Any]) -> FloatArray:
     return np.append(shares * (1.0 - miss), miss)
 
 
-def categorical_shares(values: pl.Series, levels: list[str]) -> FloatArray:
-    """Shares over ``levels`` (+ missing bin). Strings map by name (unknown → ``__OTHER__``); integer
-    codes are taken as indices into ``levels``."""
-    n = len(values)
+def categorical_codes(values: pl.Series, levels: list[str]) -> npt.NDArray[np.int64]:
+    """Per row: index into ``levels``, ``len(levels)`` for missing, ``-1`` for an unknown value. Strings
+    map by name (unknown → ``__OTHER__`` when it is a level); integer codes are indices into ``levels``."""
     k = len(levels)
     if values.dtype.is_integer() or values.dtype.is_float():
         codes = values.cast(pl.Float64).to_numpy()
-        ok = np.isfinite(codes) & (codes >= 0) & (codes < k)
-        idx = codes[ok].astype(np.int64)
-        missing = float((~np.isfinite(codes)).sum())
-        unknown = float((np.isfinite(codes) & ~ok).sum())
-    else:
-        s = values.cast(pl.String)
-        lut = {lv: i for i, lv in enumerate(levels)}
-        other = lut.get(OTHER_LEVEL)
-        arr = s.to_list()
-        idx_l: list[int] = []
-        missing = unknown = 0.0
-        for v in arr:
-            if v is None:
-                missing += 1
-            elif v in lut:
-                idx_l.append(lut[v])
-            elif other is not None:
-                idx_l.append(other)
-            else:
-                unknown += 1
-        idx = np.asarray(idx_l, dtype=np.int64)
-    counts = np.bincount(idx, minlength=k).astype(np.float64)[:k]
-    if unknown and OTHER_LEVEL in levels:
-        counts[levels.index(OTHER_LEVEL)] += unknown
-    return np.append(counts, missing) / max(n, 1)
+        fin = np.isfinite(codes)
+        ok = fin & (codes >= 0) & (codes < k)
+        out = np.full(codes.size, -1, dtype=np.int64)
+        out[ok] = codes[ok].astype(np.int64)
+        out[~fin] = k
+        return out
+    lut = {lv: i for i, lv in enumerate(levels)}
+    other = lut.get(OTHER_LEVEL, -1)
+    return np.asarray(
+        [k if v is None else lut.get(v, other) for v in values.cast(pl.String).to_list()], dtype=np.int64
+    )
 
 
-def ks_at_edges(ref_shares: Any, cur_values: Any, edges: Any) -> float:
-    """max |F_ref − F_cur| at the reference bin edges (finite values only)."""
+def categorical_shares(values: pl.Series, levels: list[str], weights: Any = None) -> FloatArray:
+    """Shares over ``levels`` (+ missing bin), see :func:`categorical_codes`; unknown values count in
+    ``__OTHER__`` when it is a level, else in no bin (so the shares then sum to less than 1). With
+    ``weights``, each row counts its weight."""
+    n = len(values)
+    k = len(levels)
+    w = _row_weights(weights, n)
+    codes = categorical_codes(values, levels)
+    if OTHER_LEVEL in levels:
+        codes = np.where(codes < 0, levels.index(OTHER_LEVEL), codes)
+    known = codes >= 0
+    counts = np.bincount(codes[known], weights=w[known], minlength=k + 1).astype(np.float64)
+    total = float(w.sum())
+    return counts / total if total > 0 else counts
+
+
+def ks_at_edges(ref_shares: Any, cur_values: Any, edges: Any, weights: Any = None) -> float:
+    """max |F_ref − F_cur| at the reference bin edges (finite values only; ``weights`` → weighted CDF)."""
     r = np.asarray(ref_shares, dtype=np.float64)
     e = np.asarray(edges, dtype=np.float64)
     x = np.asarray(cur_values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0 or e.size == 0:
+    w = _row_weights(weights, x.size)
+    ok = np.isfinite(x)
+    x, w = x[ok], w[ok]
+    if x.size == 0 or e.size == 0 or w.sum() <= 0:
         return float("nan")
     f_ref = np.cumsum(r / r.sum())[:-1]  # CDF just below each edge e_k: share of bins left of it
-    f_cur = np.searchsorted(np.sort(x), e, side="left") / x.size
+    order = np.argsort(x, kind="stable")
+    cw = np.concatenate([[0.0], np.cumsum(w[order])])
+    f_cur = cw[np.searchsorted(x[order], e, side="left")] / cw[-1]
     return float(np.max(np.abs(f_ref - f_cur)))
 
 
@@ -136,23 +157,129 @@ def is_calendar_trend(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _reference_bins(
+    name: str, ref: dict[str, Any], col: pl.Series
+) -> tuple[npt.NDArray[np.int64], FloatArray]:
+    """Per-row bin index of ``col`` in the reference bins of feature ``name`` (missing = last bin; an
+    unknown category = -1) and the reference shares over those bins."""
+    if ref.get("type") == "categorical":
+        levels = [str(x) for x in ref["levels"]]
+        miss = float(ref.get("missing_share") or 0.0)
+        target = np.append(np.asarray(ref["shares"], dtype=np.float64) * (1 - miss), miss)
+        codes = categorical_codes(col, levels)
+        if OTHER_LEVEL in levels:
+            codes = np.where(codes < 0, levels.index(OTHER_LEVEL), codes)
+        return codes, target
+    if not ref.get("edges"):
+        raise DataError(f"monitoring.standardise_by: feature {name!r} has no reference bins (constant?)")
+    x = col.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    e = np.asarray(ref["edges"], dtype=np.float64)
+    idx = np.where(np.isfinite(x), np.searchsorted(e, x, side="right"), e.size + 1)
+    return idx.astype(np.int64), reference_numeric_shares(ref)
+
+
+def standardisation_weights(
+    reference: dict[str, Any],
+    logged: pl.DataFrame,
+    features: list[str],
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-9,
+) -> tuple[FloatArray, dict[str, Any]]:
+    """Row weights that give the logged rows the reference's distribution of ``features`` over the
+    reference bins (direct standardisation, e.g. to the training population's age deciles).
+
+    One feature: exact post-stratification, weight = reference share / current share of the row's bin.
+    Several: raking (iterative proportional fitting) to each feature's reference margins, since the
+    bundle keeps margins only. A reference bin with no current rows cannot be matched (its share is
+    reported as ``unmatched_reference_share``); rows in a bin the reference never saw get weight 0.
+    Weights are scaled to mean 1 over the rows. Returns the weights and a summary with the Kish
+    effective number of rows ``(Σw)²/Σw²``.
+    """
+    feats_ref: dict[str, Any] = reference.get("features") or {}
+    n = logged.height
+    binned: list[tuple[npt.NDArray[np.int64], FloatArray]] = []
+    for name in features:
+        if name not in feats_ref:
+            raise DataError(f"monitoring.standardise_by: {name!r} is not a feature of the reference")
+        if name not in logged.columns:
+            raise DataError(f"monitoring.standardise_by: {name!r} is not a column of the logged rows")
+        binned.append(_reference_bins(name, feats_ref[name], logged[name]))
+    w = np.ones(n, dtype=np.float64)
+    unmatched = 0.0
+    for _ in range(max_iter if len(binned) > 1 else 1):
+        delta = 0.0
+        for idx, target in binned:
+            k = target.size
+            ok = idx >= 0
+            cur = np.bincount(idx[ok], weights=w[ok], minlength=k)[:k]
+            tot = cur.sum()
+            if tot <= 0:
+                raise DataError("monitoring.standardise_by: no logged row falls in a reference bin")
+            cur = cur / tot
+            seen = cur > 0
+            # reference mass in bins with no current rows cannot be reached: renormalise over the rest
+            unmatched = max(unmatched, float(target[~seen].sum()))
+            goal = np.where(seen, target, 0.0)
+            goal = goal / goal.sum() if goal.sum() > 0 else goal
+            delta = max(delta, float(np.max(np.abs(cur - goal))))
+            factor = np.divide(goal, cur, out=np.zeros(k), where=seen)
+            w = np.where(ok, w * factor[np.clip(idx, 0, k - 1)], 0.0)
+        if delta < tol:
+            break
+    total = float(w.sum())
+    if total <= 0:
+        raise DataError("monitoring.standardise_by: every logged row got weight 0")
+    w = w * (n / total)
+    info = {
+        "by": list(features),
+        "effective_rows": float(w.sum() ** 2 / np.sum(w**2)),
+        "zero_weight_rows": int(np.sum(w == 0)),
+        "max_weight": float(w.max()),
+        "unmatched_reference_share": unmatched,
+    }
+    return w, info
+
+
 def drift_report(
     reference: dict[str, Any],
     logged: pl.DataFrame,
     cfg: ClinriskConfig | MonitoringConfig,
     *,
     score_column: str = PROBABILITY,
+    weights: Any = None,
 ) -> dict[str, Any]:
     """Compare logged rows (feature columns + ``score_column``) with a bundle's ``reference_stats.json``.
 
     Features absent from the log are listed, not guessed. Returns a JSON-able report with ``decision``
     in {"retrain", "ok", "insufficient_data"} and the reasons.
+
+    With ``monitoring.standardise_by`` (or explicit per-row ``weights``) every share, mean, out-of-range
+    share and the score statistics are weighted, so the comparison is at the reference's distribution
+    of those features (e.g. age-standardised); the standardising features themselves keep their
+    unweighted PSI, flagged ``standardised`` and not counted. ``min_rows`` then applies to the
+    effective number of rows.
     """
     mc = _bounds(cfg)
     feats_ref: dict[str, Any] = reference.get("features") or {}
     if not feats_ref:
         raise DataError("reference_stats: no 'features' entry")
     n = logged.height
+    std_by = list(mc.standardise_by)
+    standardisation: dict[str, Any] | None = None
+    if weights is not None and std_by:
+        raise DataError("drift_report: pass weights or set monitoring.standardise_by, not both")
+    if std_by and n:
+        weights, standardisation = standardisation_weights(reference, logged, std_by)
+    w = _row_weights(weights, n)
+    n_eff = float(w.sum() ** 2 / np.sum(w**2)) if n and w.sum() > 0 else 0.0
+    if weights is not None and standardisation is None:
+        standardisation = {"by": [], "effective_rows": n_eff}
+    wsum = float(w.sum())
+
+    def wmean(mask: Any) -> float:
+        return float(np.sum(w[mask]) / wsum) if wsum > 0 else 0.0
+
     rows: list[dict[str, Any]] = []
     absent: list[str] = []
     oor_any = np.zeros(n, dtype=bool)
@@ -162,33 +289,47 @@ def drift_report(
             continue
         col = logged[name]
         trend = is_calendar_trend(name, mc.calendar_trend_features)
+        std = name in std_by
+        fw = None if (weights is None or std) else w  # a standardising feature: its raw shift
         entry: dict[str, Any] = {"feature": name, "type": ref.get("type", "numeric"), "calendar_trend": trend}
+        if std:
+            entry["standardised"] = True
         if ref.get("type") == "categorical":
             levels = [str(x) for x in ref["levels"]]
             r = np.append(
                 np.asarray(ref["shares"], dtype=np.float64) * (1 - ref["missing_share"]), ref["missing_share"]
             )
-            c = categorical_shares(col, levels)
+            c = categorical_shares(col, levels, fw)
             entry["missing_share"] = float(c[-1])
         else:
             x = col.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            ok = np.isfinite(x)
             if ref.get("edges"):
                 r = reference_numeric_shares(ref)
-                c = numeric_bin_shares(x, ref["edges"])
+                c = numeric_bin_shares(x, ref["edges"], fw)
             else:  # constant or all-missing in training: present-vs-missing only
                 miss = float(ref.get("missing_share") or 0.0)
                 r = np.array([1 - miss, miss])
-                c = np.array([np.isfinite(x).mean() if n else 0.0, 1 - np.isfinite(x).mean() if n else 0.0])
+                present = (wmean(ok) if fw is not None else float(ok.mean())) if n else 0.0
+                c = np.array([present, 1 - present if n else 0.0])
             lo, hi = ref.get("min"), ref.get("max")
-            ok = np.isfinite(x)
             out = np.zeros(n, dtype=bool)
             if lo is not None and hi is not None:
                 out = ok & ((x < lo) | (x > hi))
-            if not trend:
+            if not trend and not std:
                 oor_any |= out
-            entry["out_of_range_share"] = float(out.mean()) if n else 0.0
-            entry["missing_share"] = float((~ok).mean()) if n else 0.0
-            entry["mean"] = float(np.nanmean(x)) if ok.any() else None
+            if not n:
+                entry["out_of_range_share"] = entry["missing_share"] = 0.0
+            elif fw is None:
+                entry["out_of_range_share"] = float(out.mean())
+                entry["missing_share"] = float((~ok).mean())
+            else:
+                entry["out_of_range_share"] = wmean(out)
+                entry["missing_share"] = wmean(~ok)
+            fin_w = (fw if fw is not None else np.ones(n))[ok]
+            entry["mean"] = (
+                float(np.sum(x[ok] * fin_w) / fin_w.sum()) if ok.any() and fin_w.sum() > 0 else None
+            )
             entry["reference_mean"] = ref.get("mean")
         entry["reference_missing_share"] = float(ref.get("missing_share") or 0.0)
         entry["psi"] = psi(r, c, mc.psi_floor) if n else float("nan")
@@ -203,25 +344,31 @@ def drift_report(
         edges = sref.get("edges") or []
         if edges:
             r = np.asarray(sref["shares"], dtype=np.float64)
-            c = numeric_bin_shares(s, edges)[:-1]
+            sw = None if weights is None else w
+            c = numeric_bin_shares(s, edges, sw)[:-1]
             c = c / max(c.sum(), 1e-12)
+            sok = np.isfinite(s)
             score = {
                 "available": True,
                 "psi": psi(r, c, mc.psi_floor),
-                "ks": ks_at_edges(r, s, edges),
-                "mean": float(np.nanmean(s)),
+                "ks": ks_at_edges(r, s, edges, sw),
+                "mean": float(np.sum(s[sok] * w[sok]) / max(w[sok].sum(), 1e-12)),
                 "reference_mean": sref.get("mean"),
                 "n_bins": len(edges) + 1,
             }
 
-    drifted = [e["feature"] for e in rows if e["drifted"] and not e["calendar_trend"]]
+    counted = [e for e in rows if not e["calendar_trend"] and not e.get("standardised")]
+    drifted = [e["feature"] for e in counted if e["drifted"]]
     drifted_trend = [e["feature"] for e in rows if e["drifted"] and e["calendar_trend"]]
-    oor_rate = float(oor_any.mean()) if n else 0.0
-    oor_feats = [e for e in rows if "out_of_range_share" in e and not e["calendar_trend"]]
+    oor_rate = (wmean(oor_any) if weights is not None else float(oor_any.mean())) if n else 0.0
+    oor_feats = [e for e in counted if "out_of_range_share" in e]
     worst = max(oor_feats, key=lambda e: e["out_of_range_share"], default=None)
     max_oor = float(worst["out_of_range_share"]) if worst is not None else 0.0
     reasons: list[str] = []
-    if n < mc.min_rows:
+    if weights is not None and n_eff < mc.min_rows:
+        decision = INSUFFICIENT
+        reasons.append(f"only {n_eff:.0f} effective (weighted) rows (< monitoring.min_rows = {mc.min_rows})")
+    elif n < mc.min_rows:
         decision = INSUFFICIENT
         reasons.append(f"only {n} logged rows (< monitoring.min_rows = {mc.min_rows})")
     else:
@@ -256,6 +403,7 @@ def drift_report(
         "max_feature_out_of_range": max_oor,
         "max_out_of_range_feature": worst["feature"] if worst is not None else None,
         "calendar_trend_features": [e["feature"] for e in rows if e["calendar_trend"]],
+        "standardisation": standardisation,
         "bounds": mc.model_dump(mode="json"),
         "decision": decision,
         "reasons": reasons,
@@ -324,6 +472,17 @@ def render_markdown(report: dict[str, Any], top: int = 20) -> str:
         f"{report.get('max_feature_out_of_range') or 0.0:.4f} (bound {b['out_of_range_bound']}); rows with "
         f"any non-trend feature out of range {report['out_of_range_rate']:.4f}",
     ]
+    st = report.get("standardisation")
+    if st:
+        lines.append(
+            f"- Standardised to the reference distribution of {', '.join(st.get('by') or []) or 'given weights'}"
+            f": effective rows {st['effective_rows']:.0f}"
+            + (
+                f", unmatched reference share {st['unmatched_reference_share']:.4f}"
+                if "unmatched_reference_share" in st
+                else ""
+            )
+        )
     if s.get("available"):
         lines.append(
             f"- Score: PSI {s['psi']:.4f} (bound {b['psi_score_bound']}), KS at reference deciles "

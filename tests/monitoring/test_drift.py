@@ -20,6 +20,7 @@ from clinrisk.drift import (
     prometheus_text,
     psi,
     run_drift_job,
+    standardisation_weights,
 )
 from clinrisk.errors import DataError
 from clinrisk.request_log import RequestLogger
@@ -212,3 +213,149 @@ def test_out_of_range_criterion_is_per_feature_not_the_union() -> None:
 def test_calendar_trend_features_rejects_empty_pattern() -> None:
     with pytest.raises(ValueError, match="calendar_trend_features"):
         MonitoringConfig(calendar_trend_features=["age", " "])
+
+
+# ---------------------------------------------------------------- weights and standardisation (opt-in)
+
+
+def test_weighted_shares_and_ks_hand_computed() -> None:
+    # bins (-inf, 1), [1, 2), [2, inf) + missing, one row each with weights 1, 2, 3, 4 → shares w / 10
+    s = numeric_bin_shares([0.5, 1.5, 2.5, float("nan")], [1.0, 2.0], weights=[1, 2, 3, 4])
+    np.testing.assert_allclose(s, [0.1, 0.2, 0.3, 0.4])
+    c = categorical_shares(pl.Series(["F", "M", "M", None]), ["F", "M"], weights=[3, 1, 1, 5])
+    np.testing.assert_allclose(c, [0.3, 0.2, 0.5])
+    # weighted CDF at edge 0.5: rows 0.2 (w 3) and 0.8 (w 1) → 0.75 vs the reference's 0.5
+    assert ks_at_edges([0.5, 0.5], [0.2, 0.8], [0.5], weights=[3, 1]) == pytest.approx(0.25)
+    # unit weights change nothing
+    x = np.random.default_rng(0).normal(size=200)
+    np.testing.assert_allclose(
+        numeric_bin_shares(x, [-1, 0, 1], np.ones(200)), numeric_bin_shares(x, [-1, 0, 1])
+    )
+    with pytest.raises(DataError, match="weights"):
+        numeric_bin_shares([1.0, 2.0], [1.5], weights=[1.0, -1.0])
+    with pytest.raises(DataError, match="weights"):
+        numeric_bin_shares([1.0, 2.0], [1.5], weights=[1.0])
+
+
+def _age_reference() -> dict:
+    """age: bins (-inf, 50), [50, inf) with shares 0.5/0.5; x: bins (-inf, 0), [0, inf) with 0.5/0.5."""
+    two = {"type": "numeric", "shares": [0.5, 0.5], "missing_share": 0.0}
+    return {
+        "features": {
+            "age": {**two, "edges": [50.0], "min": 30.0, "max": 70.0, "mean": 50.0},
+            "x": {**two, "edges": [0.0], "min": -5.0, "max": 5.0, "mean": 0.0},
+        }
+    }
+
+
+def test_standardisation_weights_post_stratify_hand_computed() -> None:
+    ref = _age_reference()
+    logged = pl.DataFrame({"age": [40.0, 60.0, 60.0, 60.0], "x": [-1.0, 1.0, 1.0, -1.0]})
+    w, info = standardisation_weights(ref, logged, ["age"])
+    # current age shares 1/4, 3/4 → weights 0.5/0.25 = 2 and 0.5/0.75 = 2/3 (already mean 1)
+    np.testing.assert_allclose(w, [2.0, 2 / 3, 2 / 3, 2 / 3])
+    assert info["effective_rows"] == pytest.approx(16 / (4 + 3 * 4 / 9))
+    assert info["unmatched_reference_share"] == 0.0 and info["zero_weight_rows"] == 0
+    # weighted x shares: (-inf,0): 2 + 2/3 = 8/3 of 4 → 2/3; [0, inf): 4/3 of 4 → 1/3
+    c = numeric_bin_shares(logged["x"].to_numpy(), [0.0], w)
+    np.testing.assert_allclose(c, [2 / 3, 1 / 3, 0.0])
+    # the report's x PSI is the PSI of exactly those shares against (0.5, 0.5, 0)
+    mc = MonitoringConfig(min_rows=1, standardise_by=["age"])
+    rep = drift_report(ref, logged, mc)
+    x = next(e for e in rep["features"] if e["feature"] == "x")
+    assert x["psi"] == pytest.approx(psi([0.5, 0.5, 0.0], [2 / 3, 1 / 3, 0.0], mc.psi_floor))
+    assert x["mean"] == pytest.approx((2 * -1 + 2 / 3 * (1 + 1 - 1)) / 4)
+    # the standardising feature keeps its raw PSI (shares 1/4, 3/4), flagged and not counted
+    a = next(e for e in rep["features"] if e["feature"] == "age")
+    assert a["standardised"] and a["psi"] == pytest.approx(
+        psi([0.5, 0.5, 0.0], [0.25, 0.75, 0.0], mc.psi_floor)
+    )
+    assert rep["standardisation"]["by"] == ["age"]
+    # a reference bin nobody now falls in cannot be matched: reported, remaining rows renormalised
+    old = pl.DataFrame({"age": [60.0, 65.0], "x": [1.0, -1.0]})
+    w2, info2 = standardisation_weights(ref, old, ["age"])
+    np.testing.assert_allclose(w2, [1.0, 1.0])
+    assert info2["unmatched_reference_share"] == pytest.approx(0.5)
+
+
+def test_standardisation_removes_a_shift_explained_by_age_only() -> None:
+    """x depends on age only; the logged population is older: unweighted x drifts, age-standardised it does
+    not. A shift of x within age groups still shows after standardisation."""
+    rng = np.random.default_rng(5)
+
+    def draw(n: int, p_old: float, shift: float = 0.0) -> pl.DataFrame:
+        old = rng.random(n) < p_old
+        age = np.where(old, rng.uniform(50, 70, n), rng.uniform(30, 50, n))
+        return pl.DataFrame({"age": age, "x": np.where(old, 1.0, -1.0) + shift + rng.normal(0, 0.5, n)})
+
+    base = draw(40_000, 0.5)
+    edges_x = np.quantile(base["x"].to_numpy(), np.linspace(0.1, 0.9, 9)).tolist()
+    ref = {
+        "features": {
+            "age": {
+                "type": "numeric",
+                "edges": [40.0, 50.0, 60.0],
+                "shares": [0.25] * 4,
+                "missing_share": 0.0,
+            },
+            "x": {"type": "numeric", "edges": edges_x, "shares": [0.1] * 10, "missing_share": 0.0},
+        }
+    }
+    older = draw(5000, 0.85)
+    mc = MonitoringConfig(min_drifted_features=1)
+    raw = drift_report(ref, older, mc)
+    std = drift_report(ref, older, mc.model_copy(update={"standardise_by": ["age"]}))
+    assert raw["decision"] == RETRAIN and raw["drifted_features"] == ["x"]
+    assert std["decision"] == OK and std["n_drifted_features"] == 0, std["reasons"]
+    assert std["standardisation"]["effective_rows"] < 5000
+    moved = drift_report(ref, draw(5000, 0.85, shift=1.0), mc.model_copy(update={"standardise_by": ["age"]}))
+    assert moved["drifted_features"] == ["x"] and moved["decision"] == RETRAIN
+    # explicit weights give the same x as the config option
+    w, _ = standardisation_weights(ref, older, ["age"])
+    via_weights = drift_report(ref, older, mc, weights=w)
+    px = {e["feature"]: e["psi"] for e in via_weights["features"]}
+    assert px["x"] == pytest.approx(next(e["psi"] for e in std["features"] if e["feature"] == "x"))
+
+
+def test_raking_matches_every_margin() -> None:
+    rng = np.random.default_rng(6)
+    n = 3000
+    logged = pl.DataFrame(
+        {
+            "age": rng.uniform(30, 70, n) + 10 * (rng.random(n) < 0.3),
+            "sex": rng.choice(["F", "M"], n, p=[0.7, 0.3]),
+        }
+    )
+    ref = {
+        "features": {
+            "age": {"type": "numeric", "edges": [50.0], "shares": [0.5, 0.5], "missing_share": 0.0},
+            "sex": {"type": "categorical", "levels": ["F", "M"], "shares": [0.4, 0.6], "missing_share": 0.0},
+        }
+    }
+    w, info = standardisation_weights(ref, logged, ["age", "sex"])
+    np.testing.assert_allclose(
+        numeric_bin_shares(logged["age"].to_numpy(), [50.0], w), [0.5, 0.5, 0.0], atol=1e-6
+    )
+    np.testing.assert_allclose(categorical_shares(logged["sex"], ["F", "M"], w), [0.4, 0.6, 0.0], atol=1e-6)
+    assert w.mean() == pytest.approx(1.0) and info["effective_rows"] < n
+
+
+def test_standardisation_errors_name_the_field() -> None:
+    ref = _age_reference()
+    logged = pl.DataFrame({"age": [40.0, 60.0], "x": [0.0, 1.0]})
+    with pytest.raises(DataError, match=r"standardise_by.*'bmi'"):
+        standardisation_weights(ref, logged, ["bmi"])
+    with pytest.raises(DataError, match=r"standardise_by.*'age'"):
+        standardisation_weights(ref, logged.drop("age"), ["age"])
+    with pytest.raises(DataError, match="not both"):
+        drift_report(ref, logged, MonitoringConfig(standardise_by=["age"]), weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match="standardise_by"):
+        MonitoringConfig(standardise_by=["age", "age"])
+    with pytest.raises(ValueError, match="standardise_by"):
+        MonitoringConfig(standardise_by=[""])
+    # the default stays unweighted
+    assert MonitoringConfig().standardise_by == []
+    assert drift_report(ref, logged, MonitoringConfig(min_rows=1))["standardisation"] is None
+    # min_rows applies to the effective rows when weighted
+    rep = drift_report(ref, logged, MonitoringConfig(min_rows=2), weights=[1.0, 0.0])
+    assert rep["decision"] == "insufficient_data" and "effective" in rep["reasons"][0]

@@ -45,6 +45,14 @@ class MonitoringConfig(Section):
             "shares are reported but not counted by the retrain criteria"
         ),
     )
+    standardise_by: list[str] = Field(
+        default_factory=list,
+        description=(
+            "features (exact names, e.g. [age]) whose reference distribution the logged rows are "
+            "reweighted to before comparing (direct standardisation), so a population that only aged "
+            "does not read as drift; empty = unweighted"
+        ),
+    )
     min_drifted_features: int = Field(
         3, ge=1, description="retrain when at least this many features exceed psi_feature_bound"
     )
@@ -62,6 +70,10 @@ class MonitoringConfig(Section):
             raise ValueError(
                 "monitoring.calendar_trend_features: patterns must be non-empty feature names/globs"
             )
+        if any(not f.strip() for f in self.standardise_by) or len(set(self.standardise_by)) != len(
+            self.standardise_by
+        ):
+            raise ValueError("monitoring.standardise_by: feature names must be non-empty and distinct")
         return self
 
 
@@ -107,3 +119,8 @@ class ExperimentsConfig(Section):
     ci_level: float = Field(0.95, gt=0.5, lt=1.0)
     output_dir: Path = Field(Path("outputs/experiments"), description="suite results and comparisons")
     continue_on_error: bool = Field(True, description="a failed run is recorded and the suite goes on")
+    data_cache_dir: Path | None = Field(
+        None,
+        description="content-addressed cache of generated+validated data (None: off); a run whose "
+        "generate/validate sections and seed match an entry reuses that data instead of regenerating it",
+    )
