@@ -22,15 +22,20 @@ baseline, then applies the stated winner rule:
 
 - ``best_with_ci``: within each cell, the best point estimate among arms whose paired-difference CI vs
   the baseline excludes 0 in the improving direction; none → the baseline stays.
-- ``one_se``: the first arm (listed order = simplest first) whose metric is within one bootstrap SE of
-  the best arm's (science.md §3.2), on ``split`` (validation: both labels from the features dataset,
-  scored with each run's bundle).
+- ``one_se`` (paired, per cell): the best arm by point metric; every other arm is joined with it on
+  (patient_id, year) and one patient-cluster bootstrap gives the SE of their paired difference; the first
+  arm (listed order = simplest first) with (best − arm) ≤ that SE wins (science.md §3.2), on ``split``
+  (validation: both labels from the features dataset, scored with each run's bundle).
+
+Local suites reuse generated+validated data across arms with identical generate/validate sections and
+seed (:mod:`clinrisk.datacache`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -106,9 +111,14 @@ class WinnerRule(_Strict):
                 "patient-bootstrap CI of the difference vs the baseline excludes 0 in the improving "
                 "direction; if none, the baseline"
             )
+        gap = "arm − best" if d == "lower" else "best − arm"
         return (
-            f"one-standard-error rule on {self.labels}-label {self.metric} ({self.split} split): the first "
-            f"arm in the listed (simplest-first) order within one patient-bootstrap SE of the best arm"
+            f"paired one-standard-error rule on {self.labels}-label {self.metric} ({self.split} split), per "
+            f"cell: the best arm has the {'lowest' if d == 'lower' else 'highest'} {self.metric}; every other "
+            "arm is joined with it on (patient_id, year) and one patient-cluster bootstrap (patients resampled "
+            f"once per replicate, applied to both arms) gives the SE of their paired difference; an arm is "
+            f"eligible when ({gap}) ≤ that SE; the winner is the first eligible arm in the listed "
+            "(simplest-first) order"
         )
 
 
@@ -291,6 +301,7 @@ def run_suite(
     only: list[str] | None = None,
     kfp_timeout_s: int = 6 * 3600,
     resume: bool = False,
+    data_cache: bool = True,
 ) -> dict[str, Any]:
     """Run every (arm, cell) of a suite through the pipeline; writes and returns ``suite_result.json``.
 
@@ -298,6 +309,10 @@ def run_suite(
     to submit to Kubeflow Pipelines and wait. ``only`` restricts to some run names (baselines are added).
     ``resume``: keep the runs of an existing ``suite_result.json`` in the suite directory that finished
     ``ok`` with identical effective overrides and whose predictions still exist; run only the others.
+    ``data_cache`` (local runners): arms whose generate/validate sections and seed match reuse the first
+    such arm's generated+validated data (``experiments.data_cache_dir`` = ``<suite>/data_cache``; a
+    caller's ``--set experiments.data_cache_dir=null`` turns it off). Each run records ``wall_s`` and,
+    when it reused data, the source run (also as MLflow tags ``clinrisk.data_reused_from``/``…_key``).
     """
     from clinrisk.config import load_config
 
@@ -335,7 +350,12 @@ def run_suite(
     previous = reusable_runs(suite_dir / SUITE_RESULT) if resume else {}
     for r in runs:
         run_name = _slug(f"{suite.name}-{r['arm']}" + (f"-{r['cell']}" if r["cell"] else ""))
+        # before the arm's and caller's overrides, so an explicit --set experiments.data_cache_dir wins
+        cache = (
+            [f"experiments.data_cache_dir={suite_dir / 'data_cache'}"] if data_cache and not kfp_host else []
+        )
         ov = [
+            *cache,
             *r["overrides"],
             f"run.name={run_name}",
             f"run.output_dir={suite_dir / 'runs'}",
@@ -351,10 +371,12 @@ def run_suite(
             continue
         try:
             load_config(base, ov)  # fail fast on a bad override, before any compute
+            t0 = time.perf_counter()
             if kfp_host:
                 entry.update(_run_on_kfp(kfp_host, base, ov, run_name, experiment, kfp_timeout_s))
             else:
                 entry.update(_run_locally(base, ov, runner))
+            entry["wall_s"] = round(time.perf_counter() - t0, 1)
             entry["status"] = "ok"
         except Exception as exc:
             if not ec.continue_on_error or isinstance(exc, ConfigError):
@@ -393,7 +415,30 @@ def _run_locally(base: Path | None, overrides: list[str], runner: str) -> dict[s
     }
     out["mlflow_run_id"] = _mlflow_run_of(res.model_uri, res.tracking_uri)
     out["peak_rss_mb"] = _peak_rss(out.get("selection_file"))
+    out["data_cache"] = data_cache_info(res.pipeline_dir)
+    if out["data_cache"] and out["mlflow_run_id"]:
+        tag_data_reuse(res.tracking_uri, out["mlflow_run_id"], out["data_cache"])
     return out
+
+
+def data_cache_info(pipeline_dir: Path) -> dict[str, Any] | None:
+    """The run's data-cache block from its plan (key, and the source run when it reused data)."""
+    plan = _find_one(Path(pipeline_dir), "*/*/plan.json")
+    if plan is None:
+        return None
+    dc = read_json(plan).get("data_cache")
+    return dict(dc) if isinstance(dc, dict) else None
+
+
+def tag_data_reuse(tracking_uri: str, run_id: str, info: dict[str, Any]) -> None:
+    """Record on the MLflow run whether its data was reused, from which run, under which cache key."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    client.set_tag(run_id, "clinrisk.data_cache_key", str(info.get("key") or ""))
+    client.set_tag(run_id, "clinrisk.data_reused_from", str(info.get("reused_from") or "none (generated)"))
+    if info.get("reused_from"):
+        client.set_tag(run_id, "clinrisk.data_reused_dir", str(info.get("validated_dir") or ""))
 
 
 def _run_on_kfp(
@@ -609,40 +654,96 @@ def choose_winner(rows: list[dict[str, Any]], rule: WinnerRule) -> list[dict[str
     return verdicts
 
 
+def _paired_join(
+    best: pl.DataFrame, arm: pl.DataFrame, label_col: str, names: tuple[str, str]
+) -> pl.DataFrame:
+    """Rows both arms scored, joined on (patient_id, year); errors when none or when labels disagree."""
+    keys = ["patient_id", "year"]
+    cols = [*keys, "probability", label_col]
+    j = best.select(cols).join(arm.select(cols), on=keys, how="inner", suffix="_arm").sort(keys)
+    if j.height == 0:
+        raise DataError(
+            f"one_se rule: arms {names[0]} and {names[1]} share no (patient_id, year) rows; "
+            "a paired SE needs both arms scored on the same patients"
+        )
+    if not (j[label_col] == j[f"{label_col}_arm"]).all():
+        raise DataError(
+            f"one_se rule: {label_col} differs between arms {names[0]} and {names[1]} on common rows "
+            "(different data), so no paired comparison"
+        )
+    return j
+
+
 def one_se_winner(
     frames: dict[str, pl.DataFrame], order: list[str], rule: WinnerRule, p_t: float, n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """Smallest (first in ``order``) run within one patient-bootstrap SE of the best run on the metric."""
+    """Paired one-SE rule: the first arm in ``order`` whose gap to the best arm is within one SE of the
+    paired difference.
+
+    Best = best point metric (each arm on its own rows). For every other arm, both arms' predictions are
+    joined on (patient_id, year) and one patient-cluster bootstrap (patients resampled once per replicate,
+    applied to both arms) gives the difference arm − best and its SE. The gap is best − arm (arm − best for
+    lower-is-better metrics); an arm is eligible when gap ≤ SE. The single-arm (unpaired) SE is kept in
+    ``per_run`` for comparison only.
+    """
     from clinrisk import metrics as M
 
+    if not order:
+        raise DataError("one_se rule: no arms to choose from")
     col = LABEL_COLUMNS[rule.labels]
-    stats: dict[str, dict[str, float]] = {}
+    lower = METRIC_DIRECTION[rule.metric] == "lower"
+    stats: dict[str, dict[str, Any]] = {}
     for name in order:
         df = frames[name]
         y = df[col].cast(pl.Float64).to_numpy()
         p = df["probability"].cast(pl.Float64).to_numpy()
         b = M.bootstrap_panel(y, p, df["patient_id"].to_numpy(), tau=p_t, p_t=p_t, n_boot=n_boot, seed=seed)
-        stats[name] = {"value": b[rule.metric]["value"], "se": b[rule.metric]["se"]}
+        stats[name] = {
+            "value": b[rule.metric]["value"],
+            "se_unpaired": b[rule.metric]["se"],
+            "n_rows": df.height,
+        }
     best = order[0]
     for name in order[1:]:
         if _better(rule.metric, stats[name]["value"], stats[best]["value"]):
             best = name
-    se = stats[best]["se"]
-    lower = METRIC_DIRECTION[rule.metric] == "lower"
-    bound = stats[best]["value"] + se if lower else stats[best]["value"] - se
-    winner = next(n for n in order if (stats[n]["value"] <= bound if lower else stats[n]["value"] >= bound))
+    for name in order:
+        s = stats[name]
+        if name == best:
+            s.update(diff_vs_best=0.0, gap=0.0, se_paired=0.0, n_paired_rows=s["n_rows"], eligible=True)
+            continue
+        j = _paired_join(frames[best], frames[name], col, (best, name))
+        d = M.paired_bootstrap_diff(
+            j[col].cast(pl.Float64).to_numpy(),
+            j["probability"].cast(pl.Float64).to_numpy(),
+            j["probability_arm"].cast(pl.Float64).to_numpy(),
+            j["patient_id"].to_numpy(),
+            tau=p_t,
+            p_t=p_t,
+            n_boot=n_boot,
+            seed=seed,
+        )[rule.metric]
+        diff, se = float(d["diff"]), float(d["se"])  # arm − best on the paired rows
+        gap = diff if lower else -diff
+        s.update(
+            diff_vs_best=diff,
+            gap=gap,
+            se_paired=se,
+            n_paired_rows=j.height,
+            eligible=bool(math.isfinite(gap) and math.isfinite(se) and gap <= se),
+        )
+    winner = next(n for n in order if stats[n]["eligible"])
+    w = stats[winner]
     return {
         "cell": None,
         "winner": winner,
         "best": best,
         "best_value": stats[best]["value"],
-        "best_se": se,
-        "bound": bound,
         "per_run": stats,
         "reason": (
-            f"best {best} ({rule.metric} {stats[best]['value']:.5f} ± SE {se:.5f}); first run in order within "
-            f"one SE ({'≤' if lower else '≥'} {bound:.5f}) is {winner} "
-            f"({stats[winner]['value']:.5f})"
+            f"best {best} ({rule.metric} {stats[best]['value']:.5f}); first arm in order within one paired SE "
+            f"of it is {winner} ({rule.metric} {w['value']:.5f}, paired Δ vs best {w['diff_vs_best']:+.5f}, "
+            f"SE {w['se_paired']:.5f}, {w['n_paired_rows']} paired rows)"
         ),
     }
 
@@ -714,12 +815,17 @@ def compare_runs(
     elif not ok:
         winners = []
     else:
-        order = [r["name"] for r in sorted(ok, key=lambda r: (r.get("cell") or "", r["order"]))]
-        if rule.split == "validation":
-            val = {n: _validation_predictions(next(e for e in entries if e["name"] == n)) for n in order}
-        else:
-            val = {n: frames[n] for n in order}
-        winners = [one_se_winner(val, order, rule, p_t, B, seed)]
+        winners = []
+        cells_ok: dict[Any, list[dict[str, Any]]] = {}
+        for r in sorted(ok, key=lambda r: (r.get("cell") or "", r["order"])):
+            cells_ok.setdefault(r.get("cell"), []).append(r)
+        for cell, rs in cells_ok.items():
+            order = [r["name"] for r in rs]
+            if rule.split == "validation":
+                val = {n: _validation_predictions(next(e for e in entries if e["name"] == n)) for n in order}
+            else:
+                val = {n: frames[n] for n in order}
+            winners.append({**one_se_winner(val, order, rule, p_t, B, seed), "cell": cell})
     report = {
         "suite": suite.name,
         "description": suite.description,
@@ -823,6 +929,27 @@ def render_comparison(report: dict[str, Any]) -> str:
     for w in report["winners"]:
         cell = f" (cell `{w['cell']}`)" if w.get("cell") else ""
         lines.append(f"- **{w['winner']}**{cell}: {w['reason']}")
+    for w in report["winners"]:
+        if "per_run" not in w or not any("se_paired" in v for v in w["per_run"].values()):
+            continue
+        rw = report["winner_rule"]
+        lines += [
+            "",
+            f"One-SE rule detail{' (cell `' + w['cell'] + '`)' if w.get('cell') else ''}: "
+            f"{rw['labels']}-label {rw['metric']} on the {rw['split']} split; Δ = arm − best "
+            f"({w['best']}) on the paired rows; unpaired SE = the arm's own bootstrap SE, for comparison.",
+            "",
+            f"| arm | {rw['metric']} | Δ vs best | paired SE | eligible | paired rows | unpaired SE |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, v in w["per_run"].items():
+            mark = " (best)" if name == w["best"] else ""
+            win = " **winner**" if name == w["winner"] else ""
+            lines.append(
+                f"| {name}{mark}{win} | {_fmt(v['value'], '.5f')} | {_fmt(v.get('diff_vs_best'), '+.5f')} | "
+                f"{_fmt(v.get('se_paired'), '.5f')} | {'yes' if v.get('eligible') else 'no'} | "
+                f"{v.get('n_paired_rows', '–')} | {_fmt(v.get('se_unpaired'), '.5f')} |"
+            )
     lines += ["", "## Links", ""]
     if report.get("tracking_uri"):
         lines.append(f"MLflow store `{report['tracking_uri']}`, experiment `{report.get('experiment')}`.")

@@ -204,15 +204,23 @@ class RowwiseFeatureBuilder:
             raise DataError(f"features {outside} are not in the feature spec")
 
     def patient_rows(
-        self, cols: dict[str, list[Any]], lo: int, hi: int, last_only: bool
+        self,
+        cols: dict[str, list[Any]],
+        lo: int,
+        hi: int,
+        last_only: bool,
+        float32: dict[str, list[float | None]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Features of rows ``lo:hi`` of ``cols`` (one patient, sorted by year); the last row only if asked."""
+        """Features of rows ``lo:hi`` of ``cols`` (one patient, sorted by year); the last row only if asked.
+        ``float32``: the raw float columns of ``cols`` already rounded to Float32 (else done here)."""
         spec, x = self.spec, self.x
         m = hi - lo
         years = [int(y) for y in cols["year"][lo:hi]]
         if any(years[j] <= years[j - 1] for j in range(1, m)):
             raise DataError("features: rows of a patient must have strictly increasing years")
-        raw = {c: _to_float32(cols[c][lo:hi]) for c in FLOAT_RAW}
+        raw = {
+            c: (float32[c][lo:hi] if float32 is not None else _to_float32(cols[c][lo:hi])) for c in FLOAT_RAW
+        }
         unit = {c: list(cols[c][lo:hi]) for c in cols if c.endswith("_unit")}
         hv, hu = raw["height_value"], unit["height_unit"]
         href = _height_reference_cm(hv, hu)
@@ -291,6 +299,7 @@ class RowwiseFeatureBuilder:
         """Feature rows of every patient in ``cols`` (column lists sorted by patient_id, year), in patient
         order: each patient's last row, or all rows with ``last_only=False``."""
         pid = cols["patient_id"]
+        float32 = {c: _to_float32(cols[c]) for c in FLOAT_RAW}  # one conversion per column, not per patient
         out: list[dict[str, Any]] = []
         lo = 0
         n = len(pid)
@@ -298,7 +307,7 @@ class RowwiseFeatureBuilder:
             hi = lo + 1
             while hi < n and pid[hi] == pid[lo]:
                 hi += 1
-            out.extend(self.patient_rows(cols, lo, hi, last_only))
+            out.extend(self.patient_rows(cols, lo, hi, last_only, float32))
             lo = hi
         return out
 

@@ -95,23 +95,36 @@ def start_tracking_step(config_dir: str | Path, kfp_run_id: str) -> str:
 
 def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> None:
     """Calibrate α by bisection and fix each shard's patient blocks (plan.json)."""
+    from clinrisk import datacache
     from clinrisk.generate import plan_generation
 
     cfg = _load(config_dir)
+    # With experiments.data_cache_dir set, the reuse decision is made once, here, and travels in the plan.
+    hit = datacache.lookup(cfg)
+    if hit is not None:
+        plan = {**hit["plan"], "data_cache": datacache.reuse_info(hit)}
+    else:
+        plan = plan_generation(cfg)
+        if cfg.experiments.data_cache_dir is not None:
+            plan["data_cache"] = {"key": datacache.data_key(cfg), "reused_from": None}
     with atomic_output_dir(Path(out_dir)) as tmp:
-        write_json(tmp / "plan.json", plan_generation(cfg))
+        write_json(tmp / "plan.json", plan)
 
 
 def generate_shard_step(
     config_dir: str | Path, plan_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
     """Generate one shard's observed + truth files."""
+    from clinrisk import datacache
     from clinrisk.generate import generate_shard
 
     cfg = _load(config_dir)
     plan = read_json(Path(plan_dir) / "plan.json")
     with atomic_output_dir(Path(out_dir)) as tmp:
-        generate_shard(cfg, plan, shard, tmp)
+        if (reuse := datacache.reused(plan)) is not None:
+            write_json(tmp / datacache.REUSED_MARKER, reuse)  # merge-data links the cached data instead
+        else:
+            generate_shard(cfg, plan, shard, tmp)
 
 
 def merge_data_step(
@@ -129,6 +142,7 @@ def merge_data_step(
     The same checks as ``clinrisk validate`` apply (row counts vs manifest, quarantine share), so a run
     with too much bad data stops here and publishes neither dataset.
     """
+    from clinrisk import datacache
     from clinrisk.generate import finalize_generation
     from clinrisk.validate import (
         build_report,
@@ -140,6 +154,17 @@ def merge_data_step(
 
     cfg = _load(config_dir)
     plan = read_json(Path(plan_dir) / "plan.json")
+    if (reuse := datacache.reused(plan)) is not None:
+        # Copy-free reuse: this run's raw/validated outputs are links to the source run's directories.
+        datacache.link_dir(Path(reuse["raw_dir"]), Path(raw_out))
+        datacache.link_dir(Path(reuse["validated_dir"]), Path(validated_out))
+        report = read_json(Path(validated_out) / "validation" / "report.json")
+        note = f"> Data reused from run `{reuse['reused_from']}` (data cache key `{reuse['key'][:16]}`).\n\n"
+        Path(report_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_file).write_text(note + render_report_md(report))
+        keys = ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
+        _log_numeric(log_metric, {k: report[k] for k in keys if k in report})
+        return dict(report)
     with atomic_output_dir(Path(raw_out)) as raw_tmp, atomic_output_dir(Path(validated_out)) as val_tmp:
         copy_shards(raw_parts, "observed", raw_tmp / "observed")
         copy_shards(raw_parts, "truth", raw_tmp / "truth")
@@ -151,6 +176,8 @@ def merge_data_step(
         report = build_report(cfg, stats, manifest)
         check_report(cfg, report, manifest, raw_tmp / "observed")
         write_report(report, val_tmp / "validation")
+    if plan.get("data_cache") is not None:
+        datacache.publish(cfg, plan, Path(raw_out), Path(validated_out), report)
     Path(report_file).parent.mkdir(parents=True, exist_ok=True)
     Path(report_file).write_text(render_report_md(report))
     _log_numeric(
@@ -171,10 +198,16 @@ def validate_shard_step(
     config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
     """Validate one generated shard into ``out_dir/{validated,quarantine}/shard=NNN`` + ``stats.json``."""
+    from clinrisk import datacache
     from clinrisk.io import shard_file
     from clinrisk.validate import validate_shard_to_dir
 
     cfg = _load(config_dir)
+    marker = Path(raw_shard_dir) / datacache.REUSED_MARKER
+    if marker.is_file():
+        with atomic_output_dir(Path(out_dir)) as tmp:
+            write_json(tmp / datacache.REUSED_MARKER, read_json(marker))
+        return
     observed = shard_file(Path(raw_shard_dir) / "observed", shard)
     with atomic_output_dir(Path(out_dir)) as tmp:
         stats = validate_shard_to_dir(cfg, observed, shard, tmp / "validated", tmp / "quarantine")

@@ -194,6 +194,9 @@ def test_compare_runs_refuses_unpaired_data_and_keeps_baseline(tmp_path: Path) -
 
 
 def test_one_se_rule_prefers_simpler(tmp_path: Path) -> None:
+    """Arms scored on the same patients: the paired SE (shared patient noise cancels) is far smaller than
+    each arm's own SE, so an arm 0.002 AP behind the best is no longer "within one SE" (the unpaired rule
+    would have admitted it)."""
     base, risk = _preds(2000, 2, 3)
     rng = np.random.default_rng(9)
     logit = np.log(risk / (1 - risk))
@@ -203,7 +206,7 @@ def test_one_se_rule_prefers_simpler(tmp_path: Path) -> None:
         return 1 / (1 + np.exp(-(logit + s * noise)))
 
     arms = ["X1", "X2", "X3", "X5"]
-    scales = {"X1": 2.0, "X2": 0.32, "X3": 0.3, "X5": 0.29}  # X2, X3, X5 practically equal; X1 far worse
+    scales = {"X1": 2.0, "X2": 0.32, "X3": 0.3, "X5": 0.29}  # X1 far worse; X2 slightly, X3 barely
     runs = [
         {
             "name": a,
@@ -221,8 +224,75 @@ def test_one_se_rule_prefers_simpler(tmp_path: Path) -> None:
     suite["baseline"] = "X3"
     rep = compare_runs({"suite": suite, "p_t": 0.1, "suite_dir": str(tmp_path), "runs": runs}, n_boot=100)
     w = rep["winners"][0]
-    assert w["winner"] == "X2", w["reason"]
-    assert w["per_run"]["X1"]["value"] < w["bound"]
+    pr = w["per_run"]
+    assert w["best"] == "X5" and w["winner"] == "X3", w["reason"]
+    # X2: behind by more than the paired SE, but by far less than the unpaired SE (old rule: X2 wins)
+    assert pr["X2"]["se_paired"] < pr["X2"]["gap"] < pr["X5"]["se_unpaired"]
+    assert pr["X2"]["se_paired"] < 0.2 * pr["X2"]["se_unpaired"]
+    assert not pr["X1"]["eligible"] and not pr["X2"]["eligible"] and pr["X3"]["eligible"]
+    assert pr["X3"]["diff_vs_best"] == pytest.approx(pr["X3"]["value"] - pr["X5"]["value"])
+    assert all(v["n_paired_rows"] == 4000 for v in pr.values())
+    md = (tmp_path / "comparison.md").read_text()
+    assert "paired one-standard-error rule" in md and "| X3 **winner** |" in md and "| X5 (best) |" in md
+
+
+def _brier_frames(n_pat: int) -> dict[str, pl.DataFrame]:
+    """Hand-checkable Brier case. Every patient has rows y = (1, 0); half are "easy" (A predicts 0.8/0.2,
+    squared errors 0.04) and half "hard" (A predicts 0.5/0.5, 0.25). B's squared error is A's + 0.01 on
+    every row, so B − A = +0.01 on every bootstrap replicate (paired SE 0), while each arm's own Brier
+    varies with the easy/hard mix of the resample (unpaired SE ≈ 0.105/√n_pat). C equals A exactly."""
+    pid = np.repeat(np.arange(n_pat), 2)
+    hard = (pid % 2).astype(bool)
+    y = np.tile([1, 0], n_pat).astype(np.int8)
+    err_a = np.where(hard, 0.5, 0.2)  # |p − y| per row
+    err_b = np.sqrt(err_a**2 + 0.01)
+    pa = np.where(y == 1, 1 - err_a, err_a)
+    pb = np.where(y == 1, 1 - err_b, err_b)
+    base = {"patient_id": pid.astype(np.int64), "year": np.tile([2019, 2020], n_pat).astype(np.int16)}
+
+    def frame(p: np.ndarray) -> pl.DataFrame:
+        return pl.DataFrame({**base, "probability": p, "label_rec": y, "eval_label_true": y})
+
+    return {"B": frame(pb), "C": frame(pa), "A": frame(pa)}
+
+
+def test_one_se_paired_rule_hand_checked() -> None:
+    from clinrisk.experiments import WinnerRule, one_se_winner
+
+    frames = _brier_frames(60)
+    rule = WinnerRule(rule="one_se", metric="brier", labels="recorded", split="test")
+    w = one_se_winner(frames, ["B", "C", "A"], rule, 0.1, 200, 0)
+    pr = w["per_run"]
+    assert pr["A"]["value"] == pytest.approx((0.04 + 0.25) / 2)
+    assert w["best"] == "C"  # A and C tie; the first in order is the best
+    assert pr["B"]["diff_vs_best"] == pytest.approx(0.01) and pr["B"]["se_paired"] == pytest.approx(
+        0, abs=1e-12
+    )
+    assert not pr["B"]["eligible"]  # 0.01 > paired SE 0 ...
+    assert pr["B"]["se_unpaired"] > 0.01  # ... though within one unpaired SE (the old rule picked B)
+    assert w["winner"] == "C"
+    # the simpler arm equal to the best is eligible (gap 0 ≤ SE 0) and wins by order
+    w2 = one_se_winner(frames, ["A", "B", "C"], rule, 0.1, 200, 0)
+    assert w2["best"] == "A" and w2["winner"] == "A" and w2["per_run"]["C"]["eligible"]
+    # higher-is-better sign: B below the best by AP 0 here (same ranking) → eligible
+    w3 = one_se_winner(frames, ["B", "A"], WinnerRule(rule="one_se", metric="ap", labels="true"), 0.1, 50, 0)
+    assert w3["winner"] == "B" and w3["per_run"]["B"]["gap"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_one_se_joins_on_patient_year_and_refuses_disjoint_arms() -> None:
+    from clinrisk.errors import DataError
+    from clinrisk.experiments import WinnerRule, one_se_winner
+
+    frames = _brier_frames(60)
+    rule = WinnerRule(rule="one_se", metric="brier", labels="recorded", split="test")
+    # B scored only the first 40 patients (e.g. a different eligibility): paired on its 80 rows
+    frames["B"] = frames["B"].filter(pl.col("patient_id") < 40).reverse()
+    w = one_se_winner(frames, ["B", "A"], rule, 0.1, 100, 0)
+    assert w["per_run"]["B"]["n_paired_rows"] == 80 and w["per_run"]["A"]["n_paired_rows"] == 120
+    assert w["per_run"]["B"]["diff_vs_best"] == pytest.approx(0.01)
+    frames["B"] = frames["B"].with_columns(pl.col("patient_id") + 1000)
+    with pytest.raises(DataError, match="share no \\(patient_id, year\\) rows"):
+        one_se_winner(frames, ["B", "A"], rule, 0.1, 100, 0)
 
 
 def test_run_suite_resume_reruns_only_failed_or_changed(
@@ -333,3 +403,106 @@ def test_selection_step_numbers_reported(tmp_path: Path) -> None:
         "## Feature selection step" in md
         and "| stability | 156 → 3 | -0.0900 | +0.00300 | 538 | False | False |" in md
     )
+
+
+# ------------------------------------------------------------------------- data cache (generate+validate)
+
+TINY_DATA = [
+    "generate.n_patients=400",
+    "generate.n_shards=2",
+    "generate.block_size=100",
+    "generate.calibration_patients=200",
+]
+
+
+def _cfg(tmp: Path, name: str, *extra: str):  # type: ignore[no-untyped-def]
+    from clinrisk.config import load_config
+
+    return load_config(
+        SUITES.parent / "tiny.yaml",
+        [*TINY_DATA, f"run.name={name}", f"run.output_dir={tmp / 'runs'}", *extra],
+    )
+
+
+def _data_and_features(cfg, where: Path, features: bool = True) -> dict:  # type: ignore[no-untyped-def]
+    """The pipeline's data + feature steps, as kfp.local wires them, on one config; returns the hashes
+    the run records (raw manifest, validation report, and the bundle's data_hash = features hash)."""
+    from clinrisk import steps
+    from clinrisk.config import save_config
+    from clinrisk.io import list_shards, read_json
+    from clinrisk.train import data_hash
+
+    save_config(cfg, where / "config" / "config.yaml")
+    c = where / "config"
+    steps.plan_generation_step(c, where / "plan")
+    plan = read_json(where / "plan" / "plan.json")
+    shards = range(plan["n_shards"])
+    gen = [where / f"gen{s}" for s in shards]
+    val = [where / f"val{s}" for s in shards]
+    for s in shards:
+        steps.generate_shard_step(c, where / "plan", s, gen[s])
+        steps.validate_shard_step(c, gen[s], s, val[s])
+    raw, valid = where / "merge" / "raw", where / "merge" / "validated"
+    steps.merge_data_step(c, where / "plan", gen, val, raw, valid, where / "merge" / "report.md")
+    manifest = read_json(raw / "manifest.json")
+    report = read_json(valid / "validation" / "report.json")
+    out = {
+        "plan": plan,
+        "raw": raw,
+        "observed_hash": manifest["observed_hash"],
+        "truth_hash": manifest["truth_hash"],
+        "validated_content_hash": report["validated_content_hash"],
+        "report_md": (where / "merge" / "report.md").read_text(),
+    }
+    if not features:
+        return out
+    steps.fit_feature_spec_step(c, valid, where / "spec")
+    feats = [where / f"feat{s}" for s in shards]
+    for s in shards:
+        steps.build_features_shard_step(c, where / "spec", valid, raw, s, feats[s])
+    steps.merge_features_step(c, where / "spec", feats, where / "features")
+    out["features_hash"] = data_hash(where / "features", list_shards(where / "features"))["features_hash"]
+    return out
+
+
+def test_data_key_covers_exactly_what_determines_the_data(tmp_path: Path) -> None:
+    from clinrisk.datacache import data_key
+
+    k = data_key(_cfg(tmp_path, "a"))
+    # not in the key: run name/paths/workers and everything after validation
+    assert (
+        data_key(_cfg(tmp_path, "b", "run.workers=1", "features.window_years=1", "labels.strategy=E2")) == k
+    )
+    for change in ("run.seed=8", "generate.n_patients=401", "generate.delay_severity=severe",
+                   "validate.max_quarantine_fraction=0.04"):  # fmt: skip
+        assert data_key(_cfg(tmp_path, "a", change)) != k, change
+
+
+def test_data_cache_reuses_identical_data_and_never_other_data(tmp_path: Path) -> None:
+    cache = f"experiments.data_cache_dir={tmp_path / 'cache'}"
+    first = _data_and_features(_cfg(tmp_path, "a", cache, "features.window_years=1"), tmp_path / "a")
+    assert first["plan"]["data_cache"]["reused_from"] is None and not first["raw"].is_symlink()
+    reused = _data_and_features(_cfg(tmp_path, "b", cache), tmp_path / "b")
+    assert reused["plan"]["data_cache"]["reused_from"] == "a"
+    assert reused["raw"].is_symlink() and reused["raw"].resolve() == first["raw"].resolve()  # copy-free
+    assert not any((tmp_path / "b" / "gen0").glob("*/shard=*"))  # nothing generated
+    assert "Data reused from run `a`" in reused["report_md"]
+    # the same config without the cache: what a fresh run produces and records
+    fresh = _data_and_features(_cfg(tmp_path, "b"), tmp_path / "fresh")
+    assert "data_cache" not in fresh["plan"]
+    for key in ("observed_hash", "truth_hash", "validated_content_hash", "features_hash"):
+        assert reused[key] == fresh[key], key
+    assert first["features_hash"] != fresh["features_hash"]  # other window: other features, same data
+    # a different seed or cohort size never reuses (and publishes its own entry)
+    for i, change in enumerate(("run.seed=8", "generate.n_patients=500")):
+        other = _data_and_features(_cfg(tmp_path, "c", cache, change), tmp_path / f"c{i}", features=False)
+        assert other["plan"]["data_cache"]["reused_from"] is None, change
+        assert other["observed_hash"] != first["observed_hash"], change
+    assert len(list((tmp_path / "cache").glob("*/entry.json"))) == 3
+    # an entry whose data is gone is ignored: the run regenerates
+    import shutil
+
+    shutil.rmtree(tmp_path / "a" / "merge")
+    again = _data_and_features(_cfg(tmp_path, "d", cache), tmp_path / "d", features=False)
+    assert again["plan"]["data_cache"]["reused_from"] is None
+    assert again["observed_hash"] == fresh["observed_hash"]
