@@ -70,33 +70,31 @@ def _ffill(values: Sequence[Any]) -> list[Any]:
     return out
 
 
+def _labelled(
+    a: Analyte, vals: list[float | None], units: list[str | None], other: str, factor: float
+) -> list[float | None]:
+    """Values whose unit label is the canonical one or ``other`` (times ``factor``) and plausible for that
+    label; else None (the labelled references of the units layer's weight rules)."""
+    rng, other_rng = a.units[a.canonical].plausible, a.units[other].plausible
+    out: list[float | None] = []
+    for v, u in zip(vals, units, strict=True):
+        if v is not None and u == a.canonical and _in(v, rng):
+            out.append(v)
+        elif v is not None and u == other and _in(v, other_rng):
+            out.append(v * factor)
+        else:
+            out.append(None)
+    return out
+
+
 def _height_reference_cm(hv: list[float | None], hu: list[str | None]) -> list[float | None]:
     """units._height_reference_cm: labelled plausible height in cm, carried forward (current row included)."""
-    h = REGISTRY["height"]
-    cm_rng, in_rng = h.units["cm"].plausible, h.units["in"].plausible
-    labelled: list[float | None] = []
-    for v, u in zip(hv, hu, strict=True):
-        if v is not None and u == "cm" and _in(v, cm_rng):
-            labelled.append(v)
-        elif v is not None and u == "in" and _in(v, in_rng):
-            labelled.append(v * CM_PER_IN)
-        else:
-            labelled.append(None)
-    return _ffill(labelled)
+    return _ffill(_labelled(REGISTRY["height"], hv, hu, "in", CM_PER_IN))
 
 
 def _weight_reference_kg(a: Analyte, wv: list[float | None], wu: list[str | None]) -> list[float | None]:
     """units._weight_reference_kg: last labelled plausible weight (kg) strictly before this row."""
-    kg_rng, lb_rng = a.units["kg"].plausible, a.units["lb"].plausible
-    labelled: list[float | None] = []
-    for v, u in zip(wv, wu, strict=True):
-        if v is not None and u == "kg" and _in(v, kg_rng):
-            labelled.append(v)
-        elif v is not None and u == "lb" and _in(v, lb_rng):
-            labelled.append(v * KG_PER_LB)
-        else:
-            labelled.append(None)
-    return _ffill([None, *labelled[:-1]])
+    return _ffill([None, *_labelled(a, wv, wu, "lb", KG_PER_LB)[:-1]])
 
 
 def canonical_values(
