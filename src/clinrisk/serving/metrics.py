@@ -49,7 +49,8 @@ class ServingMetrics:
         """Count dropped / unit-inferred values by field and reason (labels only, never the value)."""
         for per_instance in warnings:
             for w in per_instance:
-                self.value_warnings.labels(model, w["field"], w["reason"]).inc()
+                # The raw field name (not history[j].field): a bounded label set.
+                self.value_warnings.labels(model, w["field"].rsplit(".", 1)[-1], w["reason"]).inc()
 
     def observe_rejected(self, model: str, outcome: str, reason: str) -> None:
         """Count a refused request (outcome = HTTP-level class, reason = the specific check)."""
