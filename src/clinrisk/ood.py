@@ -45,7 +45,9 @@ def checked_features(
     return [
         n
         for n in feature_names
-        if n not in cats and dtypes.get(n) not in SKIP_DTYPES and not is_calendar_trend(n, list(trend_patterns))
+        if n not in cats
+        and dtypes.get(n) not in SKIP_DTYPES
+        and not is_calendar_trend(n, list(trend_patterns))
     ]
 
 
@@ -55,7 +57,9 @@ def sample_rows(sequences: Sequence[Any], n_max: int, seed: int) -> npt.NDArray[
     total = int(sum(lengths))
     width = None
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(total, size=min(n_max, total), replace=False)) if total else np.zeros(0, np.int64)
+    idx = (
+        np.sort(rng.choice(total, size=min(n_max, total), replace=False)) if total else np.zeros(0, np.int64)
+    )
     blocks, off = [], 0
     for s, n in zip(sequences, lengths, strict=True):
         sel = idx[(idx >= off) & (idx < off + n)] - off
@@ -76,7 +80,9 @@ def _ranges(X: npt.NDArray[np.float64]) -> dict[str, npt.NDArray[np.float64]]:
     spread = q_hi - q_lo
     full = hi - lo
     # A feature nearly constant in its central 99 % (mostly zeros) uses its full range; a constant one 1.
-    spread = np.where(np.isfinite(spread) & (spread > 0), spread, np.where(np.isfinite(full) & (full > 0), full, 1.0))
+    spread = np.where(
+        np.isfinite(spread) & (spread > 0), spread, np.where(np.isfinite(full) & (full > 0), full, 1.0)
+    )
     lo = np.where(np.isfinite(lo), lo, -np.inf)
     hi = np.where(np.isfinite(hi), hi, np.inf)
     return {"min": lo, "max": hi, "spread": spread}
@@ -126,7 +132,9 @@ def fit_detector(
     return det
 
 
-def detector_rates(det: dict[str, Any], X_holdout: npt.NDArray[np.float64], seed: int, split: str) -> dict[str, Any]:
+def detector_rates(
+    det: dict[str, Any], X_holdout: npt.NDArray[np.float64], seed: int, split: str
+) -> dict[str, Any]:
     """False-positive rate on in-distribution held-out rows and detection rate on the planted set."""
     lo, hi, spread = _arrays(det)
     t = float(det["threshold"])
@@ -172,14 +180,16 @@ class OODDetector:
         lo, hi, spread = _arrays(det)
         self.lo, self.hi, self.spread = lo[keep], hi[keep], spread[keep]
         self.threshold = float(det["threshold"])
-        self.info = {k: det[k] for k in ("method", "threshold", "target_fpr", "fit_rows", "rates") if k in det}
+        self.info = {
+            k: det[k] for k in ("method", "threshold", "target_fpr", "fit_rows", "rates") if k in det
+        }
 
     def flags(self, X: npt.NDArray[np.floating[Any]]) -> list[list[str]]:
         """Per row: the checked features whose excess passes the threshold (empty = in distribution)."""
         if self.index.size == 0:
             return [[] for _ in range(X.shape[0])]
         E = excess(X[:, self.index], self.lo, self.hi, self.spread)
-        bad = E > self.threshold
+        bad = self.threshold < E
         return [[self.names[j] for j in np.flatnonzero(row)] if row.any() else [] for row in bad]
 
 

@@ -42,7 +42,9 @@ PROBABILITY = "probability"
 REQUEST_ID = "request_id"
 PATIENT_KEY = "patient_key"
 # Features that single a patient out in a small population (never written in de-identified mode).
-QUASI_IDENTIFIER_FEATURES = frozenset({"site_id", "ethnicity", "family_history", "other_dx_code", "height_cm"})
+QUASI_IDENTIFIER_FEATURES = frozenset(
+    {"site_id", "ethnicity", "family_history", "other_dx_code", "height_cm"}
+)
 AGE_BAND_YEARS = 5
 SIGNIFICANT_DIGITS = 3
 # Static attributes the patient key is computed from (in this order).

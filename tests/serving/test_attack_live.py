@@ -52,7 +52,9 @@ def guarded(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
-def test_300mb_body_is_cut_off_while_probes_keep_answering(guarded: tuple[int, int, Path], chunked: bool) -> None:
+def test_300mb_body_is_cut_off_while_probes_keep_answering(
+    guarded: tuple[int, int, Path], chunked: bool
+) -> None:
     from clinrisk.serving.attack import Prober, oversized_body
 
     port, pid, _ = guarded
@@ -92,12 +94,20 @@ def test_bad_token_over_the_socket_and_log_lines(guarded: tuple[int, int, Path])
     import httpx
 
     port, _, log = guarded
-    r = httpx.post(f"http://127.0.0.1:{port}{PREDICT}", json={"instances": []}, headers={"authorization": "Bearer x"})
+    r = httpx.post(
+        f"http://127.0.0.1:{port}{PREDICT}", json={"instances": []}, headers={"authorization": "Bearer x"}
+    )
     assert r.status_code == 401
     text = log.read_text()
     # Structured start-up line, then one line per refusal with its reason code.
     startup = next(ln for ln in text.splitlines() if "start-up" in ln)
-    for key in ('"bundle_version"', '"self_check"', '"feature_engine"', '"max_body_bytes": 1048576', '"auth": "bearer"'):
+    for key in (
+        '"bundle_version"',
+        '"self_check"',
+        '"feature_engine"',
+        '"max_body_bytes": 1048576',
+        '"auth": "bearer"',
+    ):
         assert key in startup, key
     assert TOKEN not in text
     assert "rejected request: status=401 reason=wrong_token" in text

@@ -50,7 +50,9 @@ def test_chunked_body_growing_past_the_limit_is_413(client: Any) -> None:
 
 
 def test_bad_content_length_is_400(client: Any) -> None:
-    r = client.post(PREDICT, content=b"{}", headers={"content-type": "application/json", "content-length": "-5"})
+    r = client.post(
+        PREDICT, content=b"{}", headers={"content-type": "application/json", "content-length": "-5"}
+    )
     assert r.status_code == 400
 
 
@@ -70,7 +72,9 @@ def test_explain_is_501_without_traceback(
     assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR or rec.exc_info]
 
 
-def test_v2_inference_is_off_and_does_not_echo_the_record(client: Any, instances: list[dict[str, Any]]) -> None:
+def test_v2_inference_is_off_and_does_not_echo_the_record(
+    client: Any, instances: list[dict[str, Any]]
+) -> None:
     inst = copy.deepcopy(instances[0])
     inst["ethnicity"] = "MARKER-7f3a"
     r = client.post("/v2/models/clinrisk/infer", json={"instances": [inst]})
@@ -123,8 +127,12 @@ def test_bad_token_is_401_and_counted(
     assert _metric(auth_client, key) == before + 1
 
 
-def test_right_token_is_served_and_probes_need_none(auth_client: Any, instances: list[dict[str, Any]]) -> None:
-    r = auth_client.post(PREDICT, json={"instances": instances[:1]}, headers={"authorization": f"Bearer {TOKEN}"})
+def test_right_token_is_served_and_probes_need_none(
+    auth_client: Any, instances: list[dict[str, Any]]
+) -> None:
+    r = auth_client.post(
+        PREDICT, json={"instances": instances[:1]}, headers={"authorization": f"Bearer {TOKEN}"}
+    )
     assert r.status_code == 200, r.text
     for path in ("/", "/v2/health/live", "/v2/health/ready", "/v1/models/clinrisk", "/metrics"):
         assert auth_client.get(path).status_code == 200, path
@@ -193,7 +201,9 @@ def test_unit_inferred_value_is_warned(client: Any, instance: dict[str, Any]) ->
     assert ws and ws[-1]["reason"] == "unit_inferred" and ws[-1]["inferred_unit"] == "mmol/L"
 
 
-def test_warnings_become_422_when_configured(make_client: Callable[..., Any], instance: dict[str, Any]) -> None:
+def test_warnings_become_422_when_configured(
+    make_client: Callable[..., Any], instance: dict[str, Any]
+) -> None:
     c = make_client(reject_value_warnings=True)
     r = c.post(PREDICT, json={"instances": [instance, _unit_mistakes(instance)]})
     assert r.status_code == 422

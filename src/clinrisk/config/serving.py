@@ -50,7 +50,8 @@ class ServingConfig(Section):
     )
     require_auth: bool = Field(False, description="refuse to start without a bearer token")
     reject_value_warnings: bool = Field(
-        False, description="a request with a dropped or unit-inferred value is refused (422) instead of warned"
+        False,
+        description="a request with a dropped or unit-inferred value is refused (422) instead of warned",
     )
     request_log_retention_days: int = Field(
         30, ge=1, le=3650, description="request-log day folders older than this are deleted"

@@ -33,9 +33,9 @@ from clinrisk.serving.kserve_import import import_kserve
 
 import_kserve()
 
+import orjson  # noqa: E402
 from fastapi import FastAPI, Request, Response  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-import orjson  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 from kserve import ModelServer  # noqa: E402
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady  # noqa: E402
@@ -147,7 +147,10 @@ class RequestGuard:
                 serving_metrics().auth_failures.labels(self.model_name, reason).inc()
                 log.info("rejected request: status=401 reason=%s", reason)
                 await _send_error(
-                    send, 401, "unauthorized: send Authorization: Bearer <token>", [(b"www-authenticate", b"Bearer")]
+                    send,
+                    401,
+                    "unauthorized: send Authorization: Bearer <token>",
+                    [(b"www-authenticate", b"Bearer")],
                 )
                 return
         declared = _header(scope, b"content-length")
@@ -190,7 +193,9 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLarge(f"request body too large (limit {limit} bytes)", reason="body_too_large")
+                    raise PayloadTooLarge(
+                        f"request body too large (limit {limit} bytes)", reason="body_too_large"
+                    )
                 chunks.append(chunk)
     except TimeoutError:
         raise BodyTimeout(
@@ -285,7 +290,9 @@ def create_app(server: ModelServer, cfg: ServingConfig, token: bytes | None) -> 
             raise ModelNotReady(model_name)
         body = await read_body(request, cfg.max_body_bytes, cfg.body_timeout_s)
         headers = dict(request.headers.items())
-        response, response_headers = await dataplane.infer(model_name=model_name, request=body, headers=headers)
+        response, response_headers = await dataplane.infer(
+            model_name=model_name, request=body, headers=headers
+        )
         response_headers.pop("content-length", None)
         return Response(orjson.dumps(response), media_type="application/json", headers=response_headers)
 
@@ -299,7 +306,9 @@ def create_app(server: ModelServer, cfg: ServingConfig, token: bytes | None) -> 
 
     async def wrong_method(request: Request) -> JSONResponse:
         log.info("rejected request: status=405 reason=method_not_allowed")
-        return JSONResponse(status_code=405, content={"error": "method not allowed: use POST"}, headers={"allow": "POST"})
+        return JSONResponse(
+            status_code=405, content={"error": "method not allowed: use POST"}, headers={"allow": "POST"}
+        )
 
     other = ["GET", "PUT", "DELETE", "PATCH"]
     app.add_api_route("/", dataplane.live, methods=["GET"])

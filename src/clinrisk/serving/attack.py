@@ -94,7 +94,14 @@ def oversized_body(
 
 
 def slow_body(
-    host: str, port: int, path: str, declared: int, sent: int, *, token: str | None = None, timeout_s: float = 60.0
+    host: str,
+    port: int,
+    path: str,
+    declared: int,
+    sent: int,
+    *,
+    token: str | None = None,
+    timeout_s: float = 60.0,
 ) -> AttackResult:
     """Declare ``declared`` body bytes, send ``sent`` of them, then wait for the server's answer."""
     extra = {"Content-Length": str(declared)}

@@ -399,7 +399,9 @@ class ServingEngine:
         cur = self.current_features(reqs)
         X = cur.matrix
         probs = self.bundle.predict_proba(X)
-        flags = self.detector.flags(X) if self.detector is not None else ood_flags(X, self.ood, self.cfg.ood_z)
+        flags = (
+            self.detector.flags(X) if self.detector is not None else ood_flags(X, self.ood, self.cfg.ood_z)
+        )
         tau = self.threshold
         out: list[ScoreResult | ServingError] = []
         start = 0
@@ -433,7 +435,10 @@ class ServingEngine:
             ]
             if self.request_logger is not None and not internal:
                 self.request_logger.log(
-                    cur.to_frame(start, req.n_instances), p, self.version, patient_keys=self._patient_keys(req)
+                    cur.to_frame(start, req.n_instances),
+                    p,
+                    self.version,
+                    patient_keys=self._patient_keys(req),
                 )
             out.append(
                 ScoreResult(

@@ -87,7 +87,9 @@ def serving_metrics() -> ServingMetrics:
             buckets=INSTANCE_BUCKETS,
         ),
         auth_failures=Counter(
-            "clinrisk_auth_failures", "Requests refused for a missing or wrong bearer token", ["model_name", "reason"]
+            "clinrisk_auth_failures",
+            "Requests refused for a missing or wrong bearer token",
+            ["model_name", "reason"],
         ),
         value_warnings=Counter(
             "clinrisk_value_warnings",

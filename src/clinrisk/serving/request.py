@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import polars as pl
@@ -164,7 +165,7 @@ class ValidatedRequest:
     current_years: list[int]
     reason_codes_top_k: int
     # Per instance: values the feature function drops or reads in an inferred unit (value_warnings).
-    warnings: list[list[dict[str, Any]]] = field(default_factory=list)
+    warnings: list[list[dict[str, Any]]] = dataclass_field(default_factory=list)
 
     @functools.cached_property
     def frame(self) -> pl.DataFrame:

@@ -31,7 +31,7 @@ from clinrisk.serving.predictor import ClinriskModel  # noqa: E402
 log = logging.getLogger("clinrisk.serving")
 
 
-def model_server(cfg: ServingConfig, model: ClinriskModel) -> ModelServer:
+def model_server(cfg: ServingConfig, model: Any) -> ModelServer:
     """A ``kserve.ModelServer`` holding ``model`` (registry + dataplane; its own ``start`` is not used:
     the app is composed in :mod:`clinrisk.serving.app`)."""
     server = ModelServer(
@@ -85,21 +85,11 @@ def startup_record(model: ClinriskModel, cfg: ServingConfig, token: bytes | None
     }
 
 
-def serve(bundle_dir: str | Path, cfg: ServingConfig) -> None:
-    """Load + self-check the bundle, then serve until interrupted (blocks)."""
-    import json
-
+def run_http(app: ASGIApp, cfg: ServingConfig, server: ModelServer) -> None:
+    """Serve ``app`` with uvicorn on ``serving.host:http_port`` (and KServe's gRPC server if configured)
+    until interrupted (blocks)."""
     import uvicorn
 
-    configure_logging()
-    token = load_token(cfg)
-    if token is not None and cfg.grpc_enabled:
-        raise DataError("serving.grpc_enabled: the gRPC server has no bearer-token check; disable gRPC or auth")
-    model = ClinriskModel(cfg.model_name, bundle_dir, cfg)
-    model.load()
-    server = model_server(cfg, model)
-    app = create_app(server, cfg, token)
-    log.info("start-up %s", json.dumps(startup_record(model, cfg, token), sort_keys=True, default=str))
     http = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -128,7 +118,25 @@ def serve(bundle_dir: str | Path, cfg: ServingConfig) -> None:
         for t in done:
             t.result()
 
+    asyncio.run(run())
+
+
+def serve(bundle_dir: str | Path, cfg: ServingConfig) -> None:
+    """Load + self-check the bundle, then serve until interrupted (blocks)."""
+    import json
+
+    configure_logging()
+    token = load_token(cfg)
+    if token is not None and cfg.grpc_enabled:
+        raise DataError(
+            "serving.grpc_enabled: the gRPC server has no bearer-token check; disable gRPC or auth"
+        )
+    model = ClinriskModel(cfg.model_name, bundle_dir, cfg)
+    model.load()
+    server = model_server(cfg, model)
+    app = create_app(server, cfg, token)
+    log.info("start-up %s", json.dumps(startup_record(model, cfg, token), sort_keys=True, default=str))
     try:
-        asyncio.run(run())
+        run_http(app, cfg, server)
     finally:
         model.stop()

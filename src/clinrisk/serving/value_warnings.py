@@ -58,7 +58,11 @@ def _height_reference(records: list[dict[str, Any]]) -> list[float | None]:
 def _dropped_reason(a: Analyte, v: float, unit: str | None) -> str:
     if unit is not None:
         rule = a.units.get(unit)
-        return "implausible_bmi_for_unit" if rule is not None and _in(v, rule.plausible) else "implausible_for_unit"
+        return (
+            "implausible_bmi_for_unit"
+            if rule is not None and _in(v, rule.plausible)
+            else "implausible_for_unit"
+        )
     fits = sum(_in(v, rule.plausible) for rule in a.units.values())
     return "implausible_any_unit" if fits == 0 else "ambiguous_missing_unit"
 
