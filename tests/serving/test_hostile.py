@@ -224,3 +224,30 @@ def test_history_must_reach_the_window_start(client: Any, instance: dict[str, An
     inst["entry_year"] = inst["history"][0]["year"]
     r = client.post(PREDICT, json={"instances": [inst]})
     assert r.status_code == 200, r.text
+
+
+def test_warning_fast_path_agrees_with_the_exact_unit_rules(
+    instances: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+
+    from clinrisk.serving import value_warnings
+    from clinrisk.serving.request import validate_request
+
+    rng = random.Random(5)
+    batch = copy.deepcopy(instances)
+    for inst in batch:  # unit mistakes, missing units, boundary values
+        for rec in inst["history"]:
+            if rng.random() < 0.3 and rec.get("glucose_value") is not None:
+                rec["glucose_unit"] = rng.choice(["mg/dL", "mmol/L", None])
+            if rng.random() < 0.3 and rec.get("weight_value") is not None:
+                rec["weight_unit"] = rng.choice(["kg", "lb", None])
+            if rng.random() < 0.2:
+                rec["hba1c_value"], rec["hba1c_unit"] = rng.choice(
+                    [(3.5, "%"), (18.0, "%"), (15.0, "mmol/mol")]
+                )
+    body = {"instances": batch}
+    fast = validate_request(body, window_years=3, max_instances=256, max_history_years=40).warnings
+    monkeypatch.setattr(value_warnings, "_surely_kept", lambda *a: False)
+    exact = validate_request(body, window_years=3, max_instances=256, max_history_years=40).warnings
+    assert fast == exact and any(fast)

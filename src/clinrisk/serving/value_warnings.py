@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from clinrisk.features_rowwise import canonical_values
-from clinrisk.units import CM_PER_IN, REGISTRY, Analyte
+from clinrisk.units import BMI_PLAUSIBLE, CM_PER_IN, KG_PER_LB, REGISTRY, Analyte
 
 DROPPED_REASONS = (
     "implausible_for_unit",
@@ -40,16 +40,20 @@ def _in(v: float, rng: tuple[float, float]) -> bool:
     return rng[0] <= v <= rng[1]
 
 
-def _height_reference(records: list[dict[str, Any]]) -> list[float | None]:
-    """Labelled plausible height in cm carried forward (current row included), as the units layer."""
+def _height_reference(records: list[dict[str, Any]], f32: bool = True) -> list[float | None]:
+    """Labelled plausible height in cm carried forward (current row included), as the units layer
+    (``f32=False``: on the raw values, for the fast path only)."""
     a = REGISTRY["height"]
+    cm_rng, in_rng = a.units["cm"].plausible, a.units["in"].plausible
     out: list[float | None] = []
     last: float | None = None
     for r in records:
-        v, u = _f32(r.get("height_value")), r.get("height_unit")
-        if v is not None and u == "cm" and _in(v, a.units["cm"].plausible):
+        v, u = r.get("height_value"), r.get("height_unit")
+        if v is not None and f32:
+            v = _f32(v)
+        if v is not None and u == "cm" and _in(v, cm_rng):
             last = v
-        elif v is not None and u == "in" and _in(v, a.units["in"].plausible):
+        elif v is not None and u == "in" and _in(v, in_rng):
             last = v * CM_PER_IN
         out.append(last)
     return out
@@ -74,18 +78,49 @@ def _inferred_unit(a: Analyte, v: float, canonical: float) -> str | None:
     return None
 
 
+def _safe_range(rng: tuple[float, float]) -> tuple[float, float]:
+    """``rng`` shrunk by a margin far wider than Float32 rounding (the features see Float32 values)."""
+    m = 1e-5 * max(abs(rng[0]), abs(rng[1]), 1.0)
+    return rng[0] + m, rng[1] - m
+
+
+SAFE: dict[tuple[str, str], tuple[float, float]] = {
+    (a.name, unit): _safe_range(rule.plausible) for a in REGISTRY.values() for unit, rule in a.units.items()
+}
+SAFE_BMI = _safe_range(BMI_PLAUSIBLE)
+
+
+def _surely_kept(a: Analyte, v: Any, unit: str | None, href: float | None) -> bool:
+    """Fast path: a labelled value safely plausible for its unit (and, for a weight, with a safely plausible
+    BMI in that unit) is kept by the units layer; anything else takes the exact path."""
+    if v is None:
+        return True
+    rng = SAFE.get((a.name, unit)) if unit is not None else None
+    if rng is None or not rng[0] <= v <= rng[1]:
+        return False
+    if a.name == "weight" and href is not None:
+        h_m = href / 100.0
+        bmi = (v if unit == "kg" else v * KG_PER_LB) / (h_m * h_m)
+        return SAFE_BMI[0] <= bmi <= SAFE_BMI[1]
+    return True
+
+
 def instance_warnings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Warnings for one patient's validated yearly records (oldest first); empty when nothing changes."""
     out: list[dict[str, Any]] = []
     href: list[float | None] | None = None
     for a in REGISTRY.values():
-        raw = [r.get(a.value_col) for r in records]
-        if all(v is None for v in raw):
+        vcol, ucol = a.value_col, a.unit_col
+        if a.name == "weight":
+            rough = _height_reference(records, f32=False)
+            if all(_surely_kept(a, r.get(vcol), r.get(ucol), h) for r, h in zip(records, rough, strict=True)):
+                continue
+            href = _height_reference(records)
+        elif all(_surely_kept(a, r.get(vcol), r.get(ucol), None) for r in records):
             continue
+        raw = [r.get(vcol) for r in records]
         vals = [_f32(v) for v in raw]
         units = [r.get(a.unit_col) for r in records]
-        if a.name == "weight" and href is None:
-            href = _height_reference(records)
         canon = canonical_values(a, vals, units, href if a.name == "weight" else None)
         for j, (v, u, c) in enumerate(zip(vals, units, canon, strict=True)):
             if v is None:
