@@ -69,6 +69,9 @@ def test_300mb_body_is_cut_off_while_probes_keep_answering(
     n_before = len(prober.latencies)
     try:
         res = oversized_body("127.0.0.1", port, PREDICT, ATTACK_BYTES, chunked=chunked, token=TOKEN)
+        # The server keeps answering probes after the attack (during it: the benchmark's p99).
+        while len(prober.latencies) < n_before + 3 and time.monotonic() < deadline + 30:
+            time.sleep(0.02)
     finally:
         prober.stop()
     assert res.status == 413
@@ -76,9 +79,7 @@ def test_300mb_body_is_cut_off_while_probes_keep_answering(
         assert res.bytes_sent < 16 * 1024 * 1024  # answered before the body, not after it
     else:
         assert res.bytes_sent < ATTACK_BYTES // 4  # cut off near the limit, not read to the end
-    assert prober.failures == 0 and n_before >= 3
-    if chunked:
-        assert len(prober.latencies) > n_before  # probes were answered during the attack
+    assert prober.failures == 0 and n_before >= 3 and len(prober.latencies) >= n_before + 3
     assert prober.max_rss - rss0 <= 100 * 1024 * 1024
 
 
