@@ -133,7 +133,11 @@ def fit_detector(
 
 
 def detector_rates(
-    det: dict[str, Any], X_holdout: npt.NDArray[np.float64], seed: int, split: str
+    det: dict[str, Any],
+    X_holdout: npt.NDArray[np.float64],
+    seed: int,
+    split: str,
+    plant_excess: float = PLANT_EXCESS,
 ) -> dict[str, Any]:
     """False-positive rate on in-distribution held-out rows and detection rate on the planted set."""
     lo, hi, spread = _arrays(det)
@@ -146,7 +150,7 @@ def detector_rates(
     cols = np.flatnonzero(finite_hi)
     if planted.shape[0] and cols.size:
         j = rng.choice(cols, size=planted.shape[0])
-        planted[np.arange(planted.shape[0]), j] = hi[j] + PLANT_EXCESS * spread[j]
+        planted[np.arange(planted.shape[0]), j] = hi[j] + plant_excess * spread[j]
     sp = row_scores(excess(planted, lo, hi, spread)) if p else np.zeros(0)
     return {
         "holdout_split": split,
@@ -154,7 +158,7 @@ def detector_rates(
         "false_positive_rate": float(np.mean(s > t)) if s.size else None,
         "planted_rows": int(sp.size),
         "planted_detection_rate": float(np.mean(sp > t)) if sp.size else None,
-        "planted": f"one random checked feature set to max + {PLANT_EXCESS} x (q99.5 - q0.5) of training",
+        "planted": f"one random checked feature set to max + {plant_excess} x (q99.5 - q0.5) of training",
     }
 
 
