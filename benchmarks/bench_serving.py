@@ -337,14 +337,77 @@ def full_history_instance(instance: dict[str, Any], n_records: int) -> dict[str,
     return inst
 
 
+def bench_attack(bundle: Path, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
+    """A ``--attack-mb`` body sent to :predict (declared in Content-Length, then chunked) while liveness
+    is probed every 20 ms: time to the 413, body bytes the server took before it, probe p50/p99 during
+    the attack next to probe p99 without one, and the server's RSS growth (default serving limits)."""
+    import psutil
+
+    from clinrisk.serving.attack import Prober, oversized_body
+
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "clinrisk",
+        "serve",
+        "--bundle",
+        str(bundle),
+        "--set",
+        f"serving.http_port={port}",
+    ]
+    proc = run_server("clinrisk-attack", cmd, dict(os.environ), "/v1/models/clinrisk", port, logdir)
+    live = f"http://127.0.0.1:{port}/v2/health/live"
+    total = int(args.attack_mb * 1024 * 1024)
+    out: dict[str, Any] = {"attack_bytes": total}
+    try:
+        idle = Prober(live)
+        idle.start()
+        time.sleep(3.0)
+        idle.stop()
+        out["probe_idle_p99_ms"] = float(np.percentile(idle.latencies, 99) * 1e3)
+        for mode in ("declared", "chunked"):
+            rss0 = psutil.Process(proc.pid).memory_info().rss
+            prober = Prober(live, pid=proc.pid)
+            prober.start()
+            time.sleep(0.5)
+            res = oversized_body(
+                "127.0.0.1", port, "/v1/models/clinrisk:predict", total, chunked=mode == "chunked"
+            )
+            time.sleep(0.5)
+            prober.stop()
+            lat = np.asarray(prober.latencies) * 1e3
+            out[mode] = {
+                "status": res.status,
+                "ms_to_413": res.seconds * 1e3,
+                "mb_sent_before_413": res.bytes_sent / 2**20,
+                "probe_p50_ms": float(np.percentile(lat, 50)),
+                "probe_p99_ms": float(np.percentile(lat, 99)),
+                "probe_failures": prober.failures,
+                "rss_growth_mb": (prober.max_rss - rss0) / 2**20,
+            }
+            m = out[mode]
+            print(
+                f"attack {mode} {args.attack_mb:g} MB: HTTP {m['status']} after {m['ms_to_413']:.1f} ms "
+                f"({m['mb_sent_before_413']:.1f} MB sent), probe p50 {m['probe_p50_ms']:.1f} / p99 "
+                f"{m['probe_p99_ms']:.1f} ms (idle p99 {out['probe_idle_p99_ms']:.1f} ms), "
+                f"{m['probe_failures']} probe failures, RSS growth {m['rss_growth_mb']:.1f} MB",
+                flush=True,
+            )
+    finally:
+        stop_process(proc)
+    return out
+
+
 def noop_server(port: int) -> None:
-    """A KServe ModelServer (the clinrisk subclass: same REST stack, handlers, metrics and latency
-    logging) serving a model that answers every instance with a constant, without looking at it."""
+    """The clinrisk app (same routes, guard, handlers and metrics on KServe's dataplane and uvicorn) serving
+    a model that answers every instance with a constant, without looking at it."""
     from clinrisk.config import ServingConfig
     from clinrisk.serving.kserve_import import import_kserve
 
     kserve = import_kserve()
-    from clinrisk.serving.server import ClinriskModelServer
+    from clinrisk.serving.app import create_app
+    from clinrisk.serving.server import model_server, run_http
 
     class Noop(kserve.Model):  # type: ignore[misc,name-defined]
         def load(self) -> bool:
@@ -352,12 +415,18 @@ def noop_server(port: int) -> None:
             return True
 
         async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
+            if isinstance(payload, bytes | bytearray):
+                import orjson
+
+                payload = orjson.loads(payload)
             n = len(payload.get("instances", [])) if isinstance(payload, dict) else 0
             return {"predictions": [{"probability": 0.5, "label": 0}] * n, "model_version": "noop"}
 
+    cfg = ServingConfig(http_port=port)
     model = Noop("clinrisk")
     model.load()
-    ClinriskModelServer(ServingConfig(http_port=port)).start([model])
+    server = model_server(cfg, model)
+    run_http(create_app(server, cfg, None), cfg, server)
 
 
 def bench_noop(instances: list[dict[str, Any]], args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
@@ -580,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         "--full-history-years", type=int, default=20, help="records in the full-history latency request"
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--attack-mb", type=float, default=300.0, help="size of the oversized-body attack (MB)")
+    ap.add_argument("--skip-attack", action="store_true", help="do not run the oversized-body attack")
     ap.add_argument("--noop-server", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.noop_server:
@@ -594,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Any] = {"stages": stage_breakdown(bundle, instances)}
     results["history_skew"] = history_skew(bundle)
+    if not args.skip_attack:
+        results["attack"] = bench_attack(bundle, args, workdir)
     results["clinrisk"] = bench_clinrisk(bundle, instances, args, workdir)
     if not args.skip_noop:
         results["kserve_noop"] = bench_noop(instances, args, workdir)

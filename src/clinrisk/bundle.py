@@ -54,6 +54,9 @@ BUNDLE_FILES: tuple[str, ...] = (
     CONFIG_FILE,
     METADATA_FILE,
 )
+# Written by training when present; hashed into bundle_version like the required files.
+OOD_FILE = "ood_detector.json"
+OPTIONAL_FILES: tuple[str, ...] = (OOD_FILE,)
 OTHER_LEVEL = "__OTHER__"
 
 
@@ -235,6 +238,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
         config = yaml.safe_load((root / CONFIG_FILE).read_text()) or {}
     except yaml.YAMLError as exc:
         raise DataError(f"bundle file {CONFIG_FILE}: not valid YAML ({exc})") from None
+    verify_bundle(root, metadata)
     try:
         booster = lgb.Booster(model_file=str(root / MODEL_FILE))
     except lgb.basic.LightGBMError as exc:
@@ -262,6 +266,69 @@ def load_bundle(path: str | Path) -> ModelBundle:
     )
 
 
+def check_model_text(path: Path) -> None:
+    """Structure of a LightGBM text model, checked before LightGBM parses it: its parser trusts the
+    header's ``tree_sizes`` and aborts the process natively (SIGABRT/SIGSEGV) on a truncated file."""
+    name = path.name
+    data = path.read_bytes()
+    head_end = data.find(b"\n\n")
+    if not data.startswith(b"tree\n") or head_end < 0:
+        raise DataError(f"bundle file {name}: not a LightGBM text model (no header)")
+    header = data[:head_end]
+    sizes_line = next((ln for ln in header.split(b"\n") if ln.startswith(b"tree_sizes=")), None)
+    if sizes_line is None:
+        raise DataError(f"bundle file {name}: LightGBM header has no tree_sizes")
+    try:
+        sizes = [int(x) for x in sizes_line[len(b"tree_sizes=") :].split()]
+    except ValueError:
+        raise DataError(f"bundle file {name}: malformed tree_sizes") from None
+    pos = head_end + 2
+    for i, size in enumerate(sizes):
+        if size <= 0 or not data.startswith(b"Tree=%d\n" % i, pos) or pos + size > len(data):
+            raise DataError(f"bundle file {name}: tree {i} of {len(sizes)} is truncated or malformed")
+        pos += size
+    if not data.startswith(b"end of trees", pos):
+        raise DataError(f"bundle file {name}: no 'end of trees' after {len(sizes)} trees (truncated?)")
+    if b"\nend of parameters" not in data[pos:] or b"\npandas_categorical:" not in data[pos:]:
+        raise DataError(f"bundle file {name}: parameters footer missing (truncated?)")
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of each hashed bundle file (stored in metadata.json so that a mismatch names the file)."""
+    from clinrisk.io import sha256_file
+
+    return {
+        name: sha256_file(root / name)
+        for name in sorted((*BUNDLE_FILES, *OPTIONAL_FILES))
+        if name not in (METADATA_FILE, METRICS_FILE) and (root / name).is_file()
+    }
+
+
+def verify_bundle(root: Path, metadata: dict[str, Any]) -> None:
+    """The bundle's files are the ones its ``bundle_version`` names, and its model file is whole.
+
+    Every load path (serve, evaluate, register, promote) goes through :func:`load_bundle`, which calls this
+    before LightGBM parses anything. A mismatch names the changed file (bundles written before per-file
+    hashes were stored name the bundle)."""
+    root = Path(root)
+    stored = metadata.get("file_sha256")
+    if isinstance(stored, dict):
+        actual = file_hashes(root)
+        for name in sorted(set(stored) | set(actual)):
+            if stored.get(name) != actual.get(name):
+                what = "missing" if name not in actual else "added" if name not in stored else "changed"
+                raise DataError(
+                    f"bundle file {name}: {what} since the bundle was written (bundle_version "
+                    f"{metadata.get('bundle_version')} no longer matches its content)"
+                )
+    version = str(metadata.get("bundle_version", ""))
+    if content_hash(root)[: len(version) or 16] != version:
+        raise DataError(
+            f"bundle {root}: content hash does not match bundle_version {version} (a file was changed)"
+        )
+    check_model_text(root / MODEL_FILE)
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 
@@ -274,7 +341,7 @@ def content_hash(root: Path, exclude: tuple[str, ...] = (METADATA_FILE, METRICS_
     from clinrisk.io import sha256_file
 
     h = hashlib.sha256()
-    for name in sorted(BUNDLE_FILES):
+    for name in sorted((*BUNDLE_FILES, *OPTIONAL_FILES)):
         if name in exclude or not (root / name).is_file():
             continue
         h.update(name.encode())
@@ -311,6 +378,7 @@ def write_bundle(
     metrics: dict[str, Any],
     cfg: ClinriskConfig,
     metadata: dict[str, Any],
+    ood: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write every bundle file into ``out_dir`` (callers wrap it in atomic_output_dir); returns metadata."""
     from clinrisk import __version__
@@ -325,6 +393,8 @@ def write_bundle(
     write_json(out / REFERENCE_FILE, reference)
     write_json(out / METRICS_FILE, metrics)
     save_config(cfg, out / CONFIG_FILE)
+    if ood is not None:
+        write_json(out / OOD_FILE, ood)
     meta = {
         "clinrisk_version": __version__,
         "git_sha": git_sha(),
@@ -333,6 +403,7 @@ def write_bundle(
     }
     meta["created_utc"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     write_json(out / METADATA_FILE, {**meta, "bundle_version": "pending"})
+    meta["file_sha256"] = file_hashes(out)
     meta["bundle_version"] = content_hash(out)[:16]
     write_json(out / METADATA_FILE, meta)
     return meta

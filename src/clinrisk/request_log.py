@@ -1,5 +1,15 @@
 """Parquet sink for served requests: model inputs + score + model version + timestamp, no identifiers.
 
+De-identified mode (what the server writes, ``deidentify=True``): only what the drift job reads (model
+features, probability, model version, time) survives, and of those the quasi-identifiers are removed or
+coarsened: ``QUASI_IDENTIFIER_FEATURES`` (site, ethnicity, family history, free-text diagnosis code,
+height) are not written, ``age`` is written as the midpoint of its 5-year band, and every other numeric
+feature is rounded to ``SIGNIFICANT_DIGITS`` significant digits (drift bins are deciles: unaffected in
+practice). Repeat requests for one patient are linked only by ``patient_key``: a keyed HMAC-SHA256 of
+the patient's static attributes, with a secret the operator holds (without it the key cannot be
+recomputed from the attributes, nor reversed). Retention: day folders older than ``retention_days`` are
+deleted when the logger starts and at every flush.
+
 Layout: ``<root>/date=YYYY-MM-DD/part-<utc>-<uuid>.parquet`` (zstd). Each part is written to a hidden
 temporary file and renamed into place, so readers (the drift job) never see a half-written part and
 concurrent loggers (several server workers) never collide. Memory is bounded: rows are buffered up to
@@ -9,11 +19,14 @@ written by different processes concatenate without Enum mismatches.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,6 +40,15 @@ TIMESTAMP = "timestamp"
 MODEL_VERSION = "model_version"
 PROBABILITY = "probability"
 REQUEST_ID = "request_id"
+PATIENT_KEY = "patient_key"
+# Features that single a patient out in a small population (never written in de-identified mode).
+QUASI_IDENTIFIER_FEATURES = frozenset(
+    {"site_id", "ethnicity", "family_history", "other_dx_code", "height_cm"}
+)
+AGE_BAND_YEARS = 5
+SIGNIFICANT_DIGITS = 3
+# Static attributes the patient key is computed from (in this order).
+PATIENT_KEY_FIELDS = ("sex", "birth_year", "region", "site_id", "ethnicity", "entry_year")
 META_COLUMNS = (TIMESTAMP, MODEL_VERSION, PROBABILITY)
 # Identifiers and anything derived from outcomes never enter the log.
 DENY_COLUMNS = frozenset(
@@ -39,8 +61,48 @@ def _allowed(name: str) -> bool:
     return (
         name not in DENY_COLUMNS
         and not name.startswith(DENY_PREFIXES)
-        and name not in (*META_COLUMNS, REQUEST_ID)
+        and name not in (*META_COLUMNS, REQUEST_ID, PATIENT_KEY)
     )
+
+
+def patient_key(secret: bytes, static: dict[str, Any]) -> str:
+    """Keyed pseudonym of a patient: HMAC-SHA256(secret, static attributes), 16 hex characters."""
+    msg = "\x1f".join(f"{f}={static.get(f)}" for f in PATIENT_KEY_FIELDS).encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()[:16]
+
+
+def deidentify_features(features: pl.DataFrame) -> pl.DataFrame:
+    """Drop quasi-identifying features, band age, round numeric values (see module doc)."""
+    keep = [c for c in features.columns if c not in QUASI_IDENTIFIER_FEATURES]
+    exprs = []
+    for c in keep:
+        dt = features.schema[c]
+        if c == "age":
+            band = (pl.col(c).cast(pl.Float64) // AGE_BAND_YEARS) * AGE_BAND_YEARS + AGE_BAND_YEARS / 2
+            exprs.append(band.alias(c))
+        elif dt.is_float():
+            exprs.append(pl.col(c).cast(pl.Float64).round_sig_figs(SIGNIFICANT_DIGITS).alias(c))
+        else:
+            exprs.append(pl.col(c))
+    return features.select(exprs)
+
+
+def enforce_retention(root: str | Path, retention_days: int, today: date | None = None) -> list[Path]:
+    """Delete ``date=YYYY-MM-DD`` folders older than ``retention_days``; returns what was deleted."""
+    r = Path(root)
+    if not r.is_dir():
+        return []
+    cutoff = (today or datetime.now(UTC).date()) - timedelta(days=retention_days)
+    deleted = []
+    for folder in sorted(r.glob("date=*")):
+        try:
+            day = date.fromisoformat(folder.name.removeprefix("date="))
+        except ValueError:
+            continue
+        if day < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted.append(folder)
+    return deleted
 
 
 def sanitize_features(features: pl.DataFrame, feature_names: Sequence[str] | None = None) -> pl.DataFrame:
@@ -77,6 +139,8 @@ class RequestLogger:
         *,
         flush_rows: int = 5_000,
         feature_names: Sequence[str] | None = None,
+        deidentify: bool = False,
+        retention_days: int | None = None,
     ) -> None:
         if flush_rows < 1:
             raise DataError(f"request log: flush_rows must be >= 1, got {flush_rows}")
@@ -89,6 +153,10 @@ class RequestLogger:
         self._closed = False
         self.parts_written: list[Path] = []
         self.rows_written = 0
+        self.deidentify = deidentify
+        self.retention_days = retention_days
+        if retention_days is not None:
+            enforce_retention(self.root, retention_days)
 
     def log(
         self,
@@ -97,6 +165,7 @@ class RequestLogger:
         model_version: str,
         timestamp: datetime | None = None,
         request_ids: Sequence[str] | None = None,
+        patient_keys: Sequence[str] | None = None,
     ) -> None:
         """Buffer one batch (flushes when ``flush_rows`` is reached). Rows must align with probabilities.
 
@@ -114,6 +183,8 @@ class RequestLogger:
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=UTC)
         body = sanitize_features(features, self.feature_names)
+        if self.deidentify:
+            body = deidentify_features(body)
         meta: dict[str, pl.Series] = {
             TIMESTAMP: pl.Series([ts] * p.size, dtype=pl.Datetime("us", "UTC")),
             MODEL_VERSION: pl.Series([str(model_version)] * p.size, dtype=pl.String),
@@ -124,6 +195,11 @@ class RequestLogger:
             if len(ids) != p.size:
                 raise DataError(f"request log: {len(ids)} request_ids for {p.size} rows")
             meta[REQUEST_ID] = pl.Series(ids, dtype=pl.String)
+        if patient_keys is not None:
+            keys = [str(k) for k in patient_keys]
+            if len(keys) != p.size:
+                raise DataError(f"request log: {len(keys)} patient_keys for {p.size} rows")
+            meta[PATIENT_KEY] = pl.Series(keys, dtype=pl.String)
         batch = pl.concat([pl.DataFrame(meta), body], how="horizontal")
         with self._lock:
             self._buffer.append(batch)
@@ -156,6 +232,8 @@ class RequestLogger:
             raise
         self.parts_written.append(folder / name)
         self.rows_written += df.height
+        if self.retention_days is not None:
+            enforce_retention(self.root, self.retention_days)
         return folder / name
 
     def close(self) -> None:

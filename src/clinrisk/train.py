@@ -451,6 +451,7 @@ def train_model(
     from clinrisk.calibration import apply_calibration, fit_calibration
     from clinrisk.feature_table import FeatureSpec
     from clinrisk.io import atomic_output_dir, list_shards
+    from clinrisk.ood import fit_from_splits
     from clinrisk.threshold import select_threshold
 
     features_dir = Path(features_dir)
@@ -526,6 +527,15 @@ def train_model(
         "net_benefit_at_threshold": threshold["net_benefit"],
     }
     reference = reference_stats(train, feature_names, categories, p_va, cfg.run.seed)
+    ood = fit_from_splits(
+        train.sequences,
+        val.sequences,
+        feature_names,
+        spec.dtypes,
+        categorical,
+        cfg.monitoring.calendar_trend_features,
+        cfg.run.seed,
+    )
     metadata = {
         "label_strategy": cfg.labels.strategy,
         "soft_labels": soft,
@@ -557,6 +567,7 @@ def train_model(
             metrics=metrics,
             cfg=cfg,
             metadata=metadata,
+            ood=ood,
         )
     log.info(
         "trained %s (%d trees, %s calibration), validation AP %.4f, τ = %.4f",

@@ -13,6 +13,7 @@ import pytest
 
 from clinrisk.bundle import (
     BUNDLE_FILES,
+    OOD_FILE,
     ModelBundle,
     content_hash,
     features_to_matrix,
@@ -35,7 +36,7 @@ def frame(synthetic_features_dir: Path) -> pl.DataFrame:
 
 
 def test_layout_and_metadata(trained_bundle_dir: Path, bundle: ModelBundle):
-    assert sorted(p.name for p in trained_bundle_dir.iterdir()) == sorted(BUNDLE_FILES)
+    assert sorted(p.name for p in trained_bundle_dir.iterdir()) == sorted((*BUNDLE_FILES, OOD_FILE))
     md = bundle.metadata
     for key in (
         "bundle_version",

@@ -80,18 +80,18 @@ def instance(instances: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def make_client(bundle_dir: Path) -> Callable[..., Any]:
-    """``make_client(load=True, **serving_overrides)`` -> FastAPI TestClient on KServe's app."""
+    """``make_client(load=True, token=None, **serving_overrides)`` -> TestClient on the served app."""
     from fastapi.testclient import TestClient
 
     from clinrisk.serving.predictor import ClinriskModel
     from clinrisk.serving.server import build_app
 
-    def make(load: bool = True, **overrides: Any) -> TestClient:
+    def make(load: bool = True, token: bytes | None = None, **overrides: Any) -> TestClient:
         cfg = ServingConfig(**overrides)
         model = ClinriskModel(cfg.model_name, bundle_dir, cfg)
         if load:
             model.load()
-        return TestClient(build_app(model, cfg))
+        return TestClient(build_app(model, cfg, token))
 
     return make
 

@@ -33,6 +33,7 @@ def test_readiness_and_prediction_shape(client: Any, instances: list[dict[str, A
             "threshold",
             "out_of_distribution",
             "ood_features",
+            "warnings",
             "reasons",
         }
         assert 0.0 < p["probability"] < 1.0

@@ -29,8 +29,12 @@ def test_responses_and_reasons_identical(bundle_dir: Path, instances: list[dict[
     assert all(len(p["reasons"]) == 3 for p in fast["predictions"])
 
 
-def test_request_log_identical(bundle_dir: Path, instances: list[dict[str, Any]], tmp_path: Path) -> None:
+def test_request_log_identical(
+    bundle_dir: Path, instances: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from clinrisk.request_log import read_request_log
+
+    monkeypatch.setenv("CLINRISK_REQUEST_LOG_KEY", "test-secret")  # same pseudonyms in both engines
 
     logged = {}
     for name in ("rowwise", "polars"):

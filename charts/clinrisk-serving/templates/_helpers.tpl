@@ -7,3 +7,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/part-of: clinrisk
 {{- end -}}
+
+{{/* Secret holding the predictor's bearer token (auth.existingSecret, else one the chart creates). */}}
+{{- define "clinrisk-serving.authSecret" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-serving-auth" .Values.name) -}}
+{{- end }}

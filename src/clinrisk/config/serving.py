@@ -44,3 +44,27 @@ class ServingConfig(Section):
         description="rowwise: clinrisk.features_rowwise (bitwise equal to the feature function, checked at "
         "start-up; ~100x cheaper per request); polars: the feature function's lazy query itself",
     )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="largest request body; a larger Content-Length is refused (413) before reading, and a "
+        "chunked body is cut off with 413 once it grows past it",
+    )
+    body_timeout_s: float = Field(30.0, gt=0.0, description="a request body not received within this is 408")
+    auth_token_file: str | None = Field(
+        None, description="file holding the bearer token of the data routes (a mounted Secret)"
+    )
+    auth_token_env: str = Field(
+        "CLINRISK_SERVING_TOKEN", description="environment variable holding the bearer token (if no file)"
+    )
+    require_auth: bool = Field(False, description="refuse to start without a bearer token")
+    reject_value_warnings: bool = Field(
+        False,
+        description="a request with a dropped or unit-inferred value is refused (422) instead of warned",
+    )
+    request_log_retention_days: int = Field(
+        30, ge=1, le=3650, description="request-log day folders older than this are deleted"
+    )
+    request_log_key_env: str = Field(
+        "CLINRISK_REQUEST_LOG_KEY", description="environment variable holding the patient-key HMAC secret"
+    )

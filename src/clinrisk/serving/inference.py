@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import polars as pl
 
+from clinrisk.bundle import OOD_FILE
 from clinrisk.errors import DataError
 from clinrisk.generator.schema import OBSERVED_SCHEMA
+from clinrisk.ood import OODDetector
 from clinrisk.serving.request import (
     OutOfDistribution,
     ServingError,
@@ -101,6 +103,7 @@ class ScoreResult:
     response: dict[str, Any]
     probabilities: list[float]
     ood_features: list[list[str]]
+    warnings: list[list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,14 @@ class ServingEngine:
         self.version = bundle.version
         self.threshold = bundle.threshold
         self.ood = ood_reference(bundle, self.spec)
+        self.detector: OODDetector | None = None
+        self.ood_method = f"z-score > {cfg.ood_z} or outside the training range (bundle without a detector)"
+        det_file = Path(bundle.path) / OOD_FILE
+        if det_file.is_file():
+            from clinrisk.io import read_json
+
+            self.detector = OODDetector(read_json(det_file), bundle.feature_names)
+            self.ood_method = f"{self.detector.info.get('method')} (threshold {self.detector.threshold:.4g})"
         self._local = threading.local()
         self.rowwise: RowwiseFeatureBuilder | None = None
         if cfg.feature_engine == "rowwise" and self.contract is None:
@@ -260,12 +271,18 @@ class ServingEngine:
             encode_column(n, self.spec.polars_dtype(n), cats.get(n)) for n in bundle.feature_names
         ]
         self.request_logger: Any = None
+        self._log_key = b""
         if cfg.request_log_dir:
             from clinrisk.request_log import RequestLogger
 
             self.request_logger = RequestLogger(
-                cfg.request_log_dir, flush_rows=1000, feature_names=bundle.feature_names
+                cfg.request_log_dir,
+                flush_rows=1000,
+                feature_names=bundle.feature_names,
+                deidentify=True,
+                retention_days=cfg.request_log_retention_days,
             )
+            self._log_key = request_log_key(cfg)
 
     @classmethod
     def from_dir(cls, path: str | Path, cfg: ServingConfig) -> ServingEngine:
@@ -367,7 +384,8 @@ class ServingEngine:
     # --------------------------------------------------------------------------------------- scoring
 
     def validate(self, payload: Any) -> ValidatedRequest:
-        """Validate a decoded V1 body against this bundle's window and the serving limits."""
+        """Validate a decoded V1 body against this bundle's window and the serving limits (and, with
+        ``serving.reject_value_warnings``, refuse instances with dropped or unit-inferred values: 422)."""
         if self.contract is not None:
             batch = self.contract.parse(payload, self.spec, self.cfg)
             top_k = (
@@ -378,15 +396,28 @@ class ServingEngine:
                 n_instances=batch.n_instances,
                 current_years=[int(k[1]) for k in batch.keys],
                 reason_codes_top_k=int(top_k) if isinstance(top_k, int) else self.cfg.reason_codes_top_k,
+                warnings=[[] for _ in range(batch.n_instances)],
                 batch=batch,
             )
-        return validate_request(
+        req = validate_request(
             payload,
             window_years=self.spec.window_years,
             max_instances=self.cfg.max_instances,
             default_top_k=self.cfg.reason_codes_top_k,
             max_history_years=self.cfg.max_history_years,
         )
+        if self.cfg.reject_value_warnings:
+            bad = [i for i, w in enumerate(req.warnings) if w]
+            if bad:
+                i = bad[0]
+                what = ", ".join(f"{w['field']}: {w['reason']}" for w in req.warnings[i][:5])
+                raise ServingError(
+                    f"instances[{i}]: values the model would drop or reinterpret ({what}); "
+                    f"{len(bad)} instance(s) affected",
+                    reason="value_warnings",
+                    status=422,
+                )
+        return req
 
     def score(self, payload: Any) -> ScoreResult:
         """Validate a decoded V1 body and score it (raises ServingError on bad input)."""
@@ -414,7 +445,9 @@ class ServingEngine:
         cur = self.current_features(reqs)
         X = cur.matrix
         probs = self.bundle.predict_proba(X)
-        flags = ood_flags(X, self.ood, self.cfg.ood_z)
+        flags = (
+            self.detector.flags(X) if self.detector is not None else ood_flags(X, self.ood, self.cfg.ood_z)
+        )
         tau = self.threshold
         out: list[ScoreResult | ServingError] = []
         start = 0
@@ -441,21 +474,37 @@ class ServingEngine:
                     "threshold": tau,
                     "out_of_distribution": bool(f[i]),
                     "ood_features": f[i],
+                    "warnings": req.warnings[i] if req.warnings else [],
                     "reasons": reasons[i],
                 }
                 for i, pi in enumerate(p)
             ]
             if self.request_logger is not None and not internal:
-                self.request_logger.log(cur.to_frame(start, req.n_instances), p, self.version)
+                self.request_logger.log(
+                    cur.to_frame(start, req.n_instances),
+                    p,
+                    self.version,
+                    patient_keys=self._patient_keys(req),
+                )
             out.append(
                 ScoreResult(
                     response={"predictions": preds, "model_version": self.version},
                     probabilities=[float(pi) for pi in p],
                     ood_features=f,
+                    warnings=req.warnings,
                 )
             )
             start = stop
         return out
+
+    def _patient_keys(self, req: ValidatedRequest) -> list[str]:
+        """Keyed pseudonym per instance, from its static attributes (first record of each patient)."""
+        from clinrisk.request_log import PATIENT_KEY_FIELDS, patient_key
+
+        cols = req.columns
+        pid = cols["patient_id"]
+        first = [j for j in range(len(pid)) if j == 0 or pid[j] != pid[j - 1]]
+        return [patient_key(self._log_key, {f: cols[f][j] for f in PATIENT_KEY_FIELDS}) for j in first]
 
     def _reasons(self, cur: CurrentRows, start: int, stop: int, k: int) -> list[list[dict[str, Any]]]:
         """Top-k TreeSHAP contributions (raw-margin scale) for rows ``start:stop``, largest |contribution|
@@ -563,6 +612,22 @@ class ServingEngine:
         """Flush the request log (if any)."""
         if self.request_logger is not None:
             self.request_logger.close()
+
+
+def request_log_key(cfg: ServingConfig) -> bytes:
+    """The patient-key secret from ``$<serving.request_log_key_env>``; without one, a random key per process
+    (pseudonyms then do not link across restarts - the safe default)."""
+    import logging
+    import os
+    import secrets
+
+    key = os.environ.get(cfg.request_log_key_env, "")
+    if key:
+        return key.encode()
+    logging.getLogger("clinrisk.serving").warning(
+        "request log: no $%s; patient keys use a random per-process secret", cfg.request_log_key_env
+    )
+    return secrets.token_bytes(32)
 
 
 def _plain(v: Any) -> Any:

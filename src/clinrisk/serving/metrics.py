@@ -26,6 +26,8 @@ class ServingMetrics:
     ood_features: Any
     probability: Any
     instances: Any
+    auth_failures: Any
+    value_warnings: Any
 
     def observe_success(self, model: str, probabilities: list[float], ood_features: list[list[str]]) -> None:
         """Count a served request: outcome, probabilities, OOD flags."""
@@ -42,6 +44,13 @@ class ServingMetrics:
                 self.ood_instances.labels(model).inc()
             for f in feats:
                 self.ood_features.labels(model, f).inc()
+
+    def observe_warnings(self, model: str, warnings: list[list[dict[str, Any]]]) -> None:
+        """Count dropped / unit-inferred values by field and reason (labels only, never the value)."""
+        for per_instance in warnings:
+            for w in per_instance:
+                # The raw field name (not history[j].field): a bounded label set.
+                self.value_warnings.labels(model, w["field"].rsplit(".", 1)[-1], w["reason"]).inc()
 
     def observe_rejected(self, model: str, outcome: str, reason: str) -> None:
         """Count a refused request (outcome = HTTP-level class, reason = the specific check)."""
@@ -76,5 +85,15 @@ def serving_metrics() -> ServingMetrics:
             "Instances per served request",
             ["model_name"],
             buckets=INSTANCE_BUCKETS,
+        ),
+        auth_failures=Counter(
+            "clinrisk_auth_failures",
+            "Requests refused for a missing or wrong bearer token",
+            ["model_name", "reason"],
+        ),
+        value_warnings=Counter(
+            "clinrisk_value_warnings",
+            "Values dropped or unit-inferred by the feature function, by field and reason",
+            ["model_name", "field", "reason"],
         ),
     )

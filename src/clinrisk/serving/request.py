@@ -16,6 +16,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import polars as pl
@@ -163,6 +164,8 @@ class ValidatedRequest:
     n_instances: int
     current_years: list[int]
     reason_codes_top_k: int
+    # Per instance: values the feature function drops or reads in an inferred unit (value_warnings).
+    warnings: list[list[dict[str, Any]]] = dataclass_field(default_factory=list)
 
     @functools.cached_property
     def frame(self) -> pl.DataFrame:
@@ -316,6 +319,16 @@ def _check_instance(
             f"too old: records must lie within the last {max_len} calendar years",
             "history_window",
         )
+    # The window aggregates read the X years before the current one: a history that starts later than
+    # max(entry_year, current - X) would silently leave them empty (docs/contracts.md, "Serving").
+    window_start = max(static["entry_year"], years[-1] - window_years)
+    if years[0] > window_start:
+        raise _bad(
+            f"{where}.history",
+            f"too short: must reach back to year {window_start} (the last {window_years} years before the "
+            "current one, or entry_year), the latest record on or before it included",
+            "history_length",
+        )
     if not static["birth_year"] <= static["entry_year"]:
         raise _bad(f"{where}.entry_year", "before birth_year", "impossible_value")
     for j, r in enumerate(records):
@@ -379,12 +392,16 @@ def validate_request(
         raise _bad(
             "instances", f"too many instances (limit {max_instances} per request)", "instances_too_many"
         )
+    from clinrisk.serving.value_warnings import instance_warnings
+
     top_k = _top_k(payload.get("parameters"), default_top_k)
     columns: dict[str, list[Any]] = {c: [] for c in OBSERVED_SCHEMA}
     current: list[int] = []
+    warnings: list[list[dict[str, Any]]] = []
     for i, inst in enumerate(instances):
         static, records = _check_instance(i, inst, window_years, max_history_years or window_years + 1)
         current.append(records[-1]["year"])
+        warnings.append(instance_warnings(records))
         for r in records:
             columns["patient_id"].append(i)
             for f in STATIC_FIELDS:
@@ -396,6 +413,7 @@ def validate_request(
         n_instances=len(instances),
         current_years=current,
         reason_codes_top_k=top_k,
+        warnings=warnings,
     )
 
 
@@ -431,8 +449,8 @@ def instance_from_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def instances_from_raw(
     raw: pl.DataFrame, window_years: int, n: int | None = None, full_history: bool = False
 ) -> list[dict[str, Any]]:
-    """V1 instances from validated raw rows: per patient the last X+1 calendar years (or, with
-    ``full_history``, every year), current year last.
+    """V1 instances from validated raw rows: per patient the records from the latest one on or before
+    the window start (current year - X) to the current year (or, with ``full_history``, every year).
 
     Patients whose history holds a recorded diagnosis (dx_E11) are skipped: they are not in the risk set.
     Patients appear in ``patient_id`` order; ``n`` caps how many are returned.
@@ -441,7 +459,10 @@ def instances_from_raw(
     last = df.group_by("patient_id", maintain_order=True).agg(pl.col("year").max().alias("_t"))
     df = df.join(last, on="patient_id", maintain_order="left")
     if not full_history:
-        df = df.filter(pl.col("year") > pl.col("_t") - window_years - 1)
+        # From the latest record on or before the window start (the contract's minimum; a gap year there
+        # takes the record before it).
+        start = pl.col("year").filter(pl.col("year") <= pl.col("_t") - window_years).max().over("patient_id")
+        df = df.filter(pl.col("year") >= start.fill_null(pl.col("year").min().over("patient_id")))
     ok = df.group_by("patient_id", maintain_order=True).agg((~pl.col("dx_E11").any()).alias("_ok"))
     df = df.join(ok, on="patient_id", maintain_order="left").filter(pl.col("_ok")).drop("_t", "_ok")
     out: list[dict[str, Any]] = []
