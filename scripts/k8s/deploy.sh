@@ -6,7 +6,7 @@
 # overlays' own storageUri is a placeholder that nothing has uploaded.
 set -euo pipefail
 if [[ -z "${MODEL_URI:-}" ]]; then
-  echo "error: MODEL_URI: not set (the storage URI of a registered bundle, e.g. s3://mlflow/1/models/m-…/artifacts/bundle)" >&2
+  echo "error: MODEL_URI: not set (the storage URI of a registered bundle, e.g. s3://mlflow/1/models/m-…/artifacts/artifacts/bundle)" >&2
   exit 2
 fi
 # shellcheck source=scripts/k8s/lib.sh
