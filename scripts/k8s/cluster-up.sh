@@ -30,9 +30,7 @@ esac
 "$REPO_ROOT/scripts/k8s/install-platform.sh" "$PROFILE"
 
 log "building images (tag $TAG)"
-"$REPO_ROOT/images/build.sh" all
-docker build -q -f "$REPO_ROOT/images/mlflow.Dockerfile" --build-arg "PIPELINE_IMAGE=clinrisk/pipeline:$TAG" \
-  -t "clinrisk/mlflow:$TAG" "$REPO_ROOT/.whl/context"
+"$REPO_ROOT/images/build.sh" all   # pipeline, serving and mlflow
 if [[ "$PROFILE" == "kind" ]]; then
   for image in pipeline serving mlflow; do
     kind load docker-image --name "$CLUSTER_NAME" "clinrisk/$image:$TAG"
@@ -45,5 +43,11 @@ else
 fi
 
 "$REPO_ROOT/scripts/k8s/install-mlflow.sh" "$PROFILE"
-"$REPO_ROOT/scripts/k8s/deploy.sh" "$PROFILE"
+# The InferenceService needs a registered bundle: at bring-up the object store is empty, so it is deployed
+# only when MODEL_URI names one (else: train + register first, then `MODEL_URI=… scripts/k8s/deploy.sh`).
+if [[ -n "${MODEL_URI:-}" ]]; then
+  "$REPO_ROOT/scripts/k8s/deploy.sh" "$PROFILE"
+else
+  log "no MODEL_URI: InferenceService not deployed yet (run the pipeline, then MODEL_URI=<storage URI> scripts/k8s/deploy.sh $PROFILE)"
+fi
 log "done: see docs/kubernetes.md for port-forwards (KFP UI, MLflow UI) and the V1 endpoint"

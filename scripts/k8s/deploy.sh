@@ -2,8 +2,13 @@
 # Apply the clinrisk namespace, RBAC, NetworkPolicies and the InferenceService for a profile.
 #   deploy.sh kind                       manifests/overlays/kind as is
 #   deploy.sh gke                        overlays/gke with REGISTRY, MODEL_URI, GSA substituted
-# MODEL_URI (optional) overrides the bundle the InferenceService serves on first deployment.
+# MODEL_URI (required): the registered bundle's storage URI (`clinrisk storage-uri` prints it); the
+# overlays' own storageUri is a placeholder that nothing has uploaded.
 set -euo pipefail
+if [[ -z "${MODEL_URI:-}" ]]; then
+  echo "error: MODEL_URI: not set (the storage URI of a registered bundle, e.g. s3://mlflow/1/models/m-…/artifacts/artifacts/bundle)" >&2
+  exit 2
+fi
 # shellcheck source=scripts/k8s/lib.sh
 source "$(dirname "$0")/lib.sh"
 PROFILE="${1:-kind}"

@@ -11,12 +11,22 @@ log "MinIO ($MINIO_IMAGE)"
 "$KUBECTL" -n minio create secret generic minio-root \
   --from-literal=MINIO_ROOT_USER="$ACCESS_KEY" --from-literal=MINIO_ROOT_PASSWORD="$SECRET_KEY" \
   --dry-run=client -o yaml | "$KUBECTL" apply -f -
+# Data on a PersistentVolumeClaim (kind's default StorageClass), not emptyDir: registered bundles and MLflow
+# artifacts survive a MinIO pod restart. Recreate: the RWO volume cannot be attached by two pods at once.
 "$KUBECTL" apply -f - <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: minio-data, namespace: minio}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: ${MINIO_STORAGE:-10Gi}}}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: minio, namespace: minio}
 spec:
   replicas: 1
+  strategy: {type: Recreate}
   selector: {matchLabels: {app: minio}}
   template:
     metadata: {labels: {app: minio}}
@@ -29,7 +39,7 @@ spec:
           ports: [{containerPort: 9000}, {containerPort: 9001}]
           readinessProbe: {httpGet: {path: /minio/health/ready, port: 9000}}
           volumeMounts: [{name: data, mountPath: /data}]
-      volumes: [{name: data, emptyDir: {}}]
+      volumes: [{name: data, persistentVolumeClaim: {claimName: minio-data}}]
 ---
 apiVersion: v1
 kind: Service

@@ -19,6 +19,8 @@ else
   : "${REGISTRY:?set REGISTRY}" "${MODEL_BUCKET:?set MODEL_BUCKET (GCS bucket for MLflow artifacts and bundles)}"
   args+=(--set "image.repository=$REGISTRY/mlflow" --set "artifacts.destination=gs://$MODEL_BUCKET/mlflow"
     --set "artifacts.s3.endpointUrl=" --set "artifacts.s3.credentialsSecret=")
+  # Workload Identity: gs:// writes run as this Google service account, not the namespace default.
+  if [[ -n "${MLFLOW_GSA:-}" ]]; then args+=(--set "serviceAccount.gcpServiceAccount=$MLFLOW_GSA"); fi
 fi
 log "MLflow (chart charts/mlflow)"
 "$HELM" "${args[@]}"

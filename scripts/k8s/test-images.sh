@@ -88,5 +88,6 @@ phase "engine ready"
 nice -n 10 images/build.sh all
 phase "images built"
 CLINRISK_SKIP_IMAGE_BUILD=1 CLINRISK_REQUIRE_DOCKER=1 \
-  "$PYTEST" -q -m docker -p no:cacheprovider tests/k8s/test_images.py tests/pipeline/test_docker_runner.py
+  "$PYTEST" -q -m docker -p no:cacheprovider -s tests/k8s/test_images.py tests/pipeline/test_docker_runner.py \
+  tests/platform/test_images_platform.py
 phase "done: make test-images took $(($(date +%s) - T0))s"

@@ -42,6 +42,44 @@ def tracking_uri(cfg: ClinriskConfig, run_dir: Path | None = None) -> str:
     return f"sqlite:///{db}"
 
 
+_CHECKED_SERVERS: set[str] = set()
+
+
+def check_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
+    """One API call to an HTTP tracking server, so a dead or misconfigured one fails at once with one line.
+
+    The MLflow client would otherwise retry for minutes; and ``/health`` is no proof, since MLflow 3 answers
+    it even when its Host check (``--allowed-hosts``) rejects every API call with 403.
+    """
+    import os
+
+    import requests
+
+    if not uri.startswith(("http://", "https://")) or uri in _CHECKED_SERVERS:
+        return
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    try:
+        resp = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": "clinrisk-connection-check"},
+            auth=(user, password) if user and password else None,
+            timeout=timeout_s,
+        )
+    except requests.RequestException as exc:
+        reason = str(exc.__context__ or exc).splitlines()[0][:200]
+        raise DataError(f"tracking server {uri}: unreachable ({type(exc).__name__}: {reason})") from None
+    if resp.status_code == 403 and "Invalid Host header" in resp.text:
+        raise DataError(
+            f"tracking server {uri}: 403 Invalid Host header (the server's --allowed-hosts does not list "
+            f"{uri.split('://', 1)[1].split('/', 1)[0]})"
+        )
+    if resp.status_code in (401, 403):
+        raise DataError(f"tracking server {uri}: {resp.status_code} credentials rejected")
+    if resp.status_code not in (200, 404):  # 404: RESOURCE_DOES_NOT_EXIST, the API answered
+        raise DataError(f"tracking server {uri}: HTTP {resp.status_code} from the API ({resp.text[:120]!r})")
+    _CHECKED_SERVERS.add(uri)
+
+
 def configure(cfg: ClinriskConfig, run_dir: Path | None = None) -> str:
     """Point MLflow at this run's store, create the experiment if needed; returns the experiment id."""
     import mlflow
@@ -52,6 +90,7 @@ def configure(cfg: ClinriskConfig, run_dir: Path | None = None) -> str:
     uri = tracking_uri(cfg, run_dir)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri)
@@ -217,23 +256,55 @@ def register_bundle(
     bundle = load_bundle(bundle_dir)  # refuse to register an invalid bundle
     configure(cfg, run_dir)
     name = cfg.tracking.registered_model_name
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=_pyfunc_class()(),
-            artifacts={BUNDLE_ARTIFACT_KEY: str(Path(bundle_dir).resolve())},
-            signature=_signature(bundle),
-            # Pinned requirements instead of inference (slow, and it imports the world).
-            pip_requirements=[f"clinrisk=={__version__}", "lightgbm>=4.6,<4.8", "polars>=2.1,<2.2"],
-            registered_model_name=name,
-            metadata={"bundle_version": bundle.version},
-        )
-    version = str(info.registered_model_version)
+    store = tracking_uri(cfg, run_dir)
     client = mlflow_client()
-    client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, "bundle_version", bundle.version)
-    client.set_model_version_tag(name, version, "data_hash", str(bundle.metadata.get("data_hash", "")))
+    before = _version_numbers(client, name)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=_pyfunc_class()(),
+                artifacts={BUNDLE_ARTIFACT_KEY: str(Path(bundle_dir).resolve())},
+                signature=_signature(bundle),
+                # Pinned requirements instead of inference (slow, and it imports the world).
+                pip_requirements=[f"clinrisk=={__version__}", "lightgbm>=4.6,<4.8", "polars>=2.1,<2.2"],
+                registered_model_name=name,
+                metadata={"bundle_version": bundle.version},
+            )
+        version = str(info.registered_model_version)
+        client.set_registered_model_alias(name, alias, version)
+        client.set_model_version_tag(name, version, "bundle_version", bundle.version)
+        client.set_model_version_tag(name, version, "data_hash", str(bundle.metadata.get("data_hash", "")))
+    except Exception as exc:
+        # A version without its alias/tags (or whose upload broke) must not look deployable: remove it.
+        for stray in _version_numbers(client, name) - before:
+            _delete_version_quietly(client, name, stray)
+        raise DataError(f"{store}: cannot register {name} ({_one_line(exc)})") from None
     return version
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an MLflow/HTTP error, which carries the failing URL or S3 error code."""
+    text = str(getattr(exc, "message", "") or exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _version_numbers(client: Any, name: str) -> set[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
+    except MlflowException:
+        return set()
+
+
+def _delete_version_quietly(client: Any, name: str, version: str) -> None:
+    import contextlib
+
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):  # the original error is what the caller reports
+        client.delete_model_version(name, version)
 
 
 def set_alias(cfg: ClinriskConfig, alias: str, version: str, run_dir: Path | None = None) -> None:
@@ -260,11 +331,54 @@ def _bundle_path_in_model(mlmodel_text: str, where: str) -> str:
         raise DataError(f"{where}: not a clinrisk model (no '{BUNDLE_ARTIFACT_KEY}' artifact)") from None
 
 
+# Schemes KServe's storage initializer (kserve_storage.Storage.download) reads as they are.
+KSERVE_STORAGE_SCHEMES = ("s3://", "gs://", "pvc://", "hdfs://", "webhdfs://", "oci://", "hf://")
+
+
+def kserve_storage_uri(
+    artifact_uri: str, artifacts_destination: str | None = None, resolve_models: Any = None
+) -> str:
+    """Map an MLflow artifact location to a URI KServe's storage initializer can download.
+
+    - ``mlflow-artifacts:/<path>`` (or ``mlflow-artifacts://host:port/<path>``): the tracking server proxies
+      these to ``<artifacts_destination>/<path>``, so the storage URI is that (``s3://mlflow/1/models/…``).
+    - ``s3://``, ``gs://`` (and the initializer's other remote schemes): unchanged.
+    - ``file:///p`` or ``/p``: unchanged; the initializer reads local paths (tiers 1 and 2, or a volume
+      mounted at the same path).
+    - ``models:/m-<id>…`` (a logged model): ``resolve_models`` maps it to its artifact location, which is
+      then mapped again.
+    """
+    from urllib.parse import urlparse
+
+    uri = str(artifact_uri).rstrip("/")
+    if uri.startswith(KSERVE_STORAGE_SCHEMES):
+        return uri
+    if uri.startswith("mlflow-artifacts:"):
+        path = urlparse(uri).path.lstrip("/")
+        if not artifacts_destination:
+            raise ConfigError(
+                f"tracking.artifacts_destination: not set, but the tracking server proxies artifacts ({uri}); "
+                "set it to the server's --artifacts-destination (e.g. s3://mlflow)"
+            )
+        dest = str(artifacts_destination).rstrip("/")
+        if dest.startswith("mlflow-artifacts:"):
+            raise ConfigError(
+                f"tracking.artifacts_destination {dest!r}: must be the store itself (s3://, gs://)"
+            )
+        return kserve_storage_uri(f"{dest}/{path}" if path else dest)
+    if uri.startswith(("file:/", "/")):
+        return uri
+    if uri.startswith("models:/") and resolve_models is not None:
+        return kserve_storage_uri(str(resolve_models(uri)), artifacts_destination)
+    raise DataError(f"{uri}: artifact location has no scheme KServe's storage initializer can read")
+
+
 def bundle_storage_uri(cfg: ClinriskConfig, alias_or_version: str, run_dir: Path | None = None) -> str:
-    """Where the registered version's bundle directory lives in the artifact store (``s3://…`` with MinIO).
+    """Where the registered version's bundle directory lives, as a URI KServe's storage initializer reads.
 
     KServe's storage initializer cannot read ``models:/`` URIs; an InferenceService needs the storage
-    location of the bundle itself, which is ``<model download URI>/<bundle path from MLmodel>``.
+    location of the bundle itself, which is ``<model download URI>/<bundle path from MLmodel>`` mapped by
+    :func:`kserve_storage_uri` (MLflow 3 with a proxying server returns ``mlflow-artifacts:/…``).
     """
     import tempfile
 
@@ -276,15 +390,22 @@ def bundle_storage_uri(cfg: ClinriskConfig, alias_or_version: str, run_dir: Path
     name = cfg.tracking.registered_model_name
     ref = str(alias_or_version)
     where = model_uri(cfg, ref)
+
+    def logged_model_location(uri: str) -> str:
+        model_id, _, rest = uri.removeprefix("models:/").partition("/")
+        location = str(client.get_logged_model(model_id).artifact_location).rstrip("/")
+        return f"{location}/{rest}" if rest else location
+
     try:
         version = ref if ref.isdigit() else str(client.get_model_version_by_alias(name, ref).version)
         root = str(client.get_model_version_download_uri(name, version)).rstrip("/")
         with tempfile.TemporaryDirectory(prefix="clinrisk-mlmodel-") as tmp:
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=tmp)
             text = Path(local).read_text()
+        location = f"{root}/{_bundle_path_in_model(text, where).strip('/')}"
+        return kserve_storage_uri(location, cfg.tracking.artifacts_destination, logged_model_location)
     except MlflowException as exc:
         raise DataError(f"{where}: cannot resolve registered model ({exc.message})") from None
-    return f"{root}/{_bundle_path_in_model(text, where).strip('/')}"
 
 
 MODEL_URI_RE = re.compile(

@@ -21,3 +21,18 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{- define "mlflow.serviceAccountName" -}}
+{{- default .Release.Name .Values.serviceAccount.name -}}
+{{- end -}}
+{{/* Host headers MLflow accepts: this Service's in-cluster names with and without a port, port-forward. */}}
+{{- define "mlflow.allowedHosts" -}}
+{{- $svc := .Release.Name -}}
+{{- $ns := .Release.Namespace -}}
+{{- $hosts := list -}}
+{{- range $name := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) "localhost" "127.0.0.1" -}}
+{{- $hosts = append $hosts $name -}}
+{{- $hosts = append $hosts (printf "%s:*" $name) -}}
+{{- end -}}
+{{- join "," (concat $hosts .Values.extraAllowedHosts) -}}
+{{- end -}}

@@ -90,7 +90,25 @@ def register_model(
     )
 
 
+@handle_errors
+def storage_uri(
+    model_uri: Annotated[str, typer.Argument(help="models:/<name>/<version> or models:/<name>@<alias>")],
+    config: ConfigOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Print the registered bundle's storage URI (what KServe's storage initializer downloads)."""
+    from clinrisk.tracking import resolve_storage_uri
+
+    cfg = load(config, sets)
+    if not model_uri.startswith("models:/"):
+        from clinrisk.errors import ConfigError
+
+        raise ConfigError(f"{model_uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    typer.echo(resolve_storage_uri(cfg, model_uri))
+
+
 def register(app: typer.Typer) -> None:
-    """Add `train` and `register` to the root app."""
+    """Add `train`, `register` and `storage-uri` to the root app."""
     app.command("train")(train)
     app.command("register")(register_model)
+    app.command("storage-uri")(storage_uri)

@@ -117,6 +117,9 @@ class TrackingConfig(Section):
     """MLflow tracking and registry. tracking_uri None = sqlite under run.output_dir."""
 
     tracking_uri: str | None = None
+    # The tracking server's --artifacts-destination (s3://mlflow on kind, gs://BUCKET/mlflow on GKE): a
+    # proxied ``mlflow-artifacts:/…`` location maps onto it for KServe's storage initializer.
+    artifacts_destination: str | None = None
     experiment_name: str = Field("clinrisk", min_length=1)
     registered_model_name: str = Field("clinrisk", pattern=r"^[A-Za-z0-9_.-]+$")
     enabled: bool = True
