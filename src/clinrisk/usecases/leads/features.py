@@ -192,7 +192,9 @@ def _totals_before(rows: pl.LazyFrame, totals: pl.LazyFrame, at: pl.Expr, suffix
         pl.col("_first").alias("_first" + suffix),
     )
     left = rows.with_columns(at.alias("_at")).sort("_at")
-    joined = left.join_asof(right, on="_at", by="ID", strategy="backward", allow_exact_matches=False)
+    joined = left.join_asof(
+        right, on="_at", by="ID", strategy="backward", allow_exact_matches=False, check_sortedness=False
+    )  # both sides are sorted on the time key just above; polars cannot check it per group
     return joined.drop("_at").with_columns(pl.col(c + suffix).fill_null(0) for c in cols)
 
 

@@ -17,10 +17,10 @@ import polars as pl
 from clinrisk.splits import SPLIT_DTYPE, patient_bucket_expr
 from clinrisk.usecases.leads.config import LeadsSplitConfig
 
-__all__ = ["assign_split", "test_start"]
+__all__ = ["assign_split", "first_test_snapshot"]
 
 
-def test_start(cfg: LeadsSplitConfig, snapshots: Sequence[dt.datetime]) -> dt.datetime:
+def first_test_snapshot(cfg: LeadsSplitConfig, snapshots: Sequence[dt.datetime]) -> dt.datetime:
     """``cfg.test_from``, or the first snapshot of the last ``cfg.test_fraction`` of the grid."""
     if cfg.test_from is not None:
         return dt.datetime.combine(cfg.test_from, dt.time())
