@@ -54,26 +54,11 @@ BUNDLE_FILES: tuple[str, ...] = (
     METADATA_FILE,
 )
 OTHER_LEVEL = "__OTHER__"
-# Columns that are never model inputs: ids, split, labels, weights and everything evaluation-only.
-NON_FEATURE_COLUMNS = frozenset({"patient_id", "split", "label", "label_rec", "sample_weight"})
-NON_FEATURE_PREFIXES = ("eval_", "truth_")
 # Probabilities are kept strictly inside (0, 1) so logits and log-losses stay finite.
 PROB_EPS = 1e-7
 
 
 # ------------------------------------------------------------------------------------- feature matrix
-
-
-def check_feature_names(names: list[str]) -> None:
-    """Refuse feature lists that would leak ids, labels or evaluation-only columns into the model."""
-    if not names:
-        raise DataError("feature_names: empty feature list")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise DataError(f"feature_names: duplicated features {dup}")
-    bad = [n for n in names if n in NON_FEATURE_COLUMNS or n.startswith(NON_FEATURE_PREFIXES)]
-    if bad:
-        raise DataError(f"feature_names: {bad} are id/label/evaluation columns and may not be features")
 
 
 def _encode_column(name: str, dtype: pl.DataType, levels: list[str] | None) -> pl.Expr:

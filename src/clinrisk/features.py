@@ -19,21 +19,20 @@ names the columns to declare as ``categorical_feature``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-from pydantic import BaseModel, Field
 
 from clinrisk.errors import DataError
+from clinrisk.feature_table import KEY_COLUMNS, LABEL_COLUMNS, OTHER
+from clinrisk.feature_table import FeatureSpec as FeatureSpec  # re-exported: the clinical modules' import
+from clinrisk.feature_table import categorical_features as categorical_features
+from clinrisk.feature_table import check_feature_names as _check_names
+from clinrisk.feature_table import feature_matrix as feature_matrix
 from clinrisk.generator.schema import DX_COLUMNS, OBSERVED_SCHEMA, RX_COLUMNS
 from clinrisk.units import ANALYTES, M_PER_CM, REGISTRY, normalise_units
-
-SPEC_VERSION = 1
-OTHER = "__OTHER__"
 
 CATEGORICAL_RAW = ("sex", "region", "ethnicity", "insurance", "site_id", "other_dx_code")
 # Rolling families: canonical-unit labs and vitals (bmi, egfr derived).
@@ -49,78 +48,21 @@ FEATURE_UNITS: dict[str, str] = {
 }
 FLAGS = (*RX_COLUMNS, *DX_COLUMNS)  # dx_E11 is the label: never a feature
 RAW_FIELDS: tuple[str, ...] = tuple(OBSERVED_SCHEMA)
-LABEL_COLUMNS = ("label", "label_rec", "sample_weight")
-ID_COLUMNS = ("patient_id", "year", "split")
-EVAL_PREFIX = "eval_"
-# Columns that must never be features: ids, labels, the recorded diagnosis code and truth fields.
-FORBIDDEN_FEATURES = frozenset(
-    {*ID_COLUMNS, *LABEL_COLUMNS, "dx_E11", "birth_year", "entry_year"}
+ID_COLUMNS = KEY_COLUMNS
+# Clinical raw columns that must never be features: the recorded diagnosis code (the label), birth and entry
+# years (ids in disguise), and the generator's truth fields.
+CLINICAL_FORBIDDEN = frozenset(
+    {"dx_E11", "birth_year", "entry_year"}
     | {"g_latent", "hazard", "onset_year", "recorded_year", "delay", "false_code", "enrolled"}
 )
-
-
-class FeatureSpec(BaseModel):
-    """Frozen description of the feature matrix (serialised as feature_spec.json; used by serving)."""
-
-    spec_version: int = SPEC_VERSION
-    window_years: int = Field(ge=1)
-    locf: bool
-    horizon_years: int = Field(ge=1)
-    feature_names: list[str]
-    dtypes: dict[str, str]
-    categories: dict[str, list[str]]
-    units: dict[str, str]
-    raw_fields: list[str]
-    rollups: dict[str, int] = Field(default_factory=dict, description="categorical -> prefix length")
-
-    def to_json(self, path: Path | None = None) -> str:
-        """JSON text (and write it to ``path`` if given)."""
-        text = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_json(cls, source: str | Path) -> FeatureSpec:
-        """Load from a path or JSON text; a bad file is a DataError naming it."""
-        text = source
-        where = "feature spec"
-        if isinstance(source, Path) or (isinstance(source, str) and not source.lstrip().startswith("{")):
-            where = str(source)
-            try:
-                text = Path(source).read_text()
-            except FileNotFoundError:
-                raise DataError(f"{source}: feature spec not found") from None
-        try:
-            spec = cls.model_validate_json(str(text))
-        except ValueError as exc:
-            raise DataError(f"{where}: invalid feature spec ({exc})") from None
-        check_feature_names(spec.feature_names)
-        return spec
-
-    def polars_dtype(self, name: str) -> pl.DataType:
-        """Polars dtype of feature ``name``."""
-        d = self.dtypes[name]
-        if d == "Enum":
-            return pl.Enum(self.categories[name])
-        return _DTYPES[d]
-
-
-_DTYPES: dict[str, pl.DataType] = {
-    "Float32": pl.Float32(),
-    "Int8": pl.Int8(),
-    "Int16": pl.Int16(),
-    "UInt8": pl.UInt8(),
-}
+# Everything the clinical guard refuses (shared keys/labels + the clinical raw columns).
+FORBIDDEN_FEATURES = frozenset({*KEY_COLUMNS, *LABEL_COLUMNS}) | CLINICAL_FORBIDDEN
 
 
 def check_feature_names(names: Sequence[str]) -> None:
-    """Refuse ids, labels, truth and ``eval_*`` columns as features (leakage guard)."""
-    bad = [n for n in names if n.startswith(EVAL_PREFIX) or n in FORBIDDEN_FEATURES]
-    if bad:
-        raise DataError(f"feature_names: columns {bad} are ids, labels, truth or eval_ columns")
-    if len(set(names)) != len(names):
-        raise DataError("feature_names: duplicate names")
+    """The shared leakage guard (``clinrisk.feature_table``) with the clinical raw columns that must never
+    be features (the diagnosis code the label is read from, birth/entry years, truth fields)."""
+    _check_names(names, CLINICAL_FORBIDDEN)
 
 
 def feature_layout(window_years: int, locf: bool) -> dict[str, str]:
@@ -426,31 +368,18 @@ def fit_feature_spec(train_raw: pl.LazyFrame, cfg: Any) -> FeatureSpec:
         units=feature_units(names),
         raw_fields=list(RAW_FIELDS),
         rollups=rollups,
+        forbidden=sorted(CLINICAL_FORBIDDEN),
     )
 
 
 # ----------------------------------------------------------------------------------------------------
-# model-matrix helpers shared by training, evaluation and serving
+# model-matrix helpers (shared ones live in clinrisk.feature_table)
 
 
 def feature_columns(spec: FeatureSpec) -> list[str]:
     """Exactly the columns a model may read: ``spec.feature_names`` (never ids/labels/eval_)."""
     check_feature_names(spec.feature_names)
     return list(spec.feature_names)
-
-
-def categorical_features(spec: FeatureSpec) -> list[str]:
-    """Feature names to pass to LightGBM as ``categorical_feature`` (Enum physical codes)."""
-    return [n for n in spec.feature_names if spec.dtypes[n] == "Enum"]
-
-
-def feature_matrix(df: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
-    """Float32 (n, p) matrix in spec order: Enum -> physical code, null -> NaN."""
-    cols = feature_columns(spec)
-    out = df.select(
-        [(pl.col(c).to_physical() if spec.dtypes[c] == "Enum" else pl.col(c)).cast(pl.Float32) for c in cols]
-    )
-    return out.to_numpy().astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from clinrisk.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from clinrisk.config import ClinriskConfig
-    from clinrisk.features import FeatureSpec
+    from clinrisk.feature_table import FeatureSpec
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -223,7 +223,7 @@ def _spec_path(features_dir: Path) -> Path:
 
 def load_inputs(features_dir: Path) -> tuple[FeatureSpec, list[Path]]:
     """The feature spec and shard files; clear errors for a missing dir, spec or column."""
-    from clinrisk.features import FeatureSpec
+    from clinrisk.feature_table import FeatureSpec
     from clinrisk.io import list_shards
 
     features_dir = Path(features_dir)
@@ -873,7 +873,7 @@ def select_features(cfg: ClinriskConfig, features_dir: Path, out_dir: Path) -> d
 
     Returns the JSON document. Deterministic given the config (``run.seed``) and the data.
     """
-    from clinrisk.features import categorical_features
+    from clinrisk.feature_table import categorical_features
     from clinrisk.io import atomic_output_dir, write_json
 
     t0 = time.perf_counter()

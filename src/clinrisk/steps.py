@@ -218,7 +218,7 @@ def validate_shard_step(
 
 
 def _spec(spec_dir: str | Path) -> Any:
-    from clinrisk.features import FeatureSpec
+    from clinrisk.feature_table import FeatureSpec
 
     return FeatureSpec.from_json(Path(spec_dir) / "feature_spec.json")
 

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +31,12 @@ import polars as pl
 
 from clinrisk.bundle import (
     SPEC_FILE,
-    check_feature_names,
     features_to_matrix,
     odds_correct_logit,
     write_bundle,
 )
 from clinrisk.errors import DataError
+from clinrisk.feature_table import check_feature_names
 
 if TYPE_CHECKING:
     import lightgbm as lgb
@@ -255,10 +256,11 @@ def _predict_raw(booster: lgb.Booster, seqs: list[ShardSequence]) -> FloatArray:
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
 
-def resolve_features(spec_names: list[str], selected: list[str] | None) -> list[str]:
-    """Model features: ``selected`` (validated against the spec, kept in spec order) or the whole spec."""
-    from clinrisk.features import check_feature_names as spec_check
-
+def resolve_features(
+    spec_names: list[str], selected: list[str] | None, forbidden: Sequence[str] = ()
+) -> list[str]:
+    """Model features: ``selected`` (validated against the spec, kept in spec order) or the whole spec;
+    ``forbidden`` is the use case's list of raw columns that may never be features (``spec.forbidden``)."""
     if selected is None:
         names = list(spec_names)
     else:
@@ -267,8 +269,7 @@ def resolve_features(spec_names: list[str], selected: list[str] | None) -> list[
             raise DataError(f"selected features: {unknown} are not in the feature spec")
         chosen = set(selected)
         names = [n for n in spec_names if n in chosen]
-    check_feature_names(names)
-    spec_check(names)
+    check_feature_names(names, forbidden)
     return names
 
 
@@ -448,14 +449,14 @@ def train_model(
     import lightgbm as lgb
 
     from clinrisk.calibration import apply_calibration, fit_calibration
-    from clinrisk.features import FeatureSpec
+    from clinrisk.feature_table import FeatureSpec
     from clinrisk.io import atomic_output_dir, list_shards
     from clinrisk.threshold import select_threshold
 
     features_dir = Path(features_dir)
     spec_path = features_dir / SPEC_FILE
     spec = FeatureSpec.from_json(spec_path)
-    feature_names = resolve_features(spec.feature_names, selected_features)
+    feature_names = resolve_features(spec.feature_names, selected_features, spec.forbidden)
     categorical = [n for n in feature_names if n in spec.categories]
     categories = {n: spec.categories[n] for n in categorical}
     shards = list_shards(features_dir)

@@ -72,6 +72,10 @@ class ClinriskConfig(Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the use case's own parameters (validated by its UseCase.config_model)",
+    )
 
     model_config = Section.model_config | {"populate_by_name": True}
 
@@ -149,9 +153,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = apply_overrides(data, list(overrides))
         source += " + overrides"
     try:
-        return ClinriskConfig.model_validate(data)
+        cfg = ClinriskConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+    _check_usecase(cfg, source)
+    return cfg
+
+
+def _check_usecase(cfg: ClinriskConfig, source: str) -> None:
+    """``run.usecase`` names a registered use case and ``params`` validates against its config model."""
+    from clinrisk.usecases import get
+
+    usecase = get(cfg.run.usecase)
+    if usecase.config_model is None:
+        if cfg.params:
+            raise ConfigError(
+                f"invalid configuration ({source}):\n  params: use case {usecase.name!r} takes no params"
+            )
+        return
+    try:
+        usecase.config_model.model_validate(cfg.params)
+    except ValidationError as exc:
+        lines = _format_validation_error(exc, source).split("\n  ")[1:]
+        raise ConfigError(
+            f"invalid configuration ({source}):\n  " + "\n  ".join(f"params.{x}" for x in lines)
+        ) from None
 
 
 def save_config(cfg: ClinriskConfig, path: str | Path) -> Path:

@@ -12,6 +12,11 @@ from clinrisk.config.base import Section
 class RunConfig(Section):
     """Where a run writes, and the master seed every stage derives its randomness from."""
 
+    usecase: str = Field(
+        "clinical",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="the use case (clinrisk.usecases): its data, schema, features, labels and serving contract",
+    )
     name: str = Field(
         "default", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, used in paths and MLflow"
     )

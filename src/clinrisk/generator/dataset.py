@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -63,8 +64,10 @@ def _write_parquet(df: pl.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def generate_shard(cfg: ClinriskConfig, plan: dict[str, Any], shard: int, out_dir: Path) -> dict[str, Any]:
-    """Simulate the blocks of ``shard`` chunk by chunk; write its observed and truth Parquet files."""
+def simulate_shard(
+    cfg: ClinriskConfig, plan: dict[str, Any], shard: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Simulate the blocks of ``shard`` chunk by chunk (pure): its observed and truth tables."""
     g = cfg.generate
     if not 0 <= shard < plan["n_shards"]:
         raise DataError(f"shard {shard}: plan has shards 0..{plan['n_shards'] - 1}")
@@ -80,6 +83,12 @@ def generate_shard(cfg: ClinriskConfig, plan: dict[str, Any], shard: int, out_di
         truth_parts.append(truth)
     observed = pl.concat(obs_parts, rechunk=True) if obs_parts else pl.DataFrame(schema=OBSERVED_SCHEMA)
     truth_df = pl.concat(truth_parts, rechunk=True) if truth_parts else pl.DataFrame(schema=TRUTH_SCHEMA)
+    return observed, truth_df
+
+
+def generate_shard(cfg: ClinriskConfig, plan: dict[str, Any], shard: int, out_dir: Path) -> dict[str, Any]:
+    """Simulate shard ``shard`` and write its observed and truth Parquet files."""
+    observed, truth_df = simulate_shard(cfg, plan, shard)
     out_dir = Path(out_dir)
     _write_parquet(observed, shard_file(out_dir / OBSERVED_DIR, shard))
     _write_parquet(truth_df, shard_file(out_dir / TRUTH_DIR, shard))
@@ -160,10 +169,32 @@ def label_row_counts(
     }
 
 
+def read_shard_files(out_dir: Path, shard: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The observed and truth tables of one written shard (a missing file names the shard)."""
+    paths = [shard_file(Path(out_dir) / d, shard) for d in (OBSERVED_DIR, TRUTH_DIR)]
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"{p}: shard file missing (generate_shard {shard} did not finish)")
+    return pl.read_parquet(paths[0]), pl.read_parquet(paths[1])
+
+
 def finalize_generation(cfg: ClinriskConfig, plan: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Hash both tables, compute prevalence and summary statistics; write manifest.json and config.yaml."""
-    g = cfg.generate
+    """Build the manifest from the written shards; write manifest.json and config.yaml."""
     out_dir = Path(out_dir)
+    manifest = build_manifest(cfg, plan, lambda shard: read_shard_files(out_dir, shard))
+    save_config(cfg, out_dir / CONFIG_FILE)
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def build_manifest(
+    cfg: ClinriskConfig,
+    plan: dict[str, Any],
+    read_shard: Callable[[int], tuple[pl.DataFrame, pl.DataFrame]],
+) -> dict[str, Any]:
+    """Hash both tables shard by shard (read through ``read_shard``), compute prevalence and summary
+    statistics (pure: no paths)."""
+    g = cfg.generate
     obs_hash, truth_hash = _ColumnHasher(OBSERVED_SCHEMA), _ColumnHasher(TRUTH_SCHEMA)
     horizon = g.calibration_horizon
     first_row = g.first_year + g.burn_in_years
@@ -174,12 +205,7 @@ def finalize_generation(cfg: ClinriskConfig, plan: dict[str, Any], out_dir: Path
     prediab = {"rows": 0, "onsets": 0}
     last_pid = -1
     for shard in range(plan["n_shards"]):
-        paths = [shard_file(out_dir / d, shard) for d in (OBSERVED_DIR, TRUTH_DIR)]
-        for p in paths:
-            if not p.is_file():
-                raise DataError(f"{p}: shard file missing (generate_shard {shard} did not finish)")
-        obs = pl.read_parquet(paths[0])
-        truth = pl.read_parquet(paths[1])
+        obs, truth = read_shard(shard)
         for name, df, schema in (("observed", obs, OBSERVED_SCHEMA), ("truth", truth, TRUTH_SCHEMA)):
             if dict(df.schema) != schema:
                 raise DataError(f"{name} shard {shard}: schema differs from {name.upper()}_SCHEMA")
@@ -235,8 +261,6 @@ def finalize_generation(cfg: ClinriskConfig, plan: dict[str, Any], out_dir: Path
         "delay_mode": g.delay_mode,
         "delay_severity": g.delay_severity,
     }
-    save_config(cfg, out_dir / CONFIG_FILE)
-    write_json(out_dir / MANIFEST, manifest)
     return manifest
 
 

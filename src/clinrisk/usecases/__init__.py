@@ -1,0 +1,54 @@
+"""Registry of use cases: name -> plugin (see ``clinrisk.usecases.base`` and docs/usecases.md).
+
+Registering a use case is ONE line in :data:`REGISTRY`: its name and the ``module:attribute`` of its
+:class:`~clinrisk.usecases.base.UseCase`. Plugins are imported on first use (no side effects at import,
+no import of every use case's dependencies to run one of them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from clinrisk.errors import ConfigError
+from clinrisk.usecases.base import UseCase
+
+DEFAULT_USECASE = "clinical"
+
+REGISTRY: dict[str, str] = {
+    "clinical": "clinrisk.usecases.clinical:USECASE",
+    "leads": "clinrisk.usecases.leads:USECASE",
+}
+
+_loaded: dict[str, UseCase] = {}
+
+
+def _module_present(target: str) -> bool:
+    module = target.split(":", 1)[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def known() -> list[str]:
+    """Names of the registered use cases whose code is installed, in registration order."""
+    return [name for name, target in REGISTRY.items() if _module_present(target)]
+
+
+def get(name: str) -> UseCase:
+    """The use case called ``name``; an unknown name is a ConfigError listing the known ones."""
+    if name in _loaded:
+        return _loaded[name]
+    target = REGISTRY.get(name)
+    if target is None or not _module_present(target):
+        raise ConfigError(f"unknown use case {name!r}; known: {', '.join(known())}")
+    module, attr = target.split(":", 1)
+    usecase = getattr(importlib.import_module(module), attr)
+    if not isinstance(usecase, UseCase) or usecase.name != name:
+        raise ConfigError(f"use case {name!r}: {target} is not a UseCase named {name!r}")
+    _loaded[name] = usecase
+    return usecase
+
+
+__all__ = ["DEFAULT_USECASE", "REGISTRY", "UseCase", "get", "known"]
