@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from clinrisk.usecases.leads.config import LeadsFeaturesConfig, LeadsGenerateConfig
+from clinrisk.usecases.leads.config import LeadsFeaturesConfig, LeadsGenerateConfig, LeadsParams
 from clinrisk.usecases.leads.generator import LeadsData, simulate, write_csvs
 
 SMALL = LeadsGenerateConfig(n_companies=600, n_weeks=40, signup_weeks=20, base_weekly_hazard=0.01)
 SMALL_FEATURES = LeadsFeaturesConfig(cadence_days=14, horizon_days=28, windows_days=[7, 28, 63])
+SMALL_PARAMS = LeadsParams(generate=SMALL, features=SMALL_FEATURES)
 
 
 @pytest.fixture(scope="session")

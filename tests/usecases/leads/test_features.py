@@ -10,18 +10,18 @@ import polars as pl
 import pytest
 
 from clinrisk.errors import DataError
+from clinrisk.feature_table import OTHER
 from clinrisk.usecases.leads import features as F
 from clinrisk.usecases.leads.generator import LeadsData
 from clinrisk.usecases.leads.tables import USAGE_COLUMNS
 
-from .conftest import SMALL_FEATURES
+from .conftest import SMALL_FEATURES, SMALL_PARAMS
 
 
 def _table(data: LeadsData, usage: pl.DataFrame | None = None) -> tuple[pl.DataFrame, F.LeadsFeatureSpec]:
     usage = data.usage if usage is None else usage
     comp = F.companies_frame(data.customers, data.noncustomers)
-    end = F.data_end(data.usage)
-    grid = F.snapshot_grid(data.usage, SMALL_FEATURES, end)
+    grid = F.snapshot_grid(*SMALL_PARAMS.grid(), SMALL_FEATURES)
     rows = F.label_rows(F.prediction_rows(comp, data.usage, grid), comp, SMALL_FEATURES.horizon_days)
     spec = F.fit_feature_spec(comp, SMALL_FEATURES)
     return F.build_features(rows, comp, usage, spec), spec
@@ -110,26 +110,35 @@ def test_window_sums_equal_a_brute_force_scan(leads_data: LeadsData, table: pl.D
 
 
 def test_snapshot_grid_leaves_room_for_the_label_window(leads_data: LeadsData) -> None:
-    end = F.data_end(leads_data.usage)
-    grid = F.snapshot_grid(leads_data.usage, SMALL_FEATURES, end)
+    first, end = SMALL_PARAMS.grid()
+    assert end == F.data_end(leads_data.usage)  # the generator's last row is stamped at the end of its data
+    grid = F.snapshot_grid(first, end, SMALL_FEATURES)
+    assert grid[0] == first
     assert grid[-1] + dt.timedelta(days=SMALL_FEATURES.horizon_days) <= end
     assert grid[-1] + dt.timedelta(days=SMALL_FEATURES.horizon_days + SMALL_FEATURES.cadence_days) > end
     assert all(b - a == dt.timedelta(days=SMALL_FEATURES.cadence_days) for a, b in itertools.pairwise(grid))
     with pytest.raises(DataError, match="too short"):
-        F.snapshot_grid(leads_data.usage, SMALL_FEATURES, grid[0])
+        F.snapshot_grid(first, grid[0], SMALL_FEATURES)
 
 
-def test_industry_codes_come_from_the_frozen_spec(leads_data: LeadsData, table: pl.DataFrame) -> None:
+def test_industry_groups_come_from_the_frozen_spec(leads_data: LeadsData, table: pl.DataFrame) -> None:
     _, spec = _table(leads_data)
-    known = table.filter(pl.col("INDUSTRY").is_in(list(spec.industries)))
+    grouped = table.select(pl.col("INDUSTRY"), pl.col("INDUSTRY_GROUP").cast(pl.String))
+    known = grouped.filter(pl.col("INDUSTRY").is_in(list(spec.industries)))
+    assert (known["INDUSTRY"] == known["INDUSTRY_GROUP"]).all()
+    other = grouped.filter(
+        pl.col("INDUSTRY").is_not_null() & ~pl.col("INDUSTRY").is_in(list(spec.industries))
+    )
+    assert other.height > 0 and (other["INDUSTRY_GROUP"] == OTHER).all()
     assert (
-        known["INDUSTRY_CODE"]
-        == known["INDUSTRY"].replace_strict(list(spec.industries), list(range(len(spec.industries))))
-    ).all()
-    assert (
-        table.filter(pl.col("INDUSTRY").is_null())["INDUSTRY_CODE"].null_count()
+        grouped.filter(pl.col("INDUSTRY").is_null())["INDUSTRY_GROUP"].null_count()
         == table["INDUSTRY"].null_count()
     )
+
+
+def test_feature_dtypes_are_the_declared_ones(leads_data: LeadsData, table: pl.DataFrame) -> None:
+    _, spec = _table(leads_data)
+    assert {n: table.schema[n] for n in F.feature_names(spec)} == F.feature_dtypes(spec)
 
 
 def test_duplicate_prediction_rows_are_refused(leads_data: LeadsData) -> None:

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from clinrisk.usecases.leads import features as F
-from clinrisk.usecases.leads.config import LeadsGenerateConfig
+from clinrisk.usecases.leads.config import LeadsGenerateConfig, LeadsParams
 from clinrisk.usecases.leads.generator import LeadsData, generate_to_dir, simulate
 from clinrisk.usecases.leads.ingest import read_export, validate_tables
 from clinrisk.usecases.leads.tables import CONTRACTS, CUSTOMERS_FILE, NONCUSTOMERS_FILE, USAGE_FILE
@@ -91,13 +91,12 @@ def test_paying_customers_use_more_after_conversion() -> None:
 
 def test_truth_is_the_probability_of_the_label() -> None:
     """Mean true probability equals the observed conversion rate within sampling error (4 SE)."""
-    data = simulate(
-        LeadsGenerateConfig(n_companies=3000, n_weeks=40, signup_weeks=20, base_weekly_hazard=0.01), 9
-    )
+    data_cfg = LeadsGenerateConfig(n_companies=3000, n_weeks=40, signup_weeks=20, base_weekly_hazard=0.01)
+    data = simulate(data_cfg, 9)
     comp = F.companies_frame(data.customers, data.noncustomers)
-    end = F.data_end(data.usage)
+    params = LeadsParams(generate=data_cfg, features=SMALL_FEATURES)
     rows = F.label_rows(
-        F.prediction_rows(comp, data.usage, F.snapshot_grid(data.usage, SMALL_FEATURES, end)), comp, 28
+        F.prediction_rows(comp, data.usage, F.snapshot_grid(*params.grid(), SMALL_FEATURES)), comp, 28
     )
     truth = snapshot_truth(rows.lazy(), data.hazard.lazy(), 28, dt.datetime(2019, 1, 7)).collect()
     p = truth["P_TRUE"].to_numpy()

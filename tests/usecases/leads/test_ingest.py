@@ -49,15 +49,15 @@ def test_unparsable_date_is_quarantined_with_its_line_and_value(export_dir: Path
     _field(export_dir / CUSTOMERS_FILE, 3, 1, "yesterday")
     t = _validate(export_dir)
     q = _quarantine(t, USAGE_FILE).filter(pl.col("_line") == 5)
-    assert q.height == 1 and q["_columns"][0] == "WHEN_TIMESTAMP"
-    assert "cannot read '2019-13-45 00:00:00'" in q["_reasons"][0]
+    assert q.height == 1 and q["_column"][0] == "WHEN_TIMESTAMP"
+    assert "cannot read '2019-13-45 00:00:00'" in q["_reason"][0]
     assert q["WHEN_TIMESTAMP"][0] == "2019-13-45 00:00:00"  # the original text is kept
     qc = _quarantine(t, CUSTOMERS_FILE)
-    assert qc["_line"].to_list() == [3] and "yesterday" in qc["_reasons"][0]
+    assert qc["_line"].to_list() == [3] and "yesterday" in qc["_reason"][0]
     # without a CLOSEDATE nobody knows which usage precedes conversion: the company's usage goes too
     bad_id = int(qc["ID"][0])
     qu = _quarantine(t, USAGE_FILE).filter(pl.col("ID") == str(bad_id))
-    assert qu.height > 0 and set(qu["_checks"]) == {"known_company"}
+    assert qu.height > 0 and set(qu["_check"]) == {"known_company"}
     assert t.results[USAGE_FILE].stats["rows_quarantined"] == qu.height + 1
 
 
@@ -69,9 +69,9 @@ def test_negative_counts_and_ranks_are_quarantined(export_dir: Path) -> None:
     t = _validate(export_dir)
     q = _quarantine(t, USAGE_FILE).filter(pl.col("_line") <= 3).sort("_line")
     assert q["_line"].to_list() == [2, 3]
-    assert q["_reasons"][0] == "ACTIONS_CRM_CONTACTS must be >= 0"
-    assert q["_reasons"][1] == "USERS_EMAIL must be >= 0"
-    assert _quarantine(t, NONCUSTOMERS_FILE)["_reasons"][0] == "ALEXA_RANK must be >= 1"
+    assert q["_reason"][0] == "ACTIONS_CRM_CONTACTS must be >= 0"
+    assert q["_reason"][1] == "USERS_EMAIL must be >= 0"
+    assert _quarantine(t, NONCUSTOMERS_FILE)["_reason"][0] == "ALEXA_RANK must be >= 1"
 
 
 def test_id_in_both_files_quarantines_both_rows_and_its_usage(export_dir: Path, leads_data) -> None:  # type: ignore[no-untyped-def]
@@ -81,12 +81,12 @@ def test_id_in_both_files_quarantines_both_rows_and_its_usage(export_dir: Path, 
     t = _validate(export_dir)
     qc, qn = _quarantine(t, CUSTOMERS_FILE), _quarantine(t, NONCUSTOMERS_FILE)
     assert qc["ID"].to_list() == [str(cust_id)] and qn["ID"].to_list() == [str(cust_id)]
-    assert "also appears in noncustomers.csv" in qc["_reasons"][0]
-    assert "also appears in customers.csv" in qn["_reasons"][0]
+    assert "also appears in noncustomers.csv" in qc["_reason"][0]
+    assert "also appears in customers.csv" in qn["_reason"][0]
     qu = _quarantine(t, USAGE_FILE)
     n_usage = leads_data.usage.filter(pl.col("ID").is_in([cust_id, non_id])).height
     assert qu.height == n_usage > 0  # usage of the ambiguous ID and of the overwritten noncustomer
-    assert set(qu["_checks"]) == {"known_company"}
+    assert set(qu["_check"]) == {"known_company"}
     assert cust_id not in t.customers["ID"] and cust_id not in t.noncustomers["ID"]
 
 
@@ -100,20 +100,20 @@ def test_duplicates_identical_copy_kept_once_conflicts_all_quarantined(export_di
     q = _quarantine(t, USAGE_FILE).sort("_line")
     n = len(lines)
     assert q["_line"].to_list() == [4, n + 1, n + 2]
-    assert q["_checks"].to_list() == ["duplicate_conflict", "duplicate_copy", "duplicate_conflict"]
+    assert q["_check"].to_list() == ["duplicate_conflict", "duplicate_copy", "duplicate_conflict"]
     assert t.usage.height == n - 1 - 1  # one data row lost to the conflict; the identical copy is dropped
 
 
 def test_missing_value_in_a_required_column_is_quarantined(export_dir: Path) -> None:
     _field(export_dir / CUSTOMERS_FILE, 2, 1, "")
     q = _quarantine(_validate(export_dir), CUSTOMERS_FILE)
-    assert q["_reasons"].to_list() == ["CLOSEDATE must not be empty"]
+    assert q["_reason"].to_list() == ["CLOSEDATE must not be empty"]
 
 
 def test_unknown_employee_range_is_quarantined(export_dir: Path) -> None:
     _field(export_dir / NONCUSTOMERS_FILE, 2, 2, "about fifty")
     q = _quarantine(_validate(export_dir), NONCUSTOMERS_FILE)
-    assert q["_checks"].to_list() == ["parse"] and "'about fifty'" in q["_reasons"][0]
+    assert q["_check"].to_list() == ["parse"] and "'about fifty'" in q["_reason"][0]
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ class LeadsGenerateConfig(Section):
     """Synthetic generator: companies, weekly usage, conversions, and the weekly conversion hazard."""
 
     n_companies: int = Field(20_000, ge=10, le=10_000_000)
+    companies_per_shard: int = Field(10_000, ge=10)  # the plan's fan-out: ceil(n_companies / this) shards
     start_date: dt.date = dt.date(2019, 1, 7)  # a Monday; usage week k ends at start_date + 7 (k + 1) days
     n_weeks: int = Field(78, ge=8, le=520)
     signup_weeks: int = Field(52, ge=1)  # companies sign up uniformly over the first `signup_weeks` weeks
@@ -53,7 +54,11 @@ class LeadsSourceConfig(Section):
 class LeadsFeaturesConfig(Section):
     """Snapshot grid, label horizon and usage windows (one definition for training and serving)."""
 
-    first_snapshot: dt.date | None = None  # default: the first usage timestamp + the longest window
+    # The snapshot grid must not depend on which companies a shard holds, so it comes from the config:
+    # with the generator, by default its first week + the longest window, and its last week; with a real
+    # export both are required.
+    first_snapshot: dt.date | None = None
+    data_end: dt.date | None = None  # usage and conversions are observed up to (excluding) this day
     cadence_days: int = Field(14, ge=1, le=366)
     horizon_days: int = Field(28, ge=1, le=366)  # label: converts in (snapshot, snapshot + horizon_days]
     windows_days: list[int] = Field(default_factory=lambda: [7, 28, 91])
@@ -90,12 +95,33 @@ class LeadsEvaluateConfig(Section):
     min_slice_rows: int = Field(50, ge=1)
 
 
-class LeadsConfig(Section):
-    """Every section the lead-conversion use case reads."""
+class LeadsParams(Section):
+    """The use case's ``params:`` section (the shared sections run, select, train, ... apply as for any
+    use case; ``run.seed`` seeds the generator)."""
 
-    seed: int = 7
     generate: LeadsGenerateConfig = Field(default_factory=LeadsGenerateConfig)  # type: ignore[arg-type]
     source: LeadsSourceConfig = Field(default_factory=LeadsSourceConfig)  # type: ignore[arg-type]
     features: LeadsFeaturesConfig = Field(default_factory=LeadsFeaturesConfig)  # type: ignore[arg-type]
     split: LeadsSplitConfig = Field(default_factory=LeadsSplitConfig)  # type: ignore[arg-type]
     evaluate: LeadsEvaluateConfig = Field(default_factory=LeadsEvaluateConfig)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _grid_known(self) -> Self:
+        f = self.features
+        if self.source.kind == "folder" and (f.first_snapshot is None or f.data_end is None):
+            raise ValueError(
+                "features.first_snapshot and features.data_end are required with source.kind 'folder'"
+            )
+        return self
+
+    def grid(self) -> tuple[dt.datetime, dt.datetime]:
+        """``(first_snapshot, data_end)`` as datetimes (see :class:`LeadsFeaturesConfig`)."""
+        f, g = self.features, self.generate
+        weeks_back = -(-max(f.windows_days) // 7)  # the longest window, in whole weeks
+        first = f.first_snapshot or g.start_date + dt.timedelta(days=7 * (1 + weeks_back))
+        end = f.data_end or g.start_date + dt.timedelta(days=7 * g.n_weeks)
+        return dt.datetime.combine(first, dt.time()), dt.datetime.combine(end, dt.time())
+
+    def grid_origin(self) -> dt.datetime:
+        """The generator's weekly grid (hazard weeks start on it)."""
+        return dt.datetime.combine(self.generate.start_date, dt.time())

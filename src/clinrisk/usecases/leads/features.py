@@ -23,6 +23,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from clinrisk.errors import DataError
+from clinrisk.feature_table import OTHER
 from clinrisk.usecases.leads.config import LeadsFeaturesConfig
 from clinrisk.usecases.leads.tables import EMPLOYEE_RANGES, USAGE_COLUMNS
 
@@ -32,8 +33,10 @@ __all__ = [
     "build_features",
     "companies_frame",
     "data_end",
+    "feature_dtypes",
     "feature_names",
     "fit_feature_spec",
+    "industry_levels",
     "label_rows",
     "prediction_rows",
     "snapshot_grid",
@@ -50,7 +53,7 @@ class LeadsFeatureSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     windows_days: tuple[int, ...]
-    industries: tuple[str, ...]  # the coded levels; any other non-null industry is "other"
+    industries: tuple[str, ...]  # the coded levels; any other non-null industry is OTHER
     horizon_days: int
 
 
@@ -64,10 +67,32 @@ def feature_names(spec: LeadsFeatureSpec) -> list[str]:
         "DAYS_SINCE_FIRST_USAGE",
         "LOG10_ALEXA_RANK",
         "EMPLOYEE_RANGE_ORD",
-        "INDUSTRY_CODE",
+        "INDUSTRY_GROUP",
         "SNAPSHOT_MONTH",
         "DAYS_TO_QUARTER_END",
     ]
+
+
+def industry_levels(spec: LeadsFeatureSpec) -> list[str]:
+    """Levels of the INDUSTRY_GROUP feature: the coded industries, then ``OTHER``."""
+    return [*spec.industries, OTHER]
+
+
+def feature_dtypes(spec: LeadsFeatureSpec) -> dict[str, pl.DataType]:
+    """The dtype of every feature (the shared feature table allows Float32/Int8/Int16/UInt8/Enum)."""
+    out: dict[str, pl.DataType] = {}
+    for name in feature_names(spec):
+        if name.startswith(_ACTIVE):
+            out[name] = pl.Int16()
+        elif name in ("EMPLOYEE_RANGE_ORD", "SNAPSHOT_MONTH"):
+            out[name] = pl.Int8()
+        elif name == "DAYS_TO_QUARTER_END":
+            out[name] = pl.Int16()
+        elif name == "INDUSTRY_GROUP":
+            out[name] = pl.Enum(industry_levels(spec))
+        else:
+            out[name] = pl.Float32()
+    return out
 
 
 def fit_feature_spec(companies: pl.DataFrame, cfg: LeadsFeaturesConfig) -> LeadsFeatureSpec:
@@ -106,17 +131,9 @@ def data_end(usage: pl.DataFrame) -> dt.datetime:
     return end
 
 
-def snapshot_grid(usage: pl.DataFrame, cfg: LeadsFeaturesConfig, end: dt.datetime) -> list[dt.datetime]:
-    """Snapshot dates every ``cadence_days`` from ``first_snapshot`` (default: the first usage timestamp plus
-    the longest window, rounded up to whole weeks) to the last one whose label window ends by ``end``."""
-    if cfg.first_snapshot is not None:
-        first = dt.datetime.combine(cfg.first_snapshot, dt.time())
-    else:
-        t0 = usage.get_column("WHEN_TIMESTAMP").min()
-        if t0 is None:
-            raise DataError("usage_actions.csv: no usage rows")
-        assert isinstance(t0, dt.datetime)
-        first = t0 + dt.timedelta(days=7 * -(-max(cfg.windows_days) // 7))
+def snapshot_grid(first: dt.datetime, end: dt.datetime, cfg: LeadsFeaturesConfig) -> list[dt.datetime]:
+    """Snapshot dates every ``cfg.cadence_days`` from ``first`` to the last one whose label window
+    ``(s, s + horizon_days]`` ends by ``end``."""
     last = end - dt.timedelta(days=cfg.horizon_days)
     out: list[dt.datetime] = []
     s = first
@@ -125,7 +142,7 @@ def snapshot_grid(usage: pl.DataFrame, cfg: LeadsFeaturesConfig, end: dt.datetim
         s += dt.timedelta(days=cfg.cadence_days)
     if not out:
         raise DataError(
-            f"usage_actions.csv: the data ({first:%Y-%m-%d} .. {end:%Y-%m-%d}) is too short for one snapshot "
+            f"features: the data ({first:%Y-%m-%d} .. {end:%Y-%m-%d}) is too short for one snapshot "
             f"with a {cfg.horizon_days}-day label window"
         )
     return out
@@ -235,16 +252,16 @@ def build_features(
     feats = feats.with_columns(
         pl.col("ALEXA_RANK").cast(pl.Float64).log10().alias("LOG10_ALEXA_RANK"),
         pl.col("EMPLOYEE_RANGE")
+        .cast(pl.String)
         .cast(pl.Enum(list(EMPLOYEE_RANGES)))
         .to_physical()
-        .cast(pl.Int8)
         .alias("EMPLOYEE_RANGE_ORD"),
-        pl.when(industry.is_null())
-        .then(None)
-        .otherwise(industry.replace_strict(levels, list(range(len(levels))), default=len(levels)))
-        .cast(pl.Int16)
-        .alias("INDUSTRY_CODE"),
+        pl.when(industry.is_in(levels)).then(industry).otherwise(pl.lit(OTHER)).alias("INDUSTRY_GROUP"),
+    ).with_columns(
+        pl.when(industry.is_null()).then(None).otherwise(pl.col("INDUSTRY_GROUP")).alias("INDUSTRY_GROUP")
     )
+    dtypes = feature_dtypes(spec)
+    feats = feats.with_columns(pl.col(n).cast(d) for n, d in dtypes.items())
     extra = [c for c in rows.columns if c not in KEY]
-    keep_slices = [c for c in ("INDUSTRY", "EMPLOYEE_RANGE") if c not in extra]
+    keep_slices = [c for c in ("INDUSTRY", "EMPLOYEE_RANGE") if c not in extra]  # raw, for slicing
     return feats.select(*KEY, *extra, *keep_slices, *feature_names(spec)).sort(*KEY).collect()

@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 FILES = (CUSTOMERS_FILE, NONCUSTOMERS_FILE, USAGE_FILE)
-QUARANTINE_COLUMNS = ("_line", "_checks", "_columns", "_reasons")
+QUARANTINE_COLUMNS = ("_row", "_check", "_column", "_reason", "_line")
+LINE = "_line"  # 1-based CSV line of a row (header = line 1), added by the reader, kept through sharding
 _FAIL_SCHEMA = {"_row": pl.UInt32, "_check": pl.String, "_column": pl.String, "_reason": pl.String}
 _TS_FORMATS = (
     "%Y-%m-%d %H:%M:%S",
@@ -104,10 +105,12 @@ def read_csv_text(path: Path) -> pl.DataFrame:
         where = _locate_csv_problem(path, 0) if path.stat().st_size else "the file is empty"
         raise DataError(f"{path}: not a CSV file with a header ({where or type(exc).__name__})") from None
     try:
-        return pl.read_csv(path, infer_schema=False, raise_if_empty=False)
+        text = pl.read_csv(path, infer_schema=False, raise_if_empty=False)
     except Exception as exc:
         where = _locate_csv_problem(path, len(header))
         raise DataError(f"{path}: {where or f'unreadable CSV ({type(exc).__name__})'}") from None
+    # line numbers assume one line per record (no newlines inside quoted fields)
+    return text.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + 2).alias(LINE))
 
 
 def read_export(folder: Path) -> dict[str, pl.DataFrame]:
@@ -159,7 +162,11 @@ def cast_file(file: str, text: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     cols: list[pl.Series] = []
     fails: list[pl.DataFrame] = []
     idx = pl.Series("_row", range(text.height), dtype=pl.UInt32)
+    lines = text.get_column(LINE) if LINE in text.columns else idx.cast(pl.Int64) + 2
     for name, dtype in contract.items():
+        if text.schema[name] == dtype:  # already typed (generated data, Parquet): nothing to parse
+            cols.append(text.get_column(name))
+            continue
         src = text.get_column(name).cast(pl.String)
         src = src.set(src.str.strip_chars() == "", None)  # type: ignore[arg-type]  # blank = missing
         out = _parse(src, dtype).alias(name)
@@ -168,7 +175,7 @@ def cast_file(file: str, text: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
         if n_bad and n_bad == n_nonnull and n_nonnull > 1:
             first = int(bad.arg_true()[0])
             raise DataError(
-                f"{file}: line {first + 2}: column {name!r}: none of its {n_nonnull} values parse as {dtype} "
+                f"{file}: line {lines[first]}: column {name!r}: none of its {n_nonnull} values parse as {dtype} "
                 f"(e.g. {src[first]!r})"
             )
         if n_bad:
@@ -218,17 +225,19 @@ def validate_file(file: str, text: pl.DataFrame, rules: Sequence[Rule]) -> FileR
         .sort("_row", "_column", "_check")
         .group_by("_row", maintain_order=True)
         .agg(
-            pl.col("_check").str.join("; ").alias("_checks"),
-            pl.col("_column").str.join("; ").alias("_columns"),
-            pl.col("_reason").str.join("; ").alias("_reasons"),
+            pl.col("_check").str.join("; "),
+            pl.col("_column").str.join("; "),
+            pl.col("_reason").str.join("; "),
         )
     )
     bad = pl.Series(range(text.height), dtype=pl.UInt32).is_in(per_row.get_column("_row").implode())
+    original = [c for c in text.columns if c != LINE]
+    if LINE not in text.columns:
+        text = text.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + 2).alias(LINE))
     quarantine = (
         text.with_row_index("_row")
-        .join(per_row, on="_row", how="inner")
-        .with_columns((pl.col("_row").cast(pl.Int64) + 2).alias("_line"))
-        .select(*QUARANTINE_COLUMNS, *text.columns)
+        .join(per_row, on="_row", how="inner", maintain_order="left")
+        .select(*QUARANTINE_COLUMNS, *(pl.col(c).cast(pl.String) for c in original))
     )
     by_check = fails.group_by("_check").len().sort("_check")
     stats = {
@@ -236,7 +245,7 @@ def validate_file(file: str, text: pl.DataFrame, rules: Sequence[Rule]) -> FileR
         "rows_valid": int((~bad).sum()),
         "rows_quarantined": int(bad.sum()),
         "failures_by_check": dict(zip(by_check["_check"].to_list(), by_check["len"].to_list(), strict=True)),
-        "dropped_columns": [c for c in text.columns if c not in CONTRACTS[file]],
+        "dropped_columns": [c for c in original if c not in CONTRACTS[file]],
     }
     return FileResult(file, typed.filter(~bad), quarantine, stats)
 
@@ -272,7 +281,7 @@ def validate_tables(texts: dict[str, pl.DataFrame], max_quarantine_fraction: flo
             top = r.quarantine.head(1).row(0, named=True)
             raise DataError(
                 f"{r.file}: {n_q} of {n_in} rows quarantined ({n_q / n_in:.1%} > max_quarantine_fraction "
-                f"{max_quarantine_fraction:.1%}); first: line {top['_line']}: {top['_reasons']}"
+                f"{max_quarantine_fraction:.1%}); first: line {top[LINE]}: {top['_reason']}"
             )
     return LeadsTables(
         customers=cust.valid.sort("ID"),
