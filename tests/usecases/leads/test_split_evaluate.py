@@ -8,6 +8,7 @@ import math
 import polars as pl
 import pytest
 
+from clinrisk.config import SplitConfig
 from clinrisk.usecases.leads.config import LeadsSplitConfig
 from clinrisk.usecases.leads.evaluate import evaluate_leads, slice_table, top_k_table
 from clinrisk.usecases.leads.splits import assign_split, first_test_snapshot
@@ -25,10 +26,9 @@ def _rows(n_ids: int = 400, n_snaps: int = 20) -> pl.DataFrame:
 
 
 def test_split_is_company_disjoint_and_labels_close_before_the_test_period() -> None:
-    cfg = LeadsSplitConfig()
     rows = _rows()
-    t0 = first_test_snapshot(cfg, rows["SNAPSHOT"].unique().to_list())
-    out = assign_split(rows.lazy(), cfg, t0, horizon_days=28).collect()
+    t0 = first_test_snapshot(LeadsSplitConfig(), rows["SNAPSHOT"].unique().to_list())
+    out = assign_split(rows.lazy(), SplitConfig(), t0, horizon_days=28).collect()
     ids = {s: set(out.filter(pl.col("split") == s)["ID"]) for s in ("train", "validation", "test")}
     assert ids["train"] and ids["validation"] and ids["test"]
     assert (

@@ -74,15 +74,14 @@ class LeadsFeaturesConfig(Section):
 
 
 class LeadsSplitConfig(Section):
-    """Company-grouped and temporal: test companies and test snapshots are both held out.
+    """The temporal half of the split: test snapshots start at ``test_from``.
 
-    Buckets are ``SplitMix64(ID) mod 100`` (half-open ranges). A snapshot is train/validation only when its
-    label window ends before ``test_from`` (label embargo), and test only when it is on or after ``test_from``.
+    The company half is the shared ``split.{train,validation,test}_buckets`` (``SplitMix64(ID) mod 100``),
+    so the platform and the use case agree on which companies are training companies. A snapshot is
+    train/validation only when its label window ends before ``test_from`` (label embargo), and test only
+    when it is on or after ``test_from``. The shared ``split.*_years`` do not apply.
     """
 
-    train_buckets: tuple[int, int] = (0, 70)
-    validation_buckets: tuple[int, int] = (70, 85)
-    test_buckets: tuple[int, int] = (85, 100)
     test_from: dt.date | None = None  # default: the last `test_fraction` of the snapshot dates
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
 

@@ -26,7 +26,7 @@ from clinrisk.usecases.leads.generator import simulate
 from clinrisk.usecases.leads.ingest import cast_file, read_csv_text, validate_tables
 from clinrisk.usecases.leads.request import from_epoch_day, instance_for, keys_of, parse_instances
 from clinrisk.usecases.leads.schemas import company_rules, file_schema, usage_rules
-from clinrisk.usecases.leads.splits import assign_split, first_test_snapshot
+from clinrisk.usecases.leads.splits import assign_split, first_test_snapshot, in_buckets
 from clinrisk.usecases.leads.tables import CUSTOMERS_FILE, NONCUSTOMERS_FILE, USAGE_FILE
 from clinrisk.usecases.leads.truth import snapshot_truth
 
@@ -208,7 +208,7 @@ def feature_table(
     usage = tables["usage_actions"]
     rows = F.label_rows(F.prediction_rows(comp, usage, grid), comp, lspec.horizon_days)
     rows = assign_split(
-        rows.lazy(), p.split, first_test_snapshot(p.split, grid), lspec.horizon_days
+        rows.lazy(), cfg.split, first_test_snapshot(p.split, grid), lspec.horizon_days
     ).collect()
     feats = F.build_features(rows, comp, usage, lspec)
     if truth is not None:
@@ -246,8 +246,11 @@ class LeadsFeatures:
     """Point-in-time usage windows + firmographics + seasonality (``clinrisk.usecases.leads.features``)."""
 
     def fit_spec(self, cfg: ClinriskConfig, train: Mapping[str, pl.LazyFrame]) -> FeatureSpec:
+        """Industry levels from training companies only (``split.train_buckets``; a no-op filter when the
+        caller already passed only those)."""
         frames = _frames(train)
         comp = F.companies_frame(frames["customers"], frames["noncustomers"])
+        comp = comp.filter(in_buckets(cfg.split.train_buckets))
         return _feature_spec(F.fit_feature_spec(comp, params(cfg).features))
 
     def build(

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from clinrisk.config import SplitConfig
 from clinrisk.splits import SPLIT_DTYPE, patient_bucket_expr
 from clinrisk.usecases.leads.config import LeadsSplitConfig
 
-__all__ = ["assign_split", "first_test_snapshot"]
+__all__ = ["assign_split", "first_test_snapshot", "in_buckets"]
 
 
 def first_test_snapshot(cfg: LeadsSplitConfig, snapshots: Sequence[dt.datetime]) -> dt.datetime:
@@ -32,10 +33,16 @@ def _in(b: pl.Expr, rng: tuple[int, int]) -> pl.Expr:
     return (b >= rng[0]) & (b < rng[1])
 
 
+def in_buckets(buckets: tuple[int, int], column: str = "ID") -> pl.Expr:
+    """Rows whose company hash bucket is in the half-open range ``buckets``."""
+    return _in(patient_bucket_expr(column), buckets)
+
+
 def assign_split(
-    rows: pl.LazyFrame, cfg: LeadsSplitConfig, test_from: dt.datetime, horizon_days: int
+    rows: pl.LazyFrame, cfg: SplitConfig, test_from: dt.datetime, horizon_days: int
 ) -> pl.LazyFrame:
-    """Add ``split`` (Enum train/validation/test/embargo/unused) to rows with ID and SNAPSHOT."""
+    """Add ``split`` (Enum train/validation/test/embargo/unused) to rows with ID and SNAPSHOT; company
+    buckets from the shared ``cfg`` (its year ranges are not used)."""
     b = patient_bucket_expr("ID")
     s = pl.col("SNAPSHOT")
     start = pl.lit(test_from, dtype=pl.Datetime("us"))
