@@ -193,3 +193,40 @@ def test_extra_columns_are_dropped_and_reported(export_dir: Path) -> None:
     t = _validate(export_dir)
     assert t.results[NONCUSTOMERS_FILE].stats["dropped_columns"] == ["NOTES"]
     assert "NOTES" not in t.noncustomers.columns
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda p: p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n")),  # Windows line ends
+        lambda p: p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes()),  # UTF-8 byte-order mark
+    ],
+)
+def test_windows_exports_read_the_same(export_dir: Path, mutate) -> None:  # type: ignore[no-untyped-def]
+    clean = _validate(export_dir, 0.0)
+    for f in (CUSTOMERS_FILE, NONCUSTOMERS_FILE, USAGE_FILE):
+        mutate(export_dir / f)
+    again = _validate(export_dir, 0.0)
+    assert again.usage.equals(clean.usage) and again.customers.equals(clean.customers)
+
+
+def test_spreadsheet_integers_are_read_and_cross_file_ids_still_match(export_dir: Path, leads_data) -> None:  # type: ignore[no-untyped-def]
+    """'24.0' / '1.5e6' are whole numbers; the ID-in-both rule sees them too."""
+    path = export_dir / NONCUSTOMERS_FILE
+    lines = path.read_text().splitlines()
+    lines[1:] = [line.split(",", 1)[0] + ".0," + line.split(",", 1)[1] for line in lines[1:]]
+    path.write_text("\n".join(lines) + "\n")
+    clean = _validate(export_dir, 0.0)
+    assert clean.noncustomers["ID"].to_list() == sorted(leads_data.noncustomers["ID"].to_list())
+    _field(path, 2, 0, f"{leads_data.customers['ID'][0]}.0")
+    t = _validate(export_dir)
+    assert t.results[CUSTOMERS_FILE].stats["rows_quarantined"] == 1
+
+
+def test_semicolon_separated_file_names_what_it_found(export_dir: Path) -> None:
+    path = export_dir / NONCUSTOMERS_FILE
+    path.write_text(path.read_text().replace(",", ";"))
+    with pytest.raises(
+        DataError, match=r"noncustomers\.csv: required column\(s\) missing: .*the header has: ID;ALEXA_RANK"
+    ):
+        _validate(export_dir)

@@ -85,7 +85,10 @@ def test_ingest_rejects_a_bad_file_in_one_line(cfg: ClinriskConfig, shard: RawSh
     assert shard.truth is not None
     write_csvs(LeadsData(t["customers"], t["noncustomers"], t["usage_actions"], shard.truth), tmp_path)
     pl.read_csv(tmp_path / "customers.csv").drop("CLOSEDATE").write_csv(tmp_path / "customers.csv")
-    with pytest.raises(DataError, match=r"^customers\.csv: required column\(s\) missing: CLOSEDATE$"):
+    with pytest.raises(
+        DataError,
+        match=r"^customers\.csv: required column\(s\) missing: CLOSEDATE \(the header has: ID, MRR, ",
+    ):
         LEADS.source.ingest(cfg, tmp_path)
     (tmp_path / "customers.csv").unlink()
     with pytest.raises(DataError, match=r"customers\.csv: file not found"):
@@ -164,3 +167,21 @@ def test_v1_contract_caps_instances_and_nulls_are_allowed(cfg: ClinriskConfig, s
         LEADS.serving.parse(_body(INDUSTRY="Shipbuilding"), spec, cfg.serving), spec
     )
     assert feats["INDUSTRY_GROUP"][0] == "__OTHER__"
+
+
+def test_ingest_refuses_an_export_without_rows(cfg: ClinriskConfig, shard: RawShard, tmp_path: Path) -> None:
+    from clinrisk.usecases.leads.generator import LeadsData
+
+    t = shard.tables
+    assert shard.truth is not None
+    write_csvs(
+        LeadsData(t["customers"].head(0), t["noncustomers"].head(0), t["usage_actions"], shard.truth),
+        tmp_path,
+    )
+    with pytest.raises(DataError, match="have no data rows"):
+        LEADS.source.ingest(cfg, tmp_path)
+    write_csvs(
+        LeadsData(t["customers"], t["noncustomers"], t["usage_actions"].head(0), shard.truth), tmp_path
+    )
+    with pytest.raises(DataError, match=r"usage_actions\.csv: no data rows"):
+        LEADS.source.ingest(cfg, tmp_path)

@@ -146,7 +146,15 @@ def _parse(text: pl.Series, dtype: pl.DataType) -> pl.Series:
         return frame.select(pl.coalesce(parsed)).to_series()
     if isinstance(dtype, pl.Enum):
         return s.set(~s.is_in(list(dtype.categories)).fill_null(False), None).cast(dtype)  # type: ignore[arg-type]
-    return s.cast(dtype, strict=False)
+    out = s.cast(dtype, strict=False)
+    if dtype.is_integer():
+        # spreadsheet exports write integers as "24.0" or "1.5e6": accept a value that is a whole number
+        f = s.cast(pl.Float64, strict=False)
+        whole = f.is_not_null() & f.is_finite() & (f == f.round(0)) & (f.abs() < 2.0**53)
+        out = pl.select(
+            pl.when(out.is_null() & whole).then(f.cast(dtype, strict=False)).otherwise(out)
+        ).to_series()
+    return out
 
 
 def cast_file(file: str, text: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -158,7 +166,10 @@ def cast_file(file: str, text: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     contract = CONTRACTS[file]
     missing = [c for c in contract if c not in text.columns]
     if missing:
-        raise DataError(f"{file}: required column(s) missing: {', '.join(missing)}")
+        header = ", ".join(c for c in text.columns if c != LINE)
+        raise DataError(
+            f"{file}: required column(s) missing: {', '.join(missing)} (the header has: {header[:200]})"
+        )
     cols: list[pl.Series] = []
     fails: list[pl.DataFrame] = []
     idx = pl.Series("_row", range(text.height), dtype=pl.UInt32)
@@ -251,9 +262,11 @@ def validate_file(file: str, text: pl.DataFrame, rules: Sequence[Rule]) -> FileR
 
 
 def _ids(file: str, text: pl.DataFrame) -> pl.Series:
+    """The IDs of a company file, parsed as :func:`cast_file` would (for the cross-file rules)."""
     if "ID" not in text.columns:
-        raise DataError(f"{file}: required column(s) missing: ID")
-    return text.get_column("ID").cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False).drop_nulls()
+        cast_file(file, text)  # raises the missing-column error, with the header
+    src = text.get_column("ID")
+    return (src if src.dtype == pl.Int64 else _parse(src.cast(pl.String), pl.Int64())).drop_nulls()
 
 
 def validate_tables(texts: dict[str, pl.DataFrame], max_quarantine_fraction: float = 1.0) -> LeadsTables:

@@ -136,6 +136,11 @@ class LeadsSource:
                 out[table] = pl.scan_parquet(sorted(folder.glob("*.parquet")))
             else:
                 raise DataError(f"{csv}: file not found (missing)")
+        if out["usage_actions"].select(pl.len()).collect().item() == 0:
+            raise DataError(f"{source / USAGE_FILE}: no data rows")
+        n_companies = sum(out[t].select(pl.len()).collect().item() for t in ("customers", "noncustomers"))
+        if n_companies == 0:
+            raise DataError(f"{source}: {CUSTOMERS_FILE} and {NONCUSTOMERS_FILE} have no data rows")
         return out
 
     def entity_column(self, table: str) -> str:
