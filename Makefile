@@ -1,5 +1,6 @@
 # clinrisk — the single developer entry point.
-#   make run    the main job on the embedded default (tier 1: kfp.local + local MLflow + local KServe)
+#   make run    the main job on the embedded default (tier 1: kfp.local + local MLflow + local KServe);
+#               USECASE=leads selects another use case (configs/<USECASE>/default.yaml)
 #   make test   every test (sets up its own virtual environment)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -7,7 +8,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
-CONFIG ?= configs/default.yaml
+USECASE ?= clinical
+CONFIG ?= configs/$(USECASE)/default.yaml
 STAMP := $(VENV)/.installed
 
 .PHONY: venv run test test-fast lint bench lock clean help
@@ -23,8 +25,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP) ## create/refresh the virtual environment from the lock file
 
-run: venv ## run the main job on the default config
-	$(BIN)/clinrisk run --config $(CONFIG)
+run: venv ## run the main job (USECASE=clinical|leads, CONFIG=configs/$(USECASE)/default.yaml)
+	$(BIN)/clinrisk run --usecase $(USECASE) --config $(CONFIG)
 
 test: venv ## run the whole test suite
 	$(BIN)/pytest -q -m "not docker" tests

@@ -1,5 +1,5 @@
 """Features-stage benchmark: wall time and peak RSS at two sizes, polars vs naive pandas rolling, and the
-per-lab measurement coverage for X = 1, 2, 3, 5 (the window-X justification, science.md §3.2).
+per-lab measurement coverage for X = 1, 2, 3, 5 (the window-X justification, docs/science.md §3.2).
 
     .venv/bin/python benchmarks/bench_features.py                       # 0.5M and 2M rows
     .venv/bin/python benchmarks/bench_features.py --rows 20000 100000 --pandas-rows 20000   # quick
@@ -60,7 +60,7 @@ def child(rows: int, source: str, workers: int) -> None:
     import polars as pl
 
     from clinrisk.config import load_config
-    from clinrisk.features import build_features_dataset
+    from clinrisk.features_stage import build_features_dataset
     from clinrisk.io import list_shards
 
     with tempfile.TemporaryDirectory() as d:

@@ -1,5 +1,5 @@
 """Training + evaluation benchmark on a finished pipeline run: wall time and peak RSS of each stage, and
-model quality against the oracle ceiling (science.md §1.9).
+model quality against the oracle ceiling (docs/science.md §1.9).
 
     make run                                                   # the default 2M-row run, once
     .venv/bin/python benchmarks/bench_model.py --run outputs/default/latest

@@ -7,7 +7,7 @@ The step runs in a fresh subprocess so ``ru_maxrss`` is its own (the step also r
 peak). ``--synthetic-patients N`` first writes the planted synthetic features dataset of
 ``tests/features/test_selection.py`` (about 6 rows per patient) at PATH when PATH has no shards.
 Prints one JSON line: wall_s, peak RSS (child ru_maxrss and the step's own), budget, sample rows,
-feature counts, ΔAP/ΔBrier (and whether they pass science.md §5.3), hazard-family recall and the families
+feature counts, ΔAP/ΔBrier (and whether they pass docs/science.md §5.3), hazard-family recall and the families
 missed, probe and noise-code false selections, the selected list. On a shared box pass
 ``--set select.num_threads=1``: oversubscribed OpenMP threads make LightGBM several times slower.
 """

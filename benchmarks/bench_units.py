@@ -1,4 +1,4 @@
-"""Unit-cleaning accuracy against the generator's truth (science.md §1.8, §6.4).
+"""Unit-cleaning accuracy against the generator's truth (docs/science.md §1.8, §6.4).
 
     .venv/bin/python benchmarks/bench_units.py                  # 20,000 patients
     .venv/bin/python benchmarks/bench_units.py --patients 5000 --set generate.unit_null_rate=0.05

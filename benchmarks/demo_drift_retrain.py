@@ -170,7 +170,8 @@ def run_demo(
     """The whole demo; returns the JSON-able result (also written to ``out/demo_drift.json``)."""
     from clinrisk.bundle import load_bundle
     from clinrisk.drift import drift_report
-    from clinrisk.features import FeatureSpec, build_feature_frame, build_features_dataset
+    from clinrisk.features import FeatureSpec, build_feature_frame
+    from clinrisk.features_stage import build_features_dataset
     from clinrisk.generate import generate_dataset
     from clinrisk.request_log import RequestLogger, read_request_log
     from clinrisk.train import train_model

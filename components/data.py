@@ -6,11 +6,12 @@ from clinrisk.images import pipeline_image
 
 
 @dsl.component(base_image=pipeline_image(), install_kfp_package=False)
-def plan_generation(config: dsl.Input[dsl.Artifact], plan: dsl.Output[dsl.Artifact]) -> None:
-    """Calibrate the onset intercept and fix the patient blocks of every shard."""
+def plan_generation(config: dsl.Input[dsl.Artifact], plan: dsl.Output[dsl.Artifact]) -> list[int]:
+    """Calibrate the onset intercept and fix the patient blocks of every shard; return the shard indices
+    (the plan owns the fan-out)."""
     from clinrisk.steps import plan_generation_step
 
-    plan_generation_step(config.path, plan.path)
+    return plan_generation_step(config.path, plan.path)
 
 
 @dsl.component(base_image=pipeline_image(), install_kfp_package=False)

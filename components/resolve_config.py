@@ -10,8 +10,8 @@ def resolve_config(
     config_yaml: str,
     overrides: list[str],
     config: dsl.Output[dsl.Artifact],
-) -> list[int]:
-    """Write the effective config (the run's provenance) and return the shard indices to fan out over."""
+) -> None:
+    """Write the effective config (the run's provenance)."""
     from clinrisk.steps import resolve_config_step
 
-    return resolve_config_step(config_yaml, list(overrides), config.path)
+    resolve_config_step(config_yaml, list(overrides), config.path)

@@ -19,14 +19,14 @@ def build_training_pipeline(parallelism: int = 2) -> Callable[..., Any]:
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="Synthetic EHR patient-years → validated data → features → LightGBM → MLflow registry",
+        description="A use case's data → validated data → features → LightGBM → MLflow registry (→ canary)",
     )
     def clinrisk_training(
         config_yaml: str,
         overrides: list[str] = [],  # noqa: B006 - KFP pipeline parameters take literal defaults
         deploy: bool = False,
-        inference_service: str = "clinrisk",
-        namespace: str = "clinrisk",
+        inference_service: str = "",  # "" = the config's serving.model_name (the use case's)
+        namespace: str = "",  # "" = the config's serving.namespace
         canary_percent: int = 10,
     ) -> str:
         cfg = c.resolve_config(config_yaml=config_yaml, overrides=overrides)
@@ -34,9 +34,10 @@ def build_training_pipeline(parallelism: int = 2) -> Callable[..., Any]:
         # Steps with side effects outside their outputs (MLflow run, registry, InferenceService) are never
         # served from the cache; the deterministic data/feature/model steps are.
         tracking.set_caching_options(False)
+        # The plan owns the fan-out: both ParallelFors iterate over the shard indices it returns.
         plan = c.plan_generation(config=cfg.outputs["config"])
 
-        with dsl.ParallelFor(cfg.outputs["Output"], parallelism=parallelism) as shard:
+        with dsl.ParallelFor(plan.outputs["Output"], parallelism=parallelism) as shard:
             gen = c.generate_shard(config=cfg.outputs["config"], plan=plan.outputs["plan"], shard=shard)
             val = c.validate_shard(
                 config=cfg.outputs["config"], raw_shard=gen.outputs["raw_shard"], shard=shard
@@ -50,7 +51,7 @@ def build_training_pipeline(parallelism: int = 2) -> Callable[..., Any]:
         )
         spec = c.fit_feature_spec(config=cfg.outputs["config"], validated=data.outputs["validated"])
 
-        with dsl.ParallelFor(cfg.outputs["Output"], parallelism=parallelism) as shard:
+        with dsl.ParallelFor(plan.outputs["Output"], parallelism=parallelism) as shard:
             feat = c.build_features_shard(
                 config=cfg.outputs["config"],
                 feature_spec=spec.outputs["feature_spec"],

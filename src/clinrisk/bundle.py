@@ -6,7 +6,7 @@ Layout (docs/contracts.md "Model bundle")::
     metrics.json  config.yaml  metadata.json
 
 Every probability leaves the bundle through :meth:`ModelBundle.predict_proba`: raw LightGBM margin →
-class-weight odds correction (science.md §4.1) → calibration map. Feature encoding for prediction and for
+class-weight odds correction (docs/science.md §4.1) → calibration map. Feature encoding for prediction and for
 training goes through the same :func:`features_to_matrix`, so categorical codes can never disagree.
 """
 
@@ -26,6 +26,7 @@ import numpy.typing as npt
 import polars as pl
 import yaml
 
+from clinrisk.calibration import apply_calibration, validate_calibration
 from clinrisk.errors import DataError
 
 if TYPE_CHECKING:
@@ -54,18 +55,18 @@ BUNDLE_FILES: tuple[str, ...] = (
     METADATA_FILE,
 )
 OTHER_LEVEL = "__OTHER__"
-# Probabilities are kept strictly inside (0, 1) so logits and log-losses stay finite.
-PROB_EPS = 1e-7
 
 
 # ------------------------------------------------------------------------------------- feature matrix
 
 
-def _encode_column(name: str, dtype: pl.DataType, levels: list[str] | None) -> pl.Expr:
+def encode_column(name: str, dtype: pl.DataType, levels: list[str] | None) -> pl.Expr:
+    """Model-matrix expression of one feature: a category -> its index in ``levels`` by level name (unseen
+    -> ``__OTHER__``, null stays missing), a number -> Float32 (training, evaluation and serving share it)."""
     col = pl.col(name)
     if levels is not None and (dtype == pl.String or isinstance(dtype, pl.Enum | pl.Categorical)):
         # Map by level *name* so the code is the index in the spec, whatever order the column's Enum has;
-        # unseen levels go to __OTHER__ (science.md §5.2), nulls stay missing.
+        # unseen levels go to __OTHER__ (docs/science.md §5.2), nulls stay missing.
         other = levels.index(OTHER_LEVEL) if OTHER_LEVEL in levels else None
         coded = col.cast(pl.String).replace_strict(
             levels, list(range(len(levels))), default=other, return_dtype=pl.Float32
@@ -89,24 +90,12 @@ def features_to_matrix(
     if missing:
         raise DataError(f"features: missing feature column(s) {missing}")
     cats = categories or {}
-    exprs = [_encode_column(n, df.schema[n], cats.get(n)) for n in feature_names]
+    exprs = [encode_column(n, df.schema[n], cats.get(n)) for n in feature_names]
     out = df.select(exprs).to_numpy()
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------ probability maps
-
-
-def sigmoid(z: npt.ArrayLike) -> FloatArray:
-    """Numerically stable logistic function."""
-    zz = np.asarray(z, dtype=np.float64)
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * zz)), dtype=np.float64)
-
-
-def logit(p: npt.ArrayLike) -> FloatArray:
-    """log(p / (1 − p)) with p clipped to [PROB_EPS, 1 − PROB_EPS]."""
-    pp = np.clip(np.asarray(p, dtype=np.float64), PROB_EPS, 1 - PROB_EPS)
-    return np.asarray(np.log(pp) - np.log1p(-pp), dtype=np.float64)
 
 
 def odds_correct_logit(raw: npt.ArrayLike, positive_class_weight: float) -> FloatArray:
@@ -142,6 +131,12 @@ class ModelBundle:
     def threshold(self) -> float:
         """Decision threshold τ on the calibrated probability (alert = p ≥ τ)."""
         return float(self.threshold_info["value"])
+
+    @property
+    def threshold_probability(self) -> float:
+        """The net-benefit threshold probability p_t the bundle's τ was chosen for (τ may differ from p_t
+        under an alert capacity). Frozen at training: evaluation and promotion read it from here."""
+        return float(self.threshold_info["threshold_probability"])
 
     @property
     def version(self) -> str:
@@ -181,8 +176,6 @@ class ModelBundle:
 
     def predict_proba(self, features: pl.DataFrame | np.ndarray | Any) -> FloatArray:
         """Calibrated, odds-corrected probability of the positive class, one per row."""
-        from clinrisk.calibration import apply_calibration
-
         return apply_calibration(self.calibration, self.predict_logit(features))
 
     def predict_contrib(self, features: pl.DataFrame | np.ndarray | Any) -> FloatArray:
@@ -211,8 +204,6 @@ def _require_keys(name: str, obj: Any, keys: tuple[str, ...]) -> None:
 def load_bundle(path: str | Path) -> ModelBundle:
     """Load and validate a bundle directory; any missing/corrupt file is a DataError naming it."""
     import lightgbm as lgb
-
-    from clinrisk.calibration import validate_calibration
 
     root = Path(path)
     if not root.is_dir():

@@ -1,4 +1,4 @@
-"""Recalibration of the (odds-corrected) model logit on the validation split (science.md §4.2 step 2, §8).
+"""Recalibration of the (odds-corrected) model logit on the validation split (docs/science.md §4.2 step 2, §8).
 
 Labels may be soft (E2 expected labels in [0, 1]): both maps minimise the weighted log-loss / squared
 error against the label as given, so the recorded-label bias that E2 removed is not reintroduced.
@@ -12,12 +12,27 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from clinrisk.bundle import PROB_EPS, sigmoid
 from clinrisk.errors import DataError
 
 FloatArray = npt.NDArray[np.float64]
+# Probabilities are kept strictly inside (0, 1) so logits and log-losses stay finite.
+PROB_EPS = 1e-7
+
+
+def sigmoid(z: npt.ArrayLike) -> FloatArray:
+    """Numerically stable logistic function."""
+    zz = np.asarray(z, dtype=np.float64)
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * zz)), dtype=np.float64)
+
+
+def logit(p: npt.ArrayLike) -> FloatArray:
+    """log(p / (1 − p)) with p clipped to [PROB_EPS, 1 − PROB_EPS]."""
+    pp = np.clip(np.asarray(p, dtype=np.float64), PROB_EPS, 1 - PROB_EPS)
+    return np.asarray(np.log(pp) - np.log1p(-pp), dtype=np.float64)
+
+
 Method = Literal["logistic", "isotonic", "auto", "none"]
-# science.md §4.2: isotonic only once the validation split holds enough positives to support it.
+# docs/science.md §4.2: isotonic only once the validation split holds enough positives to support it.
 ISOTONIC_MIN_POSITIVES = 1000
 
 

@@ -34,7 +34,7 @@ import polars as pl
 
 from clinrisk.config import ClinriskConfig, MonitoringConfig
 from clinrisk.errors import DataError
-from clinrisk.io import atomic_output_dir, write_json
+from clinrisk.io import atomic_output_dir, json_safe, write_json
 from clinrisk.request_log import PROBABILITY
 
 FloatArray = npt.NDArray[np.float64]
@@ -510,10 +510,9 @@ def render_markdown(report: dict[str, Any], top: int = 20) -> str:
 
 def write_drift_outputs(report: dict[str, Any], out_dir: Path, model_version: str | None = None) -> Path:
     """Publish report.json, report.md and metrics.prom atomically into ``out_dir``."""
-    from clinrisk.evaluate import _json_safe
 
     with atomic_output_dir(Path(out_dir)) as tmp:
-        write_json(tmp / "report.json", _json_safe(report))
+        write_json(tmp / "report.json", json_safe(report))
         (tmp / "report.md").write_text(render_markdown(report))
         (tmp / "metrics.prom").write_text(prometheus_text(report, model_version))
     return Path(out_dir)

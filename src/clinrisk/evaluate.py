@@ -1,4 +1,4 @@
-"""Evaluation orchestration (science.md §1.9, §2.4, §4.3, §7): test-split metrics against recorded AND true
+"""Evaluation orchestration (docs/science.md §1.9, §2.4, §4.3, §7): test-split metrics against recorded AND true
 labels with patient-cluster bootstrap CIs, oracle ceilings, slices, error analysis, KFP curve data, report.
 
 Layers: :func:`load_test_frame` reads the features dataset; :func:`evaluate_predictions` is pure (frame +
@@ -22,7 +22,7 @@ import polars as pl
 from clinrisk import metrics as M
 from clinrisk.config import ClinriskConfig, EvaluateConfig
 from clinrisk.errors import DataError
-from clinrisk.io import atomic_output_dir, list_shards, read_json, write_json
+from clinrisk.io import atomic_output_dir, json_safe, list_shards, read_json, write_json
 
 LABELS = {"recorded": "label_rec", "true": "eval_label_true"}
 REQUIRED = ("patient_id", "year", "split", "label_rec", "eval_label_true", "eval_oracle_risk")
@@ -255,7 +255,7 @@ def slice_analysis(
     categories: dict[str, list[str]] | None = None,
     patient_kwargs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per slice level: sizes, prevalences, bootstrap metrics vs both label sets, flags (science.md §7)."""
+    """Per slice level: sizes, prevalences, bootstrap metrics vs both label sets, flags (docs/science.md §7)."""
     alpha = 1 - cfg.ci_level
     out: list[dict[str, Any]] = []
     for col in cfg.slice_columns:
@@ -502,26 +502,13 @@ def classification_metrics_data(result: dict[str, Any], labels: str = "recorded"
     return {"roc": k["roc"], "confusion_matrix": k["confusion_matrix"]}
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf → None and numpy scalars → Python, so metrics.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_outputs(
     result: dict[str, Any], df: pl.DataFrame, p: npt.NDArray[np.float64], out_dir: Path
 ) -> dict[str, Any]:
     """Publish metrics.json, report.md, plots/*.png and predictions.parquet atomically into ``out_dir``."""
     from clinrisk.report import render_plots, render_report
 
-    safe = _json_safe(result)
+    safe = json_safe(result)
     with atomic_output_dir(Path(out_dir)) as tmp:
         plots = render_plots(result, tmp / "plots")
         write_json(tmp / "metrics.json", safe)
@@ -580,10 +567,11 @@ def evaluate_model(
     categories = _categories(Path(features_dir)) or dict(bundle.spec.get("categories") or {})
     df = load_test_frame(Path(features_dir))
     p = np.asarray(bundle.predict_proba(df), dtype=np.float64).reshape(-1)
-    thr: dict[str, Any] = dict(getattr(bundle, "threshold_info", None) or {})
-    tau = float(bundle.threshold)
-    # p_t is the net-benefit threshold probability the bundle's τ was chosen for (τ may differ: capacity).
-    p_t = float(thr.get("threshold_probability") or cfg.threshold.threshold_probability)
+    # The bundle is the only truth after training: τ, the p_t it was chosen for, and the feature window.
+    thr: dict[str, Any] = dict(bundle.threshold_info)
+    tau = bundle.threshold
+    p_t = bundle.threshold_probability
+    window = bundle.spec.get("window_years")
     result = evaluate_predictions(
         cfg.evaluate,
         df,
@@ -592,7 +580,7 @@ def evaluate_model(
         p_t=p_t,
         seed=cfg.run.seed,
         categories=categories,
-        window_years=cfg.features.window_years,
+        window_years=int(window) if window is not None else None,
         contrib=_bundle_contrib(bundle),
     )
     result["threshold"] = thr

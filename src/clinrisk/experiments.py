@@ -24,7 +24,7 @@ baseline, then applies the stated winner rule:
   the baseline excludes 0 in the improving direction; none → the baseline stays.
 - ``one_se`` (paired, per cell): the best arm by point metric; every other arm is joined with it on
   (patient_id, year) and one patient-cluster bootstrap gives the SE of their paired difference; the first
-  arm (listed order = simplest first) with (best − arm) ≤ that SE wins (science.md §3.2), on ``split``
+  arm (listed order = simplest first) with (best − arm) ≤ that SE wins (docs/science.md §3.2), on ``split``
   (validation: both labels from the features dataset, scored with each run's bundle).
 
 Local suites reuse generated+validated data across arms with identical generate/validate sections and
@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from clinrisk.config.monitoring import ExperimentsConfig
 from clinrisk.errors import ConfigError, DataError
-from clinrisk.io import read_json, write_json
+from clinrisk.io import json_safe, read_json, write_json
 
 SUITE_RESULT = "suite_result.json"
 COMPARISON_JSON = "comparison.json"
@@ -840,9 +840,8 @@ def compare_runs(
         "runs": rows,
     }
     dest = Path(out_dir) if out_dir is not None else Path(res.get("suite_dir") or ".")
-    from clinrisk.evaluate import _json_safe
 
-    write_json(dest / COMPARISON_JSON, _json_safe(report))
+    write_json(dest / COMPARISON_JSON, json_safe(report))
     (dest / COMPARISON_MD).write_text(render_comparison(report))
     report["files"] = {"json": str(dest / COMPARISON_JSON), "markdown": str(dest / COMPARISON_MD)}
     return report

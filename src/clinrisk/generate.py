@@ -1,4 +1,4 @@
-"""Public API of the synthetic patient-year generator (science.md §1; implementation in
+"""Public API of the synthetic patient-year generator (docs/science.md §1; implementation in
 ``clinrisk.generator``): plan → shards (Kubeflow ParallelFor) → finalize, or ``generate_dataset``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Labels with diagnosis-year uncertainty (science.md §2.2, §2.3, §3.1) and evaluation-only truth columns.
+"""Labels with diagnosis-year uncertainty (docs/science.md §2.2, §2.3, §3.1) and evaluation-only truth columns.
 
 Recorded diagnosis year ``T_rec`` = first year with an observed ``dx_E11``. A prediction row t is eligible
 when ``t >= first_prediction_year``, ``t >= entry_year + min_history_years`` and ``t < T_rec``. Its
@@ -118,7 +118,7 @@ def build_labels(
 
 
 def soft_label_expr(cfg: LabelsConfig, *, first_prediction_year: int) -> pl.Expr:
-    """E2 expected label ỹ (science.md §2.2) on rows carrying year, t_rec and last_obs.
+    """E2 expected label ỹ (docs/science.md §2.2) on rows carrying year, t_rec and last_obs.
 
     Recorded cases: ``sum_d w_d 1{r-d <= t+H}`` with ``w_d ∝ pi(d) 1{r-d >= first_prediction_year}``
     (onsets before the first prediction year were excluded as prevalent). Never recorded:

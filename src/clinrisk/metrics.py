@@ -1,4 +1,4 @@
-"""Pure, vectorised evaluation metrics (science.md §1.9, §2.4, §4.2, §4.3, §8).
+"""Pure, vectorised evaluation metrics (docs/science.md §1.9, §2.4, §4.2, §4.3, §8).
 
 Every "batched" function takes row weights ``W`` of shape ``(b, n)`` and returns one value per weight row,
 so the point estimate (``W = 1``) and a patient-cluster bootstrap (``W`` = how many times each row's patient
@@ -130,7 +130,7 @@ def _pairwise_auc(ranked: _Ranked, pos: FloatArray, neg: FloatArray, W: FloatArr
     """P(score_i > score_j) + ½ P(tie) over pairs weighted by pos_i·neg_j (i ≠ j), per weight row.
 
     With hard labels (pos = y, neg = 1 − y) this is the ROC-AUC; with pos = p, neg = 1 − p it is the
-    expected AUC of science.md §1.9 (the self-pair term removes i = j).
+    expected AUC of docs/science.md §1.9 (the self-pair term removes i = j).
     """
     pg = ranked.group(ranked.take(W, pos))
     ng = ranked.group(ranked.take(W, neg))
@@ -294,7 +294,7 @@ def roc_auc(y: Any, p: Any, sample_weight: Any = None) -> float:
 
 
 def expected_auc(score: Any, p: Any, sample_weight: Any = None) -> float:
-    """Expected AUC of ``score`` against Y ~ Bernoulli(p) (science.md §1.9/§8), O(n log n), ties ½."""
+    """Expected AUC of ``score`` against Y ~ Bernoulli(p) (docs/science.md §1.9/§8), O(n log n), ties ½."""
     pp = _vec(p, "p")
     s = _vec(score, "score")
     if s.shape != pp.shape:
@@ -340,7 +340,7 @@ def smoothed_observed(y: Any, p: Any) -> FloatArray:
     """Flexible calibration curve: isotonic (monotone) regression of y on p̂, evaluated at each p̂.
 
     Isotonic instead of Austin–Steyerberg's loess: no bandwidth to choose, deterministic, O(n log n),
-    and a calibrated risk model should be monotone in p̂ (science.md §4.3 allows either).
+    and a calibrated risk model should be monotone in p̂ (docs/science.md §4.3 allows either).
     """
     from sklearn.isotonic import IsotonicRegression
 
@@ -655,10 +655,10 @@ def patient_level_metrics(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """Patient-level detection (science.md §2.4) from row predictions.
+    """Patient-level detection (docs/science.md §2.4) from row predictions.
 
     A = first year with p̂ ≥ τ. Case patients are those whose true onset T* lies in
-    [first row year, last row year + ``onset_window``] (default max(ks)). science.md says "inside the row
+    [first row year, last row year + ``onset_window``] (default max(ks)). docs/science.md says "inside the row
     range"; with a 2-year test window that makes every k identical, so onsets up to max(k) years after
     the last row count too and Sensitivity_k then measures earliness. T* before the first row
     (undiagnosed prevalent) is detection, not prediction, and is excluded. Sensitivity_k = share of cases with ``T* − k ≤ A < max(T_rec, T* + 1)``

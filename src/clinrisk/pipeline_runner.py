@@ -176,7 +176,7 @@ def submit_pipeline(
     host: str,
     config_path: Path | None,
     overrides: list[str] | None = None,
-    experiment: str = "clinrisk",
+    experiment: str | None = None,
     schedule: str | None = None,
     run_name: str | None = None,
     deploy: bool = False,
@@ -189,7 +189,8 @@ def submit_pipeline(
     package = compile_pipeline(Path(package_dir) / "clinrisk-training.yaml", parallelism=cfg.run.workers)
     arguments = pipeline_arguments(cfg, deploy=deploy)
     client = kfp.Client(host=host)
-    name = run_name or f"clinrisk-{cfg.run.name}"
+    name = run_name or f"{cfg.serving.model_name}-{cfg.run.name}"
+    experiment = experiment or cfg.tracking.experiment_name
     if schedule:
         if len(schedule.split()) != 6:
             raise ConfigError(

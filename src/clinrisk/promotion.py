@@ -27,7 +27,7 @@ import polars as pl
 from clinrisk.config import ClinriskConfig
 from clinrisk.config.monitoring import GATE_METRICS, PromotionConfig
 from clinrisk.errors import DataError
-from clinrisk.io import write_json
+from clinrisk.io import json_safe, write_json
 
 PROMOTE, KEEP = "promote", "keep_champion"
 
@@ -319,17 +319,15 @@ def run_promotion(
     ``latency_ms`` = ``{"challenger": p95, "champion": p95}`` when serving latency was measured.
     """
     from clinrisk import tracking
-    from clinrisk.evaluate import _json_safe
 
     pc = promotion_config(cfg)
     tracking.configure(cfg, run_dir)
-    client = tracking._client()
+    client = tracking.mlflow_client()
     name = cfg.tracking.registered_model_name
     chal = _version_or_none(client, name, tracking.CHALLENGER)
     if chal is None:
         raise DataError(f"registered model {name!r}: no version has the alias '{tracking.CHALLENGER}'")
     champ = _version_or_none(client, name, tracking.CHAMPION)
-    p_t = pc.p_t or cfg.threshold.threshold_probability
     record: dict[str, Any] = {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "registered_model": name,
@@ -345,6 +343,10 @@ def run_promotion(
         from clinrisk.bundle import load_bundle
 
         chal_bundle = load_bundle(tracking.resolve_model(cfg, str(chal.version), Path(tmp) / "chal", run_dir))
+        # p_t: the gate's explicit setting, else the one frozen in the challenger's bundle (never the config's
+        # threshold section, which may have changed since the model was trained).
+        p_t = pc.p_t or chal_bundle.threshold_probability
+        record["p_t"] = p_t
         if champ is None:
             chal_m = stored_metrics(chal_bundle, pc)
             gate = decide(chal_m, None, pc)
@@ -413,7 +415,7 @@ def run_promotion(
         / f"{stamp}-v{chal.version}"
     )
     dest.mkdir(parents=True, exist_ok=True)
-    write_json(dest / "decision.json", _json_safe(record))
+    write_json(dest / "decision.json", json_safe(record))
     (dest / "decision.md").write_text(render_markdown(record))
     record["record_dir"] = str(dest)
     if chal.run_id:

@@ -281,7 +281,13 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
             L += ["", f"![{name}]({plots[name]})"]
     pl_ = result.get("patient_level")
     if pl_:
-        L += ["", "## Patient-level detection (science.md §2.4)", "", "| quantity | value |", "|---|---|"]
+        L += [
+            "",
+            "## Patient-level detection (docs/science.md §2.4)",
+            "",
+            "| quantity | value |",
+            "|---|---|",
+        ]
         for k, v in pl_.items():
             if k.startswith("sensitivity_"):
                 L.append(f"| {k.replace('_', ' within ')} years | {_ci(v)} |")
@@ -339,7 +345,7 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
         fp = ea["fp_decomposition"]
         L += [
             "",
-            "## Error analysis at τ (science.md §7)",
+            "## Error analysis at τ (docs/science.md §7)",
             "",
             f"Recorded-label FPs: {fp['fp_recorded']} = {fp['label_noise_fp']} label-noise "
             f"({_pct(fp['label_noise_share'])}) + {fp['real_fp']} real. FNs: {fp['fn_recorded']} vs recorded, "
@@ -379,7 +385,7 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
         "",
         "---",
         "Definitions: O/E = Σy / Σp̂ (>1 = under-prediction); ICI = mean |p̂ − isotonic-smoothed observed|; "
-        "expected AUC and excess Brier are label-draw-free (science.md §1.9). Label-noise FPs are alerts "
+        "expected AUC and excess Brier are label-draw-free (docs/science.md §1.9). Label-noise FPs are alerts "
         "with Y_rec = 0 but Y_true = 1.",
         "",
     ]

@@ -10,7 +10,7 @@ Hard ranges (:data:`HARD_RANGES`) mark values that are *physically impossible* i
 in its canonical unit, expressed in every unit with the conversion factors of ``clinrisk.units``; a value
 with a null unit is checked against the hull of its analyte's ranges. The bounds are deliberately wide:
 plausibility ranges, unit inference and repair of mislabelled units belong to the features stage
-(``clinrisk.units``), value by value, and must still see the generator's unit faults (science.md §1.8, §6.2).
+(``clinrisk.units``), value by value, and must still see the generator's unit faults (docs/science.md §1.8, §6.2).
 """
 
 from __future__ import annotations

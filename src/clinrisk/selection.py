@@ -1,4 +1,4 @@
-"""Feature selection under a memory budget (science.md §5.2 steps 4-5, measured as in §5.3).
+"""Feature selection under a memory budget (docs/science.md §5.2 steps 4-5, measured as in §5.3).
 
 ``select_features(cfg, features_dir, out_dir)``:
 
@@ -63,7 +63,7 @@ I64 = npt.NDArray[np.int64]
 SELECTION_FILE = "selected_features.json"
 SELECTION_VERSION = 1
 
-#: The generator's true hazard inputs (science.md §1.6 η, plus the antipsychotic term of §1.5), as
+#: The generator's true hazard inputs (docs/science.md §1.6 η, plus the antipsychotic term of §1.5), as
 #: feature-name families: a feature belongs to a family if its name equals a prefix or starts with
 #: ``prefix + "_"``. Matches ``clinrisk.features.feature_layout`` names (e.g. ``hba1c_slope_3y``,
 #: ``dx_E28_2_ever``); update here if feature names change. A family counts as recovered when any of
@@ -100,7 +100,7 @@ _ROW_OVERHEAD_BYTES = 32  # patient id, label, weight, hashes
 _UNIVARIATE_BINS = 32
 _MIN_PAIR_ROWS = 30  # fewer overlapping rows: correlation unknown, never clustered
 _CORR_BLOCK_ROWS = 65_536
-_ACCEPT_DELTA_AP = -0.005  # science.md §5.3 acceptance
+_ACCEPT_DELTA_AP = -0.005  # docs/science.md §5.3 acceptance
 _ACCEPT_DELTA_BRIER = 0.0005
 
 
@@ -425,7 +425,7 @@ def cheap_filters(
     correlation_threshold: float,
     min_copresence: float = 0.0,
 ) -> FilterResult:
-    """Missing / constant / near-constant / correlated filters on the sample (science.md §5.2 step 4).
+    """Missing / constant / near-constant / correlated filters on the sample (docs/science.md §5.2 step 4).
 
     Two features are redundant only if |ρ| ≥ ``correlation_threshold`` on the rows where both are present
     AND they are present on nearly the same rows (co-presence Jaccard ≥ ``min_copresence``): ``hba1c_locf``
@@ -522,7 +522,7 @@ def _lgb_threads(cfg: ClinriskConfig) -> int:
 
 
 def shallow_params(cfg: ClinriskConfig, soft: bool, seed: int) -> dict[str, Any]:
-    """The shallow, deterministic LightGBM of the stability fits (science.md §5.2 step 5)."""
+    """The shallow, deterministic LightGBM of the stability fits (docs/science.md §5.2 step 5)."""
     return {
         "objective": "cross_entropy" if soft else "binary",
         "num_leaves": cfg.select.num_leaves,
@@ -674,7 +674,7 @@ def _jaccard_mean(sets: list[set[str]]) -> float:
 def stability_selection(
     cfg: ClinriskConfig, sample: Sample, names: Sequence[str], categorical: set[str], seed: int
 ) -> dict[str, Any]:
-    """Probe-thresholded stability selection on 50 % patient subsamples (science.md §5.2 step 5)."""
+    """Probe-thresholded stability selection on 50 % patient subsamples (docs/science.md §5.2 step 5)."""
     import lightgbm as lgb
 
     sc = cfg.select
@@ -1024,7 +1024,7 @@ def load_selected_features(path: Path) -> list[str]:
 
 def features_for_training(path: Path, apply: str = "if_non_inferior") -> list[str] | None:
     """The feature list training should use: the selection if it passed its own non-inferiority check
-    (science.md §5.3: ΔAP ≥ −0.005 and ΔBrier ≤ +0.0005 vs the full set on validation), else ``None`` (all
+    (docs/science.md §5.3: ΔAP ≥ −0.005 and ΔBrier ≤ +0.0005 vs the full set on validation), else ``None`` (all
     features). A selection that loses accuracy must not silently degrade the deployed model.
     ``apply="always"`` uses the selection regardless (``select.apply``, for experiments)."""
     from clinrisk.io import read_json

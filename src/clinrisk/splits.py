@@ -1,4 +1,4 @@
-"""Patient-disjoint, forward-in-time splits with a label embargo (science.md §4.4).
+"""Patient-disjoint, forward-in-time splits with a label embargo (docs/science.md §4.4).
 
 The patient bucket is ``SplitMix64(patient_id) mod 100``: a fixed, version-independent integer hash
 (not Python's salted ``hash()``, not ``pl.Expr.hash`` which is stable only within one Polars version).

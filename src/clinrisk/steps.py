@@ -40,8 +40,9 @@ def _log_numeric(log: MetricLogger | None, metrics: dict[str, Any], prefix: str 
             log(name, float(value))
 
 
-def resolve_config_step(config_yaml: str, overrides: list[str], out_dir: str | Path) -> list[int]:
-    """Validate config text + overrides, write the effective config artifact, return the shard indices."""
+def resolve_config_step(config_yaml: str, overrides: list[str], out_dir: str | Path) -> None:
+    """Validate config text + overrides and write the effective config artifact (the shard fan-out is the
+    plan's: :func:`plan_generation_step`)."""
     try:
         data = yaml.safe_load(config_yaml) or {}
     except yaml.YAMLError as exc:
@@ -53,7 +54,6 @@ def resolve_config_step(config_yaml: str, overrides: list[str], out_dir: str | P
     cfg = load_config(src, overrides)
     src.unlink()
     save_config(cfg, out / CONFIG_FILE)
-    return list(range(cfg.generate.n_shards))
 
 
 def copy_shards(part_dirs: list[str | Path], subdir: str, dest: Path) -> int:
@@ -93,8 +93,18 @@ def start_tracking_step(config_dir: str | Path, kfp_run_id: str) -> str:
     return run_id
 
 
-def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> None:
-    """Calibrate α by bisection and fix each shard's patient blocks (plan.json)."""
+def plan_shards(plan: dict[str, Any]) -> list[int]:
+    """The shard indices every per-shard task fans out over: the plan's, never the config's (the plan may
+    make fewer shards than ``generate.n_shards``, e.g. when there are fewer patient blocks)."""
+    n = plan.get("n_shards")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise DataError(f"plan.json: n_shards must be an integer >= 1, got {n!r}")
+    return list(range(n))
+
+
+def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> list[int]:
+    """Calibrate α by bisection and fix each shard's patient blocks (plan.json); returns the shard indices
+    the pipeline fans out over (the plan owns the fan-out)."""
     from clinrisk import datacache
     from clinrisk.generate import plan_generation
 
@@ -109,6 +119,7 @@ def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> None:
             plan["data_cache"] = {"key": datacache.data_key(cfg), "reused_from": None}
     with atomic_output_dir(Path(out_dir)) as tmp:
         write_json(tmp / "plan.json", plan)
+    return plan_shards(plan)
 
 
 def generate_shard_step(
@@ -246,7 +257,7 @@ def build_features_shard_step(
     out_dir: str | Path,
 ) -> None:
     """Features + labels (+ eval columns from truth) for one shard."""
-    from clinrisk.features import build_features_shard
+    from clinrisk.features_stage import build_features_shard
     from clinrisk.io import shard_dir_name, shard_file
 
     cfg = _load(config_dir)
@@ -267,7 +278,7 @@ def merge_features_step(
     config_dir: str | Path, spec_dir: str | Path, part_dirs: list[str | Path], out_dir: str | Path
 ) -> dict[str, Any]:
     """Collect feature shards (and their unit quarantine) with spec, schema and summary."""
-    from clinrisk.features import write_feature_metadata
+    from clinrisk.features_stage import write_feature_metadata
 
     cfg = _load(config_dir)
     spec = _spec(spec_dir)
@@ -408,9 +419,12 @@ def deploy_canary_step(
     from clinrisk.rollout import KubernetesIsvcApi, Rollout
     from clinrisk.tracking import resolve_storage_uri
 
-    storage_uri = resolve_storage_uri(_load(config_dir), model_uri)
+    cfg = _load(config_dir)
+    storage_uri = resolve_storage_uri(cfg, model_uri)
     rollout = Rollout(
-        api if api is not None else KubernetesIsvcApi(), namespace=namespace, name=inference_service
+        api if api is not None else KubernetesIsvcApi(),
+        namespace=namespace or cfg.serving.namespace,
+        name=inference_service or cfg.serving.model_name,
     )
     state = rollout.canary(model_uri=storage_uri, percent=percent)
     return str(state)

@@ -1,4 +1,4 @@
-"""Decision threshold from decision-curve net benefit on calibrated validation risks (science.md §4.2).
+"""Decision threshold from decision-curve net benefit on calibrated validation risks (docs/science.md §4.2).
 
 ``NB(p_t; τ) = TP(τ)/n − FP(τ)/n · p_t/(1 − p_t)`` with alerts at p̂ ≥ τ. For a calibrated model the
 NB-optimal τ equals the pre-specified threshold probability p_t, so τ = p_t; the argmax of NB over τ on
@@ -231,6 +231,6 @@ def select_threshold(p: Any, y: Any, cfg: ThresholdConfig, w: Any = None) -> dic
             "youden": youden_threshold(p, y, w),
             "f1": fbeta_threshold(p, y, 1.0, w),
             "f2": fbeta_threshold(p, y, 2.0, w),
-            "note": "reported only; not used for decisions (science.md §4.2)",
+            "note": "reported only; not used for decisions (docs/science.md §4.2)",
         },
     }

@@ -10,6 +10,7 @@ into the same MLflow run. The bundle is registered as a pyfunc model whose ``pre
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,8 @@ def configure(cfg: ClinriskConfig, run_dir: Path | None = None) -> str:
     return str(client.create_experiment(name, artifact_location=location))
 
 
-def _client() -> Any:
+def mlflow_client() -> Any:
+    """The MLflow client for the configured tracking/registry URIs (call :func:`configure` first)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient()
@@ -85,13 +87,13 @@ def start_run(
     if kfp_run_id:
         all_tags["kfp.run_id"] = kfp_run_id
     all_tags.update(tags or {})
-    run = _client().create_run(exp_id, tags=all_tags, run_name=run_name or cfg.run.name)
+    run = mlflow_client().create_run(exp_id, tags=all_tags, run_name=run_name or cfg.run.name)
     return str(run.info.run_id)
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     """Mark the run finished (or FAILED / KILLED)."""
-    _client().set_terminated(run_id, status=status)
+    mlflow_client().set_terminated(run_id, status=status)
 
 
 def log_config(cfg: ClinriskConfig, run_id: str) -> int:
@@ -105,7 +107,7 @@ def log_config(cfg: ClinriskConfig, run_id: str) -> int:
         Param(k, v if len(v) <= MAX_PARAM_CHARS else v[: MAX_PARAM_CHARS - 3] + "...")
         for k, v in flat.items()
     ]
-    client = _client()
+    client = mlflow_client()
     for i in range(0, len(params), 100):  # MLflow batches accept at most 100 params
         client.log_batch(run_id, params=params[i : i + 100])
     client.set_tag(run_id, "clinrisk.config_hash", config_hash(cfg))
@@ -135,7 +137,7 @@ def log_metrics(metrics: dict[str, Any], run_id: str, prefix: str = "", step: in
     flat = flatten_metrics(metrics, prefix)
     ts = int(time.time() * 1000)
     items = [Metric(k, v, ts, step or 0) for k, v in flat.items()]
-    client = _client()
+    client = mlflow_client()
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i : i + 1000])
     return len(items)
@@ -145,7 +147,7 @@ def log_artifacts(local_dir: Path, artifact_path: str | None, run_id: str) -> No
     """Upload a directory's files under ``artifact_path`` of the run."""
     if not Path(local_dir).is_dir():
         raise DataError(f"{local_dir}: artifact directory not found")
-    _client().log_artifacts(run_id, str(local_dir), artifact_path)
+    mlflow_client().log_artifacts(run_id, str(local_dir), artifact_path)
 
 
 def log_to_run(
@@ -227,7 +229,7 @@ def register_bundle(
             metadata={"bundle_version": bundle.version},
         )
     version = str(info.registered_model_version)
-    client = _client()
+    client = mlflow_client()
     client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, "bundle_version", bundle.version)
     client.set_model_version_tag(name, version, "data_hash", str(bundle.metadata.get("data_hash", "")))
@@ -237,7 +239,7 @@ def register_bundle(
 def set_alias(cfg: ClinriskConfig, alias: str, version: str, run_dir: Path | None = None) -> None:
     """Point ``alias`` (e.g. champion after a promotion) at a registered version."""
     configure(cfg, run_dir)
-    _client().set_registered_model_alias(cfg.tracking.registered_model_name, alias, str(version))
+    mlflow_client().set_registered_model_alias(cfg.tracking.registered_model_name, alias, str(version))
 
 
 def model_uri(cfg: ClinriskConfig, alias_or_version: str) -> str:
@@ -270,7 +272,7 @@ def bundle_storage_uri(cfg: ClinriskConfig, alias_or_version: str, run_dir: Path
     from mlflow.exceptions import MlflowException
 
     configure(cfg, run_dir)
-    client = _client()
+    client = mlflow_client()
     name = cfg.tracking.registered_model_name
     ref = str(alias_or_version)
     where = model_uri(cfg, ref)
@@ -285,12 +287,23 @@ def bundle_storage_uri(cfg: ClinriskConfig, alias_or_version: str, run_dir: Path
     return f"{root}/{_bundle_path_in_model(text, where).strip('/')}"
 
 
+MODEL_URI_RE = re.compile(
+    r"^models:/(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$"
+)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str]:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> (name, alias or version)."""
+    m = MODEL_URI_RE.match(uri.strip())
+    if not m:
+        raise ConfigError(f"--model-uri {uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    return m["name"], m["alias"] or m["version"]
+
+
 def resolve_storage_uri(cfg: ClinriskConfig, uri: str, run_dir: Path | None = None) -> str:
     """A ``models:/`` registry URI becomes its bundle's storage URI; any other URI is returned as given."""
     if not uri.startswith("models:/"):
         return uri
-    from clinrisk.serving.resolve import parse_model_uri
-
     name, ref = parse_model_uri(uri)
     named = cfg.model_copy(deep=True)
     named.tracking.registered_model_name = name

@@ -1,13 +1,13 @@
 """Train the LightGBM risk model from feature shards, calibrate, pick τ, and write the model bundle.
 
-Out-of-core (science.md §5.2 step 6): the training Dataset is built from one :class:`ShardSequence` per
+Out-of-core (docs/science.md §5.2 step 6): the training Dataset is built from one :class:`ShardSequence` per
 shard (``lgb.Sequence``) that reads Parquet row groups on demand — only the model's feature columns, and
 only training-split rows with ``sample_weight > 0`` — so no full in-memory copy of the feature matrix
 exists; LightGBM keeps only its binned representation (``free_raw_data=True``). Labels and weights (two
 float vectors) are the only per-row arrays held. Validation rows feed early stopping, calibration and the
 threshold; test rows are never read.
 
-Imbalance (science.md §4.1): unweighted log-loss by default. ``train.positive_class_weight = w > 1``
+Imbalance (docs/science.md §4.1): unweighted log-loss by default. ``train.positive_class_weight = w > 1``
 multiplies the positive part of each row's loss by w — for a soft label y that is exactly the row
 (label ``wy/(wy + 1 − y)``, weight ``wy + 1 − y``) — and the bundle subtracts log w from the logit
 (odds ÷ w) before calibration, threshold, evaluation and serving.

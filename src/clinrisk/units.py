@@ -1,6 +1,6 @@
 """Per-analyte unit registry, conversion to canonical units, unit inference and unit quarantine.
 
-science.md §6. Conversions are keyed on (analyte, from_unit, to_unit), never on the unit pair alone,
+docs/science.md §6. Conversions are keyed on (analyte, from_unit, to_unit), never on the unit pair alone,
 because mass <-> molar factors depend on the molar mass. HbA1c % <-> mmol/mol is the IFCC master
 equation (affine), not a unit factor: pint would turn 5.7 % into 57 mmol/mol, which is wrong (38.8).
 
@@ -28,11 +28,11 @@ import polars as pl
 
 from clinrisk.errors import DataError
 
-# IFCC master equation (Hoelzel 2004; science.md §6.1): NGSP % = 0.09148 * IFCC + 2.152.
+# IFCC master equation (Hoelzel 2004; docs/science.md §6.1): NGSP % = 0.09148 * IFCC + 2.152.
 HBA1C_NGSP_SLOPE = 0.09148
 HBA1C_NGSP_INTERCEPT = 2.152
 
-# Conventional factors: canonical = alternative * factor (science.md §6.1).
+# Conventional factors: canonical = alternative * factor (docs/science.md §6.1).
 GLUCOSE_MGDL_PER_MMOLL = 18.016
 CHOLESTEROL_MGDL_PER_MMOLL = 38.67
 TRIGLYCERIDE_MGDL_PER_MMOLL = 88.57

@@ -1,6 +1,6 @@
 """Contract-shaped raw patient-years for tests and the benchmark (not the product generator).
 
-Values are random but plausible, with the unit mix and unit faults of science.md §1.8 and a recorded
+Values are random but plausible, with the unit mix and unit faults of docs/science.md §1.8 and a recorded
 diagnosis for some patients, so every code path of the features stage is exercised.
 """
 

@@ -21,7 +21,7 @@ N_SHARDS = 2
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from clinrisk.features import build_features_dataset
+    from clinrisk.features_stage import build_features_dataset
     from clinrisk.generate import generate_dataset
     from clinrisk.validate import validate_dataset
 

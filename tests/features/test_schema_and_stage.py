@@ -13,7 +13,8 @@ from clinrisk.cli import build_app
 from clinrisk.config import load_config
 from clinrisk.errors import DataError
 from clinrisk.feature_schema import build_feature_schema, validate_features
-from clinrisk.features import FeatureSpec, build_features_dataset
+from clinrisk.features import FeatureSpec
+from clinrisk.features_stage import build_features_dataset
 from clinrisk.io import list_shards, shard_file
 from tests.features.synth import synthetic_raw, synthetic_truth
 

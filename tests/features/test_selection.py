@@ -410,7 +410,7 @@ def test_cli_select(features_dir: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def real_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A features dataset written by the real features stage (clinrisk.features) from synthetic raw rows."""
-    from clinrisk.features import build_features_dataset
+    from clinrisk.features_stage import build_features_dataset
     from clinrisk.io import shard_file
     from tests.features.synth import synthetic_raw, synthetic_truth
 

@@ -231,7 +231,7 @@ def test_no_validation_rows_is_an_error(tmp_path: Path):
 
 def test_trains_on_real_features_stage_output(tmp_path: Path):
     """The features stage's own output (Enum categoricals, narrow dtypes, eval_ columns) trains and predicts."""
-    from clinrisk.features import build_features_dataset
+    from clinrisk.features_stage import build_features_dataset
     from clinrisk.io import shard_file
     from tests.features.synth import synthetic_raw, synthetic_truth
 

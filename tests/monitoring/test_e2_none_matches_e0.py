@@ -61,7 +61,7 @@ def test_e2_with_delta0_pmf_matches_e0_end_to_end(none_data: tuple[Path, Path]) 
     from clinrisk.bundle import load_bundle
     from clinrisk.evaluate import load_test_frame, predictions_frame
     from clinrisk.experiments import point_metrics
-    from clinrisk.features import build_features_dataset
+    from clinrisk.features_stage import build_features_dataset
     from clinrisk.train import train_model
 
     root, validated = none_data
@@ -101,7 +101,7 @@ def test_e2_with_delta0_pmf_matches_e0_end_to_end(none_data: tuple[Path, Path]) 
 
 def test_e2_with_default_pmf_differs_on_the_same_data(none_data: tuple[Path, Path]) -> None:
     """Control: the equality above is not vacuous — a non-degenerate pmf yields soft labels."""
-    from clinrisk.features import build_features_dataset
+    from clinrisk.features_stage import build_features_dataset
 
     root, validated = none_data
     truth = root / "raw" / "truth"

@@ -86,7 +86,7 @@ def test_registry_flow(trained_bundle_dir: Path, synthetic_features_dir: Path, t
     rec = json.loads((Path(second["record_dir"]) / "decision.json").read_text())
     assert rec["gate"]["decision"] == KEEP
     assert "Promotion gate: keep_champion" in (Path(second["record_dir"]) / "decision.md").read_text()
-    client = tracking._client()
+    client = tracking.mlflow_client()
     name = cfg.tracking.registered_model_name
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     assert client.get_model_version(name, "2").tags["gate_decision"] == KEEP

@@ -16,10 +16,12 @@ from clinrisk.io import list_shards, read_json
 from clinrisk.pipeline_runner import run_local
 
 REPO = Path(__file__).resolve().parents[2]
+# 3,000 patients at the default block size (1,000) make 3 blocks: the plan clamps generate.n_shards=8 to 3
+# shards, and the DAG must fan out exactly those 3 (it used to fan out 8, and shards 3-7 failed).
 TINY = [
-    "generate.n_patients=1200",
-    "generate.n_shards=2",
-    "generate.block_size=200",
+    "generate.n_patients=3000",
+    "generate.n_shards=8",
+    "generate.block_size=1000",  # the default (configs/tiny.yaml sets 250)
     "select.rounds=2",
     "select.probe_rounds_boost=20",
     "train.num_boost_round=60",
@@ -41,15 +43,17 @@ def test_every_task_ran_and_artifacts_are_valid(tiny_run) -> None:  # type: igno
     d = tiny_run.pipeline_dir
     for task in TASKS:
         assert (d / task).is_dir(), task
+    plan = read_json(d / "plan-generation" / "plan" / "plan.json")
+    assert plan["n_blocks"] == 3 and plan["n_shards"] == 3
     for loop in ("for-loop-1", "for-loop-2"):
-        assert len(list(d.glob(f"{loop}-iteration-*"))) == 2
+        assert len(list(d.glob(f"{loop}-iteration-*"))) == 3
     manifest = read_json(d / "merge-data" / "raw" / "manifest.json")
     assert manifest["patients"] > 0
-    assert len(list_shards(d / "merge-data" / "raw" / "observed")) == 2
+    assert len(list_shards(d / "merge-data" / "raw" / "observed")) == 3
     report = read_json(d / "merge-data" / "validated" / "validation" / "report.json")
     assert report["rows_in"] == report["rows_valid"] + report["rows_quarantined"]
     feats = list_shards(d / "merge-features" / "features")
-    assert len(feats) == 2
+    assert len(feats) == 3
     spec = read_json(d / "merge-features" / "features" / "feature_spec.json")
     df = pl.read_parquet(feats[0])
     assert set(spec["feature_names"]) <= set(df.columns)
@@ -94,11 +98,14 @@ def test_failed_step_stops_run_and_publishes_nothing(tmp_path: Path) -> None:
 
 def test_component_called_directly(tmp_path: Path) -> None:
     cfg_dir = tmp_path / "config"
-    shards = c.resolve_config.python_func(
+    c.resolve_config.python_func(
         config_yaml=(REPO / "configs" / "tiny.yaml").read_text(),
-        overrides=["generate.n_shards=3"],
+        overrides=["generate.n_shards=3", "generate.alpha=-6.0"],
         config=dsl.Artifact(uri=str(cfg_dir)),
     )
-    assert shards == [0, 1, 2]
     assert load_config(cfg_dir / "config.yaml").generate.n_shards == 3
+    shards = c.plan_generation.python_func(
+        config=dsl.Artifact(uri=str(cfg_dir)), plan=dsl.Artifact(uri=str(tmp_path / "plan"))
+    )
+    assert shards == [0, 1, 2]
     save_config(load_config(cfg_dir / "config.yaml"), tmp_path / "copy.yaml")

@@ -16,7 +16,7 @@ from clinrisk.cli import (
     serve,
     validation,
 )
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import SELECTION, ConfigOption, SetOption, UsecaseOption, handle_errors, load
 
 
 def build_app() -> typer.Typer:
@@ -28,11 +28,22 @@ def build_app() -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+    app.callback()(select_usecase)
     app.command("config")(show_config)
     app.command("version")(show_version)
     for area in (data, validation, features, selection, model, evaluation, pipeline, serve, rollout, monitor):
         area.register(app)
     return app
+
+
+@handle_errors
+def select_usecase(usecase: UsecaseOption = None) -> None:
+    """clinrisk: synthetic data to a served, monitored risk model, for every registered use case."""
+    if usecase is not None:
+        from clinrisk.usecases import get
+
+        get(usecase)  # unknown name: error listing the known ones, exit 2
+        SELECTION["usecase"] = usecase
 
 
 def show_version() -> None:
@@ -43,11 +54,11 @@ def show_version() -> None:
 
 
 @handle_errors
-def show_config(config: ConfigOption = None, sets: SetOption = None) -> None:
+def show_config(config: ConfigOption = None, sets: SetOption = None, usecase: UsecaseOption = None) -> None:
     """Print the effective, validated configuration as YAML."""
     import yaml
 
-    typer.echo(yaml.safe_dump(load(config, sets).to_dict(), sort_keys=False))
+    typer.echo(yaml.safe_dump(load(config, sets, usecase=usecase).to_dict(), sort_keys=False))
 
 
 def main() -> None:

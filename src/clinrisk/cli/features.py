@@ -1,4 +1,4 @@
-"""`clinrisk features`: a thin wrapper over ``clinrisk.features.build_features_dataset``."""
+"""`clinrisk features`: a thin wrapper over ``clinrisk.features_stage.build_features_dataset``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def features_cmd(
     workers: Annotated[int | None, typer.Option("--workers", help="processes (default run.workers)")] = None,
 ) -> None:
     """Build features, labels and splits per shard (fit categories on training rows only)."""
-    from clinrisk.features import build_features_dataset
+    from clinrisk.features_stage import build_features_dataset
     from clinrisk.paths import RunPaths
 
     cfg = load(config, sets)

@@ -109,8 +109,10 @@ def promote(
     champion_latency_ms: Annotated[float | None, typer.Option("--champion-latency-ms")] = None,
     rollout: Annotated[bool, typer.Option("--rollout", help="on a win, start a KServe canary")] = False,
     canary_percent: Annotated[int, typer.Option("--canary-percent", min=1, max=99)] = 10,
-    namespace: Annotated[str, typer.Option("--namespace")] = "clinrisk",
-    name: Annotated[str, typer.Option("--name", help="InferenceService name")] = "clinrisk",
+    namespace: Annotated[str | None, typer.Option("--namespace", help="default: serving.namespace")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="InferenceService (default: serving.model_name)")
+    ] = None,
 ) -> None:
     """Gate the `challenger` against the `champion`; a win moves the `champion` alias. Always recorded."""
     from clinrisk.promotion import PROMOTE, run_promotion
@@ -127,9 +129,12 @@ def promote(
     if rollout and rec["gate"]["decision"] == PROMOTE and not dry_run:
         from clinrisk.rollout import KubernetesIsvcApi, Rollout
 
-        state = Rollout(api=KubernetesIsvcApi(), namespace=namespace, name=name).canary(
-            rec["champion_uri"], canary_percent
+        isvc = Rollout(
+            api=KubernetesIsvcApi(),
+            namespace=namespace or cfg.serving.namespace,
+            name=name or cfg.serving.model_name,
         )
+        state = isvc.canary(rec["champion_uri"], canary_percent)
         typer.echo(f"canary: {state.summary()}")
 
 

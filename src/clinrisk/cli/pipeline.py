@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import DEFAULT_CONFIG, ConfigOption, SetOption, handle_errors
+from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, config_source, handle_errors, load
 
 pipeline_app = typer.Typer(
     help="Run, compile or submit the Kubeflow training pipeline.", no_args_is_help=True
@@ -19,14 +19,22 @@ RunnerOption = Annotated[
 ]
 
 
-def _config_path(config: Path | None) -> Path | None:
-    return config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+def _source(
+    config: Path | None, sets: list[str] | None, usecase: str | None
+) -> tuple[Path | None, list[str]]:
+    """Config file + overrides for the pipeline, checked once here (unknown use case, bad keys: exit 2)."""
+    load(config, sets, usecase=usecase)
+    path, lead = config_source(config, usecase)
+    return path, [*lead, *(sets or [])]
 
 
 @pipeline_app.command("run")
 @handle_errors
 def pipeline_run(
-    config: ConfigOption = None, sets: SetOption = None, runner: RunnerOption = "subprocess"
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    runner: RunnerOption = "subprocess",
+    usecase: UsecaseOption = None,
 ) -> None:
     """Run the whole training pipeline locally with kfp.local."""
     from clinrisk.errors import ConfigError
@@ -34,7 +42,7 @@ def pipeline_run(
 
     if runner not in ("subprocess", "docker"):
         raise ConfigError(f"--runner: unknown runner {runner!r} (subprocess or docker)")
-    result = run_local(_config_path(config), sets, runner=runner)  # type: ignore[arg-type]
+    result = run_local(*_source(config, sets, usecase), runner=runner)  # type: ignore[arg-type]
     _print_locations(result.run_root, result.pipeline_dir, result.model_uri, result.tracking_uri)
 
 
@@ -70,16 +78,18 @@ def pipeline_submit(
     host: Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://localhost:8080")],
     config: ConfigOption = None,
     sets: SetOption = None,
-    experiment: Annotated[str, typer.Option("--experiment")] = "clinrisk",
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="KFP experiment (default: tracking.experiment_name)")
+    ] = None,
     schedule: Annotated[str | None, typer.Option("--schedule", help="6-field cron: recurring run")] = None,
     deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="canary-deploy the new model")] = False,
+    usecase: UsecaseOption = None,
 ) -> None:
     """Submit the pipeline to Kubeflow Pipelines as a one-off or recurring run."""
     from clinrisk.pipeline_runner import submit_pipeline
 
-    run_id = submit_pipeline(
-        host, _config_path(config), sets, experiment=experiment, schedule=schedule, deploy=deploy
-    )
+    path, overrides = _source(config, sets, usecase)
+    run_id = submit_pipeline(host, path, overrides, experiment=experiment, schedule=schedule, deploy=deploy)
     typer.echo(f"submitted: {run_id}")
 
 
@@ -91,6 +101,7 @@ def run_main_job(
     smoke: Annotated[
         bool, typer.Option("--smoke/--no-smoke", help="serve the new model and send a request")
     ] = True,
+    usecase: UsecaseOption = None,
 ) -> None:
     """The main job: run the training pipeline, then serve the new model and send it a real V1 request."""
     import json
@@ -98,9 +109,10 @@ def run_main_job(
     from clinrisk.pipeline_runner import effective_local_config, run_local
     from clinrisk.smoke import serving_smoke_test
 
-    result = run_local(_config_path(config), sets, runner=runner)  # type: ignore[arg-type]
+    path, overrides = _source(config, sets, usecase)
+    result = run_local(path, overrides, runner=runner)  # type: ignore[arg-type]
     if smoke:
-        cfg = effective_local_config(_config_path(config), list(sets or []))
+        cfg = effective_local_config(path, overrides)
         out = serving_smoke_test(cfg, result.model_uri, result.pipeline_dir / "merge-data" / "validated")
         typer.echo(f"serving smoke test: POST {out['url']}/v1/models/{cfg.serving.model_name}:predict")
         typer.echo(json.dumps(out["response"], indent=2)[:2000])

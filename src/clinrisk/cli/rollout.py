@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors
+from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
 
 if TYPE_CHECKING:
     from clinrisk.rollout import Rollout
 
 rollout_app = typer.Typer(
-    help="Canary rollout of the clinrisk InferenceService (KServe, Knative mode).", no_args_is_help=True
+    help="Canary rollout of the use case's InferenceService (KServe, Knative mode).", no_args_is_help=True
 )
 
-NamespaceOption = Annotated[str, typer.Option("--namespace", "-n", help="namespace of the InferenceService")]
-NameOption = Annotated[str, typer.Option("--name", help="InferenceService name")]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n", help="namespace of the InferenceService (default: serving.namespace)"),
+]
+NameOption = Annotated[
+    str | None, typer.Option("--name", help="InferenceService name (default: serving.model_name)")
+]
 ContextOption = Annotated[str | None, typer.Option("--context", help="kubeconfig context (default: current)")]
 WaitOption = Annotated[bool, typer.Option("--wait/--no-wait", help="wait until the step has settled")]
 TimeoutOption = Annotated[
@@ -24,23 +30,34 @@ TimeoutOption = Annotated[
 ]
 
 
-def _rollout(namespace: str, name: str, context: str | None) -> Rollout:
+def _rollout(
+    namespace: str | None,
+    name: str | None,
+    context: str | None,
+    config: Path | None = None,
+    sets: list[str] | None = None,
+) -> Rollout:
+    """The InferenceService to act on: explicit options, else the use case's names from the config."""
     from clinrisk.rollout import KubernetesIsvcApi, Rollout
 
+    if namespace is None or name is None:
+        serving = load(config, sets).serving
+        namespace = namespace or serving.namespace
+        name = name or serving.model_name
     return Rollout(KubernetesIsvcApi(context=context), namespace=namespace, name=name)
 
 
 @rollout_app.command("status")
 @handle_errors
 def status(
-    namespace: NamespaceOption = "clinrisk",
-    name: NameOption = "clinrisk",
+    namespace: NamespaceOption = None,
+    name: NameOption = None,
     context: ContextOption = None,
     config: ConfigOption = None,
     sets: SetOption = None,
 ) -> None:
     """Print phase, generations, model URIs and the traffic split."""
-    r = _rollout(namespace, name, context)
+    r = _rollout(namespace, name, context, config, sets)
     typer.echo(r.status().summary())
 
 
@@ -51,8 +68,8 @@ def canary(
     model_uri: Annotated[
         str | None, typer.Option("--model-uri", help="bundle to canary (omit to shift a running canary)")
     ] = None,
-    namespace: NamespaceOption = "clinrisk",
-    name: NameOption = "clinrisk",
+    namespace: NamespaceOption = None,
+    name: NameOption = None,
     context: ContextOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = 600,
@@ -63,15 +80,15 @@ def canary(
     from clinrisk.rollout import validate_percent
 
     validate_percent(percent)  # fail before touching the cluster
-    r = _rollout(namespace, name, context)
+    r = _rollout(namespace, name, context, config, sets)
     typer.echo(r.canary(model_uri, percent, wait=wait, timeout_s=timeout).summary())
 
 
 @rollout_app.command("promote")
 @handle_errors
 def promote(
-    namespace: NamespaceOption = "clinrisk",
-    name: NameOption = "clinrisk",
+    namespace: NamespaceOption = None,
+    name: NameOption = None,
     context: ContextOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = 600,
@@ -88,14 +105,14 @@ def promote(
     """Send 100 % to the canary (optionally only if its Prometheus metrics are within bounds)."""
     from clinrisk.rollout import GateBounds, RolloutState, evaluate_gate, query_canary_metrics
 
-    r = _rollout(namespace, name, context)
+    r = _rollout(namespace, name, context, config, sets)
     gate = None
     if prometheus_url:
         bounds = GateBounds(max_error_rate, max_p95_latency, min_requests)
 
         def gate(state: RolloutState) -> list[str]:
             revision = state.latest_ready or ""
-            return evaluate_gate(query_canary_metrics(prometheus_url, revision, namespace, window), bounds)
+            return evaluate_gate(query_canary_metrics(prometheus_url, revision, r.namespace, window), bounds)
 
     typer.echo(r.promote(wait=wait, timeout_s=timeout, gate=gate).summary())
 
@@ -103,8 +120,8 @@ def promote(
 @rollout_app.command("rollback")
 @handle_errors
 def rollback(
-    namespace: NamespaceOption = "clinrisk",
-    name: NameOption = "clinrisk",
+    namespace: NamespaceOption = None,
+    name: NameOption = None,
     context: ContextOption = None,
     wait: WaitOption = True,
     timeout: TimeoutOption = 600,
@@ -112,7 +129,7 @@ def rollback(
     sets: SetOption = None,
 ) -> None:
     """Restore the previous model URI (traffic returns to the previous revision at once during a canary)."""
-    r = _rollout(namespace, name, context)
+    r = _rollout(namespace, name, context, config, sets)
     typer.echo(r.rollback(wait=wait, timeout_s=timeout).summary())
 
 

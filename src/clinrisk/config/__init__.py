@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from clinrisk.config.base import Section
 from clinrisk.config.features import FeaturesConfig, LabelsConfig, SplitConfig
@@ -78,6 +78,32 @@ class ClinriskConfig(Section):
     )
 
     model_config = Section.model_config | {"populate_by_name": True}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usecase_names(cls, data: Any) -> Any:
+        """Names the config leaves out come from the use case (``run.usecase``): registered model, MLflow
+        experiment, KServe model / InferenceService name and namespace."""
+        if not isinstance(data, dict):
+            return data
+        run = data.get("run")
+        name = run.get("usecase") if isinstance(run, dict) else None
+        from clinrisk.usecases import DEFAULT_USECASE, REGISTRY, get
+
+        if not isinstance(name, str) or name not in REGISTRY:
+            name = DEFAULT_USECASE  # an unknown name fails below, in _check_usecase, with the known ones
+        names = get(name).names
+        data = dict(data)
+        for section, defaults in (
+            ("tracking", {"registered_model_name": names.model_name, "experiment_name": names.experiment}),
+            ("serving", {"model_name": names.model_name, "namespace": names.namespace}),
+        ):
+            node = data.get(section)
+            if node is None:
+                node = {}
+            if isinstance(node, dict):
+                data[section] = {**defaults, **node}
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict with the YAML key names."""

@@ -1,4 +1,4 @@
-"""Feature, label and split settings (science.md §3, §4.4, §5)."""
+"""Feature, label and split settings (docs/science.md §3, §4.4, §5)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class LabelsConfig(Section):
 
 
 class SplitConfig(Section):
-    """Patient-disjoint hash buckets and the forward-in-time split with embargo (science.md §4.4)."""
+    """Patient-disjoint hash buckets and the forward-in-time split with embargo (docs/science.md §4.4)."""
 
     train_buckets: tuple[int, int] = (0, 60)
     validation_buckets: tuple[int, int] = (60, 80)

@@ -1,4 +1,4 @@
-"""Generator settings (science.md §1). Owned by the generator module."""
+"""Generator settings (docs/science.md §1). Owned by the generator module."""
 
 from __future__ import annotations
 

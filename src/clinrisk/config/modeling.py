@@ -1,4 +1,4 @@
-"""Feature selection, training, threshold, evaluation and tracking settings (science.md §4, §5)."""
+"""Feature selection, training, threshold, evaluation and tracking settings (docs/science.md §4, §5)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class TrainConfig(Section):
 
 
 class ThresholdConfig(Section):
-    """Decision threshold from decision-curve net benefit (science.md §4.2)."""
+    """Decision threshold from decision-curve net benefit (docs/science.md §4.2)."""
 
     threshold_probability: float = Field(0.10, gt=0.0, lt=1.0, description="p_t")
     sensitivity_range: tuple[float, float] = (0.05, 0.20)
@@ -72,7 +72,7 @@ class ThresholdConfig(Section):
 
 
 class EvaluateConfig(Section):
-    """Evaluation: bootstrap, patient-level horizons, slices, error analysis (science.md §4.3, §7)."""
+    """Evaluation: bootstrap, patient-level horizons, slices, error analysis (docs/science.md §4.3, §7)."""
 
     bootstrap_replicates: int = Field(200, ge=10, le=10_000)
     ci_level: float = Field(0.95, gt=0.5, lt=1.0, description="patient-cluster bootstrap CI level")

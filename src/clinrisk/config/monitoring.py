@@ -78,7 +78,7 @@ class MonitoringConfig(Section):
 
 
 class PromotionConfig(Section):
-    """Challenger-vs-champion gate (validation metrics that need no true labels; science.md §4.3).
+    """Challenger-vs-champion gate (validation metrics that need no true labels; docs/science.md §4.3).
 
     Rule: the challenger must improve ``primary`` by more than ``min_primary_gain`` and must not be worse
     than the champion by more than its tolerance on any guard metric (metrics missing on either side are
@@ -98,7 +98,9 @@ class PromotionConfig(Section):
         description="metric -> largest tolerated worsening vs the champion",
     )
     metrics_section: str = Field("validation", description="section of the bundle metrics.json to read")
-    p_t: float | None = Field(None, gt=0.0, lt=1.0, description="net-benefit p_t; None = threshold.p_t")
+    p_t: float | None = Field(
+        None, gt=0.0, lt=1.0, description="net-benefit p_t; None = the p_t frozen in the challenger bundle"
+    )
     slice_columns: list[str] = Field(default_factory=lambda: ["insurance", "ethnicity", "sex"])
     min_slice_rows: int = Field(200, ge=10, description="slices smaller than this are not gated")
 

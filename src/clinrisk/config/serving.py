@@ -12,7 +12,16 @@ from clinrisk.config.base import Section
 class ServingConfig(Section):
     """KServe predictor: bind address, limits, out-of-distribution policy."""
 
-    model_name: str = Field("clinrisk", pattern=r"^[a-z0-9-]+$")
+    model_name: str = Field(
+        "clinrisk",
+        pattern=r"^[a-z0-9-]+$",
+        description="KServe model name (/v1/models/<name>) and InferenceService name; default: the use case's",
+    )
+    namespace: str = Field(
+        "clinrisk",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Kubernetes namespace of the InferenceService; default: the use case's",
+    )
     host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=1, le=65535)
     grpc_enabled: bool = False

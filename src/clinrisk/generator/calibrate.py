@@ -1,4 +1,4 @@
-"""Calibrate the onset intercept α by bisection on a deterministic pilot sample (science.md §1.6)."""
+"""Calibrate the onset intercept α by bisection on a deterministic pilot sample (docs/science.md §1.6)."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ class _ColumnHasher:
 def label_row_counts(
     observed: pl.DataFrame, truth: pl.DataFrame, horizon: int, first_row_year: int, last_year: int
 ) -> dict[str, int]:
-    """Eligible prediction rows and positives under science.md §3.1 (recorded label from dx_E11 only).
+    """Eligible prediction rows and positives under docs/science.md §3.1 (recorded label from dx_E11 only).
 
     Rows: t ≥ first_row_year and t < T_rec (first year with dx_E11); a positive has T_rec ≤ t + H; a
     negative needs full follow-up, t + H ≤ min(E, last enrolled year). The true label is T* ≤ t + H.

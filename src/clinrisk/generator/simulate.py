@@ -1,4 +1,4 @@
-"""The yearly state machine of science.md §1.2–1.7, vectorised over the patients of a chunk of blocks.
+"""The yearly state machine of docs/science.md §1.2–1.7, vectorised over the patients of a chunk of blocks.
 
 Every random draw comes from the generator of the patient's RNG block (one ``SeedSequence`` child per
 block of ``block_size`` patients), in a fixed call order, so a patient's data does not depend on which

@@ -236,11 +236,11 @@ class ServingEngine:
             self.rowwise = RowwiseFeatureBuilder(self.spec, list(bundle.feature_names))
         # bundle.to_matrix re-reads df.schema per feature (O(p^2) in polars); the encoder expressions are
         # the bundle's own, built once here from the spec dtypes (the feature rows always have them).
-        from clinrisk.bundle import _encode_column
+        from clinrisk.bundle import encode_column
 
         cats = bundle.categories
         self._encode = [
-            _encode_column(n, self.spec.polars_dtype(n), cats.get(n)) for n in bundle.feature_names
+            encode_column(n, self.spec.polars_dtype(n), cats.get(n)) for n in bundle.feature_names
         ]
         self.request_logger: Any = None
         if cfg.request_log_dir:

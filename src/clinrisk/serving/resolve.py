@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clinrisk.errors import ConfigError, DataError
+from clinrisk.tracking import parse_model_uri
 
 if TYPE_CHECKING:
     from clinrisk.config import ClinriskConfig
 
 KSERVE_MODEL_DIR = Path("/mnt/models")  # where KServe's storage initializer puts storageUri
-MODEL_URI_RE = re.compile(
-    r"^models:/(?P<name>[A-Za-z0-9_.-]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+))$"
-)
-
-
-def parse_model_uri(uri: str) -> tuple[str, str]:
-    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> (name, alias or version)."""
-    m = MODEL_URI_RE.match(uri.strip())
-    if not m:
-        raise ConfigError(f"--model-uri {uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    return m["name"], m["alias"] or m["version"]
 
 
 def resolve_bundle_dir(

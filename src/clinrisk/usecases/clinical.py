@@ -40,7 +40,7 @@ def _observed(tables: Mapping[str, Any]) -> Any:
 
 
 class ClinicalSource:
-    """Synthetic patient-years (science.md §1) and real exports with the observed columns."""
+    """Synthetic patient-years (docs/science.md §1) and real exports with the observed columns."""
 
     tables: tuple[str, ...] = (OBSERVED,)
 
