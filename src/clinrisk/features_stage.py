@@ -105,7 +105,7 @@ def merge_shard_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
             acc = per_split.setdefault(s, {})
             for k, v in vals.items():
                 acc[k] = acc.get(k, 0) + v
-        for a, vals in p["units"].items():
+        for a, vals in p.get("units", {}).items():
             ua = units.setdefault(a, {})
             for k, v in vals.items():
                 ua[k] = ua.get(k, 0) + v
@@ -134,7 +134,7 @@ def merge_shard_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "shards": len(parts),
         "per_split": per_split,
         "units": units,
-        "unit_quarantine_rows": sum(p["unit_quarantine_rows"] for p in parts),
+        "unit_quarantine_rows": sum(p.get("unit_quarantine_rows", 0) for p in parts),
     }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from clinrisk.config import ClinriskConfig
 from clinrisk.errors import StageError
+from clinrisk.usecases import DEFAULT_USECASE, get
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,7 +23,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def serving_smoke_test(
     cfg: ClinriskConfig, model_uri: str, validated_dir: Path, timeout_s: float = 120.0
 ) -> dict[str, Any]:
-    """Resolve ``model_uri`` from the registry, serve it on 127.0.0.1, predict one real patient, stop.
+    """Resolve ``model_uri`` from the registry, serve it on 127.0.0.1, predict, stop. The clinical request
+    holds real patients from ``validated_dir``; another use case sends its contract's example instance.
 
     Returns ``{"url", "bundle", "request", "response"}``; any failure raises StageError with the server log.
     """
@@ -34,10 +36,14 @@ def serving_smoke_test(
         cfg, model_uri.rsplit("/", 1)[-1] if model_uri.startswith("models:/") else model_uri
     )
     host, port = "127.0.0.1", free_port()
-    request = example_request(list_shards(Path(validated_dir))[0], cfg.features.window_years, n=2)
+    if cfg.run.usecase == DEFAULT_USECASE:
+        request = example_request(list_shards(Path(validated_dir))[0], cfg.features.window_years, n=2)
+    else:
+        example = dict(get(cfg.run.usecase).serving.example_instance())
+        request = {"instances": [example, example]}
     log = Path(bundle).parent / "smoke-server.log"
     cmd = [
-        sys.executable, "-m", "clinrisk", "serve", "--bundle", str(bundle),
+        sys.executable, "-m", "clinrisk", "--usecase", cfg.run.usecase, "serve", "--bundle", str(bundle),
         "--set", f"serving.host={host}", "--set", f"serving.http_port={port}",
     ]  # fmt: skip
     with open(log, "w") as fh:

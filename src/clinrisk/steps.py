@@ -17,6 +17,7 @@ import yaml
 from clinrisk.config import ClinriskConfig, load_config, save_config
 from clinrisk.errors import ConfigError, DataError
 from clinrisk.io import SHARD_DIR_RE, atomic_output_dir, read_json, write_json
+from clinrisk.usecases.base import UseCase
 
 CONFIG_FILE = "config.yaml"
 MetricLogger = Callable[[str, float], None]
@@ -24,6 +25,12 @@ MetricLogger = Callable[[str, float], None]
 
 def _load(config_dir: str | Path) -> ClinriskConfig:
     return load_config(Path(config_dir) / CONFIG_FILE)
+
+
+def _usecase(cfg: ClinriskConfig) -> UseCase:
+    from clinrisk.usecases import get
+
+    return get(cfg.run.usecase)
 
 
 def _log_numeric(log: MetricLogger | None, metrics: dict[str, Any], prefix: str = "") -> None:
@@ -106,7 +113,6 @@ def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> list[in
     """Calibrate α by bisection and fix each shard's patient blocks (plan.json); returns the shard indices
     the pipeline fans out over (the plan owns the fan-out)."""
     from clinrisk import datacache
-    from clinrisk.generate import plan_generation
 
     cfg = _load(config_dir)
     # With experiments.data_cache_dir set, the reuse decision is made once, here, and travels in the plan.
@@ -114,7 +120,7 @@ def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> list[in
     if hit is not None:
         plan = {**hit["plan"], "data_cache": datacache.reuse_info(hit)}
     else:
-        plan = plan_generation(cfg)
+        plan = _usecase(cfg).source.plan(cfg)
         if cfg.experiments.data_cache_dir is not None:
             plan["data_cache"] = {"key": datacache.data_key(cfg), "reused_from": None}
     with atomic_output_dir(Path(out_dir)) as tmp:
@@ -125,17 +131,20 @@ def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> list[in
 def generate_shard_step(
     config_dir: str | Path, plan_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
-    """Generate one shard's observed + truth files."""
+    """Generate one shard's observed tables + truth (the use case's generator; the framework writes them)."""
     from clinrisk import datacache
-    from clinrisk.generate import generate_shard
+    from clinrisk.usecase_io import write_raw_shard
 
     cfg = _load(config_dir)
     plan = read_json(Path(plan_dir) / "plan.json")
+    if shard not in plan_shards(plan):
+        raise DataError(f"shard {shard}: the plan has shards 0..{plan['n_shards'] - 1}")
     with atomic_output_dir(Path(out_dir)) as tmp:
         if (reuse := datacache.reused(plan)) is not None:
             write_json(tmp / datacache.REUSED_MARKER, reuse)  # merge-data links the cached data instead
         else:
-            generate_shard(cfg, plan, shard, tmp)
+            usecase = _usecase(cfg)
+            write_raw_shard(usecase.source.generate_shard(cfg, plan, shard), usecase, tmp, shard)
 
 
 def merge_data_step(
@@ -154,7 +163,10 @@ def merge_data_step(
     with too much bad data stops here and publishes neither dataset.
     """
     from clinrisk import datacache
-    from clinrisk.generate import finalize_generation
+    from clinrisk.generate import CONFIG_FILE as RAW_CONFIG_FILE
+    from clinrisk.generate import MANIFEST
+    from clinrisk.usecase_io import read_raw_shard, validated_dir
+    from clinrisk.usecases.base import TRUTH_TABLE
     from clinrisk.validate import (
         build_report,
         check_report,
@@ -176,16 +188,22 @@ def merge_data_step(
         keys = ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
         _log_numeric(log_metric, {k: report[k] for k in keys if k in report})
         return dict(report)
+    usecase = _usecase(cfg)
     with atomic_output_dir(Path(raw_out)) as raw_tmp, atomic_output_dir(Path(validated_out)) as val_tmp:
-        copy_shards(raw_parts, "observed", raw_tmp / "observed")
-        copy_shards(raw_parts, "truth", raw_tmp / "truth")
-        finalize_generation(cfg, plan, raw_tmp)
+        for table in (*usecase.source.tables, TRUTH_TABLE):
+            copy_shards(raw_parts, table, raw_tmp / table)
+        manifest_doc = usecase.source.manifest(cfg, plan, lambda s: read_raw_shard(usecase, raw_tmp, s))
+        save_config(cfg, raw_tmp / RAW_CONFIG_FILE)
+        write_json(raw_tmp / MANIFEST, manifest_doc)
         manifest = read_raw_manifest(raw_tmp)
-        copy_shards(validated_parts, "validated", val_tmp)
-        copy_shards(validated_parts, "quarantine", val_tmp / "quarantine")
+        for table in usecase.source.tables:
+            copy_shards(validated_parts, f"validated/{table}", validated_dir(usecase, val_tmp, table))
+            copy_shards(
+                validated_parts, f"quarantine/{table}", validated_dir(usecase, val_tmp / "quarantine", table)
+            )
         stats = [read_json(Path(p) / "stats.json") for p in validated_parts]
         report = build_report(cfg, stats, manifest)
-        check_report(cfg, report, manifest, raw_tmp / "observed")
+        check_report(cfg, report, manifest, raw_tmp / usecase.source.tables[0])
         write_report(report, val_tmp / "validation")
     if plan.get("data_cache") is not None:
         datacache.publish(cfg, plan, Path(raw_out), Path(validated_out), report)
@@ -208,10 +226,11 @@ def merge_data_step(
 def validate_shard_step(
     config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
-    """Validate one generated shard into ``out_dir/{validated,quarantine}/shard=NNN`` + ``stats.json``."""
+    """Validate one generated shard (the use case's schema) into
+    ``out_dir/{validated,quarantine}/<table>/shard=NNN`` + ``stats.json``."""
     from clinrisk import datacache
     from clinrisk.io import shard_file
-    from clinrisk.validate import validate_shard_to_dir
+    from clinrisk.usecase_io import read_raw_shard, write_validated_shard
 
     cfg = _load(config_dir)
     marker = Path(raw_shard_dir) / datacache.REUSED_MARKER
@@ -219,9 +238,15 @@ def validate_shard_step(
         with atomic_output_dir(Path(out_dir)) as tmp:
             write_json(tmp / datacache.REUSED_MARKER, read_json(marker))
         return
-    observed = shard_file(Path(raw_shard_dir) / "observed", shard)
+    usecase = _usecase(cfg)
+    raw = read_raw_shard(usecase, Path(raw_shard_dir), shard, truth=False)
+    result = usecase.schema.validate(cfg, raw, shard)
     with atomic_output_dir(Path(out_dir)) as tmp:
-        stats = validate_shard_to_dir(cfg, observed, shard, tmp / "validated", tmp / "quarantine")
+        # one sub-directory per table here (merge-data lays them out; see clinrisk.usecase_io)
+        stats = write_validated_shard(
+            result, usecase, tmp / "validated", tmp / "quarantine", shard, per_table=True
+        )
+        stats["file"] = str(shard_file(Path(raw_shard_dir) / usecase.source.tables[0], shard))
         write_json(tmp / "stats.json", stats)
 
 
@@ -235,15 +260,14 @@ def _spec(spec_dir: str | Path) -> Any:
 
 
 def fit_feature_spec_step(config_dir: str | Path, validated_dir: str | Path, out_dir: str | Path) -> None:
-    """Freeze the feature spec (categories from training-split patients only)."""
-    import polars as pl
-
-    from clinrisk.features import fit_feature_spec
-    from clinrisk.io import list_shards
+    """Freeze the feature spec (the use case's definition; categories from training-split entities only)."""
+    from clinrisk.usecase_io import scan_validated
 
     cfg = _load(config_dir)
-    shards = list_shards(Path(validated_dir))
-    spec = fit_feature_spec(pl.scan_parquet([str(f) for f in shards]), cfg)
+    usecase = _usecase(cfg)
+    spec = usecase.features.fit_spec(cfg, scan_validated(usecase, Path(validated_dir)))
+    if spec.usecase != usecase.name:
+        raise DataError(f"use case {usecase.name!r}: fit_spec returned a spec for {spec.usecase!r}")
     with atomic_output_dir(Path(out_dir)) as tmp:
         (tmp / "feature_spec.json").write_text(spec.to_json())
 
@@ -256,39 +280,80 @@ def build_features_shard_step(
     shard: int,
     out_dir: str | Path,
 ) -> None:
-    """Features + labels (+ eval columns from truth) for one shard."""
-    from clinrisk.features_stage import build_features_shard
-    from clinrisk.io import shard_dir_name, shard_file
+    """The feature table of one shard (the use case's feature + label function; eval_* columns from the
+    truth when the data are generated), checked against the feature-table contract before it is written."""
+    import polars as pl
+
+    from clinrisk.feature_table import check_feature_table
+    from clinrisk.io import shard_file
+    from clinrisk.usecase_io import scan_validated, shard_summary, write_table
+    from clinrisk.usecases.base import TRUTH_TABLE
 
     cfg = _load(config_dir)
-    truth = shard_file(Path(raw_dir) / "truth", shard)
+    usecase = _usecase(cfg)
+    spec = _spec(spec_dir)
+    truth_file = shard_file(Path(raw_dir) / TRUTH_TABLE, shard)
+    with_truth = truth_file.is_file()
+    tables = scan_validated(usecase, Path(validated_dir), shard)
+    truth = pl.scan_parquet(truth_file) if with_truth else None
+    out = shard_file(Path(out_dir), shard)
+    table = usecase.features.build(cfg, tables, spec, truth).collect(engine="streaming")
+    check_feature_table(table.schema, spec, where=str(out))
+    # Optional use-case hooks: a stricter check of the table (clinical: its pandera feature schema) and
+    # extra per-shard outputs + summary fields (clinical: the unit-quarantine table and unit counts).
+    check = getattr(usecase.features, "check_table", None)
+    if check is not None:
+        check(table, spec, str(out))
+    extras = getattr(usecase.features, "shard_extras", None)
+    side, extra_summary = extras(cfg, tables) if extras is not None else ({}, {})
     with atomic_output_dir(Path(out_dir)) as tmp:
-        summary = build_features_shard(
-            shard_file(Path(validated_dir), shard),
-            truth if truth.is_file() else None,
-            _spec(spec_dir),
-            cfg,
-            shard_file(tmp, shard),
-            tmp / "unit_quarantine" / shard_dir_name(shard) / "part.parquet",
-        )
-        write_json(tmp / "summary.json", {**summary, "with_truth": truth.is_file()})
+        write_table(table, shard_file(tmp, shard))
+        for name, frame in side.items():
+            write_table(frame, shard_file(tmp / name, shard))
+        summary = {**shard_summary(table, shard, with_truth), **extra_summary, "with_truth": with_truth}
+        write_json(tmp / "summary.json", summary)
 
 
 def merge_features_step(
     config_dir: str | Path, spec_dir: str | Path, part_dirs: list[str | Path], out_dir: str | Path
 ) -> dict[str, Any]:
-    """Collect feature shards (and their unit quarantine) with spec, schema and summary."""
-    from clinrisk.features_stage import write_feature_metadata
+    """Collect feature shards (and the use case's side tables, e.g. the clinical unit quarantine) with the
+    spec, the use case's schema document (if it has one) and the summary."""
+    from clinrisk.features_stage import merge_shard_summaries
 
     cfg = _load(config_dir)
+    usecase = _usecase(cfg)
     spec = _spec(spec_dir)
     parts = [read_json(Path(p) / "summary.json") for p in part_dirs]
+    side = sorted(
+        {
+            c.name
+            for p in part_dirs
+            for c in Path(p).iterdir()
+            if c.is_dir() and not SHARD_DIR_RE.match(c.name)
+        }
+    )
     with atomic_output_dir(Path(out_dir)) as tmp:
         copy_shards(part_dirs, "", tmp)
-        copy_shards(part_dirs, "unit_quarantine", tmp / "unit_quarantine")
+        for name in side:
+            copy_shards(part_dirs, name, tmp / name)
         shard_dirs = sorted(p.name for p in tmp.iterdir() if SHARD_DIR_RE.match(p.name))
         with_truth = all(p["with_truth"] for p in parts)
-        summary = write_feature_metadata(tmp, spec, cfg, parts, shard_dirs, with_truth)
+        (tmp / "feature_spec.json").write_text(spec.to_json())
+        schema_document = getattr(usecase.features, "schema_document", None)
+        if schema_document is not None:
+            write_json(tmp / "feature_schema.json", schema_document(spec, with_truth))
+        summary = {
+            **merge_shard_summaries(parts),
+            "usecase": usecase.name,
+            "n_features": len(spec.feature_names),
+            "window_years": spec.window_years,
+            "horizon_years": spec.horizon_years,
+            "label_strategy": cfg.labels.strategy,
+            "with_truth": with_truth,
+            "shard_dirs": shard_dirs,
+        }
+        write_json(tmp / "summary.json", summary)
     return summary
 
 

@@ -475,32 +475,52 @@ def _check_patients_disjoint(shard_ids: dict[int, pl.Series]) -> None:
 
 
 def _job(args: tuple[ClinriskConfig, Path, int, Path, Path]) -> tuple[dict[str, Any], pl.Series]:
-    cfg, path, shard, vroot, qroot = args
-    stats = validate_shard_to_dir(cfg, path, shard, vroot, qroot)
-    ids = pl.read_parquet(shard_file(vroot, shard), columns=["patient_id"]).get_column("patient_id").unique()
+    """One shard through the use case's schema (``run.usecase``); the same per-shard path as the KFP
+    validate step (``clinrisk.usecase_io.write_validated_shard``)."""
+    from clinrisk.usecase_io import read_raw_shard, validated_dir, write_validated_shard
+    from clinrisk.usecases import get
+
+    cfg, raw_dir, shard, vroot, qroot = args
+    usecase = get(cfg.run.usecase)
+    first = usecase.source.tables[0]
+    path = shard_file(raw_dir / first, shard)
+    raw = read_raw_shard(usecase, raw_dir, shard, truth=False)
+    try:
+        result = usecase.schema.validate(cfg, raw, shard)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    stats = write_validated_shard(result, usecase, vroot, qroot, shard)
+    stats["file"] = str(path)
+    entity = usecase.source.entity_column(first)
+    table = shard_file(validated_dir(usecase, vroot, first), shard)
+    ids = pl.read_parquet(table, columns=[entity]).get_column(entity).unique().rename("patient_id")
     return stats, ids
 
 
 def validate_dataset(
     cfg: ClinriskConfig, raw_dir: Path, out_dir: Path, workers: int | None = None
 ) -> dict[str, Any]:
-    """Validate every shard of ``raw_dir/observed`` and publish atomically under ``out_dir``.
+    """Validate every shard of the use case's raw tables (``raw_dir/<table>``, clinical: ``observed``) and
+    publish atomically under ``out_dir``.
 
-    Writes ``out_dir/validated/shard=NNN/part.parquet``, ``out_dir/quarantine/shard=NNN/part.parquet`` and
-    ``out_dir/validation/{report.json,report.md}`` (the run layout when ``out_dir`` is the run root). Nothing
-    is published if any shard fails or the quarantined share exceeds ``validate.max_quarantine_fraction``.
-    Returns the report dict.
+    Writes ``out_dir/validated/shard=NNN/part.parquet`` (``validated/<table>/...`` for a use case with
+    several tables), the quarantine twin and ``out_dir/validation/{report.json,report.md}`` (the run layout
+    when ``out_dir`` is the run root). Nothing is published if any shard fails or the quarantined share
+    exceeds ``validate.max_quarantine_fraction``. Returns the report dict.
     """
+    from clinrisk.usecases import get
+
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     manifest = read_raw_manifest(raw_dir)
-    files = list_shards(raw_dir / "observed")
+    first = get(cfg.run.usecase).source.tables[0]
+    files = list_shards(raw_dir / first)
     indices = [_shard_index(f) for f in files]
     expected = _expected_shards(manifest["content"])
     if expected is not None and expected != indices:
         missing = sorted(set(expected) - set(indices))
         extra = sorted(set(indices) - set(expected))
         raise DataError(
-            f"{raw_dir / 'observed'}: shards do not match {manifest['path']} "
+            f"{raw_dir / first}: shards do not match {manifest['path']} "
             f"(missing: {[f'shard={i:03d}' for i in missing]}, unexpected: {[f'shard={i:03d}' for i in extra]})"
         )
     n_workers = max(1, min(workers or cfg.run.workers, len(files)))
@@ -508,7 +528,7 @@ def validate_dataset(
         vroot = stack.enter_context(atomic_output_dir(out_dir / VALIDATED_DIR))
         qroot = stack.enter_context(atomic_output_dir(out_dir / QUARANTINE_DIR))
         rroot = stack.enter_context(atomic_output_dir(out_dir / REPORT_DIR))
-        jobs = [(cfg, f, i, vroot, qroot) for f, i in zip(files, indices, strict=True)]
+        jobs = [(cfg, raw_dir, i, vroot, qroot) for i in indices]
         if n_workers == 1:
             results = [_job(j) for j in jobs]
         else:
@@ -519,7 +539,7 @@ def validate_dataset(
         shard_stats = [r[0] for r in results]
         _check_patients_disjoint({s["shard"]: ids for s, ids in results})
         report = build_report(cfg, shard_stats, manifest)
-        check_report(cfg, report, manifest, raw_dir / "observed")
+        check_report(cfg, report, manifest, raw_dir / first)
         write_report(report, rroot)
     return report
 

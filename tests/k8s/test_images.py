@@ -104,12 +104,16 @@ def test_pipeline_image_runs_a_component_step(images: dict[str, str], tmp_path: 
     (inputs / "tiny.yaml").write_text((REPO / "configs" / "tiny.yaml").read_text())
     (inputs / "tiny.yaml").chmod(0o644)
     code = (
-        "import sys; from pathlib import Path; from clinrisk.steps import resolve_config_step; "
-        "shards = resolve_config_step(Path('/in/tiny.yaml').read_text(), "
-        "['generate.n_patients=300'], '/data/config'); print('shards', shards)"
+        "import sys; from pathlib import Path; "
+        "from clinrisk.steps import plan_generation_step, resolve_config_step; "
+        "resolve_config_step(Path('/in/tiny.yaml').read_text(), "
+        "['generate.n_patients=300', 'generate.alpha=-4.6'], '/data/config'); "
+        "print('shards', plan_generation_step('/data/config', '/data/plan'))"
     )
     out = _run_ro(images["pipeline"], ["-c", code], {inputs: "/in:ro", data: "/data"}, entrypoint="python3")
-    assert out.strip().splitlines()[-1] == "shards [0, 1, 2, 3]", out  # configs/tiny.yaml: 4 shards
+    # configs/tiny.yaml asks for 4 shards, but 300 patients are 2 blocks of 250: the plan makes (and the DAG
+    # fans out over) 2 shards.
+    assert out.strip().splitlines()[-1] == "shards [0, 1]", out
     written = [p for p in (data / "config").rglob("*") if p.is_file()]
     assert written, "the step wrote nothing"
     assert all(p.stat().st_uid == int(UID) for p in written)

@@ -8,6 +8,8 @@ definition for training and serving).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from clinrisk.errors import ConfigError, DataError
 from clinrisk.feature_table import EVAL_REQUIRED, KEY_COLUMNS, LABEL_COLUMNS, FeatureSpec, check_feature_table
 from clinrisk.usecases import DEFAULT_USECASE, get, known
 from clinrisk.usecases.base import QUARANTINE_REASON_COLUMNS, RawShard, UseCase
+from tests.usecases.conftest import TOY, toy_registered
 
 REPO = Path(__file__).resolve().parents[2]
 # Per use case: overrides that make the tiny config small enough for a unit test (seconds).
@@ -29,12 +32,13 @@ def _cfg(usecase: UseCase) -> object:
     return load_config(REPO / usecase.configs["tiny"], SMALL.get(usecase.name, []))
 
 
-@pytest.fixture(scope="module", params=known())
-def shard0(request: pytest.FixtureRequest) -> tuple[UseCase, object, dict, RawShard]:
-    usecase = get(request.param)
-    cfg = _cfg(usecase)
-    plan = usecase.source.plan(cfg)
-    return usecase, cfg, plan, usecase.source.generate_shard(cfg, plan, 0)
+@pytest.fixture(scope="module", params=[*known(), TOY])
+def shard0(request: pytest.FixtureRequest) -> Iterator[tuple[UseCase, object, dict, RawShard]]:
+    with toy_registered() if request.param == TOY else contextlib.nullcontext():
+        usecase = get(request.param)
+        cfg = _cfg(usecase)
+        plan = usecase.source.plan(cfg)
+        yield usecase, cfg, plan, usecase.source.generate_shard(cfg, plan, 0)
 
 
 def test_registry_lists_clinical_first_and_rejects_unknown_names() -> None:
@@ -88,7 +92,9 @@ def test_validation_quarantines_with_reasons_and_accounts_for_every_row(shard0) 
     res = usecase.schema.validate(cfg, raw, 0)
     rows_in = sum(t.height for t in raw.tables.values())
     assert res.stats["rows_in"] == rows_in
-    assert res.stats["rows_valid"] + res.stats["rows_quarantined"] == rows_in
+    valid = sum(t.height for t in res.tables.values())
+    quarantined = sum(t.height for t in res.quarantine.values())
+    assert valid + quarantined == rows_in
     for name, q in res.quarantine.items():
         assert set(QUARANTINE_REASON_COLUMNS) <= set(q.columns), name
 
@@ -150,7 +156,8 @@ def test_serving_features_equal_the_training_rows(shard0) -> None:
     valid = usecase.schema.validate(cfg, raw, 0)
     tables = {k: v.lazy() for k, v in valid.tables.items()}
     spec = usecase.features.fit_spec(cfg, tables)
-    table = usecase.features.build(cfg, tables, spec, None).collect()
+    assert raw.truth is not None
+    table = usecase.features.build(cfg, tables, spec, raw.truth.lazy()).collect()
     want = table.sample(n=min(6, table.height), seed=3).sort("patient_id", "year")
     keys = list(zip(want["patient_id"].to_list(), want["year"].to_list(), strict=True))
     instances = usecase.serving.instances(valid.tables, keys)

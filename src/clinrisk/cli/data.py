@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, handle_errors, load
 
 
 @handle_errors
@@ -20,10 +20,11 @@ def generate(
     workers: Annotated[int | None, typer.Option("--workers", help="worker processes (run.workers)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output dir (default <run>/raw)")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    usecase: UsecaseOption = None,
 ) -> None:
-    """Generate the synthetic patient-year dataset (observed + truth + manifest)."""
-    from clinrisk.generate import generate_dataset
+    """Generate the use case's synthetic dataset (observed tables + truth + manifest)."""
     from clinrisk.paths import RunPaths
+    from clinrisk.usecase_io import generate_raw
 
     extra = []
     if patients is not None:
@@ -34,9 +35,13 @@ def generate(
         extra.append(f"run.seed={seed}")
     if workers is not None:
         extra.append(f"run.workers={workers}")
-    cfg = load(config, sets, extra)
+    cfg = load(config, sets, extra, usecase=usecase)
     target = out if out is not None else RunPaths.for_config(cfg).raw
-    m = generate_dataset(cfg, target, progress=progress)
+    m = generate_raw(cfg, target, progress=progress)
+    if "prevalence" not in m:  # another use case: its manifest's own fields
+        typer.echo(f"generated {m['rows']:,} rows in {m['n_shards']} shards (use case {cfg.run.usecase})")
+        typer.echo(f"observed hash {m['observed_hash']}\nwritten to {m['path']}")
+        return
     prev = m["prevalence"]
     typer.echo(
         f"generated {m['rows']:,} rows for {m['patients']:,} patients in {m['n_shards']} shards "
@@ -49,6 +54,28 @@ def generate(
     )
 
 
+@handle_errors
+def ingest(
+    source: Annotated[Path, typer.Option("--source", help="the use case's real files (a directory or file)")],
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    shards: Annotated[int, typer.Option("--shards", min=1, help="shards (an entity never spans shards)")] = 1,
+    out: Annotated[Path | None, typer.Option("--out", help="output dir (default <run>/raw)")] = None,
+    usecase: UsecaseOption = None,
+) -> None:
+    """Ingest a real export in the use case's file format into the raw layout (then `clinrisk validate`)."""
+    from clinrisk.paths import RunPaths
+    from clinrisk.usecase_io import ingest_raw
+
+    cfg = load(config, sets, usecase=usecase)
+    target = out if out is not None else RunPaths.for_config(cfg).raw
+    m = ingest_raw(cfg, source, target, shards)
+    typer.echo(
+        f"ingested {m['rows']:,} rows of use case {m['usecase']} into {m['n_shards']} shard(s): {m['path']}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.command("generate")(generate)
+    app.command("ingest")(ingest)

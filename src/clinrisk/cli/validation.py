@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, handle_errors, load
 
 RawOption = Annotated[Path | None, typer.Option("--raw", help="raw dataset dir (default: <run>/raw)")]
 OutOption = Annotated[
@@ -26,12 +26,14 @@ def validate_cmd(
     raw: RawOption = None,
     out: OutOption = None,
     workers: WorkersOption = None,
+    usecase: UsecaseOption = None,
 ) -> None:
-    """Validate raw observed shards; passing rows -> validated/, failing rows -> quarantine/ with reasons."""
+    """Validate raw shards with the use case's schema; passing rows -> validated/, failing rows ->
+    quarantine/ with reasons."""
     from clinrisk.paths import RunPaths
     from clinrisk.validate import validate_dataset
 
-    cfg = load(config, sets)
+    cfg = load(config, sets, usecase=usecase)
     paths = RunPaths.for_config(cfg)
     out_dir = out if out is not None else paths.root
     report = validate_dataset(cfg, raw if raw is not None else paths.raw, out_dir, workers=workers)

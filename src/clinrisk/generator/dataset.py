@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ from clinrisk.generator.calibrate import calibrate_alpha
 from clinrisk.generator.render import render_chunk
 from clinrisk.generator.schema import OBSERVED_SCHEMA, TRUTH_SCHEMA
 from clinrisk.generator.simulate import simulate_chunk
-from clinrisk.io import atomic_output_dir, shard_file, write_json
+from clinrisk.io import shard_file, write_json
 
 GENERATOR_VERSION = "1.0.0"
 OBSERVED_DIR, TRUTH_DIR = "observed", "truth"
@@ -264,40 +261,13 @@ def build_manifest(
     return manifest
 
 
-def _shard_job(cfg_json: str, plan: dict[str, Any], shard: int, out_dir: str) -> dict[str, Any]:
-    # worker entry point: the config travels as JSON so spawn-started workers rebuild it exactly
-    cfg = ClinriskConfig.model_validate(json.loads(cfg_json))
-    return generate_shard(cfg, plan, shard, Path(out_dir))
-
-
 def generate_dataset(
     cfg: ClinriskConfig, out_dir: Path, workers: int | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Plan, generate every shard (in a process pool when workers > 1) and finalise, atomically."""
-    from tqdm import tqdm
+    """Plan, generate every shard and write the manifest, atomically: the framework's generate stage
+    (``clinrisk.usecase_io.generate_raw``) with this generator as the clinical use case's data source."""
+    from clinrisk.usecase_io import generate_raw
 
-    workers = cfg.run.workers if workers is None else workers
-    if workers < 1:
-        raise DataError(f"workers: must be ≥ 1, got {workers}")
-    with atomic_output_dir(Path(out_dir)) as tmp:
-        plan = plan_generation(cfg)
-        n_shards = plan["n_shards"]
-        bar = tqdm(total=n_shards, desc="generate", unit="shard", disable=not progress)
-        try:
-            if workers == 1 or n_shards == 1:
-                for s in range(n_shards):
-                    generate_shard(cfg, plan, s, tmp)
-                    bar.update(1)
-            else:
-                cfg_json = json.dumps(cfg.to_dict())
-                ctx = get_context("spawn")  # polars is not fork-safe
-                with ProcessPoolExecutor(max_workers=min(workers, n_shards), mp_context=ctx) as pool:
-                    futures = [pool.submit(_shard_job, cfg_json, plan, s, str(tmp)) for s in range(n_shards)]
-                    for fut in as_completed(futures):
-                        fut.result()
-                        bar.update(1)
-        finally:
-            bar.close()
-        manifest = finalize_generation(cfg, plan, tmp)
-    manifest["path"] = str(Path(out_dir))
-    return manifest
+    if cfg.run.usecase != "clinical":
+        raise DataError(f"run.usecase={cfg.run.usecase!r}: generate_dataset is the clinical generator")
+    return generate_raw(cfg, out_dir, workers, progress)

@@ -31,12 +31,14 @@ from clinrisk.serving.request import (
     merge_requests,
     validate_request,
 )
+from clinrisk.usecases import DEFAULT_USECASE
 
 if TYPE_CHECKING:
     from clinrisk.bundle import ModelBundle
     from clinrisk.config import ServingConfig
     from clinrisk.features import FeatureSpec
     from clinrisk.features_rowwise import RowwiseFeatureBuilder
+    from clinrisk.usecases.base import ServingBatch, ServingContract
 
 # Optional file a bundle may carry: {"instances": [...], "probabilities": [...]} checked at start-up.
 SERVING_EXAMPLES_FILE = "serving_examples.json"
@@ -82,6 +84,14 @@ EXAMPLE_INSTANCE: dict[str, Any] = {
         for k, year in enumerate(range(2012, 2016))
     ],
 }
+
+
+@dataclass(frozen=True)
+class PluginRequest(ValidatedRequest):
+    """A request of a bundle from another use case, parsed by that use case's ServingContract
+    (``clinrisk.usecases``); ``batch`` holds its raw tables and keys."""
+
+    batch: ServingBatch | None = None
 
 
 @dataclass(frozen=True)
@@ -225,12 +235,19 @@ class ServingEngine:
         self.bundle = dataclasses.replace(bundle, booster=cast(Any, SingleThreadBooster(bundle.booster)))
         self.cfg = cfg
         self.spec = FeatureSpec.model_validate(bundle.spec)
+        # Plugin hook: a bundle of another use case is served through that use case's request contract;
+        # None = the built-in clinical contract of this module.
+        self.contract: ServingContract | None = None
+        if self.spec.usecase != DEFAULT_USECASE:
+            from clinrisk.usecases import get
+
+            self.contract = get(self.spec.usecase).serving
         self.version = bundle.version
         self.threshold = bundle.threshold
         self.ood = ood_reference(bundle, self.spec)
         self._local = threading.local()
         self.rowwise: RowwiseFeatureBuilder | None = None
-        if cfg.feature_engine == "rowwise":
+        if cfg.feature_engine == "rowwise" and self.contract is None:
             from clinrisk.features_rowwise import RowwiseFeatureBuilder
 
             self.rowwise = RowwiseFeatureBuilder(self.spec, list(bundle.feature_names))
@@ -277,6 +294,11 @@ class ServingEngine:
 
     def warm_up(self) -> None:
         """Build this thread's feature plan and score the built-in example once (first-request cost)."""
+        if self.contract is not None:
+            self.score_many(
+                [self.validate({"instances": [dict(self.contract.example_instance())]})], internal=True
+            )
+            return
         self.score_many(
             [
                 validate_request(
@@ -315,6 +337,17 @@ class ServingEngine:
     def current_features(self, reqs: list[ValidatedRequest], engine: str | None = None) -> CurrentRows:
         """Current-year features and model matrix of several requests with the configured feature engine
         (``engine`` overrides it: the start-up check runs both)."""
+        if self.contract is not None:
+            contract = self.contract
+            frames = [
+                contract.features(r.batch, self.spec)
+                for r in reqs
+                if isinstance(r, PluginRequest) and r.batch
+            ]
+            frame = pl.concat(frames) if frames else pl.DataFrame()
+            if frame.height != sum(r.n_instances for r in reqs):
+                raise DataError("serving: feature rows do not line up with the requests' instances")
+            return CurrentRows(self.matrix(frame), frame=frame)
         if (engine or self.cfg.feature_engine) == "rowwise":
             from clinrisk.features_rowwise import RowwiseFeatureBuilder
 
@@ -335,6 +368,18 @@ class ServingEngine:
 
     def validate(self, payload: Any) -> ValidatedRequest:
         """Validate a decoded V1 body against this bundle's window and the serving limits."""
+        if self.contract is not None:
+            batch = self.contract.parse(payload, self.spec, self.cfg)
+            top_k = (
+                payload.get("parameters", {}).get("reason_codes_top_k") if isinstance(payload, dict) else None
+            )
+            return PluginRequest(
+                columns={},
+                n_instances=batch.n_instances,
+                current_years=[int(k[1]) for k in batch.keys],
+                reason_codes_top_k=int(top_k) if isinstance(top_k, int) else self.cfg.reason_codes_top_k,
+                batch=batch,
+            )
         return validate_request(
             payload,
             window_years=self.spec.window_years,
@@ -445,6 +490,8 @@ class ServingEngine:
         """
         from clinrisk.io import read_json
 
+        if self.contract is not None:
+            return self._plugin_self_check()
         req = validate_request(
             {"instances": [EXAMPLE_INSTANCE]}, window_years=self.spec.window_years, max_instances=1
         )
@@ -479,6 +526,24 @@ class ServingEngine:
                 )
             checked += int(want.size)
         return {"examples_checked": checked, "example_probability": float(p_matrix[0])}
+
+    def _plugin_self_check(self) -> dict[str, Any]:
+        """The use case's example instance scores to a finite probability in (0, 1), the same on both paths."""
+        assert self.contract is not None
+        req = self.validate({"instances": [dict(self.contract.example_instance())]})
+        rows = self.current_features([req]).frame
+        assert rows is not None
+        p_matrix = self.bundle.predict_proba(self.matrix(rows))
+        p_frame = self.bundle.predict_proba(rows)
+        if not (np.all(np.isfinite(p_matrix)) and np.all((p_matrix > 0) & (p_matrix < 1))):
+            raise DataError(f"bundle {self.bundle.path}: self-check probability {p_matrix} not in (0, 1)")
+        if not np.array_equal(p_matrix, p_frame):
+            raise DataError(f"bundle {self.bundle.path}: self-check is not deterministic across paths")
+        return {
+            "examples_checked": 1,
+            "example_probability": float(p_matrix[0]),
+            "usecase": self.spec.usecase,
+        }
 
     def _check_engines(self, req: ValidatedRequest, what: str) -> None:
         """The row-wise engine (when configured) must give the feature function's matrix bit for bit."""

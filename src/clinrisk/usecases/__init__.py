@@ -31,6 +31,20 @@ def _module_present(target: str) -> bool:
         return False
 
 
+def register(name: str, target: str) -> None:
+    """Register ``name`` -> ``"module:attribute"`` at run time (plugins living outside this package)."""
+    if ":" not in target:
+        raise ConfigError(f"use case {name!r}: target {target!r} must be 'module:attribute'")
+    REGISTRY[name] = target
+    _loaded.pop(name, None)
+
+
+def unregister(name: str) -> None:
+    """Forget a run-time registration (and the loaded plugin)."""
+    REGISTRY.pop(name, None)
+    _loaded.pop(name, None)
+
+
 def known() -> list[str]:
     """Names of the registered use cases whose code is installed, in registration order."""
     return [name for name, target in REGISTRY.items() if _module_present(target)]
@@ -51,4 +65,4 @@ def get(name: str) -> UseCase:
     return usecase
 
 
-__all__ = ["DEFAULT_USECASE", "REGISTRY", "UseCase", "get", "known"]
+__all__ = ["DEFAULT_USECASE", "REGISTRY", "UseCase", "get", "known", "register", "unregister"]

@@ -71,8 +71,9 @@ class RawShard:
 @dataclass(frozen=True)
 class ValidatedShard:
     """Validation result of one raw shard: passing rows per table, quarantined rows per table (the table's
-    columns plus ``_row, _check, _column, _reason``), and JSON-able stats (``rows_in``, ``rows_valid``,
-    ``rows_quarantined`` at least) that the framework sums into the validation report."""
+    columns plus ``_row, _check, _column, _reason``), and JSON-able stats (at least ``rows_in``: the rows
+    read over all tables; the framework adds the valid/quarantined counts and per-check failures) that
+    the framework sums into the validation report."""
 
     tables: Mapping[str, pl.DataFrame]
     quarantine: Mapping[str, pl.DataFrame]
@@ -162,6 +163,12 @@ class FeatureDefinition(Protocol):
         ``eval_oracle_risk``. Point-in-time: a row's features read only data dated before its
         prediction time."""
         ...
+
+    # Optional methods, called by the framework when the object has them:
+    #   check_table(table: pl.DataFrame, spec, where: str) -> None      stricter check of a built shard
+    #   shard_extras(cfg, tables) -> (dict[name, pl.DataFrame], dict)   side tables written under
+    #                                                                   features/<name>/shard=NNN + summary fields
+    #   schema_document(spec, with_truth: bool) -> dict                 written as features/feature_schema.json
 
 
 @dataclass(frozen=True)

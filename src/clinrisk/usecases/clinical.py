@@ -85,7 +85,8 @@ class ClinicalSource:
             if f.suffix == ".parquet":
                 frames.append(pl.scan_parquet(f))
             elif f.suffix == ".csv":
-                frames.append(pl.scan_csv(f, infer_schema=False))
+                # types inferred over the whole file; validation casts to the contract and quarantines
+                frames.append(pl.scan_csv(f, infer_schema_length=None))
             else:
                 raise DataError(f"{f}: expected a .parquet or .csv file")
         return {OBSERVED: pl.concat(frames, how="diagonal_relaxed")}
@@ -129,6 +130,31 @@ class ClinicalFeatures:
         from clinrisk.features import features_lazy
 
         return features_lazy(_observed(tables), spec, cfg, truth)
+
+    # Optional hooks the framework calls when present (see clinrisk.usecases.base.FeatureDefinition).
+
+    def check_table(self, table: pl.DataFrame, spec: FeatureSpec, where: str) -> None:
+        """The clinical pandera feature schema (value ranges per feature family)."""
+        from clinrisk.feature_schema import validate_features
+
+        validate_features(table, spec, where=where)
+
+    def shard_extras(
+        self, cfg: ClinriskConfig, tables: Mapping[str, pl.LazyFrame]
+    ) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
+        """The values the units layer could not convert (``unit_quarantine/``) and per-analyte counts."""
+        from clinrisk.features import cast_raw
+        from clinrisk.units import unit_counts, unit_quarantine
+
+        sorted_raw = cast_raw(_observed(tables)).sort("patient_id", "year")
+        uq = unit_quarantine(sorted_raw).collect(engine="streaming")
+        return {"unit_quarantine": uq}, {"units": unit_counts(sorted_raw), "unit_quarantine_rows": uq.height}
+
+    def schema_document(self, spec: FeatureSpec, with_truth: bool) -> dict[str, Any]:
+        """``feature_schema.json``: the pandera feature schema as JSON."""
+        from clinrisk.feature_schema import feature_schema_dict
+
+        return feature_schema_dict(spec, with_eval=with_truth)
 
 
 class ClinicalServing:
