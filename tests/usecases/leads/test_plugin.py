@@ -185,3 +185,22 @@ def test_ingest_refuses_an_export_without_rows(cfg: ClinriskConfig, shard: RawSh
     )
     with pytest.raises(DataError, match=r"usage_actions\.csv: no data rows"):
         LEADS.source.ingest(cfg, tmp_path)
+
+
+def test_an_export_outside_the_configured_calendar_is_a_clear_error(
+    cfg: ClinriskConfig, shard: RawShard
+) -> None:
+    """Real data read with the generator's calendar: the grid finds no rows, and the error says what to set."""
+    late = {
+        **shard.tables,
+        "usage_actions": shard.tables["usage_actions"].with_columns(
+            pl.col("WHEN_TIMESTAMP") + pl.duration(days=3 * 365)
+        ),
+    }
+    valid = LEADS.schema.validate(cfg, RawShard(late), 0)
+    tables = {k: v.lazy() for k, v in valid.tables.items()}
+    spec = LEADS.features.fit_spec(cfg, tables)
+    with pytest.raises(
+        DataError, match=r"no prediction rows on the snapshot grid .* set params\.features\.first_snapshot"
+    ):
+        LEADS.features.build(cfg, tables, spec, None).collect()

@@ -40,15 +40,11 @@ class LeadsGenerateConfig(Section):
 class LeadsSourceConfig(Section):
     """Where the three CSV files come from: the generator (``synthetic``) or a folder of a real export."""
 
+    # folder: a real export, read by `clinrisk ingest --source <folder>` (its calendar must be configured:
+    # features.first_snapshot and features.data_end are then required)
     kind: str = Field("synthetic", pattern="^(synthetic|folder)$")
-    folder: str | None = None  # with kind=folder: holds customers.csv, noncustomers.csv, usage_actions.csv
+    folder: str | None = None  # informational: where the export came from
     max_quarantine_fraction: float = Field(0.05, ge=0.0, le=1.0)
-
-    @model_validator(mode="after")
-    def _folder_given(self) -> Self:
-        if self.kind == "folder" and not self.folder:
-            raise ValueError("source.folder is required when source.kind is 'folder'")
-        return self
 
 
 class LeadsFeaturesConfig(Section):

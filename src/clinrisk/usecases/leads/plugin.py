@@ -212,6 +212,17 @@ def feature_table(
     comp = F.companies_frame(tables["customers"], tables["noncustomers"])
     usage = tables["usage_actions"]
     rows = F.label_rows(F.prediction_rows(comp, usage, grid), comp, lspec.horizon_days)
+    if rows.height == 0 and usage.height > 0:
+        # almost always a real export read with the generator's calendar: say which dates to set
+        span = usage.select(
+            pl.col("WHEN_TIMESTAMP").min().alias("lo"), pl.col("WHEN_TIMESTAMP").max().alias("hi")
+        )
+        lo, hi = span.row(0)
+        raise DataError(
+            f"features: no prediction rows on the snapshot grid {first:%Y-%m-%d}..{end:%Y-%m-%d} "
+            f"(usage spans {lo:%Y-%m-%d}..{hi:%Y-%m-%d}); set params.features.first_snapshot and "
+            "params.features.data_end to the export's dates"
+        )
     rows = assign_split(
         rows.lazy(), cfg.split, first_test_snapshot(p.split, grid), lspec.horizon_days
     ).collect()
