@@ -174,7 +174,11 @@ def test_nothing_reads_the_sibling_shared_folder(repo: Path) -> None:
     for folder in ("src", "tests", "scripts", "pipelines", "components", "tools"):
         for path in (repo / folder).rglob("*"):
             if path.suffix in {".py", ".sh"} and path.is_file() and path.name != "test_manifests.py":
-                code = [ln for ln in path.read_text(errors="replace").splitlines() if not ln.lstrip().startswith("#")]
+                code = [
+                    ln
+                    for ln in path.read_text(errors="replace").splitlines()
+                    if not ln.lstrip().startswith("#")
+                ]
                 if any("../shared" in ln for ln in code):
                     offenders.append(str(path.relative_to(repo)))
     assert offenders == []

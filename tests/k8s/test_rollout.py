@@ -200,7 +200,9 @@ def test_gate_queries_only_series_the_serving_image_exports() -> None:
 
     serving_metrics()
     exposed = prometheus_client.generate_latest().decode()
-    exposed_names = {line.split("{")[0].split(" ")[0] for line in exposed.splitlines() if line and line[0] != "#"}
+    exposed_names = {
+        line.split("{")[0].split(" ")[0] for line in exposed.splitlines() if line and line[0] != "#"
+    }
     exposed_names |= set(re.findall(r"^# TYPE (\S+) (?:counter|histogram)", exposed, re.M))
     families = {n + s for n in exposed_names for s in ("", "_total", "_bucket")}
     q = ro.prometheus_queries("clinrisk-predictor-00002", "clinrisk")
@@ -214,14 +216,18 @@ def test_gate_without_series_says_scrape_problem(monkeypatch: pytest.MonkeyPatch
     import httpx
 
     def empty(url: str, params: dict[str, str], timeout: float) -> httpx.Response:
-        return httpx.Response(200, json={"status": "success", "data": {"result": []}}, request=httpx.Request("GET", url))
+        return httpx.Response(
+            200, json={"status": "success", "data": {"result": []}}, request=httpx.Request("GET", url)
+        )
 
     monkeypatch.setattr(httpx, "get", empty)
     with pytest.raises(ro.RolloutError, match=r"no clinrisk_requests_total series .* scraping"):
         ro.query_canary_metrics("http://127.0.0.1:9", "clinrisk-predictor-00002", "clinrisk")
 
 
-def _settle(doc: dict[str, Any], patch: dict[str, Any], traffic: list[tuple[str, int, bool]]) -> dict[str, Any]:
+def _settle(
+    doc: dict[str, Any], patch: dict[str, Any], traffic: list[tuple[str, int, bool]]
+) -> dict[str, Any]:
     """What the controllers would report after ``patch``: generation observed, Ready, the given split."""
     after = ro.apply_merge_patch(doc, patch)
     after["metadata"].pop("resourceVersion", None)
@@ -229,7 +235,9 @@ def _settle(doc: dict[str, Any], patch: dict[str, Any], traffic: list[tuple[str,
     after["status"]["observedGeneration"] = after["metadata"]["generation"]
     pred = after["status"]["components"]["predictor"]
     pred["latestCreatedRevision"] = pred["latestReadyRevision"] = traffic[-1][0]
-    pred["traffic"] = [{"revisionName": r, "percent": p, "latestRevision": latest} for r, p, latest in traffic]
+    pred["traffic"] = [
+        {"revisionName": r, "percent": p, "latestRevision": latest} for r, p, latest in traffic
+    ]
     return after
 
 
@@ -238,7 +246,9 @@ def test_canary_at_zero_percent_is_a_canary_not_a_rollback(crds: Any) -> None:
     to a model that never took traffic."""
     stable = load_fixture("stable")
     patch = ro.plan_canary(stable, V2, 0)
-    dark = _settle(stable, patch, [("clinrisk-predictor-00001", 100, False), ("clinrisk-predictor-00002", 0, True)])
+    dark = _settle(
+        stable, patch, [("clinrisk-predictor-00001", 100, False), ("clinrisk-predictor-00002", 0, True)]
+    )
     _valid(dark, crds)
     state = ro.read_state(dark)
     assert state.phase is ro.Phase.CANARY and state.canary_percent == 0
@@ -248,7 +258,9 @@ def test_canary_at_zero_percent_is_a_canary_not_a_rollback(crds: Any) -> None:
     assert shifted["spec"]["predictor"]["canaryTrafficPercent"] == 10
     back = ro.plan_rollback(dark)  # ... or rolled back
     assert back["spec"]["predictor"]["canaryTrafficPercent"] == 0
-    rolled = _settle(dark, back, [("clinrisk-predictor-00001", 100, False), ("clinrisk-predictor-00003", 0, True)])
+    rolled = _settle(
+        dark, back, [("clinrisk-predictor-00001", 100, False), ("clinrisk-predictor-00003", 0, True)]
+    )
     assert ro.read_state(rolled).phase is ro.Phase.ROLLED_BACK
 
 
