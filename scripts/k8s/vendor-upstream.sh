@@ -57,6 +57,11 @@ mkdir -p "$KS"
 "$KUBECTL" kustomize "$KSERVE/config/storagecontainers" \
   | sed "s|kserve/storage-initializer:latest|kserve/storage-initializer:v0.20.0|" > "$KS/storagecontainer-default.yaml"
 
+# KWOK's default stages (node initialize/heartbeat, pod ready/complete/delete): standalone kwok has none.
+KWOK="$(moddir kwok sigs.k8s.io/kwok)"
+mkdir -p "$OUT/kwok-v0.8.0"
+"$KUBECTL" kustomize "$KWOK/kustomize/stage/fast" > "$OUT/kwok-v0.8.0/stages.yaml"
+
 # Each folder is a kustomize base, so manifests/platform/* can patch the pinned bytes without copying them.
 cat > "$KN/kustomization.yaml" <<'YAML'
 apiVersion: kustomize.config.k8s.io/v1beta1

@@ -497,12 +497,26 @@ class KubernetesIsvcApi:
             custom_api = client.CustomObjectsApi()
         self._api = custom_api
 
+    def _server(self) -> str:
+        api_client = getattr(self._api, "api_client", None)
+        return str(getattr(getattr(api_client, "configuration", None), "host", "?"))
+
     def _call(self, namespace: str, name: str, fn: Callable[[], Any]) -> dict[str, Any]:
+        import urllib3
         from kubernetes.client.exceptions import ApiException
 
         try:
             return dict(fn())
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise RolloutError(f"API server {self._server()}: unreachable ({reason})") from None
         except ApiException as exc:
+            if exc.status in (401, 403):
+                what = "not authenticated" if exc.status == 401 else "forbidden"
+                raise RolloutError(
+                    f"InferenceService {namespace}/{name}: API server {self._server()} answered "
+                    f"{exc.status} ({what}): check the kubeconfig credentials and the account's RBAC"
+                ) from None
             if exc.status == 404:
                 raise NotFoundError(f"InferenceService {namespace}/{name}: not found") from None
             if exc.status == 409:
