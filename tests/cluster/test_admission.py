@@ -5,6 +5,7 @@ and RBAC must be least-privilege as `kubectl auth can-i` evaluates it."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -130,16 +131,17 @@ def _can(cluster: Cluster, who: str, verb: str, resource: str, namespace: str) -
 
 
 def _rules(cluster: Cluster, who: str, namespace: str) -> set[tuple[str, str]]:
-    """(resource, verb) pairs the account holds in ``namespace``, minus what every authenticated user has."""
+    """(resource, verb) pairs the account holds in ``namespace``, minus what every service account has
+    (``kubectl auth can-i --list`` table: Resources, Non-Resource URLs, Resource Names, Verbs)."""
 
     def listing(as_: str) -> set[tuple[str, str]]:
-        out = cluster.kubectl("auth", "can-i", "--list", "--as", as_, "-n", namespace, "-o", "json").stdout
+        out = cluster.kubectl("auth", "can-i", "--list", "--as", as_, "-n", namespace).stdout
         pairs = set()
-        for rule in json.loads(out).get("resourceRules", []):
-            for res in rule.get("resources", []):
-                for verb in rule.get("verbs", []):
-                    groups = rule.get("apiGroups") or [""]
-                    pairs |= {(f"{res}.{g}" if g else res, verb) for g in groups}
+        for line in out.splitlines()[1:]:
+            resource = line.split()[0] if line.split() else ""
+            verbs = re.findall(r"\[([^\]]*)\]\s*$", line)
+            if resource and not resource.startswith("/") and verbs:
+                pairs |= {(resource, verb) for verb in verbs[0].split()}
         return pairs
 
     return listing(who) - listing(_sa(namespace, "default"))

@@ -158,7 +158,7 @@ def _rollout(stack: ServingStack, *args: str) -> str:
         kc.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "KUBECONFIG": str(kc)}
     proc = subprocess.run(
-        [*CLI, "rollout", *args, "--timeout", "420"],
+        [*CLI, "rollout", *args, *(["--timeout", "420"] if args[0] != "status" else [])],
         env=env,
         capture_output=True,
         text=True,

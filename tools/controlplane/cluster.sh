@@ -151,8 +151,7 @@ up() {
     --use-service-account-credentials=true \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
-    --service-cluster-ip-range 10.0.0.0/24 --cluster-cidr 10.244.0.0/16 --allocate-node-cidrs=false \
-    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller'
+    --service-cluster-ip-range 10.0.0.0/24 --cluster-cidr 10.244.0.0/16 --allocate-node-cidrs=false
   start kube-scheduler "$kbin/kube-scheduler" \
     --kubeconfig "$DIR/kube-scheduler.kubeconfig" \
     --authentication-kubeconfig "$DIR/kube-scheduler.kubeconfig" \
