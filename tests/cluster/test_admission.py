@@ -177,12 +177,12 @@ def test_other_accounts_are_least_privilege(
 
 
 def test_namespace_enforces_restricted(cluster: Cluster, platform: dict[str, list[dict[str, Any]]]) -> None:
-    """The real plugin refuses a privileged pod in clinrisk (the label is not decoration)."""
+    """The real plugin refuses a root pod in clinrisk (the label is not decoration)."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "root-pod", "namespace": "clinrisk"},
-        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": True}}]},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"runAsUser": 0}}]},
     }
     proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(pod), check=False)
     assert proc.returncode != 0 and 'violates PodSecurity "restricted' in proc.stderr

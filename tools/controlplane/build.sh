@@ -91,14 +91,21 @@ build_one() {
     echo "error: build $comp: go build failed (log: $log)" >&2
     return 1
   fi
-  # etcd's main package is the module root, so go build names the binary after its last path element.
-  if [[ "$comp" == etcd && -f "$out/v3" ]]; then mv "$out/v3" "$out/etcd"; fi
+  # etcd's main package is the module root (go.etcd.io/etcd/server/v3): go build names the binary "server".
+  if [[ "$comp" == etcd && -f "$out/server" ]]; then mv "$out/server" "$out/etcd"; fi
   secs=$(( $(date +%s) - start ))
   echo "$secs" > "$out/.build-seconds"
   touch "$out/.complete"
   echo "built: $comp in ${secs}s -> $out"
 }
 
+if [[ "${1:-}" == "--report" ]]; then  # cold build seconds recorded per cached component
+  for c in "${ALL[@]}"; do
+    d="$(bindir "$c")"
+    if [[ -f "$d/.complete" ]]; then echo "$c: built in $(cat "$d/.build-seconds")s ($d)"; else echo "$c: not built"; fi
+  done
+  exit 0
+fi
 if [[ "${1:-}" == "--bindir" ]]; then
   packages "${2:-}" >/dev/null || { echo "error: --bindir: unknown component '${2:-}' (one of: ${ALL[*]})" >&2; exit 2; }
   bindir "$2"; exit 0
