@@ -104,7 +104,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("controlplane")
     env = {
         **os.environ,
-        **TEST_PORTS,
+        **{k: os.environ.get(k, v) for k, v in TEST_PORTS.items()},
         "CLINRISK_CLUSTER_DIR": str(state),
         "KUBECTL": str(tools.kubectl),
         "PATH": os.environ.get("PATH", "") + ":/usr/local/go/bin",

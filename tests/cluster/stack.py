@@ -254,19 +254,6 @@ class ServingStack:
 
         self.wait("the Knative webhook to register its CA bundle", knative_webhook_ready, 180)
 
-        self._start(
-            "knative-controller",
-            [str(kn / "controller"), "--kubeconfig", knative_kc],
-            {**common, "POD_NAME": "controller-local", "METRICS_PROMETHEUS_PORT": "19091",
-             "PROFILING_PORT": "18009"},
-        )  # fmt: skip
-        self._start(
-            "knative-autoscaler",
-            [str(kn / "autoscaler"), "--kubeconfig", knative_kc],
-            {**common, "POD_NAME": "autoscaler-local", "POD_IP": self.ip, "METRICS_PROMETHEUS_PORT": "19092",
-             "PROFILING_PORT": "18010"},
-        )  # fmt: skip
-
         ca = self._kserve_cert().read_bytes()
         import base64
 
@@ -278,6 +265,11 @@ class ServingStack:
                 for w in o["webhooks"]:
                     w["clientConfig"]["caBundle"] = ca_b64
                 kserve_hooks.append(o)
+        # Registered before the manager starts: pods and InferenceServices created from now on go through
+        # KServe's webhooks (fail-closed until it listens; the ReplicaSet controller retries).
+        refused = self.cluster.apply_objects(kserve_hooks, "kserve webhooks")
+        if refused:
+            raise StackError("; ".join(refused))
         self._start(
             "kserve-manager",
             [str(ks / "manager"), "--metrics-addr=127.0.0.1:18080", "--health-probe-addr=127.0.0.1:18081",
@@ -293,9 +285,19 @@ class ServingStack:
             return r.returncode == 0
 
         self.wait("the KServe manager's readiness probe", kserve_ready, 240)
-        refused = self.cluster.apply_objects(kserve_hooks, "kserve webhooks")
-        if refused:
-            raise StackError("; ".join(refused))
+        self._start(
+            "knative-controller",
+            [str(kn / "controller"), "--kubeconfig", knative_kc],
+            {**common, "POD_NAME": "controller-local", "METRICS_PROMETHEUS_PORT": "19091",
+             "PROFILING_PORT": "18009"},
+        )  # fmt: skip
+        self._start(
+            "knative-autoscaler",
+            [str(kn / "autoscaler"), "--kubeconfig", knative_kc],
+            {**common, "POD_NAME": "autoscaler-local", "POD_IP": self.ip, "METRICS_PROMETHEUS_PORT": "19092",
+             "PROFILING_PORT": "18010"},
+        )  # fmt: skip
+
         self.standin = KIngressStatusStandIn(self.cluster)
         self.standin.start()
 

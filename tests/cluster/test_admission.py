@@ -39,7 +39,7 @@ def test_a_refused_object_names_itself_and_the_server_message(cluster: Cluster) 
     }
     refused = cluster.apply_objects([bad], "hostile")
     assert len(refused) == 1
-    assert "InferenceService clinrisk/bad" in refused[0] and "minReplicas" in refused[0], refused
+    assert "InferenceService/clinrisk/bad" in refused[0] and "minReplicas" in refused[0], refused
 
 
 def _pods_of(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
