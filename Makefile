@@ -29,7 +29,7 @@ run: venv ## run the main job (USECASE=clinical|leads, CONFIG=configs/$(USECASE)
 	$(BIN)/clinrisk run --usecase $(USECASE) --config $(CONFIG)
 
 test: venv ## run the whole test suite
-	$(BIN)/pytest -q -m "not docker and not platform" tests
+	$(BIN)/pytest -q -m "not docker and not platform and not cluster" tests
 
 lint: venv ## ruff + mypy
 	$(BIN)/ruff check src tests components pipelines benchmarks
@@ -91,3 +91,14 @@ rollout-status: venv ## phase + traffic split of the InferenceService
 MODEL ?= models:/clinrisk@challenger
 serve: venv ## serve the newest registered model (MODEL=models:/clinrisk@challenger) with KServe on 127.0.0.1
 	$(BIN)/clinrisk serve --config $(CONFIG) --model-uri $(MODEL)
+
+# ---- Local control plane built from upstream Go modules (tools/controlplane); see docs/kubernetes.md ----
+.PHONY: cluster-local cluster-local-down test-cluster
+cluster-local: venv k8s-tools ## build (or reuse) + start etcd, kube-apiserver, controller-manager, scheduler, KWOK; prints the kubeconfig
+	KUBECTL=$(CURDIR)/.tools/k8s/kubectl tools/controlplane/cluster.sh up
+
+cluster-local-down: ## stop the local control plane started by cluster-local
+	tools/controlplane/cluster.sh down
+
+test-cluster: venv k8s-tools ## the cluster tier: apply, admit, RBAC, rollout against the local control plane (needs Go)
+	rc=0; $(BIN)/pytest -q -m cluster tests/cluster || rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc

@@ -12,19 +12,14 @@ K apply --server-side -f "https://github.com/cert-manager/cert-manager/releases/
 wait_deployments cert-manager
 
 log "Knative Serving $KNATIVE_VERSION + Kourier $KOURIER_VERSION"
-K apply --server-side -f "https://github.com/knative/serving/releases/download/$KNATIVE_VERSION/serving-crds.yaml"
-K apply --server-side -f "https://github.com/knative/serving/releases/download/$KNATIVE_VERSION/serving-core.yaml"
+# Knative Serving from the vendored, sha256-pinned manifests plus this project's flags
+# (manifests/platform/knative: podspec-securitycontext, secure-pod-defaults, Kourier, domain, tag resolution).
+K apply --server-side -f "$REPO_ROOT/manifests/upstream/knative-serving-v1.19.0/serving-crds.yaml"
+K wait --for condition=established --timeout=120s crd/services.serving.knative.dev crd/ingresses.networking.internal.knative.dev
+K apply --server-side -k "$REPO_ROOT/manifests/platform/knative"
 K apply --server-side -f "https://github.com/knative/net-kourier/releases/download/$KOURIER_VERSION/kourier.yaml"
-K patch configmap/config-network -n knative-serving --type merge \
-  -p '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}'
-# Restricted PodSecurity in the clinrisk namespace: Knative must give queue-proxy a restricted context.
-K patch configmap/config-features -n knative-serving --type merge -p '{"data":{"secure-pod-defaults":"enabled"}}'
-# Images loaded with `kind load` are not in any registry: skip Knative's tag-to-digest resolution.
-K patch configmap/config-deployment -n knative-serving --type merge \
-  -p '{"data":{"registries-skipping-tag-resolving":"kind.local,ko.local,dev.local,docker.io,index.docker.io"}}'
 if [[ "$PROFILE" == "kind" ]]; then
-  # sslip.io-free local DNS: requests carry the Host header; Kourier on NodePort 31080.
-  K patch configmap/config-domain -n knative-serving --type merge -p '{"data":{"example.com":""}}'
+  # Kourier on NodePort 31080: requests carry the Host header of the predictor's Knative route.
   K patch service/kourier -n kourier-system --type merge \
     -p '{"spec":{"type":"NodePort","ports":[{"name":"http2","port":80,"protocol":"TCP","targetPort":8080,"nodePort":31080}]}}'
 fi
@@ -32,11 +27,17 @@ wait_deployments knative-serving
 wait_deployments kourier-system
 
 log "KServe $KSERVE_VERSION (Serverless)"
-K apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve.yaml"
+# KServe from the vendored manifests plus manifests/platform/kserve: its Namespace (the release file has
+# none), Serverless mode, disableIstioVirtualHost (no Istio), restricted storage-initializer (kserve#5373).
+# The overlay holds both the CRDs and a ClusterStorageContainer: the first pass may refuse the latter
+# until its CRD is established, so wait and apply again (server-side apply is idempotent).
+if ! K apply --server-side -k "$REPO_ROOT/manifests/platform/kserve"; then
+  K wait --for condition=established --timeout=120s crd/clusterstoragecontainers.serving.kserve.io
+  K apply --server-side -k "$REPO_ROOT/manifests/platform/kserve"
+fi
 wait_deployments kserve
 K apply --server-side -f "https://github.com/kserve/kserve/releases/download/$KSERVE_VERSION/kserve-cluster-resources.yaml"
-K patch configmap/inferenceservice-config -n kserve --type merge \
-  -p '{"data":{"deploy":"{\"defaultDeploymentMode\":\"Serverless\"}"}}'
+K apply --server-side --force-conflicts -k "$REPO_ROOT/manifests/platform/kserve"  # re-assert the restricted storage-initializer
 
 log "Kubeflow Pipelines $KFP_VERSION (standalone)"
 K apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=$KFP_VERSION"

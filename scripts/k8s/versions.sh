@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Pinned versions of everything `make cluster` installs. Update the KServe CRDs in ../shared/crds and
-# clinrisk.k8s_validate.KSERVE_VERSION together with KSERVE_VERSION.
+# Pinned versions of everything `make cluster` installs. Update manifests/upstream (scripts/k8s/vendor-upstream.sh),
+# tools/controlplane/*/go.mod and clinrisk.k8s_validate.KSERVE_VERSION together with these.
 # shellcheck disable=SC2034  # sourced by the other scripts
 KIND_NODE_IMAGE="kindest/node:v1.34.0@sha256:7416a61b42b1662ca6ca89f02028ac133a309a2a30ba309614e8ec94d976dc5a"  # kind v0.30.0's default, pinned by digest as kind's release notes ask
 CERT_MANAGER_VERSION="v1.18.2"

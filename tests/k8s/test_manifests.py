@@ -144,11 +144,44 @@ def test_vendored_runtime_validates(repo: Path, crds: Any) -> None:
     _assert_clean(kv.validate_object(doc, crds=crds))
 
 
-def test_missing_shared_dir_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_crd_dir_is_a_clear_error(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    with pytest.raises(kv.K8sValidationError, match=r"shared directory .* not found"):
+    with pytest.raises(kv.K8sValidationError, match=r"CRD directory .* not found"):
         kv.crd_dir(repo)
+
+
+def test_vendored_upstream_matches_pinned_sha256(repo: Path) -> None:
+    assert kv.verify_upstream(repo) == []
+
+
+def test_vendored_upstream_tampering_is_detected(repo: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(kv.upstream_dir(repo), kv.upstream_dir(copy))
+    victim = kv.crd_dir(copy) / "kserve-lgbserver.clusterservingruntime.yaml"
+    victim.write_text(victim.read_text() + "\n# edited\n")
+    (kv.upstream_dir(copy) / "stray.yaml").write_text("kind: ConfigMap\n")
+    problems = kv.verify_upstream(copy)
+    assert any("kserve-lgbserver.clusterservingruntime.yaml: sha256" in p for p in problems), problems
+    assert any("stray.yaml: vendored but not listed" in p for p in problems), problems
+
+
+def test_nothing_reads_the_sibling_shared_folder(repo: Path) -> None:
+    """A clone has no ../shared: no code, script or test the suite runs may depend on it."""
+    offenders = []
+    for folder in ("src", "tests", "scripts", "pipelines", "components", "tools"):
+        for path in (repo / folder).rglob("*"):
+            if path.suffix in {".py", ".sh"} and path.is_file() and path.name != "test_manifests.py":
+                code = [
+                    ln
+                    for ln in path.read_text(errors="replace").splitlines()
+                    if not ln.lstrip().startswith("#")
+                ]
+                if any("../shared" in ln for ln in code):
+                    offenders.append(str(path.relative_to(repo)))
+    assert offenders == []
 
 
 def test_skaffold_references_existing_files(repo: Path) -> None:

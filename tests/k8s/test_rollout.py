@@ -185,7 +185,83 @@ def test_gate() -> None:
     assert len(problems) == 2 and "error rate" in problems[0]
     assert ro.evaluate_gate(ro.CanaryMetrics(10, float("nan"), float("nan")), bounds)[0].startswith("only 10")
     q = ro.prometheus_queries("clinrisk-predictor-00002", "clinrisk")
-    assert all('revision_name="clinrisk-predictor-00002"' in v for v in q.values())
+    assert all('pod=~"clinrisk-predictor-00002-deployment-.*"' in v for v in q.values())
+
+
+def test_gate_queries_only_series_the_serving_image_exports() -> None:
+    """Blocker 6: the gate queried Knative's removed `revision_request_*` series. Every metric it now
+    queries must be one the real predictor process exposes on /metrics (clinrisk + KServe collectors)."""
+    import re
+
+    import prometheus_client
+    from kserve import metrics as kserve_metrics  # noqa: F401  (registers request_predict_seconds)
+
+    from clinrisk.serving.metrics import serving_metrics
+
+    serving_metrics()
+    exposed = prometheus_client.generate_latest().decode()
+    exposed_names = {
+        line.split("{")[0].split(" ")[0] for line in exposed.splitlines() if line and line[0] != "#"
+    }
+    exposed_names |= set(re.findall(r"^# TYPE (\S+) (?:counter|histogram)", exposed, re.M))
+    families = {n + s for n in exposed_names for s in ("", "_total", "_bucket")}
+    q = ro.prometheus_queries("clinrisk-predictor-00002", "clinrisk")
+    used = {m for v in q.values() for m in re.findall(r"([a-z_:]+)\{", v)}
+    assert used == {ro.REQUESTS_METRIC, ro.LATENCY_METRIC}
+    assert used <= families, sorted(used - families)
+    assert not any("revision_request" in v for v in q.values())
+
+
+def test_gate_without_series_says_scrape_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    def empty(url: str, params: dict[str, str], timeout: float) -> httpx.Response:
+        return httpx.Response(
+            200, json={"status": "success", "data": {"result": []}}, request=httpx.Request("GET", url)
+        )
+
+    monkeypatch.setattr(httpx, "get", empty)
+    with pytest.raises(ro.RolloutError, match=r"no clinrisk_requests_total series .* scraping"):
+        ro.query_canary_metrics("http://127.0.0.1:9", "clinrisk-predictor-00002", "clinrisk")
+
+
+def _settle(
+    doc: dict[str, Any], patch: dict[str, Any], traffic: list[tuple[str, int, bool]]
+) -> dict[str, Any]:
+    """What the controllers would report after ``patch``: generation observed, Ready, the given split."""
+    after = ro.apply_merge_patch(doc, patch)
+    after["metadata"].pop("resourceVersion", None)
+    after["metadata"]["generation"] = doc["metadata"]["generation"] + 1
+    after["status"]["observedGeneration"] = after["metadata"]["generation"]
+    pred = after["status"]["components"]["predictor"]
+    pred["latestCreatedRevision"] = pred["latestReadyRevision"] = traffic[-1][0]
+    pred["traffic"] = [
+        {"revisionName": r, "percent": p, "latestRevision": latest} for r, p, latest in traffic
+    ]
+    return after
+
+
+def test_canary_at_zero_percent_is_a_canary_not_a_rollback(crds: Any) -> None:
+    """Blocker 5: `canary --percent 0` was classed RolledBack, rollback was refused and promote sent 100 %
+    to a model that never took traffic."""
+    stable = load_fixture("stable")
+    patch = ro.plan_canary(stable, V2, 0)
+    dark = _settle(
+        stable, patch, [("clinrisk-predictor-00001", 100, False), ("clinrisk-predictor-00002", 0, True)]
+    )
+    _valid(dark, crds)
+    state = ro.read_state(dark)
+    assert state.phase is ro.Phase.CANARY and state.canary_percent == 0
+    with pytest.raises(ro.RolloutError, match="at 0 % and has taken no traffic"):
+        ro.plan_promote(dark)
+    shifted = ro.plan_canary(dark, None, 10)  # the dark canary can be shifted ...
+    assert shifted["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    back = ro.plan_rollback(dark)  # ... or rolled back
+    assert back["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    rolled = _settle(
+        dark, back, [("clinrisk-predictor-00001", 100, False), ("clinrisk-predictor-00003", 0, True)]
+    )
+    assert ro.read_state(rolled).phase is ro.Phase.ROLLED_BACK
 
 
 # ----------------------------------------------------------------------------- thin client layer
