@@ -153,6 +153,11 @@ class SplitRows:
     label: list[F32Array] = field(default_factory=list)
     weight: list[F32Array] = field(default_factory=list)
     label_rec: list[F32Array] = field(default_factory=list)
+    patient_id: list[npt.NDArray[np.int64]] = field(default_factory=list)
+
+    def patient_ids(self) -> npt.NDArray[np.int64]:
+        """Patient id per row (groups for the held-out calibration choice); empty if the shards lack them."""
+        return np.concatenate(self.patient_id) if self.patient_id else np.zeros(0, dtype=np.int64)
 
     def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray]:
         def cat(parts: list[F32Array]) -> FloatArray:
@@ -180,9 +185,10 @@ def scan_splits(
         if missing:
             raise DataError(f"{f}: missing column(s) {missing[:10]}")
         has_rec = "label_rec" in have
+        has_pid = "patient_id" in have
         per_split: dict[str, list[npt.NDArray[np.int64]]] = {TRAIN: [], VALIDATION: []}
         for rg in range(pf.num_row_groups):
-            cols = need + (["label_rec"] if has_rec else [])
+            cols = need + (["label_rec"] if has_rec else []) + (["patient_id"] if has_pid else [])
             df = pl.from_arrow(pf.read_row_group(rg, columns=cols))
             assert isinstance(df, pl.DataFrame)
             split = df["split"].cast(pl.String).to_numpy()
@@ -203,6 +209,8 @@ def scan_splits(
                 out[name].label.append(y)
                 out[name].weight.append(wt[rows])
                 out[name].label_rec.append(np.nan_to_num(rec[rows], nan=0.0))
+                if has_pid:
+                    out[name].patient_id.append(df["patient_id"].cast(pl.Int64).to_numpy()[rows])
         for name in (TRAIN, VALIDATION):
             if any(len(r) for r in per_split[name]):
                 out[name].sequences.append(ShardSequence(Path(f), feature_names, categories, per_split[name]))
@@ -448,7 +456,7 @@ def train_model(
     """
     import lightgbm as lgb
 
-    from clinrisk.calibration import apply_calibration, fit_calibration
+    from clinrisk.calibration import apply_calibration, fit_calibration, select_calibration
     from clinrisk.feature_table import FeatureSpec
     from clinrisk.io import atomic_output_dir, list_shards
     from clinrisk.threshold import select_threshold
@@ -515,7 +523,13 @@ def train_model(
 
     # Calibration and threshold: validation rows only, original (soft) labels, odds-corrected logits.
     z_va = odds_correct_logit(_predict_raw(final, val.sequences), cw)
-    calibration = fit_calibration(z_va, y_va, w_va, method=cfg.train.calibration)
+    if cfg.train.calibration == "select":
+        pid_va = val.patient_ids()
+        if pid_va.size != z_va.size:
+            raise DataError(f"{features_dir}: train.calibration=select needs the patient_id column")
+        calibration = select_calibration(z_va, y_va, w_va, pid_va)
+    else:
+        calibration = fit_calibration(z_va, y_va, w_va, method=cfg.train.calibration)  # type: ignore[arg-type]
     p_va = apply_calibration(calibration, z_va)
     threshold = select_threshold(p_va, y_va, cfg.threshold, w_va)
     p_uncal = apply_calibration({"method": "none"}, z_va)
