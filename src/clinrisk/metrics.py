@@ -562,6 +562,39 @@ def bootstrap_panel(
     ``counts``/``codes`` (from :func:`cluster_counts`/:func:`patient_codes` over a larger population) to
     bootstrap a subset of rows with the population's resamples — slices then share replicates.
     """
+    point, reps = bootstrap_replicates(
+        y,
+        p,
+        groups,
+        tau=tau,
+        p_t=p_t,
+        n_boot=n_boot,
+        seed=seed,
+        p_oracle=p_oracle,
+        counts=counts,
+        codes=codes,
+    )
+    return {k: _summarise(point[k], reps[k], alpha) for k in point}
+
+
+def bootstrap_replicates(
+    y: Any,
+    p: Any,
+    groups: Any,
+    *,
+    tau: float,
+    p_t: float,
+    n_boot: int = 200,
+    seed: int = 0,
+    p_oracle: Any = None,
+    counts: IntArray | None = None,
+    codes: IntArray | None = None,
+) -> tuple[dict[str, float], dict[str, FloatArray]]:
+    """Point estimates and the per-replicate values behind :func:`bootstrap_panel` (same arguments).
+
+    With shared ``counts``/``codes`` replicate b of a slice and of the whole population resample the same
+    patients, so their difference per replicate gives a paired CI for slice − overall.
+    """
     yy, pp = _check(y, p)
     if codes is None:
         codes, n_clusters = patient_codes(groups)
@@ -583,7 +616,13 @@ def bootstrap_panel(
         chunk = metric_panel(yy, pp, W, tau=tau, p_t=p_t, p_oracle=po, ranked=rk, init=init)
         for k, v in chunk.items():
             reps[k].append(v)
-    return {k: _summarise(_scalar(point[k]), np.concatenate(reps[k]), alpha) for k in point if k[0] != "_"}
+    keys = [k for k in point if k[0] != "_"]
+    return {k: _scalar(point[k]) for k in keys}, {k: np.concatenate(reps[k]) for k in keys}
+
+
+def percentile_ci(point: float, reps: Any, alpha: float) -> dict[str, float]:
+    """``{value, lo, hi, se}`` of a point estimate and its bootstrap replicates (NaN replicates skipped)."""
+    return _summarise(point, np.asarray(reps, dtype=np.float64), alpha)
 
 
 def paired_bootstrap_diff(

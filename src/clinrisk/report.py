@@ -105,7 +105,10 @@ def findings(result: dict[str, Any]) -> list[str]:
         for s in flagged:
             out.append(f"Flagged slice {s['slice']} = {s['level']}: " + "; ".join(s["flags"]) + ".")
     else:
-        out.append("No slice is flagged (|ΔAUC| and O/E within bounds, or CIs include the overall value).")
+        out.append(
+            "No slice is flagged (O/E within bounds or its CI includes 1; |ΔAUC| within bounds or its paired CI "
+            "includes 0)."
+        )
     fp = result.get("error_analysis", {}).get("fp_decomposition", {})
     if fp.get("fp_recorded"):
         out.append(
@@ -307,9 +310,9 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
             "",
             "## Slices",
             "",
-            "| slice | level | rows | patients | prev true | prev rec | AUC true | AP true (lift) | "
-            "O/E true | O/E rec | slope true | flagged |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| slice | level | rows | patients | prev true | prev rec | AUC true | ΔAUC true vs all | "
+            "AP true (lift) | O/E true | O/E rec | slope true | flagged |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in slices:
             t, r = s.get("true", {}), s.get("recorded", {})
@@ -321,9 +324,15 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
             L.append(
                 f"| {s['slice']} | {s['level']} | {s['n_rows']} | {s['n_patients']} | "
                 f"{_pct(t.get('prevalence', {}).get('value'))} | {_pct(r.get('prevalence', {}).get('value'))} | "
-                f"{g(t, 'auc')} | {g(t, 'ap')}{lift} | {g(t, 'oe', 2)} | {g(r, 'oe', 2)} | "
+                f"{g(t, 'auc')} | {g(t, 'auc_diff')} | {g(t, 'ap')}{lift} | {g(t, 'oe', 2)} | {g(r, 'oe', 2)} | "
                 f"{g(t, 'cal_slope', 2)} | {'**yes**' if s['flagged'] else 'no'} |"
             )
+        dropped = result.get("slices_dropped", [])
+        if dropped:
+            L += [
+                "",
+                "Dropped slices: " + "; ".join(f"{d['slice']}={d['level']} ({d['reason']})" for d in dropped),
+            ]
         if "slices" in plots:
             L += ["", f"![slices]({plots['slices']})"]
     bs = result.get("label_noise_blind_spot", [])
