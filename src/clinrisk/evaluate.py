@@ -537,6 +537,8 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
             h[f"{name}_{k}"] = o[k]["value"]
     h["expected_auc_model"] = result["oracle"]["expected_auc_model"]
     h["expected_auc_oracle"] = result["oracle"]["expected_auc_oracle"]
+    h["auc_gap_expected"] = result["oracle"]["auc_gap_expected"]
+    h["auc_gap_realised"] = result["oracle"]["auc_gap_realised"]
     h["excess_brier"] = result["oracle"]["excess_brier"]
     h["oracle_brier"] = result["oracle"]["oracle_brier"]
     h["label_noise_fp_share"] = result["error_analysis"]["fp_decomposition"]["label_noise_share"]

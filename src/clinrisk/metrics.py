@@ -441,18 +441,28 @@ def operating_point(y: Any, p: Any, tau: float) -> dict[str, float]:
 
 def oracle_summary(y_true: Any, p: Any, p_oracle: Any) -> dict[str, float]:
     """Label-draw-free ceiling numbers (§1.9): expected AUC of the oracle and of the model vs p^A, oracle
-    Brier E[p^A(1 − p^A)], excess Brier mean (p̂ − p^A)², and the oracle's realised true-label AUC/AP."""
+    Brier E[p^A(1 − p^A)], excess Brier mean (p̂ − p^A)², and the oracle's realised true-label AUC/AP.
+
+    Gaps are like for like: ``auc_gap_expected`` = expected AUC oracle − model (both vs p^A, no label
+    draw), ``auc_gap_realised`` = realised true-label AUC oracle − model (both on the same drawn labels);
+    a realised AUC minus an expected one mixes the two and is not reported."""
     yy, pp = _check(y_true, p)
     po = _vec(p_oracle, "p_oracle")
     if po.shape != pp.shape:
         raise DataError("p_oracle: length mismatch with predictions")
+    e_oracle, e_model = expected_auc(po, po), expected_auc(pp, po)
+    r_oracle, r_model = roc_auc(yy, po), roc_auc(yy, pp)
     return {
-        "expected_auc_oracle": expected_auc(po, po),
-        "expected_auc_model": expected_auc(pp, po),
+        "expected_auc_oracle": e_oracle,
+        "expected_auc_model": e_model,
+        "auc_gap_expected": e_oracle - e_model,
+        "model_auc_true": r_model,
+        "auc_gap_realised": r_oracle - r_model,
+        "ap_gap_realised": average_precision(yy, po) - average_precision(yy, pp),
         "oracle_brier": float(np.mean(po * (1 - po))),
         "excess_brier": float(np.mean((pp - po) ** 2)),
         "model_brier_decomposed": float(np.mean((pp - po) ** 2) + np.mean(po * (1 - po))),
-        "oracle_auc_true": roc_auc(yy, po),
+        "oracle_auc_true": r_oracle,
         "oracle_ap_true": average_precision(yy, po),
         "oracle_brier_true": brier(yy, np.clip(po, 0, 1)),
     }

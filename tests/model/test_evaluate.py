@@ -63,6 +63,23 @@ def test_oracle_ceiling_beats_the_model(synth, result) -> None:
     assert "expected_auc" in result["overall"]["true"]
 
 
+def test_oracle_gaps_are_like_for_like(synth, result) -> None:
+    df, p = synth
+    o = result["oracle"]
+    po = df["eval_oracle_risk"].to_numpy().astype(float)
+    y = df["eval_label_true"].to_numpy().astype(float)
+    assert o["auc_gap_expected"] == pytest.approx(M.expected_auc(po, po) - M.expected_auc(p, po))
+    assert o["auc_gap_realised"] == pytest.approx(M.roc_auc(y, po) - M.roc_auc(y, p))
+    assert o["model_auc_true"] == pytest.approx(result["overall"]["true"]["auc"]["value"])
+    h = result["headline"]
+    assert h["auc_gap_expected"] == o["auc_gap_expected"] and h["auc_gap_realised"] == o["auc_gap_realised"]
+    from clinrisk.report import render_report
+
+    md = render_report(result, {})
+    assert "expected vs expected" in md and "realised vs realised" in md
+    assert f"{o['auc_gap_realised']:.3f}" in md and f"{o['auc_gap_expected']:.3f}" in md
+
+
 def test_slices_cover_insurance_ethnicity_age_sex_and_blind_spot_hits_uninsured(result) -> None:
     got = {(s["slice"], s["level"]) for s in result["slices"]}
     assert {
