@@ -143,13 +143,18 @@ def fit_calibration(
     raise DataError(f"train.calibration: unknown method {method!r}")
 
 
-def patient_fold(groups: Any, folds: int) -> npt.NDArray[np.int64]:
-    """Patient-grouped fold index from a fixed integer hash of the group id (never Python's hash)."""
+def patient_fold(groups: Any, folds: int, salt: int = 0) -> npt.NDArray[np.int64]:
+    """Patient-grouped fold index from a fixed integer hash of the group id (never Python's hash).
+
+    Hashed twice: the split buckets are splitmix64(id) % 100, so a fresh draw keeps folds independent of
+    them; a different ``salt`` gives an independent partition (validation parts vs calibration folds).
+    """
     from clinrisk.splits import splitmix64_np
 
     g = np.asarray(groups, dtype=np.int64).view(np.uint64)
-    # hash twice: the split buckets are splitmix64(id) % 100, so a fresh draw keeps folds independent of them
-    return (splitmix64_np(splitmix64_np(g)) % np.uint64(folds)).astype(np.int64)
+    with np.errstate(over="ignore"):
+        h = splitmix64_np(splitmix64_np(g) + np.uint64(salt))
+    return (h % np.uint64(folds)).astype(np.int64)
 
 
 def select_calibration(
