@@ -277,7 +277,7 @@ def test_atomic_output_on_failure(
     def boom(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise RuntimeError("forced failure")
 
-    monkeypatch.setattr(ds, "finalize_generation", boom)
+    monkeypatch.setattr(ds, "build_manifest", boom)  # the manifest step, after every shard
     cfg = gen_config("generate.n_patients=300", "generate.n_shards=2", "generate.alpha=-4.5")
     with pytest.raises(RuntimeError, match="forced failure"):
         generate_dataset(cfg, tmp_path / "raw", workers=1, progress=False)

@@ -115,7 +115,11 @@ def test_feature_table_contract_and_serving_parity(shard0) -> None:
     for name in spec.feature_names:
         assert table.schema[name] == spec.polars_dtype(name), name
     for col in usecase.labels.slices:
-        assert col in table.columns, f"slice column {col} not in the feature table"
+        # evaluation derives age_band from age (evaluate.age_band_edges); every other slice is a column
+        have = col in table.columns or (col == "age_band" and "age" in table.columns)
+        assert have, f"slice column {col} not in the feature table"
+    defaults = load_config(None, [f"run.usecase={usecase.name}"])
+    assert defaults.evaluate.slice_columns == list(usecase.labels.slices)  # the default is the use case's
     # Serving: the example instance parses and yields exactly one row of the spec's features.
     example = dict(usecase.serving.example_instance())
     batch = usecase.serving.parse({"instances": [example, example]}, spec, cfg.serving)

@@ -138,7 +138,7 @@ def _features(tables: Mapping[str, pl.LazyFrame], spec: FeatureSpec) -> pl.LazyF
     seg = pl.Enum(spec.categories["segment"])
     return (
         tables["usage"]
-        .join(tables["accounts"], on="id")
+        .join(tables["accounts"], on="id", how="left", maintain_order="left")
         .select(
             pl.col("id").alias("patient_id"),
             pl.col("month").cast(pl.Int16).alias("year"),

@@ -82,8 +82,8 @@ class ClinriskConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _usecase_names(cls, data: Any) -> Any:
-        """Names the config leaves out come from the use case (``run.usecase``): registered model, MLflow
-        experiment, KServe model / InferenceService name and namespace."""
+        """Settings the config leaves out come from the use case (``run.usecase``): registered model, MLflow
+        experiment, KServe model / InferenceService name and namespace, and the evaluation slices."""
         if not isinstance(data, dict):
             return data
         run = data.get("run")
@@ -92,9 +92,11 @@ class ClinriskConfig(Section):
 
         if not isinstance(name, str) or name not in REGISTRY:
             name = DEFAULT_USECASE  # an unknown name fails below, in _check_usecase, with the known ones
-        names = get(name).names
+        usecase = get(name)
+        names = usecase.names
         data = dict(data)
         for section, defaults in (
+            ("evaluate", {"slice_columns": list(usecase.labels.slices)}),
             ("tracking", {"registered_model_name": names.model_name, "experiment_name": names.experiment}),
             ("serving", {"model_name": names.model_name, "namespace": names.namespace}),
         ):

@@ -212,7 +212,7 @@ USECASE = UseCase(
     labels=LabelDefinition(
         description="recorded (E0/E1b/E2) type 2 diabetes diagnosis within labels.horizon_years of year t",
         horizon="labels.horizon_years calendar years",
-        slices=("insurance", "ethnicity", "sex", "age"),
+        slices=("insurance", "ethnicity", "age_band", "sex"),  # age_band: evaluation bands the age column
     ),
     serving=ClinicalServing(),
     configs={"default": "configs/clinical/default.yaml", "tiny": "configs/clinical/tiny.yaml"},
