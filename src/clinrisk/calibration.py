@@ -31,7 +31,18 @@ def logit(p: npt.ArrayLike) -> FloatArray:
     return np.asarray(np.log(pp) - np.log1p(-pp), dtype=np.float64)
 
 
-Method = Literal["logistic", "isotonic", "auto", "none"]
+Method = Literal["select", "logistic", "isotonic", "auto", "none"]
+METHODS: tuple[str, ...] = ("select", "logistic", "isotonic", "auto", "none")  # = config's list
+# ``select``: the map is chosen on held-out data (docs/science.md §4.2 step 2) among these, simplest first.
+SELECT_CANDIDATES: tuple[str, ...] = ("none", "logistic", "isotonic")
+SELECT_AP_TOLERANCE = 0.002  # the project's non-inferiority margin for ranking (issue #16)
+SELECT_FOLDS = 2
+SELECTION_RULE = (
+    "cross-fit on patient-grouped folds of the validation split: each candidate map (none, logistic, "
+    "isotonic) is fitted on the other folds and scored on the held-out fold; among the maps whose held-out "
+    "AP is at least AP(none) - {tol}, the one with the lowest held-out Brier is chosen (ties: the simpler "
+    "map); it is then refitted on the whole validation split"
+)
 # docs/science.md §4.2: isotonic only once the validation split holds enough positives to support it.
 ISOTONIC_MIN_POSITIVES = 1000
 
@@ -117,6 +128,8 @@ def fit_calibration(
     if method == "auto":
         chosen = "isotonic" if n_pos > isotonic_min_positives else "logistic"
     base: dict[str, Any] = {"n": n, "n_pos": n_pos, "requested": method}
+    if chosen == "select":
+        raise DataError("calibration: 'select' needs patient ids; use select_calibration")
     if chosen == "none":
         return {"method": "none", **base}
     if n_pos <= 0 or n_pos >= n:
@@ -128,6 +141,85 @@ def fit_calibration(
         xs, ys = fit_isotonic(zz, yy, ww)
         return {"method": "isotonic", "x": xs, "y": ys, "scale": "logit", **base}
     raise DataError(f"train.calibration: unknown method {method!r}")
+
+
+def patient_fold(groups: Any, folds: int, salt: int = 0) -> npt.NDArray[np.int64]:
+    """Patient-grouped fold index from a fixed integer hash of the group id (never Python's hash).
+
+    Hashed twice: the split buckets are splitmix64(id) % 100, so a fresh draw keeps folds independent of
+    them; a different ``salt`` gives an independent partition (validation parts vs calibration folds).
+    """
+    from clinrisk.splits import splitmix64_np
+
+    g = np.asarray(groups, dtype=np.int64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        h = splitmix64_np(splitmix64_np(g) + np.uint64(salt))
+    return (h % np.uint64(folds)).astype(np.int64)
+
+
+def select_calibration(
+    z: Any,
+    y: Any,
+    w: Any,
+    groups: Any,
+    *,
+    ap_tolerance: float = SELECT_AP_TOLERANCE,
+    folds: int = SELECT_FOLDS,
+) -> dict[str, Any]:
+    """Choose and fit the calibration map by :data:`SELECTION_RULE` (held-out, patient-grouped).
+
+    The returned map carries ``selection``: the rule, the held-out AP/Brier/log loss of every candidate,
+    which candidates passed the AP check and the chosen method, so the bundle states how it was chosen.
+    """
+    from clinrisk import metrics as m
+
+    zz, yy, ww = _arrays(z, y, w)
+    gg = np.asarray(groups).ravel()
+    if gg.size != zz.size:
+        raise DataError(f"calibration: length mismatch (scores {zz.size}, patient ids {gg.size})")
+    fold = patient_fold(gg, folds)
+    held: dict[str, FloatArray] = {}
+    failed: dict[str, str] = {}
+    for method in SELECT_CANDIDATES:
+        out = np.full(zz.size, np.nan)
+        try:
+            for k in range(folds):
+                te = fold == k
+                if not te.any():
+                    continue
+                if te.all():
+                    raise DataError("calibration: all validation patients fell in one fold")
+                cal = fit_calibration(zz[~te], yy[~te], ww[~te], method=method)  # type: ignore[arg-type]
+                out[te] = apply_calibration(cal, zz[te])
+        except DataError as exc:  # e.g. a fold with a single class: this candidate cannot be judged
+            failed[method] = str(exc)
+            continue
+        held[method] = out
+    scores: dict[str, dict[str, float]] = {}
+    for method, p in held.items():
+        sq = ww * (p - yy) ** 2
+        ll = -ww * (yy * np.log(p) + (1 - yy) * np.log1p(-p))
+        scores[method] = {
+            "ap": m.average_precision(yy, p, ww),
+            "brier": float(sq.sum() / ww.sum()),
+            "log_loss": float(ll.sum() / ww.sum()),
+        }
+    base_ap = scores["none"]["ap"]
+    passed = [c for c in SELECT_CANDIDATES if c in scores and not scores[c]["ap"] < base_ap - ap_tolerance]
+    chosen = min(passed, key=lambda c: (scores[c]["brier"], SELECT_CANDIDATES.index(c)))
+    final = fit_calibration(zz, yy, ww, method=chosen)  # type: ignore[arg-type]
+    final["requested"] = "select"
+    final["selection"] = {
+        "rule": SELECTION_RULE.format(tol=ap_tolerance),
+        "ap_tolerance": ap_tolerance,
+        "folds": folds,
+        "held_out": scores,
+        "passed_ap_check": passed,
+        "not_fitted": failed,
+        "chosen": chosen,
+        "held_out_ap_change_vs_none": scores[chosen]["ap"] - base_ap,
+    }
+    return final
 
 
 def validate_calibration(cal: Any) -> None:

@@ -220,26 +220,64 @@ def fp_decomposition(
 # ---------------------------------------------------------------------------------------- slices (§7)
 
 
-def _flag(
-    s: dict[str, dict[str, float]], overall: dict[str, dict[str, float]], cfg: EvaluateConfig
-) -> list[str]:
+def _flag(s: dict[str, Any], cfg: EvaluateConfig) -> list[str]:
+    """Absolute flags: O/E outside ``slice_oe_bounds`` with a CI excluding 1; ΔAUC beyond ``slice_auc_delta``
+    with a paired CI excluding 0 (never relative to an overall O/E that may itself be off)."""
     reasons: list[str] = []
-    auc, oauc = s["auc"], overall["auc"]["value"]
+    d = s.get("auc_diff")
     if (
-        _finite(auc["value"], oauc)
-        and abs(auc["value"] - oauc) > cfg.slice_auc_delta
-        and not (auc["lo"] <= oauc <= auc["hi"])
+        d is not None
+        and _finite(d["value"], d["lo"], d["hi"])
+        and abs(d["value"]) > cfg.slice_auc_delta
+        and not (d["lo"] <= 0.0 <= d["hi"])
     ):
-        reasons.append(f"AUC {auc['value']:.3f} vs overall {oauc:.3f} (|Δ| > {cfg.slice_auc_delta:g})")
-    oe, ooe = s["oe"], overall["oe"]["value"]
+        reasons.append(
+            f"AUC {s['auc']['value']:.3f}, Δ vs overall {d['value']:+.3f} "
+            f"[{d['lo']:+.3f}, {d['hi']:+.3f}] (|Δ| > {cfg.slice_auc_delta:g})"
+        )
+    oe = s["oe"]
     lo, hi = cfg.slice_oe_bounds
-    if _finite(oe["value"], ooe) and not (lo <= oe["value"] <= hi) and not (oe["lo"] <= ooe <= oe["hi"]):
-        reasons.append(f"O/E {oe['value']:.2f} outside [{lo:g}, {hi:g}] (overall {ooe:.2f})")
+    if (
+        _finite(oe["value"], oe["lo"], oe["hi"])
+        and not (lo <= oe["value"] <= hi)
+        and not (oe["lo"] <= 1.0 <= oe["hi"])
+    ):
+        reasons.append(f"O/E {oe['value']:.2f} [{oe['lo']:.2f}, {oe['hi']:.2f}] outside [{lo:g}, {hi:g}]")
     return reasons
 
 
 def _finite(*xs: float) -> bool:
     return all(x is not None and math.isfinite(x) for x in xs)
+
+
+SliceMask = tuple[str, str, npt.NDArray[np.bool_]]
+
+
+def plan_slices(
+    df: pl.DataFrame, cfg: EvaluateConfig, categories: dict[str, list[str]] | None = None
+) -> tuple[list[SliceMask], list[dict[str, Any]]]:
+    """Slice levels to analyse, and the ones dropped with why: empty, or the same rows as an earlier slice
+    (``insurance=medicare`` is exactly ``age_band>=65`` when Medicare starts at 65)."""
+    kept: list[SliceMask] = []
+    dropped: list[dict[str, Any]] = []
+    seen: dict[bytes, str] = {}
+    for col in cfg.slice_columns:
+        vals = slice_values(df, col, cfg, categories)
+        if vals is None:
+            continue
+        for level in _ordered_levels(vals):
+            m = vals == level
+            name = f"{col}={level}"
+            if not m.any():
+                dropped.append({"slice": col, "level": level, "reason": "no rows"})
+                continue
+            key = np.packbits(m).tobytes()
+            if key in seen:
+                dropped.append({"slice": col, "level": level, "reason": f"same rows as {seen[key]}"})
+                continue
+            seen[key] = name
+            kept.append((col, level, m))
+    return kept, dropped
 
 
 def slice_analysis(
@@ -254,42 +292,53 @@ def slice_analysis(
     codes: npt.NDArray[np.int64],
     categories: dict[str, list[str]] | None = None,
     patient_kwargs: dict[str, Any] | None = None,
+    plan: list[SliceMask] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per slice level: sizes, prevalences, bootstrap metrics vs both label sets, flags (docs/science.md §7)."""
+    """Per slice level: sizes, prevalences, bootstrap metrics vs both label sets, the AUC difference to the
+    whole test set with a paired bootstrap CI, and absolute flags (docs/science.md §7)."""
     alpha = 1 - cfg.ci_level
+    if plan is None:
+        plan = plan_slices(df, cfg, categories)[0]
     out: list[dict[str, Any]] = []
-    for col in cfg.slice_columns:
-        vals = slice_values(df, col, cfg, categories)
-        if vals is None:
-            continue
-        for level in _ordered_levels(vals):
-            m = vals == level
-            entry: dict[str, Any] = {
-                "slice": col,
-                "level": level,
-                "n_rows": int(m.sum()),
-                "n_patients": int(np.unique(codes[m]).size),
+    ys = {name: df[col_y].cast(pl.Float64).to_numpy() for name, col_y in LABELS.items()}
+    overall_auc: dict[str, tuple[float, npt.NDArray[np.float64]]] = {}
+    for name, y_all in ys.items():
+        if 0 < y_all.sum() < y_all.size:
+            pt, reps = M.bootstrap_replicates(y_all, p, None, tau=tau, p_t=p_t, counts=counts, codes=codes)
+            overall_auc[name] = (pt["auc"], reps["auc"])
+    for col, level, m in plan:
+        entry: dict[str, Any] = {
+            "slice": col,
+            "level": level,
+            "n_rows": int(m.sum()),
+            "n_patients": int(np.unique(codes[m]).size),
+        }
+        flags: list[str] = []
+        for name, y_all in ys.items():
+            y = y_all[m]
+            if y.min() == y.max():  # one class only: ranking metrics undefined, still report sizes
+                entry[name] = {"prevalence": {"value": float(y.mean())}}
+                continue
+            point, reps = M.bootstrap_replicates(
+                y, p[m], None, tau=tau, p_t=p_t, counts=counts, codes=codes[m]
+            )
+            panel = {k: M.percentile_ci(point[k], reps[k], alpha) for k in ("prevalence", *SLICE_METRICS)}
+            if name in overall_auc:
+                o_pt, o_reps = overall_auc[name]
+                panel["auc_diff"] = M.percentile_ci(point["auc"] - o_pt, reps["auc"] - o_reps, alpha)
+            entry[name] = panel
+            flags += [f"{name} labels: {r}" for r in _flag(panel, cfg)]
+        if patient_kwargs is not None:
+            pk: dict[str, Any] = {
+                k: (v[m] if isinstance(v, np.ndarray) else v) for k, v in patient_kwargs.items()
             }
-            flags: list[str] = []
-            for name, col_y in LABELS.items():
-                y = df[col_y].cast(pl.Float64).to_numpy()[m]
-                if y.min() == y.max():  # one class only: ranking metrics undefined, still report sizes
-                    entry[name] = {"prevalence": {"value": float(y.mean())}}
-                    continue
-                panel = M.bootstrap_panel(
-                    y, p[m], None, tau=tau, p_t=p_t, alpha=alpha, counts=counts, codes=codes[m]
-                )
-                entry[name] = {k: panel[k] for k in ("prevalence", *SLICE_METRICS)}
-                flags += [f"{name} labels: {r}" for r in _flag(panel, overall[name], cfg)]
-            if patient_kwargs is not None:
-                pk = {k: (v[m] if isinstance(v, np.ndarray) else v) for k, v in patient_kwargs.items()}
-                pl_m = M.patient_level_metrics(**pk)
-                k_max = max(cfg.patient_k_years)
-                entry["patient_sensitivity"] = pl_m[f"sensitivity_{k_max}"]["value"]
-                entry["median_lead_time"] = pl_m["lead_time"]["median"]
-            entry["flags"] = flags
-            entry["flagged"] = bool(flags)
-            out.append(entry)
+            pl_m = M.patient_level_metrics(**pk)
+            k_max = max(cfg.patient_k_years)
+            entry["patient_sensitivity"] = pl_m[f"sensitivity_{k_max}"]["value"]
+            entry["median_lead_time"] = pl_m["lead_time"]["median"]
+        entry["flags"] = flags
+        entry["flagged"] = bool(flags)
+        out.append(entry)
     return out
 
 
@@ -444,6 +493,7 @@ def evaluate_predictions(
             **patient_kwargs, n_boot=cfg.bootstrap_replicates, seed=seed, alpha=alpha
         )
 
+    plan, result["slices_dropped"] = plan_slices(df, cfg, categories)
     result["slices"] = slice_analysis(
         df,
         p,
@@ -455,6 +505,7 @@ def evaluate_predictions(
         codes=codes,
         categories=categories,
         patient_kwargs=patient_kwargs,
+        plan=plan,
     )
     result["label_noise_blind_spot"] = blind_spot(result["slices"], "insurance")
 
@@ -486,6 +537,8 @@ def headline(result: dict[str, Any]) -> dict[str, float]:
             h[f"{name}_{k}"] = o[k]["value"]
     h["expected_auc_model"] = result["oracle"]["expected_auc_model"]
     h["expected_auc_oracle"] = result["oracle"]["expected_auc_oracle"]
+    h["auc_gap_expected"] = result["oracle"]["auc_gap_expected"]
+    h["auc_gap_realised"] = result["oracle"]["auc_gap_realised"]
     h["excess_brier"] = result["oracle"]["excess_brier"]
     h["oracle_brier"] = result["oracle"]["oracle_brier"]
     h["label_noise_fp_share"] = result["error_analysis"]["fp_decomposition"]["label_noise_share"]

@@ -392,13 +392,18 @@ def _first_prediction_year(cfg: Any) -> int:
 def features_lazy(raw: pl.LazyFrame, spec: FeatureSpec, cfg: Any, truth: pl.LazyFrame | None) -> pl.LazyFrame:
     """Eligible rows of ``raw``: ids + split, features, labels (+ eval_* from ``truth``)."""
     from clinrisk.labels import EVAL_COLUMNS, build_labels, eval_columns
-    from clinrisk.splits import assign_split
+    from clinrisk.splits import assign_split, label_known_through_expr
 
     h = cfg.labels.horizon_years
     if spec.horizon_years != h:
         raise DataError(f"feature spec: horizon_years {spec.horizon_years} != labels.horizon_years {h}")
+    last_year = cfg.generate.last_year
     labels = build_labels(
-        raw, cfg.labels, first_prediction_year=_first_prediction_year(cfg), last_year=cfg.generate.last_year
+        raw,
+        cfg.labels,
+        first_prediction_year=_first_prediction_year(cfg),
+        last_year=last_year,
+        known_through=label_known_through_expr(cfg.split, h, last_year),
     )
     feats = build_feature_frame(raw, spec)
     lf = assign_split(labels.join(feats, on=["patient_id", "year"], how="left"), cfg.split, h)

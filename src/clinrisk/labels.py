@@ -10,8 +10,11 @@ Strategies (``labels.strategy``):
 
 - E0: hard recorded labels, weight 1.
 - E1b: weight 0 for recorded-NEGATIVE rows in the ambiguity buffer ``t in [r-H-d_max, r-H-1]`` of
-  recorded cases and in the end-of-follow-up band ``t > L-H-d_max`` of never-recorded patients;
-  recorded positives are never dropped.
+  recorded cases and in the end-of-follow-up band ``t > L-H-d_max`` of never-recorded patients, with
+  ``L`` the last year observed by the row's label cutoff; recorded positives are never dropped.
+
+Every strategy sees only what was known at the row's label cutoff (``known_through``: the split's cutoff
+for train and validation rows), never a diagnosis recorded after it.
 - E2: expected (soft) label ``P(T* <= t+H | data)`` under the assumed delay pmf. At pmf = delta_0 it is
   exactly the E0 label.
 """
@@ -68,8 +71,16 @@ def build_labels(
     *,
     first_prediction_year: int,
     last_year: int,
+    known_through: pl.Expr | None = None,
 ) -> pl.LazyFrame:
-    """Eligible prediction rows with ``label``, ``label_rec`` and ``sample_weight`` (see module doc)."""
+    """Eligible prediction rows with ``label``, ``label_rec`` and ``sample_weight`` (see module doc).
+
+    ``known_through`` (an Int32 expression on patient_id and year, default ``last_year``) is the last
+    calendar year a row's label may use: a diagnosis recorded after it counts as not recorded and the
+    patient's follow-up ends there. Train and validation rows get the split's label cutoff
+    (:func:`clinrisk.splits.label_known_through_expr`), so soft labels and the E1b band never see
+    diagnoses recorded after the model was built; hard labels of eligible rows are unchanged by it.
+    """
     h = cfg.horizon_years
     _, d_max = delay_bounds(cfg)
     events = patient_events(raw)
@@ -77,6 +88,7 @@ def build_labels(
     r = pl.col("t_rec").cast(pl.Int32)
     big_l = pl.col("last_obs").cast(pl.Int32)
     recorded = pl.col("t_rec").is_not_null()
+    cut = pl.col("_known_through")
 
     rows = (
         raw.select(
@@ -85,13 +97,24 @@ def build_labels(
             pl.col("entry_year").cast(pl.Int16),
         )
         .join(events, on="patient_id", how="left")
+        .with_columns(
+            pl.min_horizontal(
+                (known_through if known_through is not None else pl.lit(last_year)).cast(pl.Int32),
+                pl.lit(last_year, dtype=pl.Int32),
+            ).alias("_known_through")
+        )
+        # what was known at the row's cutoff: the diagnosis only if recorded by then, follow-up up to it
+        .with_columns(
+            pl.when(r <= cut).then(pl.col("t_rec")).otherwise(None).cast(pl.Int16).alias("t_rec"),
+            pl.min_horizontal(big_l, cut).cast(pl.Int16).alias("last_obs"),
+        )
         .filter(
             (t >= first_prediction_year)
             & (t >= pl.col("entry_year").cast(pl.Int32) + cfg.min_history_years)
             & (~recorded | (t < r))
         )
         .with_columns(label_rec=(recorded & (r <= t + h)).cast(pl.Int8))
-        .filter((pl.col("label_rec") == 1) | ((t + h <= last_year) & (big_l >= t + h)))
+        .filter((pl.col("label_rec") == 1) | ((t + h <= cut) & (big_l >= t + h)))
     )
 
     neg = pl.col("label_rec") == 0

@@ -441,18 +441,28 @@ def operating_point(y: Any, p: Any, tau: float) -> dict[str, float]:
 
 def oracle_summary(y_true: Any, p: Any, p_oracle: Any) -> dict[str, float]:
     """Label-draw-free ceiling numbers (§1.9): expected AUC of the oracle and of the model vs p^A, oracle
-    Brier E[p^A(1 − p^A)], excess Brier mean (p̂ − p^A)², and the oracle's realised true-label AUC/AP."""
+    Brier E[p^A(1 − p^A)], excess Brier mean (p̂ − p^A)², and the oracle's realised true-label AUC/AP.
+
+    Gaps are like for like: ``auc_gap_expected`` = expected AUC oracle − model (both vs p^A, no label
+    draw), ``auc_gap_realised`` = realised true-label AUC oracle − model (both on the same drawn labels);
+    a realised AUC minus an expected one mixes the two and is not reported."""
     yy, pp = _check(y_true, p)
     po = _vec(p_oracle, "p_oracle")
     if po.shape != pp.shape:
         raise DataError("p_oracle: length mismatch with predictions")
+    e_oracle, e_model = expected_auc(po, po), expected_auc(pp, po)
+    r_oracle, r_model = roc_auc(yy, po), roc_auc(yy, pp)
     return {
-        "expected_auc_oracle": expected_auc(po, po),
-        "expected_auc_model": expected_auc(pp, po),
+        "expected_auc_oracle": e_oracle,
+        "expected_auc_model": e_model,
+        "auc_gap_expected": e_oracle - e_model,
+        "model_auc_true": r_model,
+        "auc_gap_realised": r_oracle - r_model,
+        "ap_gap_realised": average_precision(yy, po) - average_precision(yy, pp),
         "oracle_brier": float(np.mean(po * (1 - po))),
         "excess_brier": float(np.mean((pp - po) ** 2)),
         "model_brier_decomposed": float(np.mean((pp - po) ** 2) + np.mean(po * (1 - po))),
-        "oracle_auc_true": roc_auc(yy, po),
+        "oracle_auc_true": r_oracle,
         "oracle_ap_true": average_precision(yy, po),
         "oracle_brier_true": brier(yy, np.clip(po, 0, 1)),
     }
@@ -562,6 +572,39 @@ def bootstrap_panel(
     ``counts``/``codes`` (from :func:`cluster_counts`/:func:`patient_codes` over a larger population) to
     bootstrap a subset of rows with the population's resamples — slices then share replicates.
     """
+    point, reps = bootstrap_replicates(
+        y,
+        p,
+        groups,
+        tau=tau,
+        p_t=p_t,
+        n_boot=n_boot,
+        seed=seed,
+        p_oracle=p_oracle,
+        counts=counts,
+        codes=codes,
+    )
+    return {k: _summarise(point[k], reps[k], alpha) for k in point}
+
+
+def bootstrap_replicates(
+    y: Any,
+    p: Any,
+    groups: Any,
+    *,
+    tau: float,
+    p_t: float,
+    n_boot: int = 200,
+    seed: int = 0,
+    p_oracle: Any = None,
+    counts: IntArray | None = None,
+    codes: IntArray | None = None,
+) -> tuple[dict[str, float], dict[str, FloatArray]]:
+    """Point estimates and the per-replicate values behind :func:`bootstrap_panel` (same arguments).
+
+    With shared ``counts``/``codes`` replicate b of a slice and of the whole population resample the same
+    patients, so their difference per replicate gives a paired CI for slice − overall.
+    """
     yy, pp = _check(y, p)
     if codes is None:
         codes, n_clusters = patient_codes(groups)
@@ -583,7 +626,13 @@ def bootstrap_panel(
         chunk = metric_panel(yy, pp, W, tau=tau, p_t=p_t, p_oracle=po, ranked=rk, init=init)
         for k, v in chunk.items():
             reps[k].append(v)
-    return {k: _summarise(_scalar(point[k]), np.concatenate(reps[k]), alpha) for k in point if k[0] != "_"}
+    keys = [k for k in point if k[0] != "_"]
+    return {k: _scalar(point[k]) for k in keys}, {k: np.concatenate(reps[k]) for k in keys}
+
+
+def percentile_ci(point: float, reps: Any, alpha: float) -> dict[str, float]:
+    """``{value, lo, hi, se}`` of a point estimate and its bootstrap replicates (NaN replicates skipped)."""
+    return _summarise(point, np.asarray(reps, dtype=np.float64), alpha)
 
 
 def paired_bootstrap_diff(

@@ -105,7 +105,10 @@ def findings(result: dict[str, Any]) -> list[str]:
         for s in flagged:
             out.append(f"Flagged slice {s['slice']} = {s['level']}: " + "; ".join(s["flags"]) + ".")
     else:
-        out.append("No slice is flagged (|ΔAUC| and O/E within bounds, or CIs include the overall value).")
+        out.append(
+            "No slice is flagged (O/E within bounds or its CI includes 1; |ΔAUC| within bounds or its paired CI "
+            "includes 0)."
+        )
     fp = result.get("error_analysis", {}).get("fp_decomposition", {})
     if fp.get("fp_recorded"):
         out.append(
@@ -123,9 +126,15 @@ def findings(result: dict[str, Any]) -> list[str]:
     if _ok(orc_.get("expected_auc_oracle")) and _ok(orc_.get("expected_auc_model")):
         out.append(
             f"Oracle ceiling: expected AUC {_f(orc_['expected_auc_model'])} for the model vs "
-            f"{_f(orc_['expected_auc_oracle'])} for p^A (gap "
-            f"{_f(orc_['expected_auc_oracle'] - orc_['expected_auc_model'])}); Brier decomposes into oracle "
-            f"{_f(orc_['oracle_brier'], 4)} + excess {_f(orc_['excess_brier'], 4)}."
+            f"{_f(orc_['expected_auc_oracle'])} for p^A (expected-vs-expected gap "
+            f"{_f(orc_['expected_auc_oracle'] - orc_['expected_auc_model'])}"
+            + (
+                f"; realised-vs-realised true-label AUC gap {_f(orc_['auc_gap_realised'])}"
+                if _ok(orc_.get("auc_gap_realised"))
+                else ""
+            )
+            + f"); Brier decomposes into oracle {_f(orc_['oracle_brier'], 4)} + excess "
+            f"{_f(orc_['excess_brier'], 4)}."
         )
     pl_ = result.get("patient_level")
     if pl_:
@@ -274,6 +283,15 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
             f"| net benefit @ p_t | {_f(result['overall']['true']['net_benefit']['value'], 4)} | "
             f"{_ci(tl.get('net_benefit', {}), 4)} |",
             f"| oracle Brier E[p(1−p)] | | {_f(orc['oracle_brier'], 4)} |",
+            "",
+            "AUC gaps to the oracle, like for like (an expected AUC is never subtracted from a realised one):",
+            "",
+            "| gap (oracle − model) | AUC |",
+            "|---|---|",
+            f"| expected vs expected (both vs p^A, no label draw) | "
+            f"{_f(orc['expected_auc_oracle'] - orc['expected_auc_model'])} |",
+            f"| realised vs realised (both on the drawn true labels) | "
+            f"{_f(orc.get('auc_gap_realised', float('nan')))} |",
             f"| excess Brier mean (p̂ − p^A)² | {_f(orc['excess_brier'], 4)} | 0 |",
         ]
     for name in PLOTS[:4]:
@@ -307,9 +325,9 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
             "",
             "## Slices",
             "",
-            "| slice | level | rows | patients | prev true | prev rec | AUC true | AP true (lift) | "
-            "O/E true | O/E rec | slope true | flagged |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| slice | level | rows | patients | prev true | prev rec | AUC true | ΔAUC true vs all | "
+            "AP true (lift) | O/E true | O/E rec | slope true | flagged |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in slices:
             t, r = s.get("true", {}), s.get("recorded", {})
@@ -321,9 +339,15 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
             L.append(
                 f"| {s['slice']} | {s['level']} | {s['n_rows']} | {s['n_patients']} | "
                 f"{_pct(t.get('prevalence', {}).get('value'))} | {_pct(r.get('prevalence', {}).get('value'))} | "
-                f"{g(t, 'auc')} | {g(t, 'ap')}{lift} | {g(t, 'oe', 2)} | {g(r, 'oe', 2)} | "
+                f"{g(t, 'auc')} | {g(t, 'auc_diff')} | {g(t, 'ap')}{lift} | {g(t, 'oe', 2)} | {g(r, 'oe', 2)} | "
                 f"{g(t, 'cal_slope', 2)} | {'**yes**' if s['flagged'] else 'no'} |"
             )
+        dropped = result.get("slices_dropped", [])
+        if dropped:
+            L += [
+                "",
+                "Dropped slices: " + "; ".join(f"{d['slice']}={d['level']} ({d['reason']})" for d in dropped),
+            ]
         if "slices" in plots:
             L += ["", f"![slices]({plots['slices']})"]
     bs = result.get("label_noise_blind_spot", [])

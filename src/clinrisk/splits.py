@@ -79,12 +79,35 @@ def _in(e: pl.Expr, rng: tuple[int, int], *, half_open: bool) -> pl.Expr:
     return (e >= lo) & ((e < hi) if half_open else (e <= hi))
 
 
+def label_cutoff(cfg: SplitConfig, last_year: int) -> int:
+    """Last calendar year whose data the train and validation labels may use (docs/science.md §4.4).
+
+    Temporal split: the year before the test period (the embargo's ``cutoff``); a diagnosis recorded later
+    was not known when the model was built. Patient-only split: ``last_year`` (no time boundary).
+    """
+    return min(cfg.test_years[0] - 1, last_year) if cfg.temporal else last_year
+
+
+def label_known_through_expr(cfg: SplitConfig, horizon_years: int, last_year: int) -> pl.Expr:
+    """Per row (patient_id, year): the last year its label may see — :func:`label_cutoff` for rows that
+    fall in train or validation, ``last_year`` for test and the rest (evaluation sees everything)."""
+    fitted = split_expr(cfg, horizon_years).is_in(["train", "validation"])
+    return (
+        pl.when(fitted).then(pl.lit(label_cutoff(cfg, last_year))).otherwise(pl.lit(last_year)).cast(pl.Int32)
+    )
+
+
 def assign_split(lf: pl.LazyFrame, cfg: SplitConfig, horizon_years: int) -> pl.LazyFrame:
     """Add ``split`` (Enum[train, validation, test, embargo, unused]) to rows with patient_id and year.
 
     Bucket ranges are half-open [lo, hi); year ranges are inclusive. With ``temporal`` the split also
     needs the row year in the split's years; years between validation and test are ``embargo``.
     """
+    return lf.with_columns(split_expr(cfg, horizon_years).alias("split"))
+
+
+def split_expr(cfg: SplitConfig, horizon_years: int) -> pl.Expr:
+    """The ``split`` column of :func:`assign_split` as an expression on patient_id and year."""
     check_embargo(cfg, horizon_years)
     b = patient_bucket_expr()
     y = pl.col("year")
@@ -101,4 +124,5 @@ def assign_split(lf: pl.LazyFrame, cfg: SplitConfig, horizon_years: int) -> pl.L
         expr = expr.when(cond).then(pl.lit(name))
     if cfg.temporal:
         expr = expr.when((y > cfg.validation_years[1]) & (y < cfg.test_years[0])).then(pl.lit("embargo"))
-    return lf.with_columns(expr.otherwise(pl.lit("unused")).cast(SPLIT_DTYPE).alias("split"))
+    out: pl.Expr = expr.otherwise(pl.lit("unused")).cast(SPLIT_DTYPE)
+    return out

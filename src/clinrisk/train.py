@@ -4,7 +4,8 @@ Out-of-core (docs/science.md §5.2 step 6): the training Dataset is built from o
 shard (``lgb.Sequence``) that reads Parquet row groups on demand — only the model's feature columns, and
 only training-split rows with ``sample_weight > 0`` — so no full in-memory copy of the feature matrix
 exists; LightGBM keeps only its binned representation (``free_raw_data=True``). Labels and weights (two
-float vectors) are the only per-row arrays held. Validation rows feed early stopping, calibration and the
+float vectors) are the only per-row arrays held. The validation split is cut by patient into two disjoint
+parts: one for early stopping, the other for choosing and fitting the calibration map and checking the
 threshold; test rows are never read.
 
 Imbalance (docs/science.md §4.1): unweighted log-loss by default. ``train.positive_class_weight = w > 1``
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 F32Array = npt.NDArray[np.float32]
 TRAIN, VALIDATION = "train", "validation"
+# The validation split is cut into two disjoint, patient-grouped parts: VALIDATION rows drive early
+# stopping; CALIBRATION rows (the other patients) fit and choose the calibration map and check τ, so the
+# map is never fitted on the rows that picked the number of trees.
+CALIBRATION = "calibration"
+VALIDATION_PART_SALT = 1  # patient_fold salt of the early-stopping / calibration cut
 # Rows drawn from the training split for the reference quantiles (OOD checks, PSI drift).
 REFERENCE_SAMPLE_ROWS = 100_000
 REFERENCE_QUANTILES = tuple(round(q, 2) for q in np.linspace(0.1, 0.9, 9))
@@ -153,6 +159,11 @@ class SplitRows:
     label: list[F32Array] = field(default_factory=list)
     weight: list[F32Array] = field(default_factory=list)
     label_rec: list[F32Array] = field(default_factory=list)
+    patient_id: list[npt.NDArray[np.int64]] = field(default_factory=list)
+
+    def patient_ids(self) -> npt.NDArray[np.int64]:
+        """Patient id per row (groups for the held-out calibration choice); empty if the shards lack them."""
+        return np.concatenate(self.patient_id) if self.patient_id else np.zeros(0, dtype=np.int64)
 
     def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray]:
         def cat(parts: list[F32Array]) -> FloatArray:
@@ -171,7 +182,10 @@ def scan_splits(
     """Index the train/validation rows (split + weight > 0) of every shard without reading features."""
     import pyarrow.parquet as pq
 
-    out = {TRAIN: SplitRows(), VALIDATION: SplitRows()}
+    from clinrisk.calibration import patient_fold
+
+    names = (TRAIN, VALIDATION, CALIBRATION)
+    out = {n: SplitRows() for n in names}
     need = ["split", "label", "sample_weight"]
     for f in shards:
         pf = pq.ParquetFile(f)
@@ -180,17 +194,23 @@ def scan_splits(
         if missing:
             raise DataError(f"{f}: missing column(s) {missing[:10]}")
         has_rec = "label_rec" in have
-        per_split: dict[str, list[npt.NDArray[np.int64]]] = {TRAIN: [], VALIDATION: []}
+        if "patient_id" not in have:
+            raise DataError(f"{f}: missing column patient_id (needed to cut validation by patient)")
+        per_split: dict[str, list[npt.NDArray[np.int64]]] = {n: [] for n in names}
         for rg in range(pf.num_row_groups):
-            cols = need + (["label_rec"] if has_rec else [])
+            cols = [*need, "patient_id", *(["label_rec"] if has_rec else [])]
             df = pl.from_arrow(pf.read_row_group(rg, columns=cols))
             assert isinstance(df, pl.DataFrame)
             split = df["split"].cast(pl.String).to_numpy()
             lab = df["label"].cast(pl.Float32).to_numpy()
             wt = df["sample_weight"].cast(pl.Float32).to_numpy()
             rec = df["label_rec"].cast(pl.Float32).to_numpy() if has_rec else lab
-            for name in (TRAIN, VALIDATION):
-                in_split = split == name
+            pid = df["patient_id"].cast(pl.Int64).to_numpy()
+            part = patient_fold(pid, 2, salt=VALIDATION_PART_SALT)
+            for name in names:
+                in_split = split == (TRAIN if name == TRAIN else VALIDATION)
+                if name != TRAIN:
+                    in_split = in_split & (part == (0 if name == VALIDATION else 1))
                 if np.any(in_split & ~np.isfinite(wt)):
                     raise DataError(f"{f}: column sample_weight has null/NaN values in {name} rows")
                 rows = np.flatnonzero(in_split & (wt > 0)).astype(np.int64)
@@ -203,7 +223,8 @@ def scan_splits(
                 out[name].label.append(y)
                 out[name].weight.append(wt[rows])
                 out[name].label_rec.append(np.nan_to_num(rec[rows], nan=0.0))
-        for name in (TRAIN, VALIDATION):
+                out[name].patient_id.append(pid[rows])
+        for name in names:
             if any(len(r) for r in per_split[name]):
                 out[name].sequences.append(ShardSequence(Path(f), feature_names, categories, per_split[name]))
     return out
@@ -448,7 +469,7 @@ def train_model(
     """
     import lightgbm as lgb
 
-    from clinrisk.calibration import apply_calibration, fit_calibration
+    from clinrisk.calibration import apply_calibration, fit_calibration, select_calibration
     from clinrisk.feature_table import FeatureSpec
     from clinrisk.io import atomic_output_dir, list_shards
     from clinrisk.ood import fit_from_splits
@@ -463,23 +484,25 @@ def train_model(
     shards = list_shards(features_dir)
 
     rows = scan_splits(shards, feature_names, categories)
-    train, val = rows[TRAIN], rows[VALIDATION]
+    train, stop, val = rows[TRAIN], rows[VALIDATION], rows[CALIBRATION]
     if train.n == 0:
         raise DataError(f"{features_dir}: no training-split rows with sample_weight > 0")
-    if val.n == 0:
+    if stop.n == 0 or val.n == 0:
         raise DataError(
-            f"{features_dir}: no validation-split rows (needed for early stopping and calibration)"
+            f"{features_dir}: no validation-split rows in one of its two patient-grouped parts "
+            f"(early stopping: {stop.n}, calibration: {val.n}; both are needed)"
         )
     y_tr, w_tr, _ = train.arrays()
+    y_st, w_st, _ = stop.arrays()
     y_va, w_va, rec_va = val.arrays()
     if y_tr.sum() <= 0 or y_tr.sum() >= y_tr.size:
         raise DataError(f"{features_dir}: training labels have a single class")
-    soft = is_soft(y_tr) or is_soft(y_va)
+    soft = is_soft(y_tr) or is_soft(y_st) or is_soft(y_va)
     objective = "cross_entropy" if soft or cfg.labels.strategy == "E2" else "binary"
     cw = float(cfg.train.positive_class_weight)
     params = lgb_params(cfg, objective)
     ly_tr, lw_tr = class_weighted(y_tr, w_tr, cw)
-    ly_va, lw_va = class_weighted(y_va, w_va, cw)
+    ly_st, lw_st = class_weighted(y_st, w_st, cw)
 
     train_ds = lgb.Dataset(
         [_as_lgb_sequence(s) for s in train.sequences],
@@ -491,9 +514,9 @@ def train_model(
         free_raw_data=True,
     )
     val_ds = lgb.Dataset(
-        [_as_lgb_sequence(s) for s in val.sequences],
-        label=ly_va,
-        weight=lw_va,
+        [_as_lgb_sequence(s) for s in stop.sequences],
+        label=ly_st,
+        weight=lw_st,
         reference=train_ds,
         feature_name=feature_names,
         categorical_feature=categorical,
@@ -514,9 +537,16 @@ def train_model(
     final = lgb.Booster(model_str=model_text)  # exactly what the bundle will reload
     del booster, train_ds, val_ds
 
-    # Calibration and threshold: validation rows only, original (soft) labels, odds-corrected logits.
+    # Calibration and threshold: the calibration part of validation only (patients disjoint from the
+    # early-stopping part), original (soft) labels, odds-corrected logits.
     z_va = odds_correct_logit(_predict_raw(final, val.sequences), cw)
-    calibration = fit_calibration(z_va, y_va, w_va, method=cfg.train.calibration)
+    if cfg.train.calibration == "select":
+        pid_va = val.patient_ids()
+        if pid_va.size != z_va.size:
+            raise DataError(f"{features_dir}: train.calibration=select needs the patient_id column")
+        calibration = select_calibration(z_va, y_va, w_va, pid_va)
+    else:
+        calibration = fit_calibration(z_va, y_va, w_va, method=cfg.train.calibration)  # type: ignore[arg-type]
     p_va = apply_calibration(calibration, z_va)
     threshold = select_threshold(p_va, y_va, cfg.threshold, w_va)
     p_uncal = apply_calibration({"method": "none"}, z_va)
@@ -543,7 +573,12 @@ def train_model(
         "positive_class_weight": cw,
         "calibration_method": calibration["method"],
         "n_train_rows": train.n,
-        "n_validation_rows": val.n,
+        "n_validation_rows": stop.n + val.n,
+        "n_early_stopping_rows": stop.n,
+        "n_calibration_rows": val.n,
+        "validation_parts": "validation split cut by patient hash (patient_fold salt "
+        f"{VALIDATION_PART_SALT}): early stopping on one part; calibration choice/fit, threshold check and "
+        "the bundle's validation metrics on the other",
         "train_label_mean": float(np.average(y_tr, weights=w_tr)),
         "best_iteration": int(best),
         "num_trees": int(final.num_trees()),

@@ -11,11 +11,17 @@ Per shard (memory bounded by one shard):
    their rows are quarantined with check ``dtype`` / ``isin`` and the original value in the reason;
 3. run the pandera schema with ``lazy=True`` (all failures at once); each failing row goes to quarantine
    once, with the failing checks, columns and reasons joined by ``"; "``;
+   a failure confined to one measurement (a lab/vital value or its unit: ``schemas.HARD_RANGES``) is
+   quarantined at value level instead: that value and its unit become null in the validated row, the row
+   (with its diagnoses and other values) is kept, and the value is recorded with its reason in
+   ``ShardResult.values`` and the report's ``quarantined_values`` — a bad lab unit never removes a
+   patient-year or moves a first recorded diagnosis;
 4. passing rows are written sorted by ``(patient_id, year)`` (stable) with the contract dtypes; columns not
    in the contract are dropped from the output and listed in the report.
 
 Counts always add up: ``rows_in = rows_valid + rows_quarantined`` per shard and in total. The stage fails
-(publishing nothing) when the quarantined share exceeds ``validate.max_quarantine_fraction``, when a shard
+(publishing nothing) when the quarantined share (rows quarantined whole or with a quarantined value)
+exceeds ``validate.max_quarantine_fraction``, when a shard
 listed in the raw manifest is missing, or when the row count disagrees with the manifest.
 """
 
@@ -44,11 +50,13 @@ from clinrisk.io import (
     shard_file,
     write_json,
 )
-from clinrisk.schemas import OBSERVED_SCHEMA, Rule, raw_rules, raw_schema
+from clinrisk.schemas import HARD_RANGES, OBSERVED_SCHEMA, Rule, raw_rules, raw_schema
 
 __all__ = [
+    "MEASUREMENT_COLUMNS",
     "QUARANTINE_COLUMNS",
     "REPORT_VERSION",
+    "VALUE_QUARANTINE_COLUMNS",
     "ShardResult",
     "build_report",
     "cast_to_schema",
@@ -67,6 +75,20 @@ QUARANTINE_COLUMNS = ("_row", "_check", "_column", "_reason")
 SORT_KEY = ["patient_id", "year"]
 VALIDATED_DIR, QUARANTINE_DIR, REPORT_DIR = "validated", "quarantine", "validation"
 _FAILURE_SCHEMA = {"_row": pl.UInt32, "_check": pl.String, "_column": pl.String, "_reason": pl.String}
+VALUE_QUARANTINE_COLUMNS = ("patient_id", "year", "_check", "_column", "_reason", "_value")
+
+
+def _measurement_columns() -> dict[str, tuple[str, ...]]:
+    """Measurement column -> the columns nulled when it fails (a value and its unit stand or fall together)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for vr in HARD_RANGES:
+        pair = (vr.value_col,) if vr.unit_col is None else (vr.value_col, vr.unit_col)
+        for col in pair:
+            out[col] = pair
+    return out
+
+
+MEASUREMENT_COLUMNS = _measurement_columns()
 
 
 @dataclass
@@ -76,6 +98,8 @@ class ShardResult:
     valid: pl.DataFrame
     quarantine: pl.DataFrame
     stats: dict[str, Any] = field(default_factory=dict)
+    # value-level quarantine: one row per nulled measurement of a kept row (VALUE_QUARANTINE_COLUMNS)
+    values: pl.DataFrame = field(default_factory=lambda: pl.DataFrame())
 
 
 def _failures(rows: pl.Series, check: str, column: str, reasons: pl.Series | str) -> pl.DataFrame:
@@ -225,7 +249,13 @@ def validate_frame(
         pa_fail = pa_fail.join(
             cast_fail.select("_row", pl.col("_column")), on=["_row", "_column"], how="anti"
         )
-    per_check = pl.concat([cast_fail, pa_fail])
+    all_checks = pl.concat([cast_fail, pa_fail])
+    value_level = pl.col("_column").is_in(list(MEASUREMENT_COLUMNS))
+    row_level_rows = all_checks.filter(~value_level).select("_row").unique()
+    # rows that fail only on measurements are kept with those values nulled; others are quarantined whole
+    value_fail = all_checks.filter(value_level).join(row_level_rows, on="_row", how="anti")
+    per_check = all_checks.join(value_fail.select("_row").unique(), on="_row", how="anti")
+    df, values = _null_bad_values(df, raw, value_fail)
     by_row = (
         per_check.sort("_row", maintain_order=True)
         .group_by("_row", maintain_order=True)
@@ -242,6 +272,11 @@ def validate_frame(
         .sort(SORT_KEY, maintain_order=True)
     )
     quarantine = indexed.join(by_row, on="_row", how="inner", maintain_order="left")
+    value_counts = (
+        value_fail.group_by("_check", "_column")
+        .agg(pl.len().cast(pl.Int64).alias("values"))
+        .sort("_check", "_column")
+    )
     counts = (
         per_check.group_by("_check", "_column")
         .agg(pl.col("_row").n_unique().alias("rows"))
@@ -257,13 +292,48 @@ def validate_frame(
         "rows_valid": valid.height,
         "rows_quarantined": quarantine.height,
         "failures": counts.to_dicts(),
+        "values_quarantined": values.height,
+        "rows_with_quarantined_values": value_fail.select("_row").n_unique() if value_fail.height else 0,
+        "value_failures": value_counts.to_dicts(),
+        "quarantined_values": values.to_dicts(),
         "extra_columns_dropped": extra,
         "recast_columns": recast,
         "input_sorted": was_sorted,
     }
     if stats["rows_valid"] + stats["rows_quarantined"] != stats["rows_in"]:  # invariant, never expected
         raise DataError(f"{where}: row accounting mismatch {stats}")
-    return ShardResult(valid, quarantine, stats)
+    return ShardResult(valid, quarantine, stats, values)
+
+
+def _null_bad_values(
+    df: pl.DataFrame, raw: pl.DataFrame, value_fail: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Null each failing measurement (and its unit) of ``df``; return it and the value-quarantine records
+    (id columns, check, column, reason and the value as it arrived)."""
+    if not value_fail.height:
+        empty = {c: pl.String for c in VALUE_QUARANTINE_COLUMNS} | {"patient_id": pl.Int64, "year": pl.Int16}
+        return df, pl.DataFrame(schema=empty)
+    row_idx = pl.int_range(pl.len(), dtype=pl.UInt32)
+    nulled: dict[str, set[int]] = {}
+    for column, rows in value_fail.group_by("_column").agg("_row").iter_rows():
+        for col in MEASUREMENT_COLUMNS[column]:
+            nulled.setdefault(col, set()).update(rows)
+    df = df.with_columns(
+        pl.when(row_idx.is_in(sorted(rows))).then(None).otherwise(pl.col(col)).alias(col)
+        for col, rows in nulled.items()
+    )
+    original = [
+        str(raw.get_column(c)[i]) if raw.get_column(c)[i] is not None else "null"
+        for i, c in value_fail.select("_row", "_column").iter_rows()
+    ]
+    ids = df.select(pl.col("patient_id").cast(pl.Int64), pl.col("year").cast(pl.Int16)).with_row_index("_row")
+    values = (
+        value_fail.with_columns(pl.Series("_value", original, dtype=pl.String))
+        .join(ids, on="_row", how="left", maintain_order="left")
+        .sort("_row", "_column", maintain_order=True)
+        .select(*VALUE_QUARANTINE_COLUMNS)
+    )
+    return df, values
 
 
 def _read_shard(path: Path) -> pl.DataFrame:
@@ -367,24 +437,37 @@ def build_report(
     rows_in = sum(s["rows_in"] for s in stats)
     valid = sum(s["rows_valid"] for s in stats)
     quar = sum(s["rows_quarantined"] for s in stats)
+    # the quality gate counts every row with anything quarantined: a whole row or one of its values
+    touched = quar + sum(int(s.get("rows_with_quarantined_values", 0)) for s in stats)
     by_check: dict[tuple[str, str], int] = {}
+    by_value_check: dict[tuple[str, str], int] = {}
     for s in stats:
         for f in s["failures"]:
             k = (f["_check"], f["_column"])
             by_check[k] = by_check.get(k, 0) + int(f["rows"])
+        for f in s.get("value_failures", []):
+            k = (f["_check"], f["_column"])
+            by_value_check[k] = by_value_check.get(k, 0) + int(f["values"])
     content = raw_manifest.get("content", {})
     return {
         "report_version": REPORT_VERSION,
         "rows_in": rows_in,
         "rows_valid": valid,
         "rows_quarantined": quar,
-        "quarantine_fraction": quar / rows_in if rows_in else 0.0,
+        "rows_with_quarantined_values": touched - quar,
+        "quarantine_fraction": touched / rows_in if rows_in else 0.0,
         "max_quarantine_fraction": cfg.validate_.max_quarantine_fraction,
         "calendar": [cfg.generate.first_year, cfg.generate.last_year],
         "n_shards": len(stats),
         "failures_by_check": [
             {"check": c, "column": col, "rows": n} for (c, col), n in sorted(by_check.items())
         ],
+        # value-level quarantine: the row is kept, only these measurements were nulled
+        "values_quarantined": sum(int(s.get("values_quarantined", 0)) for s in stats),
+        "value_failures_by_check": [
+            {"check": c, "column": col, "values": n} for (c, col), n in sorted(by_value_check.items())
+        ],
+        "quarantined_values": [v for s in stats for v in s.get("quarantined_values", [])],
         "shards": [
             {
                 k: s[k]
@@ -426,6 +509,7 @@ def render_report_md(report: dict[str, Any]) -> str:
         f"- rows valid: **{report['rows_valid']:,}**",
         f"- rows quarantined: **{report['rows_quarantined']:,}** "
         f"({report['quarantine_fraction']:.4%}; limit {report['max_quarantine_fraction']:.2%})",
+        f"- values quarantined (row kept, value and unit nulled): **{report.get('values_quarantined', 0):,}**",
         f"- calendar: {report['calendar'][0]}..{report['calendar'][1]}; shards: {report['n_shards']}",
         f"- validated content hash: `{report['validated_content_hash']}`",
         f"- raw manifest: `{report['raw_manifest']['path']}` (sha256 `{report['raw_manifest']['sha256']}`, "
@@ -552,9 +636,14 @@ def check_report(
     if n_expected is not None and n_expected != report["rows_in"]:
         raise DataError(f"{where}: {report['rows_in']} rows read but {manifest['path']} says {n_expected}")
     if report["quarantine_fraction"] > cfg.validate_.max_quarantine_fraction:
-        top = sorted(report["failures_by_check"], key=lambda f: -f["rows"])[:5]
+        failures = [
+            *report["failures_by_check"],
+            *({**f, "rows": f["values"]} for f in report.get("value_failures_by_check", [])),
+        ]
+        top = sorted(failures, key=lambda f: -f["rows"])[:5]
+        touched = report["rows_quarantined"] + report.get("rows_with_quarantined_values", 0)
         raise DataError(
-            f"{where}: {report['rows_quarantined']} of {report['rows_in']} rows quarantined "
+            f"{where}: {touched} of {report['rows_in']} rows quarantined whole or in part "
             f"({report['quarantine_fraction']:.2%}) > validate.max_quarantine_fraction="
             f"{cfg.validate_.max_quarantine_fraction}; top checks: "
             + json.dumps([f"{f['check']}[{f['column']}]={f['rows']}" for f in top])

@@ -14,7 +14,13 @@ from clinrisk.config import load_config
 from clinrisk.errors import DataError
 from clinrisk.io import shard_file
 from clinrisk.schemas import HARD_RANGES, OBSERVED_SCHEMA, raw_rules, raw_schema
-from clinrisk.validate import QUARANTINE_COLUMNS, validate_dataset, validate_frame, validate_shard
+from clinrisk.validate import (
+    MEASUREMENT_COLUMNS,
+    QUARANTINE_COLUMNS,
+    validate_dataset,
+    validate_frame,
+    validate_shard,
+)
 from tests.data.validate_fixtures import FIRST_YEAR, LAST_YEAR, clean_frame, write_raw
 
 
@@ -171,6 +177,20 @@ def test_corruption_is_quarantined_with_reason(mutate, check: str, column: str, 
     df = mutate(clean_frame())
     res = _validate(df)
     assert res.stats["rows_in"] == df.height == res.stats["rows_valid"] + res.stats["rows_quarantined"]
+    if column in MEASUREMENT_COLUMNS:
+        # value level: the row stays, only this measurement and its unit are nulled and recorded
+        assert res.quarantine.height == 0 and res.valid.height == df.height
+        assert res.values.height == 1 and res.stats["values_quarantined"] == 1
+        v = res.values.row(0, named=True)
+        assert (v["_check"], v["_column"]) == (check, column)
+        assert text in v["_reason"]
+        assert v["patient_id"] == df["patient_id"][3] and v["year"] == df["year"][3]
+        kept = res.valid.filter(
+            (pl.col("patient_id") == v["patient_id"]) & (pl.col("year") == v["year"])
+        ).row(0, named=True)
+        for col in MEASUREMENT_COLUMNS[column]:
+            assert kept[col] is None
+        return
     assert res.quarantine.height == 1
     q = res.quarantine.row(0, named=True)
     assert q["_row"] == 3
@@ -247,9 +267,38 @@ def test_uncastable_column_is_an_error_naming_file_and_column() -> None:
 # --- files, dataset, atomic publication ------------------------------------------------------------------
 
 
+def test_bad_lab_unit_keeps_the_diagnosis_row_and_other_values() -> None:
+    """A bad lab unit nulls that lab only: the patient-year, its diagnosis codes and other values stay."""
+    df = clean_frame().with_columns(dx_E11=pl.lit(False))
+    df = _set(_set(df, 3, "dx_E11", True), 3, "glucose_unit", "mg/l", pl.String)
+    res = _validate(df)
+    assert res.quarantine.height == 0 and res.valid.height == df.height
+    row = res.valid.with_row_index("_i").filter(
+        (pl.col("patient_id") == df["patient_id"][3]) & (pl.col("year") == df["year"][3])
+    )
+    before = validate_frame(clean_frame(), FIRST_YEAR, LAST_YEAR).valid.row(3, named=True)
+    got = row.drop("_i").row(0, named=True)
+    assert got["dx_E11"] is True
+    assert got["glucose_value"] is None and got["glucose_unit"] is None
+    for col in ("hba1c_value", "hba1c_unit", "sbp_mmhg", "ldl_value", "weight_value", "visits"):
+        assert got[col] == before[col], col
+    v = res.values.to_dicts()
+    assert len(v) == 1 and v[0]["_column"] == "glucose_unit" and v[0]["_value"] == "mg/l"
+    assert "unknown value 'mg/l'" in v[0]["_reason"]
+    assert res.stats["quarantined_values"] == v
+
+
+def test_value_and_row_failures_on_one_row_quarantine_the_row() -> None:
+    df = _set(_set(clean_frame(), 5, "glucose_unit", "mg/l", pl.String), 5, "region", "XX", pl.String)
+    res = _validate(df)
+    assert res.quarantine.height == 1 and res.values.height == 0
+    assert sorted(res.quarantine.row(0, named=True)["_column"].split("; ")) == ["glucose_unit", "region"]
+
+
 def test_validate_dataset_layout_counts_and_report(tmp_path: Path) -> None:
-    a = _set(clean_frame(10, 4, first_pid=0), 2, "glucose_unit", "mg/l", pl.String)
-    b = _set(clean_frame(10, 4, first_pid=100, seed=1), 5, "sbp_mmhg", 999.0)
+    a = _set(clean_frame(10, 4, first_pid=0), 2, "region", "Mars", pl.String)
+    b = _set(clean_frame(10, 4, first_pid=100, seed=1), 5, "birth_year", 1700)
+    b = _set(b, 6, "sbp_mmhg", 999.0)  # value level: row kept
     raw = write_raw(tmp_path / "raw", [a, b])
     out = tmp_path / "run"
     report = validate_dataset(_cfg(), raw, out, workers=1)
@@ -261,7 +310,9 @@ def test_validate_dataset_layout_counts_and_report(tmp_path: Path) -> None:
     for s in report["shards"]:
         assert s["rows_in"] == s["rows_valid"] + s["rows_quarantined"]
     checks = {(f["check"], f["column"]): f["rows"] for f in report["failures_by_check"]}
-    assert checks == {("isin", "glucose_unit"): 1, ("hard_range[mmHg]", "sbp_mmhg"): 1}
+    assert checks == {("isin", "region"): 1, ("age_range", "birth_year,year"): 1}
+    assert report["values_quarantined"] == 1
+    assert [v["_column"] for v in report["quarantined_values"]] == ["sbp_mmhg"]
     assert report["raw_manifest"]["content_hash"] == "fixture-hash"
     assert len(report["validated_content_hash"]) == 64
 
@@ -273,8 +324,9 @@ def test_validate_dataset_layout_counts_and_report(tmp_path: Path) -> None:
         assert v.height + q.height == 40 and q.height == 1
     assert json.loads((out / "validation" / "report.json").read_text()) == json.loads(json.dumps(report))
     md = (out / "validation" / "report.md").read_text()
-    assert "rows quarantined: **2**" in md and "| isin | glucose_unit | 1 |" in md
-    assert "| hard_range[mmHg] | sbp_mmhg | 1 |" in md and report["validated_content_hash"] in md
+    assert "rows quarantined: **2**" in md and "| isin | region | 1 |" in md
+    assert "values quarantined (row kept, value and unit nulled): **1**" in md
+    assert report["validated_content_hash"] in md
 
     again = validate_dataset(_cfg(), raw, tmp_path / "run2", workers=1)
     assert again["validated_content_hash"] == report["validated_content_hash"]
@@ -340,13 +392,15 @@ def test_quarantine_fraction_limit_fails_and_keeps_previous_output(tmp_path: Pat
         sbp_mmhg=pl.when(pl.int_range(pl.len()) < 3).then(pl.lit(5000.0)).otherwise(pl.col("sbp_mmhg"))
     )
     raw = write_raw(tmp_path / "bad", [bad])
-    with pytest.raises(DataError, match=r"max_quarantine_fraction.*hard_range\[mmHg\]"):
+    # value-level failures count towards the gate too (3 of 20 rows touched)
+    with pytest.raises(DataError, match=r"3 of 20 rows.*max_quarantine_fraction.*hard_range\[mmHg\]"):
         validate_dataset(_cfg("validate.max_quarantine_fraction=0.1"), raw, out, workers=1)
     # the earlier published output is untouched and no temp dirs linger
     assert _published(out) == ["quarantine", "validated", "validation"]
     assert json.loads((out / "validation" / "report.json").read_text())["rows_in"] == first["rows_in"]
     report = validate_dataset(_cfg("validate.max_quarantine_fraction=0.2"), raw, out, workers=1)
-    assert report["rows_quarantined"] == 3
+    assert report["rows_quarantined"] == 0 and report["rows_valid"] == 20
+    assert report["values_quarantined"] == 3 and report["rows_with_quarantined_values"] == 3
 
 
 def test_patient_spanning_shards_fails(tmp_path: Path) -> None:

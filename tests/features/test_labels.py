@@ -131,3 +131,66 @@ def test_eval_columns_from_truth() -> None:
     assert [r[y]["eval_label_true"] for y in range(2010, 2016)] == [0, 1, 1, 1, 1, 1]
     assert [r[y]["eval_undiagnosed"] for y in range(2010, 2016)] == [0, 0, 0, 1, 1, 0]
     assert r[2010]["eval_onset_year"] == 2013 and r[2010]["eval_recorded_year"] == 2015
+
+
+def _cutoff_cohort() -> list[dict]:
+    """300 patients with staggered entry/exit and diagnoses recorded before, at and after the cutoff."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    rows: list[dict] = []
+    for pid in range(1, 301):
+        entry = int(rng.integers(2000, 2010))
+        last = int(rng.choice([2016, 2018, 2019, 2021, 2023, 2023, 2023]))
+        t_rec = int(rng.integers(2008, 2024)) if rng.random() < 0.4 else None
+        rows += _patient(pid, range(entry, last + 1), t_rec=t_rec, entry=entry)
+    return rows
+
+
+@pytest.mark.parametrize("strategy", ["E0", "E1b", "E2"])
+def test_train_and_validation_labels_use_only_data_known_at_the_cutoff(strategy: str) -> None:
+    from clinrisk.config import SplitConfig
+    from clinrisk.splits import assign_split, label_cutoff, label_known_through_expr
+
+    split = SplitConfig()  # temporal: train 2005-2013, validation 2014-2015, test from 2019
+    cfg = LabelsConfig(strategy=strategy)
+    cutoff = label_cutoff(split, E)
+    assert cutoff == 2018
+    raw = frame(_cutoff_cohort())
+
+    def labelled(data: pl.DataFrame, last_year: int, known_through: pl.Expr | None) -> pl.DataFrame:
+        lf = build_labels(
+            data.lazy(), cfg, first_prediction_year=FPY, last_year=last_year, known_through=known_through
+        )
+        return assign_split(lf, split, cfg.horizon_years).collect().sort("patient_id", "year")
+
+    full = labelled(raw, E, label_known_through_expr(split, cfg.horizon_years, E))
+    truncated = labelled(raw.filter(pl.col("year") <= cutoff), cutoff, None)
+    fitted = pl.col("split").is_in(["train", "validation"])
+    a, b = full.filter(fitted), truncated.filter(fitted)
+    assert a.height > 500 and set(a["split"].unique()) == {"train", "validation"}
+    assert a.equals(b)  # every train/validation label, soft or hard, and weight
+    # test rows still see the whole follow-up
+    assert full.filter(pl.col("split") == "test").height > 0
+    # the cutoff matters: without it E2/E1b train+validation labels or weights would differ
+    leaky = labelled(raw, E, None).filter(fitted)
+    if strategy != "E0":
+        assert not leaky.equals(a)
+    else:
+        assert leaky.equals(a)
+
+
+def test_known_through_drops_later_diagnoses_from_soft_labels() -> None:
+    # recorded in 2020, after a 2018 cutoff: with the cutoff the 2015 row is a never-recorded patient
+    # observed to 2018 (small soft label); without it the row sees the 2020 diagnosis.
+    rows = _patient(1, range(2000, 2024), t_rec=2020)
+    cfg = LabelsConfig(strategy="E2")
+    lf = build_labels(frame(rows).lazy(), cfg, first_prediction_year=FPY, last_year=E)
+    cut = build_labels(
+        frame(rows).lazy(), cfg, first_prediction_year=FPY, last_year=E, known_through=pl.lit(2018)
+    )
+    leak = lf.collect().filter(pl.col("year") == 2015)["label"][0]
+    known = cut.collect().filter(pl.col("year") == 2015)["label"][0]
+    hbar = cfg.assumed_annual_incidence
+    assert leak == pytest.approx(0.15 + 0.10, abs=1e-6)  # P(d >= 2): onset r - d <= 2018
+    assert known == pytest.approx(hbar * (0.30 * 1 + 0.15 * 2 + 0.10 * 3), rel=1e-5)

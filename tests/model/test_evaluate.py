@@ -63,6 +63,23 @@ def test_oracle_ceiling_beats_the_model(synth, result) -> None:
     assert "expected_auc" in result["overall"]["true"]
 
 
+def test_oracle_gaps_are_like_for_like(synth, result) -> None:
+    df, p = synth
+    o = result["oracle"]
+    po = df["eval_oracle_risk"].to_numpy().astype(float)
+    y = df["eval_label_true"].to_numpy().astype(float)
+    assert o["auc_gap_expected"] == pytest.approx(M.expected_auc(po, po) - M.expected_auc(p, po))
+    assert o["auc_gap_realised"] == pytest.approx(M.roc_auc(y, po) - M.roc_auc(y, p))
+    assert o["model_auc_true"] == pytest.approx(result["overall"]["true"]["auc"]["value"])
+    h = result["headline"]
+    assert h["auc_gap_expected"] == o["auc_gap_expected"] and h["auc_gap_realised"] == o["auc_gap_realised"]
+    from clinrisk.report import render_report
+
+    md = render_report(result, {})
+    assert "expected vs expected" in md and "realised vs realised" in md
+    assert f"{o['auc_gap_realised']:.3f}" in md and f"{o['auc_gap_expected']:.3f}" in md
+
+
 def test_slices_cover_insurance_ethnicity_age_sex_and_blind_spot_hits_uninsured(result) -> None:
     got = {(s["slice"], s["level"]) for s in result["slices"]}
     assert {
@@ -89,6 +106,65 @@ def test_miscalibrated_slice_is_flagged_with_reason(synth) -> None:
     assert s["flagged"] and any(f.startswith("recorded labels: O/E") for f in s["flags"])
     white = next(s for s in res["slices"] if s["slice"] == "ethnicity" and s["level"] == "White")
     assert not any(f.startswith("recorded labels: O/E") for f in white["flags"])
+
+
+def test_slice_calibration_flags_are_absolute_not_relative_to_overall(synth) -> None:
+    # every row under-predicted alike: overall O/E is off too, so a rule relative to it would flag nothing
+    df, p = synth
+    y_true = df["eval_label_true"].to_numpy()
+    p = np.clip(p * y_true.sum() / p.sum(), 0.0, 1.0)  # calibrated in the large on true labels
+    res = evaluate_predictions(CFG, df, p * 0.6, tau=0.1, p_t=0.1, seed=1)
+    assert res["overall"]["true"]["oe"]["value"] > 1.25
+    white = next(s for s in res["slices"] if s["slice"] == "ethnicity" and s["level"] == "White")
+    oe = white["true"]["oe"]
+    assert oe["value"] > 1.25 and oe["lo"] > 1.0
+    assert any(f.startswith("true labels: O/E") for f in white["flags"])
+    # well calibrated: O/E inside the bounds, nothing flagged on O/E
+    ok = evaluate_predictions(CFG, df, p, tau=0.1, p_t=0.1, seed=1)
+    w_ok = next(s for s in ok["slices"] if s["slice"] == "ethnicity" and s["level"] == "White")
+    assert not any(f.startswith("true labels: O/E") for f in w_ok["flags"])
+
+
+def test_slice_auc_difference_has_a_paired_ci_and_flags_a_degraded_slice(synth, result) -> None:
+    df, p = synth
+    for s in result["slices"]:
+        if "auc" in s.get("true", {}):
+            d = s["true"]["auc_diff"]
+            assert d["lo"] <= d["value"] <= d["hi"]
+            assert d["value"] == pytest.approx(
+                s["true"]["auc"]["value"] - result["overall"]["true"]["auc"]["value"]
+            )
+    q = p.copy()
+    female = (df["sex"].cast(pl.String) == "F").to_numpy()
+    q[female] = np.random.default_rng(0).permutation(q[female])  # no ranking left among women
+    res = evaluate_predictions(CFG, df, q, tau=0.1, p_t=0.1, seed=1)
+    f = next(s for s in res["slices"] if s["slice"] == "sex" and s["level"] == "F")
+    d = f["true"]["auc_diff"]
+    assert d["value"] < -0.03 and d["hi"] < 0
+    assert any("Δ vs overall" in x for x in f["flags"])
+
+
+def test_duplicate_and_empty_slices_are_dropped() -> None:
+    from clinrisk.evaluate import plan_slices
+
+    age = np.array([30, 50, 66, 70, 80, 40, 55, 67], dtype=np.float64)
+    df = pl.DataFrame(
+        {
+            "age": age,
+            "insurance": ["commercial" if a < 65 else "medicare" for a in age],
+            "sex": ["F", "M"] * 4,
+            "sex_copy": ["F", "M"] * 4,
+        }
+    )
+    cfg = EvaluateConfig(slice_columns=["age_band", "insurance", "sex", "sex_copy"])
+    kept, dropped = plan_slices(df, cfg)
+    names = [f"{c}={lvl}" for c, lvl, _ in kept]
+    assert "insurance=medicare" not in names and "age_band=>=65" in names
+    reasons = {f"{d['slice']}={d['level']}": d["reason"] for d in dropped}
+    assert reasons["insurance=medicare"] == "same rows as age_band=>=65"
+    assert reasons["sex_copy=F"] == "same rows as sex=F"
+    assert "insurance=commercial" in names  # <65 spans two age bands: not a duplicate
+    assert all(m.any() for _, _, m in kept)
 
 
 def test_error_analysis_counts_are_consistent(synth, result) -> None:

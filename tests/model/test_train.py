@@ -90,9 +90,12 @@ def test_bundle_metrics_and_threshold_recorded(trained_bundle_dir: Path):
     b = load_bundle(trained_bundle_dir)
     v = b.metrics["validation"]
     assert v["auc"] > 0.75 and v["ap"] > 2 * v["prevalence"]
-    # Logistic recalibration on validation: calibration-in-the-large holds there by construction of the MLE.
-    assert b.calibration["method"] == "logistic"
-    assert v["oe"] == pytest.approx(1.0, abs=1e-6)
+    # The map is chosen on held-out validation folds and the bundle states the rule and the figures.
+    sel = b.calibration["selection"]
+    assert b.calibration["method"] == sel["chosen"] == b.metadata["calibration_method"]
+    assert "held-out" in sel["rule"] and sel["held_out_ap_change_vs_none"] >= -0.002
+    if b.calibration["method"] == "logistic":  # calibration-in-the-large holds by construction of the MLE
+        assert v["oe"] == pytest.approx(1.0, abs=1e-6)
     assert b.threshold_info["method"] == "net_benefit" and b.threshold == pytest.approx(0.10)
     assert str(round(b.threshold_info["argmax_tau"], 3)) in b.threshold_info["reason"]
     assert b.metadata["objective"] == "binary" and b.metadata["n_validation_rows"] > 0
@@ -117,7 +120,7 @@ def test_training_reads_no_test_rows_nor_eval_columns(
 def test_calibration_fitted_on_validation_rows_only(tmp_path: Path):
     """Validation labels alone are shifted up by +1.2 logits: only a validation-fitted map follows them."""
     features = make_features_dataset(tmp_path / "features", val_label_shift=1.2, seed=1)
-    train_model(small_config(), features, tmp_path / "bundle")
+    train_model(small_config(None, "train.calibration=logistic"), features, tmp_path / "bundle")
     b = load_bundle(tmp_path / "bundle")
     cal = b.metrics["validation"]
     raw = b.metrics["validation_uncalibrated"]
@@ -164,12 +167,18 @@ def test_class_weight_odds_correction_recovers_unweighted_calibration(
 
 def test_e2_soft_labels_use_cross_entropy_and_soft_calibration(tmp_path: Path):
     features = make_features_dataset(tmp_path / "features", soft=True, seed=2)
-    train_model(small_config(None, "labels.strategy=E2"), features, tmp_path / "bundle")
+    train_model(
+        small_config(None, "labels.strategy=E2", "train.calibration=logistic"), features, tmp_path / "bundle"
+    )
     b = load_bundle(tmp_path / "bundle")
     assert b.metadata["objective"] == "cross_entropy" and b.metadata["soft_labels"] is True
     assert "objective=cross_entropy" in (tmp_path / "bundle" / "model.txt").read_text()
+    from clinrisk.calibration import patient_fold
+    from clinrisk.train import VALIDATION_PART_SALT
+
     val = _validation_frame(features)
-    # Calibrated on the soft validation labels: mean risk equals mean soft label (O/E = 1 on soft labels).
+    val = val.filter(pl.Series(patient_fold(val["patient_id"].to_numpy(), 2, salt=VALIDATION_PART_SALT) == 1))
+    # Calibrated on the soft labels of the calibration part: there mean risk equals mean soft label.
     assert b.predict_proba(val).mean() == pytest.approx(val["label"].mean(), rel=1e-4)
     assert b.metrics["validation"]["n_pos"] != b.metrics["validation_label_rec"]["n_pos"]
 
@@ -211,6 +220,26 @@ def test_missing_feature_column_names_shard_and_column(synthetic_features_dir: P
     with pytest.raises(DataError, match=r"shard=001.*bmi"):
         train_model(small_config(), features, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_validation_is_cut_into_disjoint_patient_parts(
+    trained_bundle_dir: Path, synthetic_features_dir: Path
+):
+    """Early stopping and calibration/threshold use different patients of the validation split."""
+    from clinrisk.io import list_shards
+    from clinrisk.train import CALIBRATION, VALIDATION, scan_splits
+
+    rows = scan_splits(list_shards(synthetic_features_dir), [], {})
+    stop, cal = rows[VALIDATION].patient_ids(), rows[CALIBRATION].patient_ids()
+    assert stop.size > 0 and cal.size > 0
+    assert not set(stop.tolist()) & set(cal.tolist())
+    df = pl.read_parquet([str(f) for f in list_shards(synthetic_features_dir)])
+    val = df.filter((pl.col("split").cast(pl.String) == "validation") & (pl.col("sample_weight") > 0))
+    assert stop.size + cal.size == val.height
+    assert 0.3 < cal.size / val.height < 0.7
+    b = load_bundle(trained_bundle_dir)
+    assert b.metadata["n_calibration_rows"] == cal.size and b.metadata["n_early_stopping_rows"] == stop.size
+    assert b.metrics["validation"]["n"] == cal.size  # calibration metrics are on the calibration part
 
 
 def test_no_validation_rows_is_an_error(tmp_path: Path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from clinrisk.config.base import Section
 
@@ -45,6 +45,10 @@ class SelectConfig(Section):
     )
 
 
+# clinrisk.calibration.METHODS mirrors this (a test pins them equal)
+CALIBRATION_METHODS: tuple[str, ...] = ("select", "logistic", "isotonic", "auto", "none")
+
+
 class TrainConfig(Section):
     """LightGBM settings; imbalance handled by calibration + threshold, not resampling."""
 
@@ -60,7 +64,18 @@ class TrainConfig(Section):
     max_bin: int = Field(255, ge=2, le=255)
     num_threads: int = Field(0, ge=0, description="0 = all cores")
     positive_class_weight: float = Field(1.0, gt=0.0, description=">1 weights positives; odds corrected")
-    calibration: Literal["logistic", "isotonic", "auto", "none"] = "auto"
+    calibration: str = Field(
+        "select",
+        description="select (chosen on held-out validation folds, AP loss <= 0.002) | logistic | isotonic "
+        "| auto | none",
+    )
+
+    @field_validator("calibration")
+    @classmethod
+    def _known_calibration(cls, v: str) -> str:
+        if v not in CALIBRATION_METHODS:
+            raise ValueError(f"unknown calibration method {v!r} (known: {', '.join(CALIBRATION_METHODS)})")
+        return v
 
 
 class ThresholdConfig(Section):
