@@ -70,3 +70,23 @@ def test_mixed_id_spellings_across_files_land_in_one_shard(tmp_path: Path) -> No
     # end to end: the per-shard cross-file rule (usage of an unknown company) quarantines nothing
     report = validate_dataset(cfg, tmp_path / "raw", tmp_path / "run")
     assert report["rows_in"] == ing["rows"] and report["rows_quarantined"] == 0
+
+
+def test_a_usecase_hook_overrides_the_default_key() -> None:
+    from types import SimpleNamespace
+
+    from clinrisk.usecase_io import entity_key
+
+    class Source:
+        def entity_column(self, table: str) -> str:
+            return "ID"
+
+    class HookedSource(Source):
+        def entity_key(self, table: str) -> pl.Expr:  # ids written "C-24"
+            return pl.col("ID").str.strip_prefix("C-").cast(pl.Int64, strict=False)
+
+    df = pl.DataFrame({"ID": ["C-24", "24.0"]})
+    default = SimpleNamespace(source=Source())
+    hooked = SimpleNamespace(source=HookedSource())
+    assert df.select(entity_key(default, "t")).to_series().to_list() == [None, 24]  # type: ignore[arg-type]
+    assert df.select(entity_key(hooked, "t")).to_series().to_list() == [24, None]  # type: ignore[arg-type]
