@@ -518,9 +518,35 @@ def evaluate_predictions(
             dim: {"column": col, "rows": error_crosstab(b, alert, yr, yt)} for dim, (col, b) in bands.items()
         },
     }
+    if cfg.top_k_fractions:
+        result["top_k"] = top_k(df, p, cfg.top_k_fractions)
     result["top_errors"] = top_errors(df, p, alert, cfg.top_k_errors, cfg.top_contributions, contrib)
     result["headline"] = headline(result)
     return result
+
+
+def top_k(df: pl.DataFrame, p: npt.NDArray[np.float64], fractions: Sequence[float]) -> dict[str, Any]:
+    """Lift and gains at each top-k capacity fraction, against recorded and true labels: the top
+    ``ceil(f * n)`` rows of each period (``year``) are worked, counts pooled over periods; with the
+    oracle risk, capture vs the oracle's lists (:func:`clinrisk.metrics.top_k_lift_gains`)."""
+    scored = df.select("patient_id", "year", *LABELS.values(), "eval_oracle_risk").with_columns(
+        pl.Series("_score", p, dtype=pl.Float64)
+    )
+    return {
+        "pooling": "per-period lists, counts pooled over periods",
+        **{
+            name: M.top_k_lift_gains(
+                scored,
+                fractions,
+                score="_score",
+                label=col,
+                group="year",
+                entity="patient_id",
+                truth="eval_oracle_risk",
+            )
+            for name, col in LABELS.items()
+        },
+    }
 
 
 HEADLINE_METRICS = (

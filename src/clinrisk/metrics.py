@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import polars as pl
 
 from clinrisk.errors import DataError
 
@@ -779,4 +780,65 @@ def patient_level_metrics(
         false_rows = alert & ~np.isfinite(t_star)
     out["alerts_per_1000_patient_years"] = float(1000.0 * alert.sum() / n)
     out["false_alerts_per_1000_patient_years"] = float(1000.0 * false_rows.sum() / n)
+    return out
+
+
+# ------------------------------------------------------------------------------ lift / gains at top-k
+
+
+def top_k_lift_gains(
+    df: pl.DataFrame,
+    fractions: Sequence[float],
+    *,
+    score: str,
+    label: str,
+    group: str,
+    entity: str,
+    truth: str | None = None,
+) -> list[dict[str, Any]]:
+    """Lift and gains when a team works the top ``k = max(1, ceil(f * n))`` rows of each ``group`` (period).
+
+    ``df`` is a polars frame with ``entity``, ``group``, ``score``, ``label`` (0/1) and optionally
+    ``truth`` (the true risk). Lists are per period; counts are POOLED over periods, per fraction ``f``:
+    ``precision`` = positives worked / rows worked, ``lift`` = precision / overall base rate, ``gains`` =
+    share of all positives that were worked. With ``truth``: expected positives in the lists, the same for
+    the oracle's lists (top-k by ``truth``) and their ratio ``capture_vs_oracle``. Score ties are broken
+    by ``entity`` so the lists are deterministic. Empty frame -> ``[]``."""
+    if df.height == 0:
+        return []
+
+    def ranked(by: str) -> pl.DataFrame:
+        return df.sort(group, by, entity, descending=[False, True, False]).with_columns(
+            pl.int_range(1, pl.len() + 1).over(group).alias("_rank"),
+            pl.len().over(group).alias("_n"),
+        )
+
+    has_truth = truth is not None and truth in df.columns
+    model = ranked(score)
+    oracle = ranked(truth) if has_truth and truth is not None else None
+    total_pos = float(df.get_column(label).cast(pl.Float64).sum())
+    base = total_pos / df.height
+    out: list[dict[str, Any]] = []
+    for f in fractions:
+        k = pl.max_horizontal((pl.col("_n") * f).ceil().cast(pl.Int64), pl.lit(1))
+        top = model.filter(pl.col("_rank") <= k)
+        pos = float(top.get_column(label).cast(pl.Float64).sum())
+        precision = pos / top.height
+        row: dict[str, Any] = {
+            "fraction": float(f),
+            "rows_worked": top.height,
+            "positives": int(pos),
+            "precision": precision,
+            "lift": precision / base if base > 0 else float("nan"),
+            "gains": pos / total_pos if total_pos > 0 else float("nan"),
+        }
+        if oracle is not None and truth is not None:
+            exp_model = float(top.get_column(truth).cast(pl.Float64).sum())
+            exp_oracle = float(oracle.filter(pl.col("_rank") <= k).get_column(truth).cast(pl.Float64).sum())
+            row |= {
+                "expected_positives": exp_model,
+                "oracle_expected_positives": exp_oracle,
+                "capture_vs_oracle": exp_model / exp_oracle if exp_oracle > 0 else float("nan"),
+            }
+        out.append(row)
     return out

@@ -249,6 +249,30 @@ def _metrics_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _top_k_table(result: dict[str, Any]) -> list[str]:
+    """Lift/gains at top-k capacity fractions (only when the use case declares fractions)."""
+    tk = result.get("top_k")
+    if not tk:
+        return []
+    L = [
+        "",
+        "## Lift and gains at top-k",
+        "",
+        "The top ⌈f·n⌉ rows of each period are worked; counts are pooled over periods. Capture = expected "
+        "positives in the model's lists / in the oracle's lists (true risk).",
+        "",
+        "| top f | rows worked | lift (recorded) | gains (recorded) | lift (true) | gains (true) "
+        "| capture vs oracle |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rec, tru in zip(tk.get("recorded", []), tk.get("true", []), strict=True):
+        L.append(
+            f"| {_pct(rec['fraction'])} | {rec['rows_worked']} | {_f(rec['lift'], 2)} | {_pct(rec['gains'])} "
+            f"| {_f(tru['lift'], 2)} | {_pct(tru['gains'])} | {_f(tru.get('capture_vs_oracle'), 3)} |"
+        )
+    return L
+
+
 def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     """The Markdown report for one evaluation result (``plots`` maps plot name -> relative path)."""
     plots = plots or {}
@@ -266,6 +290,7 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
     L += [f"{i}. {s}" for i, s in enumerate(recommendations(result), 1)]
     L += ["", "## Overall metrics", ""]
     L += _metrics_table(result)
+    L += _top_k_table(result)
     orc = result.get("oracle", {})
     if orc:
         tl = orc.get("true_label_panel", {})

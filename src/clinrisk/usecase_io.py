@@ -21,7 +21,13 @@ import polars as pl
 
 from clinrisk.errors import DataError
 from clinrisk.io import list_shards, sha256_file, shard_file
-from clinrisk.usecases.base import TRUTH_TABLE, RawShard, UseCase, ValidatedShard
+from clinrisk.usecases.base import (
+    TRUTH_TABLE,
+    RawShard,
+    UseCase,
+    ValidatedShard,
+    whole_number_entity_key,
+)
 
 
 def write_table(df: pl.DataFrame, path: Path) -> str:
@@ -246,8 +252,9 @@ def ingest_raw(cfg: Any, source: Path, out_dir: Path, n_shards: int = 1) -> dict
                 ) from None
             if col not in df.columns:
                 raise DataError(f"{source}: table {table!r} has no entity column {col!r}")
-            # unparsable ids go to shard 0, where validation quarantines them with a reason
-            ent = pl.col(col).cast(pl.Int64, strict=False).fill_null(0).reinterpret(signed=False)
+            # one key per entity however each file spells the id ("24" vs "24.0"), so an entity never
+            # spans shards; unparsable ids go to shard 0, where validation quarantines them with a reason
+            ent = entity_key(usecase, table).fill_null(0).reinterpret(signed=False)
             bucket = (splitmix64_expr(ent) % pl.lit(n_shards, dtype=pl.UInt64)).alias("_shard")
             df = df.with_columns(bucket)
             for s in range(n_shards):
@@ -266,6 +273,15 @@ def ingest_raw(cfg: Any, source: Path, out_dir: Path, n_shards: int = 1) -> dict
         save_config(cfg, tmp / "config.yaml")
         write_json(tmp / "manifest.json", manifest)
     return {**manifest, "path": str(Path(out_dir))}
+
+
+def entity_key(usecase: UseCase, table: str) -> pl.Expr:
+    """The use case's normalised Int64 entity key of raw ``table`` (its optional ``entity_key`` hook, else
+    :func:`whole_number_entity_key` of its entity column)."""
+    hook = getattr(usecase.source, "entity_key", None)
+    if hook is not None:
+        return hook(table).cast(pl.Int64, strict=False)
+    return whole_number_entity_key(usecase.source.entity_column(table))
 
 
 def tables_of(frames: Mapping[str, pl.DataFrame]) -> dict[str, pl.LazyFrame]:

@@ -83,7 +83,8 @@ class ClinriskConfig(Section):
     @classmethod
     def _usecase_names(cls, data: Any) -> Any:
         """Settings the config leaves out come from the use case (``run.usecase``): registered model, MLflow
-        experiment, KServe model / InferenceService name and namespace, and the evaluation slices."""
+        experiment, KServe model / InferenceService name and namespace, the evaluation slices and top-k
+        fractions."""
         if not isinstance(data, dict):
             return data
         run = data.get("run")
@@ -96,7 +97,13 @@ class ClinriskConfig(Section):
         names = usecase.names
         data = dict(data)
         for section, defaults in (
-            ("evaluate", {"slice_columns": list(usecase.labels.slices)}),
+            (
+                "evaluate",
+                {
+                    "slice_columns": list(usecase.labels.slices),
+                    "top_k_fractions": list(usecase.labels.top_k_fractions),
+                },
+            ),
             ("tracking", {"registered_model_name": names.model_name, "experiment_name": names.experiment}),
             ("serving", {"model_name": names.model_name, "namespace": names.namespace}),
         ):

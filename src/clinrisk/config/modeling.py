@@ -99,6 +99,10 @@ class EvaluateConfig(Section):
         description="age_band is derived from the age column",
     )
     age_band_edges: tuple[int, int] = Field((45, 65), description="<45, 45-64, >=65")
+    top_k_fractions: list[float] = Field(
+        default_factory=list,
+        description="capacity fractions for lift/gains at top-k per period (default: the use case's)",
+    )
     net_benefit_range: tuple[float, float] = (0.02, 0.30)
     top_k_errors: int = Field(50, ge=0, le=10_000, description="highest-risk FPs / lowest-risk FNs listed")
     top_contributions: int = Field(5, ge=1, le=50, description="SHAP contributions shown per listed row")
@@ -120,6 +124,8 @@ class EvaluateConfig(Section):
         nlo, nhi = self.net_benefit_range
         if not 0 < nlo < nhi < 1:
             raise ValueError("evaluate.net_benefit_range: need 0 < lo < hi < 1")
+        if any(not 0 < f <= 1 for f in self.top_k_fractions):
+            raise ValueError("evaluate.top_k_fractions: each fraction must be in (0, 1]")
         if any(k < 1 for k in self.patient_k_years):
             raise ValueError("evaluate.patient_k_years: years must be >= 1")
         unknown = set(self.error_columns) - {"hba1c_count", "hba1c_years_since", "visits", "bmi"}

@@ -126,6 +126,23 @@ class DataSource(Protocol):
         """Column holding the entity id in raw ``table`` (what ingestion shards by)."""
         ...
 
+    # Optional method, called by ingestion when the object has it:
+    #   entity_key(table: str) -> pl.Expr   the entity id of raw ``table`` normalised to Int64 (null when it
+    #                                        is no id; such rows go to shard 0 for validation to quarantine).
+    #   Default: :func:`whole_number_entity_key` of ``entity_column(table)``. It MUST give one key per
+    #   entity across every table and file, however each file happens to spell the id.
+
+
+def whole_number_entity_key(column: str) -> pl.Expr:
+    """The default entity key: an integer id, also when a file spells it as text or as a whole float
+    (``"24"``, ``" 24 "``, ``"24.0"``, ``24.0`` -> 24); anything else is null. Integer ids map to
+    themselves, so shard assignment of integer-typed ids is unchanged."""
+    text = pl.col(column).cast(pl.String).str.strip_chars()
+    as_int = text.cast(pl.Int64, strict=False)
+    as_float = text.cast(pl.Float64, strict=False)
+    whole = as_float.is_finite() & (as_float == as_float.round(0)) & (as_float.abs() < 2.0**53)
+    return pl.coalesce(as_int, pl.when(whole).then(as_float.cast(pl.Int64)))
+
 
 @runtime_checkable
 class RawSchema(Protocol):

@@ -118,6 +118,14 @@ def test_lift_and_gains_on_the_pipeline_test_predictions(leads_run) -> None:  # 
     assert by_f[0.1]["lift"] > 1.5 and 0 < by_f[0.1]["capture_vs_oracle"] <= 1.5
     assert by_f[0.2]["gains"] > 0.2
     assert {s["column"] for s in res["slices"]} == set(LEADS.labels.slices)
+    # the shared evaluation (metrics.json, report.md) carries the same lift/gains, from the same function
+    shared = read_json(d / "evaluate" / "evaluation" / "metrics.json")["top_k"]
+    assert [r["fraction"] for r in shared["recorded"]] == list(LEADS.labels.top_k_fractions)
+    for mine, theirs in zip(shared["recorded"], res["top_k"], strict=True):
+        assert mine["rows_worked"] == theirs["leads_worked"]
+        for k in ("lift", "gains", "capture_vs_oracle"):
+            assert mine[k] == pytest.approx(theirs[k]), k
+    assert "## Lift and gains at top-k" in (d / "evaluate" / "evaluation" / "report.md").read_text()
 
 
 def test_failed_stage_stops_the_run_and_publishes_nothing(tmp_path: Path) -> None:

@@ -20,16 +20,18 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from clinrisk.metrics import average_precision, brier, expected_auc, roc_auc
+from clinrisk.metrics import average_precision, brier, expected_auc, roc_auc, top_k_lift_gains
 
 __all__ = ["evaluate_leads", "slice_table", "top_k_table"]
 
 
-def _ranked(df: pl.DataFrame, score: str, group: str) -> pl.DataFrame:
-    return df.sort(group, score, "ID", descending=[False, True, False]).with_columns(
-        pl.int_range(1, pl.len() + 1).over(group).alias("_rank"),
-        pl.len().over(group).alias("_n"),
-    )
+# The shared metric's names, in sales words (a row is a lead, a positive a conversion).
+_SALES_NAMES = {
+    "rows_worked": "leads_worked",
+    "positives": "conversions",
+    "expected_positives": "expected_conversions",
+    "oracle_expected_positives": "oracle_expected_conversions",
+}
 
 
 def top_k_table(
@@ -41,39 +43,11 @@ def top_k_table(
     truth: str | None = "P_TRUE",
     group: str = "SNAPSHOT",
 ) -> list[dict[str, Any]]:
-    """Lift/gains per capacity fraction (see the module doc). ``df`` has ID, ``group``, ``score``,
-    ``label`` and optionally ``truth``."""
-    if df.height == 0:
-        return []
-    has_truth = truth is not None and truth in df.columns
-    model = _ranked(df, score, group)
-    oracle = _ranked(df, truth, group) if has_truth and truth is not None else None
-    total_pos = float(df.get_column(label).sum())
-    base = total_pos / df.height
-    out: list[dict[str, Any]] = []
-    for f in fractions:
-        k = pl.max_horizontal((pl.col("_n") * f).ceil().cast(pl.Int64), pl.lit(1))
-        top = model.filter(pl.col("_rank") <= k)
-        pos = float(top.get_column(label).sum())
-        precision = pos / top.height
-        row: dict[str, Any] = {
-            "fraction": f,
-            "leads_worked": top.height,
-            "conversions": int(pos),
-            "precision": precision,
-            "lift": precision / base if base > 0 else math.nan,
-            "gains": pos / total_pos if total_pos > 0 else math.nan,
-        }
-        if oracle is not None and truth is not None:
-            exp_model = float(top.get_column(truth).sum())
-            exp_oracle = float(oracle.filter(pl.col("_rank") <= k).get_column(truth).sum())
-            row |= {
-                "expected_conversions": exp_model,
-                "oracle_expected_conversions": exp_oracle,
-                "capture_vs_oracle": exp_model / exp_oracle if exp_oracle > 0 else math.nan,
-            }
-        out.append(row)
-    return out
+    """Lift/gains per capacity fraction (see the module doc; computed by
+    :func:`clinrisk.metrics.top_k_lift_gains`). ``df`` has ID, ``group``, ``score``, ``label`` and
+    optionally ``truth``."""
+    rows = top_k_lift_gains(df, fractions, score=score, label=label, group=group, entity="ID", truth=truth)
+    return [{_SALES_NAMES.get(k, k): v for k, v in r.items()} for r in rows]
 
 
 def slice_table(
