@@ -205,7 +205,9 @@ def test_canary_promote_then_canary_rollback(stack: ServingStack, first_revision
     assert "RolledBack" in out
     _wait_split(stack, {r2: 100})  # traffic is back on the promoted revision at once
     isvc = cluster.get("inferenceservice", "clinrisk", "-n", NS)
-    env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]
+    }  # valueFrom: the auth token
     assert env["STORAGE_URI"] == V2
     start = time.monotonic()
     assert _rollout(stack, "status").startswith("clinrisk/clinrisk: RolledBack")
