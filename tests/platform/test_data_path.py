@@ -141,7 +141,7 @@ def _patient_instance(
     from clinrisk.serving.request import instances_from_raw
 
     # validate-shard's output, one file per shard (the merged copies would duplicate patient-years).
-    shards = sorted(pipeline_dir.glob("*/validate-shard/validated_shard/validated/shard=*/*.parquet"))
+    shards = sorted(pipeline_dir.glob("*/validate-shard/validated_shard/validated/**/shard=*/*.parquet"))
     assert shards, f"no validated shards under {pipeline_dir}"
     raw = pl.concat([pl.read_parquet(f) for f in shards], how="diagonal")
     for pid, year, prob in predictions.select("patient_id", "year", "probability").iter_rows():
