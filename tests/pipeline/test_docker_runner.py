@@ -28,7 +28,9 @@ from tests.pipeline.test_local_pipeline import TASKS, TINY
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO / "configs" / "tiny.yaml"
-SHARDS = 2  # TINY sets generate.n_shards=2
+# The plan owns the fan-out: TINY asks for 8 shards, but 3,000 patients are 3 blocks of 1,000 (one shard each).
+_TINY_GENERATE = load_config(TINY_CONFIG, TINY).generate
+SHARDS = min(_TINY_GENERATE.n_shards, -(-_TINY_GENERATE.n_patients // _TINY_GENERATE.block_size))
 # generate + validate per shard, build-features per shard, plus the tasks that run once.
 TASK_COUNT = len(TASKS) + 3 * SHARDS
 
