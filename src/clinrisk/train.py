@@ -556,7 +556,11 @@ def train_model(
         "validation_uncalibrated": validation_metrics(y_va, p_uncal),
         "net_benefit_at_threshold": threshold["net_benefit"],
     }
-    reference = reference_stats(train, feature_names, categories, p_va, cfg.run.seed)
+    # The drift reference of the score covers the whole validation split (both parts, scored by the final
+    # model and map): drift monitoring wants the largest in-distribution sample, not only the calibration part.
+    p_stop = apply_calibration(calibration, odds_correct_logit(_predict_raw(final, stop.sequences), cw))
+    p_ref = np.concatenate([np.asarray(p_stop, dtype=np.float64), np.asarray(p_va, dtype=np.float64)])
+    reference = reference_stats(train, feature_names, categories, p_ref, cfg.run.seed)
     ood = fit_from_splits(
         train.sequences,
         val.sequences,
