@@ -74,8 +74,9 @@ def test_model_is_tracked_and_registered_under_the_usecase_names(leads_run) -> N
 
     cfg = load_config(leads_run.pipeline_dir / "resolve-config" / "config" / "config.yaml")
     assert cfg.tracking.registered_model_name == LEADS.names.model_name
-    # The store the run actually used (the config may leave tracking_uri to the run directory's default).
-    client = MlflowClient(tracking_uri=leads_run.tracking_uri)
+    # The store the run used, for tracking AND registry: an earlier test in this process may have set the
+    # global registry URI (tracking.configure calls mlflow.set_registry_uri).
+    client = MlflowClient(tracking_uri=leads_run.tracking_uri, registry_uri=leads_run.tracking_uri)
     (version,) = client.search_model_versions(f"name='{LEADS.names.model_name}'")
     assert str(version.version) == "1"
     run = client.get_run(version.run_id)
