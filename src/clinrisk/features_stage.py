@@ -195,7 +195,16 @@ def write_feature_metadata(
     out_dir = Path(out_dir)
     (out_dir / "feature_spec.json").write_text(spec.to_json())
     write_json(out_dir / "feature_schema.json", feature_schema_dict(spec, with_eval=with_truth))
-    summary = {
+    summary = feature_summary(spec, cfg, parts, shard_dirs, with_truth)
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def feature_summary(
+    spec: FeatureSpec, cfg: Any, parts: list[dict[str, Any]], shard_dirs: list[str], with_truth: bool
+) -> dict[str, Any]:
+    """summary.json of a feature table: the merged per-shard counts plus what the spec and config fix."""
+    return {
         **merge_shard_summaries(parts),
         "n_features": len(spec.feature_names),
         "window_years": spec.window_years,
@@ -204,5 +213,3 @@ def write_feature_metadata(
         "with_truth": with_truth,
         "shard_dirs": shard_dirs,
     }
-    write_json(out_dir / "summary.json", summary)
-    return summary

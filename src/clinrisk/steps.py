@@ -319,7 +319,7 @@ def merge_features_step(
 ) -> dict[str, Any]:
     """Collect feature shards (and the use case's side tables, e.g. the clinical unit quarantine) with the
     spec, the use case's schema document (if it has one) and the summary."""
-    from clinrisk.features_stage import merge_shard_summaries
+    from clinrisk.features_stage import feature_summary
 
     cfg = _load(config_dir)
     usecase = _usecase(cfg)
@@ -343,16 +343,7 @@ def merge_features_step(
         schema_document = getattr(usecase.features, "schema_document", None)
         if schema_document is not None:
             write_json(tmp / "feature_schema.json", schema_document(spec, with_truth))
-        summary = {
-            **merge_shard_summaries(parts),
-            "usecase": usecase.name,
-            "n_features": len(spec.feature_names),
-            "window_years": spec.window_years,
-            "horizon_years": spec.horizon_years,
-            "label_strategy": cfg.labels.strategy,
-            "with_truth": with_truth,
-            "shard_dirs": shard_dirs,
-        }
+        summary = {"usecase": usecase.name, **feature_summary(spec, cfg, parts, shard_dirs, with_truth)}
         write_json(tmp / "summary.json", summary)
     return summary
 
