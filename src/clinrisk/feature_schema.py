@@ -90,6 +90,11 @@ def _column_specs(spec: FeatureSpec, with_eval: bool) -> dict[str, dict[str, Any
     return cols
 
 
+def column_rules(spec: FeatureSpec, *, with_eval: bool) -> dict[str, dict[str, Any]]:
+    """Per column of a features frame: dtype, nullable and the min/max/isin rule (the schema's content)."""
+    return _column_specs(spec, with_eval)
+
+
 def build_feature_schema(spec: FeatureSpec, *, with_eval: bool = False) -> Any:
     """Strict pandera DataFrameSchema for a features frame (eval_* columns when ``with_eval``)."""
     import pandera.polars as pa

@@ -330,7 +330,11 @@ def unit_counts(raw: pl.LazyFrame, analytes: tuple[str, ...] = ANALYTES) -> dict
         value, reason, inferred = _resolution(REGISTRY[name])
         cols += [value.alias(f"_{name}_v"), reason.alias(f"_{name}_r"), inferred.alias(f"_{name}_i")]
     # Materialise the per-value resolution once, then count (the weight rule has window expressions).
-    lf = raw.with_columns(cols)
+    return _count_resolved(raw.with_columns(cols), analytes)
+
+
+def _count_resolved(lf: pl.LazyFrame, analytes: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """The counts of :func:`unit_counts` from a frame holding the ``_<analyte>_{v,r,i}`` columns."""
     exprs = []
     for name in analytes:
         a = REGISTRY[name]
@@ -348,3 +352,34 @@ def unit_counts(raw: pl.LazyFrame, analytes: tuple[str, ...] = ANALYTES) -> dict
         name, what = key.split("|")
         out.setdefault(name, {})[what] = int(val or 0)
     return out
+
+
+def unit_audit(
+    raw: pl.LazyFrame, analytes: tuple[str, ...] = ANALYTES
+) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
+    """``(unit_quarantine(raw).collect(), unit_counts(raw))`` with each value resolved once, not twice.
+
+    The resolution (the weight rule's per-patient windows above all) is most of the cost of both, so the
+    resolved value/reason/inferred columns are materialised once and the quarantine rows and the counts
+    are both read from them. ``raw`` sorted by (patient_id, year).
+    """
+    cols = []
+    for name in analytes:
+        value, reason, inferred = _resolution(REGISTRY[name])
+        cols += [value.alias(f"_{name}_v"), reason.alias(f"_{name}_r"), inferred.alias(f"_{name}_i")]
+    resolved = raw.with_columns(cols).collect(engine="streaming").lazy()
+    parts = []
+    for name in analytes:
+        a = REGISTRY[name]
+        parts.append(
+            resolved.select(
+                pl.col("patient_id").cast(pl.Int64),
+                pl.col("year").cast(pl.Int16),
+                pl.lit(name).alias("analyte"),
+                pl.col(a.value_col).cast(pl.Float32).alias("raw_value"),
+                pl.col(a.unit_col).cast(pl.String).alias("raw_unit"),
+                pl.col(f"_{name}_r").alias("reason"),
+            ).filter(pl.col("reason").is_not_null())
+        )
+    quarantine = pl.concat(parts, how="vertical").collect()
+    return quarantine, _count_resolved(resolved, analytes)

@@ -14,8 +14,8 @@ import pytest
 from clinrisk.config import load_config
 from clinrisk.errors import DataError
 from clinrisk.feature_schema import (
-    _column_specs,
     build_feature_schema,
+    column_rules,
     passes_all_rules,
     validate_features,
 )
@@ -49,13 +49,13 @@ def _set_first(df: pl.DataFrame, col: str, value: object) -> pl.DataFrame:
 
 def test_good_frame_passes_without_pandera(good) -> None:
     df, spec = good
-    assert passes_all_rules(df, _column_specs(spec, with_eval=True))
+    assert passes_all_rules(df, column_rules(spec, with_eval=True))
     build_feature_schema(spec, with_eval=True).validate(df, lazy=True)  # pandera agrees
     assert validate_features(df, spec) is df
 
 
 def _float_feature(spec: FeatureSpec, df: pl.DataFrame) -> str:
-    rules = _column_specs(spec, True)
+    rules = column_rules(spec, with_eval=True)
     return next(
         n for n in spec.feature_names if df[n].dtype == pl.Float32 and rules[n].get("max") is not None
     )
@@ -77,7 +77,7 @@ def _float_feature(spec: FeatureSpec, df: pl.DataFrame) -> str:
 )
 def test_every_violation_kind_falls_through_to_pandera(good, corrupt: str) -> None:
     df, spec = good
-    rules = _column_specs(spec, with_eval=True)
+    rules = column_rules(spec, with_eval=True)
     x = _float_feature(spec, df)
     flag = next(n for n in spec.feature_names if rules[n].get("isin") == [0, 1])
     bad = {
@@ -98,5 +98,5 @@ def test_every_violation_kind_falls_through_to_pandera(good, corrupt: str) -> No
 
 def test_empty_frame_with_right_schema_passes(good) -> None:
     df, spec = good
-    assert passes_all_rules(df.head(0), _column_specs(spec, with_eval=True))
+    assert passes_all_rules(df.head(0), column_rules(spec, with_eval=True))
     build_feature_schema(spec, with_eval=True).validate(df.head(0), lazy=True)

@@ -144,11 +144,10 @@ class ClinicalFeatures:
     ) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
         """The values the units layer could not convert (``unit_quarantine/``) and per-analyte counts."""
         from clinrisk.features import cast_raw
-        from clinrisk.units import unit_counts, unit_quarantine
+        from clinrisk.units import unit_audit
 
-        sorted_raw = cast_raw(_observed(tables)).sort("patient_id", "year")
-        uq = unit_quarantine(sorted_raw).collect(engine="streaming")
-        return {"unit_quarantine": uq}, {"units": unit_counts(sorted_raw), "unit_quarantine_rows": uq.height}
+        uq, counts = unit_audit(cast_raw(_observed(tables)).sort("patient_id", "year"))
+        return {"unit_quarantine": uq}, {"units": counts, "unit_quarantine_rows": uq.height}
 
     def schema_document(self, spec: FeatureSpec, with_truth: bool) -> dict[str, Any]:
         """``feature_schema.json``: the pandera feature schema as JSON."""
