@@ -12,7 +12,7 @@ USECASE ?= clinical
 CONFIG ?= configs/$(USECASE)/default.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-fast lint bench lock clean help
+.PHONY: venv run test test-fast lint bench bench-all lock clean help
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,7 +36,11 @@ lint: venv ## ruff + mypy
 	$(BIN)/ruff format --check src tests components pipelines benchmarks
 	$(BIN)/mypy
 
-bench: venv ## run the benchmarks (prints medians and ratios)
+bench: venv ## the default 2M pipeline per step: wall, peak RSS, rows/s, ratios to the goals (+ polars vs pandas features)
+	$(PY) benchmarks/bench_pipeline.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_features.py --rows 500000 --pandas-rows 200000 --coverage-rows 100000
+
+bench-all: venv ## every benchmark under benchmarks/ (long: an hour or more on 2 cores)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 lock: ## re-resolve dependencies from pyproject.toml into requirements.lock
