@@ -454,6 +454,82 @@ def data_hash(features_dir: Path, shards: list[Path]) -> dict[str, str]:
     return out
 
 
+def _fit_local(
+    cfg: ClinriskConfig,
+    params: dict[str, Any],
+    train: SplitRows,
+    stop: SplitRows,
+    train_yw: tuple[FloatArray, FloatArray],
+    stop_yw: tuple[FloatArray, FloatArray],
+    feature_names: list[str],
+    categorical: list[str],
+) -> tuple[str, int, lgb.Booster]:
+    """One process, out-of-core: lgb.Sequence per shard, early stopping on the early-stopping part."""
+    import lightgbm as lgb
+
+    (ly_tr, lw_tr), (ly_st, lw_st) = train_yw, stop_yw
+    train_ds = lgb.Dataset(
+        [_as_lgb_sequence(s) for s in train.sequences],
+        label=ly_tr,
+        weight=lw_tr,
+        feature_name=feature_names,
+        categorical_feature=categorical,
+        params=params,
+        free_raw_data=True,
+    )
+    val_ds = lgb.Dataset(
+        [_as_lgb_sequence(s) for s in stop.sequences],
+        label=ly_st,
+        weight=lw_st,
+        reference=train_ds,
+        feature_name=feature_names,
+        categorical_feature=categorical,
+        free_raw_data=True,
+    )
+    booster = lgb.train(
+        params,
+        train_ds,
+        num_boost_round=cfg.train.num_boost_round,
+        valid_sets=[val_ds],
+        valid_names=[VALIDATION],
+        callbacks=[
+            lgb.early_stopping(cfg.train.early_stopping_rounds, first_metric_only=True, verbose=False)
+        ],
+    )
+    best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+    model_text = booster.model_to_string(num_iteration=best)
+    final = lgb.Booster(model_str=model_text)  # exactly what the bundle will reload
+    del booster, train_ds, val_ds
+    return model_text, int(best), final
+
+
+def _fit_dask(
+    cfg: ClinriskConfig,
+    params: dict[str, Any],
+    train: SplitRows,
+    stop: SplitRows,
+    train_yw: tuple[FloatArray, FloatArray],
+    stop_yw: tuple[FloatArray, FloatArray],
+    feature_names: list[str],
+    categorical: list[str],
+) -> tuple[str, int]:
+    """``lightgbm.dask`` on a local dask.distributed cluster; early stopping replayed in the driver."""
+    from clinrisk.train_dask import best_iteration, fit_dask
+
+    booster = fit_dask(
+        params,
+        train.sequences,
+        train_yw[0],
+        train_yw[1],
+        feature_names,
+        categorical,
+        cfg.train.num_boost_round,
+        cfg.train.dask_workers,
+    )
+    best = best_iteration(booster, stop.sequences, stop_yw[0], stop_yw[1], cfg.train.early_stopping_rounds)
+    return booster.model_to_string(num_iteration=best), best
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -504,38 +580,15 @@ def train_model(
     ly_tr, lw_tr = class_weighted(y_tr, w_tr, cw)
     ly_st, lw_st = class_weighted(y_st, w_st, cw)
 
-    train_ds = lgb.Dataset(
-        [_as_lgb_sequence(s) for s in train.sequences],
-        label=ly_tr,
-        weight=lw_tr,
-        feature_name=feature_names,
-        categorical_feature=categorical,
-        params=params,
-        free_raw_data=True,
-    )
-    val_ds = lgb.Dataset(
-        [_as_lgb_sequence(s) for s in stop.sequences],
-        label=ly_st,
-        weight=lw_st,
-        reference=train_ds,
-        feature_name=feature_names,
-        categorical_feature=categorical,
-        free_raw_data=True,
-    )
-    booster = lgb.train(
-        params,
-        train_ds,
-        num_boost_round=cfg.train.num_boost_round,
-        valid_sets=[val_ds],
-        valid_names=[VALIDATION],
-        callbacks=[
-            lgb.early_stopping(cfg.train.early_stopping_rounds, first_metric_only=True, verbose=False)
-        ],
-    )
-    best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
-    model_text = booster.model_to_string(num_iteration=best)
-    final = lgb.Booster(model_str=model_text)  # exactly what the bundle will reload
-    del booster, train_ds, val_ds
+    if cfg.train.engine == "dask":
+        model_text, best = _fit_dask(
+            cfg, params, train, stop, (ly_tr, lw_tr), (ly_st, lw_st), feature_names, categorical
+        )
+        final = lgb.Booster(model_str=model_text)
+    else:
+        model_text, best, final = _fit_local(
+            cfg, params, train, stop, (ly_tr, lw_tr), (ly_st, lw_st), feature_names, categorical
+        )
 
     # Calibration and threshold: the calibration part of validation only (patients disjoint from the
     # early-stopping part), original (soft) labels, odds-corrected logits.

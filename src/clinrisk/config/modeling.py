@@ -69,6 +69,12 @@ class TrainConfig(Section):
         description="select (chosen on held-out validation folds, AP loss <= 0.002) | logistic | isotonic "
         "| auto | none",
     )
+    engine: Literal["lightgbm", "dask"] = Field(
+        "lightgbm",
+        description="lightgbm: one process, out-of-core lgb.Sequence | dask: lightgbm.dask on a local "
+        "dask.distributed cluster (train.dask_workers workers over loopback)",
+    )
+    dask_workers: int = Field(2, ge=1, le=64, description="worker processes of the dask engine's cluster")
 
     @field_validator("calibration")
     @classmethod

@@ -1,0 +1,135 @@
+"""``train.engine: dask``: the LightGBM booster trained by ``lightgbm.dask`` on a ``dask.distributed`` cluster.
+
+The cluster is a ``LocalCluster`` of ``train.dask_workers`` worker processes over loopback, started for the
+fit and closed after it (in tests and on one machine; the same code takes any ``distributed.Client``).
+Each worker reads its own shards' selected rows (``ShardSequence`` slices as delayed chunks), so the
+driver never holds the training matrix.
+
+Early stopping: ``lightgbm.dask`` does not support it (workers hold different validation parts and hang or
+disagree; LightGBM issues #3712, #4189, #6351). The dask engine therefore grows the full
+``train.num_boost_round`` trees and then replays LightGBM's early-stopping rule in the driver on the
+early-stopping part of the validation split, tree by tree, and keeps the same best iteration the callback
+would have chosen from that curve. The extra trees are the engine's cost, reported in the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clinrisk.errors import StageError
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+
+    from clinrisk.train import ShardSequence
+
+FloatArray = npt.NDArray[np.float64]
+# Parameters the sklearn/dask wrapper takes as its own arguments (passing them twice warns or fails).
+_WRAPPER_OWNED = ("num_threads", "verbosity", "metric", "first_metric_only")
+
+
+def _all_rows(seq: ShardSequence) -> npt.NDArray[np.float32]:
+    """The selected rows of one shard as one float32 matrix (runs on a worker)."""
+    return np.asarray(seq[0 : len(seq)], dtype=np.float32)
+
+
+def _stack(seqs: list[ShardSequence], n_features: int) -> Any:
+    import dask
+    import dask.array as da
+
+    parts = [
+        da.from_delayed(dask.delayed(_all_rows)(s), shape=(len(s), n_features), dtype=np.float32)
+        for s in seqs
+        if len(s)
+    ]
+    return da.concatenate(parts, axis=0)
+
+
+def _logloss(y: FloatArray, w: FloatArray, z: FloatArray) -> float:
+    """Weighted binary log loss / cross-entropy of logits ``z`` (LightGBM's binary_logloss and
+    cross_entropy metrics are this formula; soft labels allowed)."""
+    log_p = -np.logaddexp(0.0, -z)
+    log_1p = -np.logaddexp(0.0, z)
+    return float(-np.sum(w * (y * log_p + (1 - y) * log_1p)) / np.sum(w))
+
+
+def early_stopping_iteration(scores: Callable[[int], float], n_trees: int, rounds: int) -> int:
+    """LightGBM's early-stopping rule replayed on a metric curve (lower is better): the 1-based best
+    iteration at the point the callback would have stopped (no strict improvement for ``rounds``)."""
+    best, best_i = math.inf, 0
+    for i in range(n_trees):
+        s = scores(i)
+        if s < best:
+            best, best_i = s, i
+        elif i - best_i >= rounds:
+            break
+    return best_i + 1
+
+
+def best_iteration(
+    booster: lgb.Booster,
+    stop_seqs: list[ShardSequence],
+    y: FloatArray,
+    w: FloatArray,
+    rounds: int,
+) -> int:
+    """The early-stopping iteration of ``booster`` on the early-stopping rows (tree-by-tree raw scores)."""
+    X = np.concatenate([_all_rows(s) for s in stop_seqs if len(s)])
+    z = np.zeros(X.shape[0])
+
+    def score(i: int) -> float:
+        nonlocal z
+        z = z + np.asarray(booster.predict(X, start_iteration=i, num_iteration=1, raw_score=True))
+        return _logloss(y, w, z)
+
+    return early_stopping_iteration(score, booster.num_trees(), rounds)
+
+
+def fit_dask(
+    params: dict[str, Any],
+    train_seqs: list[ShardSequence],
+    label: FloatArray,
+    weight: FloatArray,
+    feature_names: list[str],
+    categorical: list[str],
+    num_boost_round: int,
+    n_workers: int,
+) -> lgb.Booster:
+    """Grow ``num_boost_round`` trees with ``lightgbm.dask`` on a fresh local cluster; the booster."""
+    import dask.array as da
+    import lightgbm as lgb
+    from distributed import Client, LocalCluster
+
+    # Each worker's LightGBM uses its worker's threads (lightgbm.dask sets num_threads from them).
+    threads = max(1, int(params.get("num_threads", 1)) // n_workers)
+    model_params = {k: v for k, v in params.items() if k not in _WRAPPER_OWNED}
+    try:
+        with (
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            X = _stack(train_seqs, len(feature_names))
+            chunks = X.chunks[0]
+            y = da.from_array(label, chunks=(chunks,))
+            w = da.from_array(weight, chunks=(chunks,))
+            model = lgb.DaskLGBMRegressor(
+                client=client,
+                n_estimators=num_boost_round,
+                verbosity=-1,
+                **model_params,
+            )
+            model.fit(X, y, sample_weight=w, feature_name=feature_names, categorical_feature=categorical)
+            return model.booster_
+    except (OSError, TimeoutError) as exc:
+        raise StageError(f"train.engine=dask: the local dask cluster failed ({exc})") from exc
