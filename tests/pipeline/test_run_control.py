@@ -1,0 +1,229 @@
+"""Fast checks of the run machinery without running the pipeline: locks, `latest`, records, the task-cache
+content check, the output router, process-tree stopping and the store checker."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from clinrisk import run_control as rc
+from clinrisk import task_cache
+from clinrisk.errors import StageError
+from clinrisk.integrity import check_store
+from clinrisk.interrupts import stop_descendants
+from clinrisk.run_progress import TaskOutputRouter
+
+
+def test_run_ids_are_unique_and_sort_by_time() -> None:
+    ids = [rc.new_run_id() for _ in range(50)]
+    assert len(set(ids)) == 50
+    assert all(len(i.split("-")) == 3 for i in ids)
+
+
+def test_second_lock_fails_fast_naming_the_holder(tmp_path: Path) -> None:
+    with rc.locked_run(tmp_path, "run-a", None):
+        assert rc.is_locked(tmp_path / rc.LOCK_FILE)
+        with (
+            pytest.raises(StageError, match=r"locked by run run-a \(pid \d+\)"),
+            rc.locked_run(tmp_path, "run-b", None),
+        ):
+            pass
+    assert not rc.is_locked(tmp_path / rc.LOCK_FILE)
+    with rc.locked_run(tmp_path, "run-b", None):  # released: the next run gets it
+        pass
+
+
+def test_lock_held_by_another_process_and_dropped_when_it_dies(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from clinrisk import run_control as rc
+        with rc.locked_run(Path({str(tmp_path)!r}), "other", None):
+            print("held", flush=True)
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(StageError, match=f"locked by run other \\(pid {proc.pid}\\)"),
+            rc.locked_run(tmp_path, "me", None),
+        ):
+            pass
+        proc.kill()  # SIGKILL: the kernel drops the flock
+        proc.wait()
+        with rc.locked_run(tmp_path, "me", None):
+            pass
+    finally:
+        proc.kill()
+
+
+def test_store_outside_the_run_root_is_locked_too(tmp_path: Path) -> None:
+    store = tmp_path / "shared-store"
+    with rc.locked_run(tmp_path / "a", "run-a", store):
+        with (
+            pytest.raises(StageError, match="MLflow store .* locked by run run-a"),
+            rc.locked_run(tmp_path / "b", "run-b", store),
+        ):
+            pass
+
+
+def test_latest_moves_atomically(tmp_path: Path) -> None:
+    first = tmp_path / "runs" / "a" / "p"
+    second = tmp_path / "runs" / "b" / "p"
+    first.mkdir(parents=True)
+    second.mkdir(parents=True)
+    rc.move_latest(tmp_path, first)
+    assert (tmp_path / "latest").resolve() == first
+    rc.move_latest(tmp_path, second)
+    assert (tmp_path / "latest").resolve() == second
+    assert os.readlink(tmp_path / "latest") == "runs/b/p"  # relative: the output dir can move
+    assert not list(tmp_path.glob(".latest.tmp-*"))
+
+
+def test_remove_temp_dirs(tmp_path: Path) -> None:
+    (tmp_path / "x" / ".features.tmp-1234abcd" / "a").mkdir(parents=True)
+    (tmp_path / "x" / ".bundle.old-99").mkdir(parents=True)
+    (tmp_path / "x" / "features").mkdir()
+    assert len(rc.temp_dirs(tmp_path)) == 2
+    rc.remove_temp_dirs(tmp_path)
+    assert rc.temp_dirs(tmp_path) == []
+    assert (tmp_path / "x" / "features").is_dir()
+
+
+def _cache_entry(cache: Path, key: str, uri: Path) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    art = {"__kfp_artifact__": True, "schema_title": "system.Artifact", "name": "a", "uri": str(uri)}
+    (cache / f"{key}.json").write_text(json.dumps({"out": art, "Output": [0, 1]}))
+
+
+def test_resume_cache_drops_changed_and_unhashed_entries(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "old"
+    good, bad = run / "p" / "good", run / "p" / "bad"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    (good / "x.parquet").write_bytes(b"abc")
+    (bad / "y.parquet").write_bytes(b"def")
+    cache = run / ".kfp_cache"
+    _cache_entry(cache, "k_good", good)
+    _cache_entry(cache, "k_bad", bad)
+    assert task_cache.record_hashes(cache, run) == 2
+    _cache_entry(cache, "k_late", good)  # written after the hashes: never verified
+    (bad / "y.parquet").write_bytes(b"corrupted")
+    dest = tmp_path / "runs" / "new" / ".kfp_cache"
+    assert task_cache.seed(cache, dest) == 1
+    assert sorted(p.name for p in dest.glob("k_*.json")) == ["k_good.json"]
+    # the hashes travel with the entry, so a resume of the resume still verifies it
+    assert set(json.loads((dest / task_cache.HASHES_FILE).read_text())) == {"k_good"}
+
+
+def test_router_files_each_task_and_prints_one_line_per_step(tmp_path: Path) -> None:
+    term = io.StringIO()
+    router = TaskOutputRouter(tmp_path / "logs", term, shard_total=lambda: 2)
+    router.write("10:00:00.000 - INFO - Executing task \x1b[96m'train'\x1b[0m\n")
+    router.write('    {"inputs": {"parameterValues": {"config_yaml": "run: ..."}}}\n')
+    router.write("10:00:01.000 - INFO - Task 'train' finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    for _ in range(2):
+        router.write("INFO - Executing task 'generate-shard'\n")
+        router.write("INFO - Task 'generate-shard' finished with status SUCCESS\n")
+    router.write("INFO - Executing task 'evaluate'\nValueError: boom\n")
+    router.write("ERROR - Task 'evaluate' finished with status FAILURE\n")
+    router.close_files()
+    out = term.getvalue()
+    assert "config_yaml" not in out
+    assert "✓ train" in out
+    assert "2/2 shards" in out
+    assert "x evaluate" in out and "FAILED" in out and "ValueError: boom" in out
+    assert "config_yaml" in (tmp_path / "logs" / "train.log").read_text()
+    assert (tmp_path / "logs" / "generate-shard-1.log").is_file()
+    assert len(out.splitlines()) == 5
+
+
+def test_verbose_router_passes_everything_through(tmp_path: Path) -> None:
+    term = io.StringIO()
+    router = TaskOutputRouter(tmp_path / "logs", term, verbose=True)
+    router.write("INFO - Executing task 'train'\nsome output\n")
+    router.close_files()
+    assert term.getvalue() == "INFO - Executing task 'train'\nsome output\n"
+
+
+def test_stop_descendants_stops_the_whole_tree() -> None:
+    # A child that starts a grandchild and ignores SIGTERM: both must be gone afterwards.
+    code = textwrap.dedent(
+        """
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        print("up", flush=True)
+        time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    assert len(tree) == 2
+    stop_descendants(grace_s=0.5)
+    proc.wait(timeout=10)
+    time.sleep(0.2)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_cli_stage_command_sigterm_one_line_exit_143(tmp_path: Path) -> None:
+    # `clinrisk` under the interruptible() wrapper: a long command ended by SIGTERM.
+    code = textwrap.dedent(
+        """
+        import subprocess, sys, time
+        from clinrisk.interrupts import interruptible
+        with interruptible():
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+            print("up", flush=True)
+            time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+    child = psutil.Process(proc.pid).children()[0]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert err.strip() == "error: interrupted by SIGTERM; nothing was published"
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_checker_finds_each_inconsistency(tmp_path: Path) -> None:
+    root = tmp_path / "tiny"
+    ok = rc.RunDirs(root, "20260101-000000-aaaaaa")
+    (ok.dir / "clinrisk-training-x").mkdir(parents=True)
+    rc.write_record(ok, status=rc.SUCCEEDED, finished="2026-01-01T00:01:00+00:00",
+                    pipeline_dir=str(ok.dir / "clinrisk-training-x"))  # fmt: skip
+    rc.move_latest(root, ok.dir / "clinrisk-training-x")
+    assert check_store(tmp_path) == []
+    dead = rc.RunDirs(root, "20260101-000100-bbbbbb")
+    (dead.dir / "p" / ".features.tmp-0000").mkdir(parents=True)
+    rc.write_record(dead, status=rc.RUNNING, pid=999999)
+    later = rc.RunDirs(root, "20260101-000200-cccccc")
+    (later.dir / "p").mkdir(parents=True)
+    rc.write_record(
+        later, status=rc.SUCCEEDED, finished="2026-01-01T00:03:00+00:00", pipeline_dir=str(later.dir / "p")
+    )
+    problems = check_store(tmp_path)
+    assert any("recorded running" in p for p in problems)
+    assert any("temp folder" in p for p in problems)
+    assert any("not at the last successful run" in p for p in problems)
+    rc.recover_abandoned(root, None)
+    rc.move_latest(root, later.dir / "p")
+    assert check_store(root) == []
