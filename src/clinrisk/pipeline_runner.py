@@ -228,6 +228,7 @@ def run_local(
         if pipeline_dir is None:
             raise StageError(f"pipeline {PIPELINE_NAME}: no run directory under {dirs.dir}")
         model_uri = str(task.output)
+        task_cache.record_hashes(dirs.cache, dirs.dir)  # any run can be resumed from, later
         rc.move_latest(run_root, pipeline_dir)
         rc.write_record(
             dirs,
@@ -381,14 +382,48 @@ def submit_pipeline(
     cfg = load_config(config_path, list(overrides or []))
     package = compile_pipeline(Path(package_dir) / "clinrisk-training.yaml", parallelism=cfg.run.workers)
     arguments = pipeline_arguments(cfg, deploy=deploy)
-    client = kfp.Client(host=host)
     name = run_name or f"{cfg.serving.model_name}-{cfg.run.name}"
     experiment = experiment or cfg.tracking.experiment_name
+    if schedule and len(schedule.split()) != 6:
+        raise ConfigError(
+            f"--schedule: {schedule!r} is not a 6-field cron (seconds first), e.g. '0 0 2 * * *'"
+        )
+    try:
+        with warnings.catch_warnings():
+            # kfp.Client warns on every construction that it needs a v2 API server; ours is (see docs).
+            warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2")
+            client = kfp.Client(host=host)
+        return _submit(client, package, arguments, name, experiment, schedule)
+    except Exception as exc:
+        reason = _network_reason(exc)
+        if reason is None:
+            raise
+        raise StageError(f"KFP endpoint {host}: {reason}") from None
+
+
+def _network_reason(exc: BaseException) -> str | None:
+    """One line for a connection or HTTP failure talking to the KFP API (None: not a network error)."""
+    import urllib3.exceptions
+
+    try:
+        from kfp_server_api.exceptions import ApiException
+    except ImportError:  # pragma: no cover - kfp depends on it
+        ApiException = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, ApiException):
+        return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '') or ''}".strip()
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        inner = exc.reason
+        text = str(inner).split(": ", 1)[-1] if inner is not None else str(exc)
+        return f"unreachable ({type(inner).__name__ if inner else 'MaxRetryError'}: {text[:200]})"
+    if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        return f"unreachable ({type(exc).__name__}: {str(exc)[:200]})"
+    return None
+
+
+def _submit(
+    client: Any, package: Path, arguments: dict[str, Any], name: str, experiment: str, schedule: str | None
+) -> str:
     if schedule:
-        if len(schedule.split()) != 6:
-            raise ConfigError(
-                f"--schedule: {schedule!r} is not a 6-field cron (seconds first), e.g. '0 0 2 * * *'"
-            )
         exp = client.create_experiment(name=experiment)
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id,

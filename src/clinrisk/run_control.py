@@ -309,7 +309,9 @@ def init_store(tracking_uri: str) -> None:
 
         db_log.setLevel(logging.WARNING)
         try:
-            MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_experiments(max_results=1)
+            MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_experiments(
+                max_results=1
+            )
         finally:
             db_log.setLevel(level)
 

@@ -3,14 +3,17 @@ content check, the output router, process-tree stopping and the store checker.""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -72,12 +75,12 @@ def test_lock_held_by_another_process_and_dropped_when_it_dies(tmp_path: Path) -
 
 def test_store_outside_the_run_root_is_locked_too(tmp_path: Path) -> None:
     store = tmp_path / "shared-store"
-    with rc.locked_run(tmp_path / "a", "run-a", store):
-        with (
-            pytest.raises(StageError, match="MLflow store .* locked by run run-a"),
-            rc.locked_run(tmp_path / "b", "run-b", store),
-        ):
-            pass
+    with (
+        rc.locked_run(tmp_path / "a", "run-a", store),
+        pytest.raises(StageError, match=r"MLflow store .* locked by run run-a"),
+        rc.locked_run(tmp_path / "b", "run-b", store),
+    ):
+        pass
 
 
 def test_latest_moves_atomically(tmp_path: Path) -> None:
@@ -227,3 +230,47 @@ def test_checker_finds_each_inconsistency(tmp_path: Path) -> None:
     rc.recover_abandoned(root, None)
     rc.move_latest(root, later.dir / "p")
     assert check_store(root) == []
+
+
+def test_submit_to_an_unreachable_host_is_one_line_naming_the_endpoint(tmp_path: Path) -> None:
+    with socket_closed_port() as port:
+        host = f"http://127.0.0.1:{port}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "clinrisk", "pipeline", "submit", "--host", host,
+             "-c", str(Path(__file__).resolve().parents[2] / "configs" / "clinical" / "tiny.yaml")],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: KFP endpoint {host}: unreachable"), proc.stderr
+
+
+@contextlib.contextmanager
+def socket_closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    yield port
+
+
+def test_resume_needs_a_known_run_with_the_same_config(tmp_path: Path) -> None:
+    from clinrisk.errors import ConfigError
+    from clinrisk.pipeline_runner import resolve_resume
+
+    dirs = rc.RunDirs(tmp_path, "20260101-000000-aaaaaa")
+    rc.write_record(dirs, status=rc.FAILED, config_sha256="abc")
+    assert resolve_resume(tmp_path, dirs.run_id, "abc").cache == dirs.cache
+    assert resolve_resume(tmp_path, str(dirs.dir), "abc").run_id == dirs.run_id
+    with pytest.raises(ConfigError, match="config differs"):
+        resolve_resume(tmp_path, dirs.run_id, "other")
+    with pytest.raises(ConfigError, match=r"no run 'nope' .*recent: 20260101-000000-aaaaaa"):
+        resolve_resume(tmp_path, "nope", "abc")
+
+
+def test_pipeline_name_matches_the_dag() -> None:
+    from pipelines.training import PIPELINE_NAME as DAG_NAME
+
+    from clinrisk.pipeline_runner import PIPELINE_NAME
+
+    assert PIPELINE_NAME == DAG_NAME
