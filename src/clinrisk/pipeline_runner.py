@@ -192,7 +192,13 @@ def run_local(
             note = f" (resuming {source.run_id}: {reused} finished steps reusable)" if source else ""
             out.write(f"run {run_id}: logs in {dirs.logs}{note}\n")
         stop = DeferredStop()
-        router = TaskOutputRouter(dirs.logs, out, verbose=verbose, shard_total=lambda: _shard_total(dirs))
+        router = TaskOutputRouter(
+            dirs.logs,
+            out,
+            verbose=verbose,
+            shard_total=lambda: _shard_total(dirs),
+            interrupted=lambda: stop.signum is not None,
+        )
         failure: str | None = None
         task: Any = None
         pipeline = build_training_pipeline(parallelism=cfg.run.workers)
@@ -206,9 +212,12 @@ def run_local(
                     task = pipeline(**arguments)
                 except RuntimeError as exc:
                     failure = str(exc)
-        except BaseException:
+        except BaseException as exc:
             stop.close()
-            _finish_failed(dirs, tracking_uri, rc.FAILED, "FAILED", "the runner raised")
+            if isinstance(exc, Interrupted | KeyboardInterrupt):  # a second signal: no more grace
+                _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {exc}")
+            else:
+                _finish_failed(dirs, tracking_uri, rc.FAILED, "FAILED", f"the runner raised {exc!r}")
             raise
         finally:
             stop.close()

@@ -25,6 +25,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 START = re.compile(r"Executing task '([^']+)'")
 FINISH = re.compile(r"Task '([^']+)' finished with status (\w+)")
 CACHE_HIT = re.compile(r"Task (\S+) cache hit")
+ERROR_LINE = re.compile(r"(Error|Exception|error:|Traceback)")
 SHARD_SUFFIX = "-shard"
 
 
@@ -51,12 +52,15 @@ class TaskOutputRouter(io.TextIOBase):
         terminal: TextIO,
         verbose: bool = False,
         shard_total: Callable[[], int | None] = lambda: None,
+        interrupted: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__()
         self.logs_dir = logs_dir
         self.terminal = terminal
         self.verbose = verbose
         self.shard_total = shard_total
+        # Once the run is being stopped, the tasks it kills are not news: the runner prints one line.
+        self.interrupted = interrupted
         self.started = time.monotonic()
         self.steps: dict[str, StepState] = {}
         self._lock = threading.RLock()
@@ -165,6 +169,8 @@ class TaskOutputRouter(io.TextIOBase):
         sharded = state.name.endswith(SHARD_SUFFIX)
         total = self.shard_total() if sharded else 1
         if state.failed:
+            if self.interrupted():
+                return
             last = _last_line(state.failed[-1])
             self._echo(f"  x {state.name:<22} FAILED after {elapsed:6.1f} s  (log: {state.failed[-1]})")
             if last:
@@ -203,14 +209,13 @@ class TaskOutputRouter(io.TextIOBase):
 
 
 def _last_line(path: Path) -> str:
-    """The last meaningful line of a failed task's log (usually the error), for the terminal."""
+    """The last error line of a failed task's log (an exception or ``error:`` line), for the terminal."""
     try:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()]
     except OSError:
         return ""
-    skip = ("Task ", "---", "")
     for line in reversed(lines):
-        if line and not line.startswith(skip[:2]) and "finished with status" not in line:
+        if ERROR_LINE.search(line) and "finished with status" not in line:
             return line[:300]
     return ""
 

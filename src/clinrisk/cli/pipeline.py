@@ -139,7 +139,7 @@ def run_main_job(
         cfg = effective_local_config(path, overrides)
         out = serving_smoke_test(cfg, result.model_uri, result.pipeline_dir / "merge-data" / "validated")
         typer.echo(f"serving smoke test: POST {out['url']}/v1/models/{cfg.serving.model_name}:predict")
-        text = json.dumps(out["response"])  # one line: the full response is a click away (smoke output)
+        text = json.dumps(out["response"])  # one line (was a 2,000-character JSON block)
         typer.echo(f"response          : {text[:300]}{' …' if len(text) > 300 else ''}")
     _print_locations(result.run_root, result.pipeline_dir, result.model_uri, result.tracking_uri)
 
