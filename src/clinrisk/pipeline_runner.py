@@ -196,7 +196,7 @@ def run_local(
             dirs.logs,
             out,
             verbose=verbose,
-            shard_total=lambda: _shard_total(dirs),
+            shard_total=lambda: plan_shard_count(dirs),
             interrupted=lambda: stop.signum is not None,
         )
         failure: str | None = None
@@ -313,17 +313,29 @@ def _pipeline_dir(dirs: rc.RunDirs) -> Path | None:
     return found[0] if found else None
 
 
-def _shard_total(dirs: rc.RunDirs) -> int | None:
-    """The plan's shard count once plan-generation has written it (for the progress bars)."""
+def plan_shard_count(dirs: rc.RunDirs) -> int | None:
+    """The plan's shard count once plan-generation has written it, for the progress bars: in this run's
+    folder, or (a resumed run, plan-generation served from the cache) where its cache entry points."""
     pipeline_dir = _pipeline_dir(dirs)
-    plan = pipeline_dir / "plan-generation" / "plan" / "plan.json" if pipeline_dir else None
-    if plan is None or not plan.is_file():
-        return None
+    candidates = [pipeline_dir / "plan-generation" / "plan"] if pipeline_dir else []
+    candidates += [
+        Path(uri)
+        for entry in dirs.cache.glob("*.json")
+        for uri in task_cache.artifact_uris(_read_json(entry))
+        if uri.endswith("/plan-generation/plan")
+    ]
+    for plan_dir in candidates:
+        n = (_read_json(plan_dir / "plan.json") or {}).get("n_shards")
+        if isinstance(n, int):
+            return n
+    return None
+
+
+def _read_json(path: Path) -> Any:
     try:
-        n = json.loads(plan.read_text()).get("n_shards")
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return n if isinstance(n, int) else None
 
 
 def _finish_failed(

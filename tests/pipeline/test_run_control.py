@@ -274,3 +274,15 @@ def test_pipeline_name_matches_the_dag() -> None:
     from clinrisk.pipeline_runner import PIPELINE_NAME
 
     assert PIPELINE_NAME == DAG_NAME
+
+
+def test_shard_total_of_a_resumed_run_comes_from_the_cached_plan(tmp_path: Path) -> None:
+    from clinrisk.pipeline_runner import plan_shard_count
+
+    old_plan = tmp_path / "runs" / "old" / "clinrisk-training-1" / "plan-generation" / "plan"
+    old_plan.mkdir(parents=True)
+    (old_plan / "plan.json").write_text(json.dumps({"n_shards": 3}))
+    dirs = rc.RunDirs(tmp_path, "new")
+    assert plan_shard_count(dirs) is None
+    _cache_entry(dirs.cache, "k_plan", old_plan)
+    assert plan_shard_count(dirs) == 3
