@@ -56,6 +56,30 @@ def content_hash(path: Path) -> str | None:
     return h.hexdigest()
 
 
+def materialize_metrics(entry: Any) -> int:
+    """Write each metrics artifact of a cache entry that has no file yet (its metadata, as JSON).
+
+    kfp.local keeps a ``dsl.Metrics`` output only as metadata and never creates its file, while its cache
+    treats an entry whose artifact file is missing as a miss. Without the file, no task with a metrics
+    output (merge-data, select-features, ...) could ever be reused; a cluster's executor writes the file too.
+    """
+    written = 0
+    if isinstance(entry, dict):
+        title = str(entry.get("schema_title", ""))
+        uri = entry.get("uri")
+        if entry.get(ARTIFACT_MARKER) and title.endswith("Metrics") and isinstance(uri, str):
+            path = Path(uri)
+            if not path.exists() and path.parent.is_dir():
+                path.write_text(json.dumps(entry.get("metadata") or {}, sort_keys=True))
+                written += 1
+        for value in entry.values():
+            written += materialize_metrics(value)
+    elif isinstance(entry, list):
+        for value in entry:
+            written += materialize_metrics(value)
+    return written
+
+
 def _entries(cache_dir: Path) -> dict[str, Any]:
     out = {}
     for path in sorted(cache_dir.glob("*.json")):
@@ -84,6 +108,7 @@ def record_hashes(cache_dir: Path, run_dir: Path) -> int:
     for key, entry in _entries(cache_dir).items():
         if key in hashes:
             continue
+        materialize_metrics(entry)
         uris = artifact_uris(entry)
         hashes[key] = {
             uri: content_hash(Path(uri)) for uri in uris if Path(uri).resolve().is_relative_to(run_dir)

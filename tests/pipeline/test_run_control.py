@@ -286,3 +286,18 @@ def test_shard_total_of_a_resumed_run_comes_from_the_cached_plan(tmp_path: Path)
     assert plan_shard_count(dirs) is None
     _cache_entry(dirs.cache, "k_plan", old_plan)
     assert plan_shard_count(dirs) == 3
+
+
+def test_metrics_artifacts_get_a_file_so_their_task_can_be_reused(tmp_path: Path) -> None:
+    # kfp.local never writes a Metrics artifact's file, and its cache treats a missing file as a miss.
+    run = tmp_path / "runs" / "old"
+    (run / "p" / "merge-data").mkdir(parents=True)
+    uri = run / "p" / "merge-data" / "validation_metrics"
+    cache = run / ".kfp_cache"
+    cache.mkdir(parents=True)
+    art = {"__kfp_artifact__": True, "schema_title": "system.Metrics", "name": "m", "uri": str(uri),
+           "metadata": {"rows_in": 10.0}}  # fmt: skip
+    (cache / "k.json").write_text(json.dumps({"validation_metrics": art}))
+    task_cache.record_hashes(cache, run)
+    assert json.loads(uri.read_text()) == {"rows_in": 10.0}
+    assert task_cache.seed(cache, tmp_path / "new") == 1
