@@ -301,3 +301,18 @@ def test_metrics_artifacts_get_a_file_so_their_task_can_be_reused(tmp_path: Path
     task_cache.record_hashes(cache, run)
     assert json.loads(uri.read_text()) == {"rows_in": 10.0}
     assert task_cache.seed(cache, tmp_path / "new") == 1
+
+
+def test_check_store_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clinrisk.cli import build_app
+
+    root = tmp_path / "tiny"
+    dirs = rc.RunDirs(root, "20260101-000000-aaaaaa")
+    rc.write_record(dirs, status=rc.RUNNING, pid=999999)
+    result = CliRunner().invoke(build_app(), ["check-store", "--path", str(tmp_path)])
+    assert result.exit_code == 1 and "recorded running" in result.output
+    rc.recover_abandoned(root, None)
+    result = CliRunner().invoke(build_app(), ["check-store", "--path", str(tmp_path)])
+    assert result.exit_code == 0 and result.output.startswith("consistent:")
