@@ -214,6 +214,8 @@ def run_local(
                     failure = str(exc)
         except BaseException as exc:
             stop.close()
+            # kfp.local's worker threads may still have tasks running: stop every process of this run.
+            rc.kill_processes(rc.run_processes(run_root, run_id))
             if isinstance(exc, Interrupted | KeyboardInterrupt):  # a second signal: no more grace
                 _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {exc}")
             else:
