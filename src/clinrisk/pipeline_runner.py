@@ -6,17 +6,33 @@ config in as pipeline parameters.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
 import os
+import re
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import yaml
 
+from clinrisk import run_control as rc
+from clinrisk import task_cache
 from clinrisk.config import ClinriskConfig, load_config
 from clinrisk.errors import ConfigError, StageError
 from clinrisk.images import pipeline_image
+from clinrisk.interrupts import DeferredStop, Interrupted, signal_handlers
 from clinrisk.paths import RunPaths
+from clinrisk.run_control import local_store_path
+from clinrisk.run_progress import RootLogToRouter, TaskOutputRouter
+
+PIPELINE_NAME = "clinrisk-training"  # pipelines.training.PIPELINE_NAME (kfp.local names run folders by it)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 Runner = Literal["subprocess", "docker"]
 
@@ -29,6 +45,7 @@ class LocalRunResult:
     pipeline_dir: Path
     model_uri: str
     tracking_uri: str
+    run_id: str = ""
 
 
 def effective_local_config(config_path: Path | None, overrides: list[str]) -> ClinriskConfig:
@@ -74,17 +91,6 @@ def docker_run_args(cfg: ClinriskConfig, run_root: Path) -> dict[str, Any]:
     }
 
 
-def local_store_path(uri: str) -> Path | None:
-    """Directory of a local MLflow store (``sqlite:///``, ``file://`` or a bare path); None for a server."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if "://" not in uri:
-        return Path(uri)
-    return None
-
-
 def ensure_docker_image(image: str) -> None:
     """Fail early, naming the fix, when no Docker engine answers or the pipeline image is absent."""
     try:
@@ -123,42 +129,253 @@ def run_local(
     config_path: Path | None,
     overrides: list[str] | None = None,
     runner: Runner = "subprocess",
+    resume: str | None = None,
+    verbose: bool = False,
+    progress: TextIO | None = None,
 ) -> LocalRunResult:
-    """Run the training pipeline with ``kfp.local`` (SubprocessRunner, or DockerRunner in the pipeline image)."""
+    """Run the training pipeline with ``kfp.local`` (SubprocessRunner, or DockerRunner in the pipeline image).
+
+    The run gets its id and folder (``<run root>/runs/<run_id>/``, its own kfp pipeline root) before it
+    starts, holds the run root's lock throughout (:mod:`clinrisk.run_control`), and moves ``latest`` only
+    when it succeeds. ``resume`` names an earlier run whose finished steps are reused (kfp.local's cache,
+    checked against content hashes). SIGINT/SIGTERM stop every task process; the run is then recorded
+    ``interrupted``, its MLflow run KILLED, and :class:`clinrisk.interrupts.Interrupted` is raised.
+    Task output goes to ``runs/<run_id>/logs/`` and ``progress`` (default: stdout) gets one line per step,
+    unless ``verbose``.
+    """
     import kfp.local
-    from pipelines.training import PIPELINE_NAME, build_training_pipeline
+    from pipelines.training import build_training_pipeline
 
     cfg = effective_local_config(config_path, list(overrides or []))
     run_root = RunPaths.for_config(cfg).root.resolve()
     run_root.mkdir(parents=True, exist_ok=True)
-    if runner == "subprocess":
-        kfp_runner: Any = kfp.local.SubprocessRunner(use_venv=False)
-    elif runner == "docker":
-        ensure_docker_image(pipeline_image())
-        kfp_runner = kfp.local.DockerRunner(**docker_run_args(cfg, run_root))
-    else:
+    if runner not in ("subprocess", "docker"):
         raise ConfigError(f"--runner: unknown runner {runner!r} (subprocess or docker)")
-    kfp.local.init(runner=kfp_runner, pipeline_root=str(run_root), raise_on_error=True)
-    before = set(run_root.glob(f"{PIPELINE_NAME}-*"))
-    pipeline = build_training_pipeline(parallelism=cfg.run.workers)
-    try:
-        task = pipeline(**pipeline_arguments(cfg))
-    except RuntimeError as exc:
-        raise StageError(f"pipeline {PIPELINE_NAME} failed: {exc}") from exc
-    created = sorted(set(run_root.glob(f"{PIPELINE_NAME}-*")) - before)
-    if not created:
-        raise StageError(f"pipeline {PIPELINE_NAME}: no run directory under {run_root}")
-    pipeline_dir = created[-1]
-    latest = run_root / "latest"
-    if latest.is_symlink() or latest.exists():
-        latest.unlink()
-    latest.symlink_to(pipeline_dir.name)
+    arguments = pipeline_arguments(cfg)
+    config_sha = hashlib.sha256(arguments["config_yaml"].encode()).hexdigest()
+    source = resolve_resume(run_root, resume, config_sha) if resume else None
+    run_id = rc.new_run_id()
+    dirs = rc.RunDirs(run_root, run_id)
+    tracking_uri = str(cfg.tracking.tracking_uri) if cfg.tracking.enabled else None
+    store = local_store_path(tracking_uri) if tracking_uri else None
+    with rc.locked_run(run_root, run_id, store):
+        rc.recover_abandoned(run_root, tracking_uri)
+        if tracking_uri:
+            rc.init_store(tracking_uri)
+        rc.write_record(
+            dirs,
+            status=rc.RUNNING,
+            pid=os.getpid(),
+            started=rc.now_iso(),
+            config_sha256=config_sha,
+            runner=runner,
+            resumed_from=source.run_id if source else None,
+            tracking_uri=tracking_uri,
+        )
+        reused = task_cache.seed(source.cache, dirs.cache) if source else 0
+        if runner == "subprocess":
+            kfp_runner: Any = kfp.local.SubprocessRunner(use_venv=False)
+        else:
+            ensure_docker_image(pipeline_image())
+            docker_args = docker_run_args(cfg, run_root)
+            _add_env(docker_args, run_env(run_root, run_id))
+            kfp_runner = kfp.local.DockerRunner(**docker_args)
+        kfp.local.init(
+            runner=kfp_runner,
+            pipeline_root=str(dirs.dir),
+            raise_on_error=True,
+            enable_caching=True,
+            cache_root=str(dirs.cache),
+        )
+        out = progress if progress is not None else sys.stdout
+        if not verbose:
+            note = f" (resuming {source.run_id}: {reused} finished steps reusable)" if source else ""
+            out.write(f"run {run_id}: logs in {dirs.logs}{note}\n")
+        stop = DeferredStop()
+        router = TaskOutputRouter(
+            dirs.logs,
+            out,
+            verbose=verbose,
+            shard_total=lambda: plan_shard_count(dirs),
+            interrupted=lambda: stop.signum is not None,
+        )
+        failure: str | None = None
+        task: Any = None
+        pipeline = build_training_pipeline(parallelism=cfg.run.workers)
+        try:
+            with (
+                signal_handlers(stop),
+                _task_environment(run_root, run_id),
+                _quiet_runner(router),
+            ):
+                try:
+                    task = pipeline(**arguments)
+                except RuntimeError as exc:
+                    failure = str(exc)
+        except BaseException as exc:
+            stop.close()
+            # kfp.local's worker threads may still have tasks running: stop every process of this run.
+            rc.kill_processes(rc.run_processes(run_root, run_id))
+            if isinstance(exc, Interrupted | KeyboardInterrupt):  # a second signal: no more grace
+                _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {exc}")
+            else:
+                _finish_failed(dirs, tracking_uri, rc.FAILED, "FAILED", f"the runner raised {exc!r}")
+            raise
+        finally:
+            stop.close()
+            router.close_files()
+        pipeline_dir = _pipeline_dir(dirs)
+        if stop.signum is not None:
+            task_cache.record_hashes(dirs.cache, dirs.dir)
+            _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {stop.signum}")
+            raise Interrupted(stop.signum)
+        if failure is not None or task is None:
+            task_cache.record_hashes(dirs.cache, dirs.dir)
+            _finish_failed(dirs, tracking_uri, rc.FAILED, "FAILED", failure or "no output")
+            raise StageError(
+                f"pipeline {PIPELINE_NAME} failed: {ANSI.sub('', failure or 'no output')} "
+                f"(run {run_id}; task logs in {dirs.logs}; resume with --resume {run_id})"
+            )
+        if pipeline_dir is None:
+            raise StageError(f"pipeline {PIPELINE_NAME}: no run directory under {dirs.dir}")
+        model_uri = str(task.output)
+        task_cache.record_hashes(dirs.cache, dirs.dir)  # any run can be resumed from, later
+        rc.move_latest(run_root, pipeline_dir)
+        rc.write_record(
+            dirs,
+            status=rc.SUCCEEDED,
+            finished=rc.now_iso(),
+            pipeline_dir=str(pipeline_dir),
+            model_uri=model_uri,
+        )
     return LocalRunResult(
         run_root=run_root,
         pipeline_dir=pipeline_dir,
-        model_uri=str(task.output),
+        model_uri=model_uri,
         tracking_uri=str(cfg.tracking.tracking_uri),
+        run_id=run_id,
     )
+
+
+def run_env(run_root: Path, run_id: str) -> dict[str, str]:
+    """What every task process of this run inherits (the real run id; orphan detection)."""
+    return {rc.RUN_ID_ENV: run_id, rc.RUN_ROOT_ENV: str(run_root.resolve())}
+
+
+@contextlib.contextmanager
+def _task_environment(run_root: Path, run_id: str) -> Iterator[None]:
+    """Put :func:`run_env` into os.environ for the run (kfp.local's SubprocessRunner passes it on)."""
+    env = run_env(run_root, run_id)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _quiet_runner(router: TaskOutputRouter) -> Iterator[None]:
+    """Route kfp.local's stdout to per-task logs; keep the root logger's INFO (cache hits) there too."""
+    root = logging.getLogger()
+    handler = RootLogToRouter(router)
+    level = root.level
+    with warnings.catch_warnings():
+        # kfp.local warns on every task that the component's base image (our pipeline image) is not a
+        # Python image. The SubprocessRunner deliberately runs the same components in this interpreter
+        # (tier 1), whose environment is the image's (same lock file), so the warning says nothing.
+        warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(router):
+                yield
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(level)
+
+
+def _add_env(docker_args: dict[str, Any], env: dict[str, str]) -> None:
+    current = docker_args.get("environment")
+    if isinstance(current, list):
+        docker_args["environment"] = [*current, *(f"{k}={v}" for k, v in env.items())]
+    else:
+        docker_args["environment"] = {**(current or {}), **env}
+
+
+def _pipeline_dir(dirs: rc.RunDirs) -> Path | None:
+    """kfp.local's folder for this run: the only ``clinrisk-training-*`` under the run's own root."""
+    found = sorted(p for p in dirs.dir.glob(f"{PIPELINE_NAME}-*") if p.is_dir())
+    if len(found) > 1:
+        raise StageError(f"{dirs.dir}: more than one pipeline folder ({', '.join(p.name for p in found)})")
+    return found[0] if found else None
+
+
+def plan_shard_count(dirs: rc.RunDirs) -> int | None:
+    """The plan's shard count once plan-generation has written it, for the progress bars: in this run's
+    folder, or (a resumed run, plan-generation served from the cache) where its cache entry points."""
+    pipeline_dir = _pipeline_dir(dirs)
+    candidates = [pipeline_dir / "plan-generation" / "plan"] if pipeline_dir else []
+    candidates += [
+        Path(uri)
+        for entry in dirs.cache.glob("*.json")
+        for uri in task_cache.artifact_uris(_read_json(entry))
+        if uri.endswith("/plan-generation/plan")
+    ]
+    for plan_dir in candidates:
+        n = (_read_json(plan_dir / "plan.json") or {}).get("n_shards")
+        if isinstance(n, int):
+            return n
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finish_failed(
+    dirs: rc.RunDirs, tracking_uri: str | None, status: str, mlflow_status: str, reason: str
+) -> None:
+    """A failed or interrupted run publishes nothing: temp folders go, its MLflow run is closed."""
+    rc.remove_temp_dirs(dirs.dir)
+    if tracking_uri:
+        with contextlib.suppress(Exception):  # the store itself may be what failed
+            rc.terminate_tracking_runs(tracking_uri, dirs.run_id, mlflow_status)
+    rc.write_record(dirs, status=status, finished=rc.now_iso(), reason=ANSI.sub("", reason)[:500])
+
+
+def resolve_resume(run_root: Path, resume: str, config_sha: str) -> ResumeSource:
+    """The earlier run ``--resume`` names (its id, or its folder), checked to have the same config."""
+    candidate = Path(resume)
+    rid = candidate.name if candidate.is_absolute() or "/" in resume else resume
+    if rid.startswith(f"{PIPELINE_NAME}-"):
+        rid = candidate.parent.name
+    dirs = rc.RunDirs(run_root, rid)
+    doc = rc.read_record(dirs.record)
+    if doc is None:
+        known = [d["run_id"] for d in rc.run_records(run_root)][-5:]
+        raise ConfigError(
+            f"--resume: no run {resume!r} under {run_root / rc.RUNS_DIR} (recent: {', '.join(known) or 'none'})"
+        )
+    if doc.get("config_sha256") != config_sha:
+        raise ConfigError(
+            f"--resume {rid}: the effective config differs from that run's; pass the same --config/--set"
+        )
+    return ResumeSource(run_id=rid, dir=dirs.dir, cache=dirs.cache)
+
+
+@dataclass(frozen=True)
+class ResumeSource:
+    run_id: str
+    dir: Path
+    cache: Path
 
 
 def compile_pipeline(out_file: Path, parallelism: int = 2) -> Path:
@@ -188,14 +405,48 @@ def submit_pipeline(
     cfg = load_config(config_path, list(overrides or []))
     package = compile_pipeline(Path(package_dir) / "clinrisk-training.yaml", parallelism=cfg.run.workers)
     arguments = pipeline_arguments(cfg, deploy=deploy)
-    client = kfp.Client(host=host)
     name = run_name or f"{cfg.serving.model_name}-{cfg.run.name}"
     experiment = experiment or cfg.tracking.experiment_name
+    if schedule and len(schedule.split()) != 6:
+        raise ConfigError(
+            f"--schedule: {schedule!r} is not a 6-field cron (seconds first), e.g. '0 0 2 * * *'"
+        )
+    try:
+        with warnings.catch_warnings():
+            # kfp.Client warns on every construction that it needs a v2 API server; ours is (see docs).
+            warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline v2")
+            client = kfp.Client(host=host)
+        return _submit(client, package, arguments, name, experiment, schedule)
+    except Exception as exc:
+        reason = _network_reason(exc)
+        if reason is None:
+            raise
+        raise StageError(f"KFP endpoint {host}: {reason}") from None
+
+
+def _network_reason(exc: BaseException) -> str | None:
+    """One line for a connection or HTTP failure talking to the KFP API (None: not a network error)."""
+    import urllib3.exceptions
+
+    try:
+        from kfp_server_api.exceptions import ApiException
+    except ImportError:  # pragma: no cover - kfp depends on it
+        ApiException = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, ApiException):
+        return f"HTTP {getattr(exc, 'status', '?')} {getattr(exc, 'reason', '') or ''}".strip()
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        inner = exc.reason
+        text = str(inner).split(": ", 1)[-1] if inner is not None else str(exc)
+        return f"unreachable ({type(inner).__name__ if inner else 'MaxRetryError'}: {text[:200]})"
+    if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
+        return f"unreachable ({type(exc).__name__}: {str(exc)[:200]})"
+    return None
+
+
+def _submit(
+    client: Any, package: Path, arguments: dict[str, Any], name: str, experiment: str, schedule: str | None
+) -> str:
     if schedule:
-        if len(schedule.split()) != 6:
-            raise ConfigError(
-                f"--schedule: {schedule!r} is not a 6-field cron (seconds first), e.g. '0 0 2 * * *'"
-            )
         exp = client.create_experiment(name=experiment)
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id,

@@ -7,6 +7,7 @@ collect shards back into one dataset directory.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -90,11 +91,15 @@ def copy_shards(part_dirs: list[str | Path], subdir: str, dest: Path) -> int:
 
 def start_tracking_step(config_dir: str | Path, kfp_run_id: str) -> str:
     """Open the pipeline run's MLflow run (tagged with the KFP run id) with the flattened config as params."""
+    from clinrisk.run_control import RUN_ID_ENV
     from clinrisk.tracking import log_config, start_run
 
     cfg = _load(config_dir)
     if not cfg.tracking.enabled:
         return ""
+    # kfp.local's PIPELINE_JOB_ID placeholder is a random id of its own; the local runner passes the real
+    # run id (the name of the run's folder) in the environment. On a cluster the placeholder is the real one.
+    kfp_run_id = os.environ.get(RUN_ID_ENV) or kfp_run_id
     run_id = start_run(cfg, kfp_run_id=kfp_run_id or None)
     log_config(cfg, run_id)
     return run_id

@@ -170,7 +170,7 @@ def test_failed_step_in_a_container_stops_the_run(tmp_path: Path) -> None:
         for e in _container_events(pipeline_image(), since, time.time())
     ]
     assert len([x for x in exits if x != "0"]) == 1, exits  # the engine saw the failing step's container
-    run_dir = next(tmp_path.glob("tiny/clinrisk-training-*"))
+    run_dir = next(tmp_path.glob("tiny/runs/*/clinrisk-training-*"))
     assert not (run_dir / "merge-data" / "validated").exists()
     assert not (run_dir / "fit-feature-spec").exists()
     assert not (run_dir / "train").exists()

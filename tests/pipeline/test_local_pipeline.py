@@ -90,7 +90,7 @@ def test_failed_step_stops_run_and_publishes_nothing(tmp_path: Path) -> None:
                 "generate.unit_wrong_label_rate=0.2",
             ],
         )
-    run_dir = next(tmp_path.glob("tiny/clinrisk-training-*"))
+    run_dir = next(tmp_path.glob("tiny/runs/*/clinrisk-training-*"))
     assert not (run_dir / "merge-data" / "validated").exists()
     assert not (run_dir / "fit-feature-spec").exists()
     assert not (run_dir / "train").exists()

@@ -62,8 +62,11 @@ def show_config(config: ConfigOption = None, sets: SetOption = None, usecase: Us
 
 
 def main() -> None:
-    """Console-script entry point."""
-    build_app()()
+    """Console-script entry point (SIGINT/SIGTERM: every child process stopped, one line, exit 130/143)."""
+    from clinrisk.interrupts import interruptible
+
+    with interruptible():
+        build_app()()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, config_source, handle_errors, load
+from clinrisk.interrupts import interruptible
 
 pipeline_app = typer.Typer(
     help="Run, compile or submit the Kubeflow training pipeline.", no_args_is_help=True
@@ -16,6 +17,19 @@ pipeline_app = typer.Typer(
 RunnerOption = Annotated[
     str,
     typer.Option("--runner", help="subprocess (tier 1, this interpreter) or docker (tier 2, pipeline image)"),
+]
+ResumeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        help="id of an earlier run (runs/<id>) of the same config: reuse its finished steps, re-run the rest",
+    ),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="stream every task's full output (default: one line per step, logs in files)"
+    ),
 ]
 
 
@@ -35,14 +49,22 @@ def pipeline_run(
     sets: SetOption = None,
     runner: RunnerOption = "subprocess",
     usecase: UsecaseOption = None,
+    resume: ResumeOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Run the whole training pipeline locally with kfp.local."""
+    """Run the whole training pipeline locally with kfp.local (one run at a time per run root)."""
     from clinrisk.errors import ConfigError
     from clinrisk.pipeline_runner import run_local
 
     if runner not in ("subprocess", "docker"):
         raise ConfigError(f"--runner: unknown runner {runner!r} (subprocess or docker)")
-    result = run_local(*_source(config, sets, usecase), runner=runner)  # type: ignore[arg-type]
+    with interruptible():
+        result = run_local(
+            *_source(config, sets, usecase),
+            runner=runner,  # type: ignore[arg-type]
+            resume=resume,
+            verbose=verbose,
+        )
     _print_locations(result.run_root, result.pipeline_dir, result.model_uri, result.tracking_uri)
 
 
@@ -102,6 +124,7 @@ def run_main_job(
         bool, typer.Option("--smoke/--no-smoke", help="serve the new model and send a request")
     ] = True,
     usecase: UsecaseOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """The main job: run the training pipeline, then serve the new model and send it a real V1 request."""
     import json
@@ -110,16 +133,47 @@ def run_main_job(
     from clinrisk.smoke import serving_smoke_test
 
     path, overrides = _source(config, sets, usecase)
-    result = run_local(path, overrides, runner=runner)  # type: ignore[arg-type]
+    with interruptible():
+        result = run_local(path, overrides, runner=runner, verbose=verbose)  # type: ignore[arg-type]
     if smoke:
         cfg = effective_local_config(path, overrides)
         out = serving_smoke_test(cfg, result.model_uri, result.pipeline_dir / "merge-data" / "validated")
         typer.echo(f"serving smoke test: POST {out['url']}/v1/models/{cfg.serving.model_name}:predict")
-        typer.echo(json.dumps(out["response"], indent=2)[:2000])
+        text = json.dumps(out["response"])  # one line (was a 2,000-character JSON block)
+        typer.echo(f"response          : {text[:300]}{' …' if len(text) > 300 else ''}")
     _print_locations(result.run_root, result.pipeline_dir, result.model_uri, result.tracking_uri)
+
+
+@handle_errors
+def check_store_command(
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    usecase: UsecaseOption = None,
+    path: Annotated[
+        Path | None,
+        typer.Option("--path", help="an output dir or run root to check instead of the config's run root"),
+    ] = None,
+) -> None:
+    """Check that runs, `latest`, the MLflow runs and the registry are consistent (exit 1 on problems)."""
+    from clinrisk.integrity import check_store
+    from clinrisk.pipeline_runner import effective_local_config
+
+    if path is not None:
+        problems = check_store(path)
+        where = str(path)
+    else:
+        cfg = effective_local_config(*_source(config, sets, usecase))
+        problems = check_store(cfg)
+        where = str(cfg.run.output_dir)
+    for problem in problems:
+        typer.echo(f"problem: {problem}")
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"consistent: {where}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the pipeline commands to the root app."""
     app.add_typer(pipeline_app, name="pipeline")
     app.command("run")(run_main_job)
+    app.command("check-store")(check_store_command)

@@ -134,7 +134,7 @@ def test_failed_stage_stops_the_run_and_publishes_nothing(tmp_path: Path) -> Non
     # the snapshot grid starts after the data ends: the features stage fails with a DataError
     with pytest.raises(StageError):
         run_local(TINY, [f"run.output_dir={tmp_path}", *FAST, "params.features.first_snapshot=2030-01-06"])
-    run_dir = next(tmp_path.glob("leads-tiny/clinrisk-training-*"))
+    run_dir = next(tmp_path.glob("leads-tiny/runs/*/clinrisk-training-*"))
     assert (run_dir / "merge-data" / "validated").exists()
     assert not (run_dir / "merge-features" / "features").exists()
     assert not (run_dir / "train").exists()

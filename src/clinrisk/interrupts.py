@@ -1,0 +1,146 @@
+"""SIGINT/SIGTERM that end a command cleanly: every descendant process is stopped, ``finally`` blocks run.
+
+Python's default SIGTERM ends the interpreter at once: no ``finally`` runs (``atomic_output_dir`` leaves its
+``.x.tmp-*`` folder behind) and child processes (KFP task subprocesses, process-pool workers) are orphaned
+and keep writing. Here a signal first stops the whole process tree below this process (SIGTERM, then SIGKILL
+after a grace period), then surfaces as :class:`Interrupted` so the command unwinds and exits 128+signum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+import psutil
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+GRACE_S = 3.0
+
+
+class Interrupted(BaseException):  # like KeyboardInterrupt: a request to stop, not an error
+    """The command was asked to stop by a signal; ``exit_code`` is the shell's 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def descendants(pid: int | None = None) -> list[psutil.Process]:
+    """Every live process below ``pid`` (default: this one), children first."""
+    try:
+        return list(psutil.Process(pid or os.getpid()).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_descendants(grace_s: float = GRACE_S, pid: int | None = None) -> int:
+    """SIGTERM every descendant, SIGKILL those still alive after ``grace_s``; repeat until none is left
+    (a dying task may still have forked). Returns how many processes were signalled."""
+    signalled: set[int] = set()
+    for _ in range(20):
+        procs = descendants(pid)
+        if not procs:
+            break
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+                signalled.add(proc.pid)
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=grace_s)
+    return len(signalled)
+
+
+Handler = Callable[[int, FrameType | None], Any]
+
+
+@contextlib.contextmanager
+def signal_handlers(handler: Handler) -> Iterator[None]:
+    """Install ``handler`` for SIGINT and SIGTERM (main thread only), restoring the previous ones after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in HANDLED}
+    for s in HANDLED:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    """Signal handler for one-shot commands: stop the process tree, then unwind with :class:`Interrupted`."""
+    # A second signal while unwinding must not interrupt the cleanup itself.
+    for s in HANDLED:
+        signal.signal(s, signal.SIG_IGN)
+    stop_descendants()
+    raise Interrupted(signum)
+
+
+class DeferredStop:
+    """Signal handler for the pipeline runner: stop the task processes but let kfp.local unwind on its own.
+
+    Raising inside kfp.local's orchestrator would leave its worker threads scheduling further tasks. Instead
+    the task processes are stopped (so every running task fails) and a reaper thread keeps stopping any
+    task that is still started until :meth:`close`. A second signal stops everything at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._done = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:  # second signal: no more grace
+            stop_descendants(grace_s=0.2)
+            raise Interrupted(signum)
+        self.signum = signum
+        self._reaper = threading.Thread(target=self._reap, name="clinrisk-reaper", daemon=True)
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        while not self._done.is_set():
+            stop_descendants(grace_s=GRACE_S)
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        """Stop reaping and make sure nothing below this process survives."""
+        self._done.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=30)
+        if self.signum is not None:
+            stop_descendants(grace_s=GRACE_S)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """For a whole command: SIGINT/SIGTERM stop its process tree and end it with one line on stderr and the
+    shell's code (130 for SIGINT, 143 for SIGTERM), never a traceback. Inner code may install its own
+    handler for a while (the pipeline runner does)."""
+    try:
+        with signal_handlers(raise_interrupted):
+            yield
+    except (Interrupted, KeyboardInterrupt) as exc:
+        sig = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+        sys.stderr.write(f"error: interrupted by {signal.Signals(sig).name}; nothing was published\n")
+        sys.stderr.flush()
+        raise SystemExit(128 + sig) from None
