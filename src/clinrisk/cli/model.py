@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, existing_store, handle_errors, load, output_dir
 
 FeaturesOption = Annotated[
     Path | None, typer.Option("--features", help="features dataset dir (default: run's features/)")
@@ -44,7 +44,7 @@ def train(
         if (selected is not None or sel_file.is_file())
         else None
     )
-    out_dir = out or paths.bundle
+    out_dir = output_dir(out or paths.bundle)
     res = train_model(cfg, features or paths.features, out_dir, selected_features=names)
     md, v, thr = res["metadata"], res["metrics"]["validation"], res["threshold"]
     typer.echo(
@@ -75,6 +75,7 @@ def register_model(
     paths = RunPaths.for_config(cfg)
     bundle_dir = bundle or paths.bundle
     b = load_bundle(bundle_dir)
+    _check_store_if_present(cfg, paths.root)
     run_id = start_run(cfg, paths.root, tags={"clinrisk.bundle_version": b.version})
     try:
         log_config(cfg, run_id)
@@ -88,6 +89,16 @@ def register_model(
         f"registered {cfg.tracking.registered_model_name} version {version} (@{alias}), "
         f"bundle {b.version}, run {run_id}, store {tracking_uri(cfg, paths.root)}"
     )
+
+
+def _check_store_if_present(cfg: object, run_dir: Path) -> None:
+    """Registering creates a missing local store, but an existing one must be SQLite (named if corrupt)."""
+    from clinrisk.io import check_sqlite_file
+    from clinrisk.tracking import tracking_uri
+
+    uri = tracking_uri(cfg, run_dir)  # type: ignore[arg-type]
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).is_file():
+        check_sqlite_file(Path(uri.removeprefix("sqlite:///")))
 
 
 @handle_errors
@@ -104,6 +115,7 @@ def storage_uri(
         from clinrisk.errors import ConfigError
 
         raise ConfigError(f"{model_uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    existing_store(cfg)
     typer.echo(resolve_storage_uri(cfg, model_uri))
 
 
