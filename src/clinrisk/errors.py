@@ -119,9 +119,9 @@ def describe_failure(exc: BaseException, store: str | None = None) -> str | None
             return f"MLflow store {store}: {text}"
         return f"MLflow: {text}"
     if isinstance(exc, OSError):
-        where = exc.filename if exc.filename is not None else None
-        if where is None:
+        if exc.filename is None:
             return _first_line(exc) or type(exc).__name__
+        where = exc.filename
         also = f" -> {exc.filename2}" if exc.filename2 is not None else ""
         return f"{where}{also}: {_os_reason(exc)}"
     return None

@@ -280,3 +280,14 @@ def test_a_bug_is_one_line_exit_1_and_its_traceback_only_under_debug(monkeypatch
 def test_debug_does_not_change_an_expected_error(tmp_path: Path) -> None:
     code, errors, _ = invoke("--debug", "features", "--validated", tmp_path / "missing", *SETS)
     assert code == 2 and errors and "missing" in errors[0]
+
+
+def test_ctrl_c_is_one_line_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    import clinrisk.config
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clinrisk.config, "load_config", interrupted)
+    code, errors, out = invoke("config")
+    assert code == 130 and errors == ["error: interrupted"] and "Traceback" not in out, out

@@ -200,6 +200,12 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # typer's own exits and usage errors (exit 2 with usage) pass through
+        except KeyboardInterrupt:
+            # Ctrl-C: cleanup (finally blocks, atomic dirs) has run on the way up; no traceback for it.
+            if debug_enabled():
+                traceback.print_exc()
+            typer.secho("error: interrupted", fg=typer.colors.RED, err=True)
+            sys.exit(130)
         except Exception as exc:
             sys.exit(report_failure(exc))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,9 @@ from clinrisk.cli.common import (
     load,
     output_dir,
 )
+
+if TYPE_CHECKING:
+    import polars as pl
 
 experiments_app = typer.Typer(help="Run and compare experiment suites.", no_args_is_help=True)
 
@@ -57,7 +60,7 @@ def _bundle(cfg: object, bundle: Path | None, alias: str = "champion") -> Path:
     return resolve_model(cfg, alias)  # type: ignore[arg-type]
 
 
-def _read_outcomes(path: Path) -> object:
+def _read_outcomes(path: Path) -> pl.DataFrame:
     """The outcomes table (CSV or Parquet); an unreadable file is a DataError naming it."""
     import polars as pl
 
