@@ -87,6 +87,7 @@ NETWORK_ERRORS = {
     "http.client.HTTPException",
     "builtins.TimeoutError",
 }
+PARQUET_ERRORS = {"polars.exceptions.PolarsError", "pyarrow.lib.ArrowException"}
 # Builtin exception types that mean a bug in clinrisk, even when raised while handling an expected failure.
 BUG_TYPES = (LookupError, TypeError, AttributeError, AssertionError, NameError, ArithmeticError)
 STORE_ERRORS = {"sqlalchemy.exc.SQLAlchemyError", "sqlite3.Error", "alembic.util.exc.CommandError"}
@@ -113,7 +114,12 @@ def describe_failure(exc: BaseException, store: str | None = None) -> str | None
             if response is not None and getattr(response, "status_code", None) is not None:
                 return f"{endpoint}: HTTP {response.status_code} {getattr(response, 'reason', '') or ''}".rstrip()
             return f"cannot reach {endpoint}: {_network_reason(link)}"
-    if "mlflow.exceptions.MlflowException" in _class_names(exc):
+    names = _class_names(exc)
+    if names & PARQUET_ERRORS and "parquet" in str(exc).lower():
+        # a fallback: readers check files first (clinrisk.io.parquet_schema) and name them; this is damage
+        # past a whole footer (a corrupt page), found only while decoding.
+        return f"unreadable Parquet data ({_first_line(exc)})"
+    if "mlflow.exceptions.MlflowException" in names:
         text = _first_line(getattr(exc, "message", exc))
         if store and store not in text:
             return f"MLflow store {store}: {text}"

@@ -172,3 +172,18 @@ def test_bugs_are_not_mistaken_for_expected_failures() -> None:
     assert describe_failure(FileNotFoundError(2, "No such file or directory", "/x/y")) == (
         "/x/y: no such file or directory"
     )
+
+
+def test_a_parquet_decoding_error_is_an_expected_failure(tmp_path: Path) -> None:
+    """The fallback for damage past a whole footer: polars' own error is one line, exit 2."""
+    import polars as pl
+
+    f = tmp_path / "x.parquet"
+    pl.DataFrame({"a": list(range(10_000))}).write_parquet(f, compression="uncompressed")
+    data = bytearray(f.read_bytes())
+    data[4:40] = b"\xff" * 36  # the first page header damaged, footer intact
+    f.write_bytes(bytes(data))
+    with pytest.raises(pl.exceptions.PolarsError) as caught:
+        pl.read_parquet(f)
+    text = describe_failure(caught.value)
+    assert text is not None and "Parquet" in text and "\n" not in text, text

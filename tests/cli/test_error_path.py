@@ -209,6 +209,7 @@ def test_corrupt_mlflow_db_is_named(tmp_path: Path, bundle_dir: Path) -> None:
         ["storage-uri", "models:/clinrisk@challenger"],
         ["register", "--bundle", str(bundle_dir)],
         ["drift", "--log", str(tmp_path / "log")],
+        ["pipeline", "run"],  # before any task starts
     ):
         code, errors, out = invoke(*cmd, "--set", f"run.output_dir={tmp_path}")
         assert_one_error(code, errors, out, str(db), "not an SQLite database")

@@ -156,6 +156,17 @@ def existing_store(cfg: Any, run_dir: Path | None = None) -> str:
     return uri
 
 
+def check_local_store(cfg: Any, run_dir: Path | None = None) -> None:
+    """For a command that writes the registry (and creates a missing store): an existing local store must be
+    SQLite, else a DataError naming the file before the driver's traceback."""
+    from clinrisk.io import check_sqlite_file
+    from clinrisk.tracking import tracking_uri
+
+    uri = tracking_uri(cfg, run_dir)
+    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).is_file():
+        check_sqlite_file(Path(uri.removeprefix("sqlite:///")))
+
+
 def _store_of(cfg: Any) -> str | None:
     if cfg is None:
         return None

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, existing_store, handle_errors, load, output_dir
+from clinrisk.cli.common import (
+    ConfigOption,
+    SetOption,
+    check_local_store,
+    existing_store,
+    handle_errors,
+    load,
+    output_dir,
+)
 
 FeaturesOption = Annotated[
     Path | None, typer.Option("--features", help="features dataset dir (default: run's features/)")
@@ -75,7 +83,7 @@ def register_model(
     paths = RunPaths.for_config(cfg)
     bundle_dir = bundle or paths.bundle
     b = load_bundle(bundle_dir)
-    _check_store_if_present(cfg, paths.root)
+    check_local_store(cfg, paths.root)  # a missing store is created; a corrupt one is named
     run_id = start_run(cfg, paths.root, tags={"clinrisk.bundle_version": b.version})
     try:
         log_config(cfg, run_id)
@@ -89,16 +97,6 @@ def register_model(
         f"registered {cfg.tracking.registered_model_name} version {version} (@{alias}), "
         f"bundle {b.version}, run {run_id}, store {tracking_uri(cfg, paths.root)}"
     )
-
-
-def _check_store_if_present(cfg: object, run_dir: Path) -> None:
-    """Registering creates a missing local store, but an existing one must be SQLite (named if corrupt)."""
-    from clinrisk.io import check_sqlite_file
-    from clinrisk.tracking import tracking_uri
-
-    uri = tracking_uri(cfg, run_dir)  # type: ignore[arg-type]
-    if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).is_file():
-        check_sqlite_file(Path(uri.removeprefix("sqlite:///")))
 
 
 @handle_errors
