@@ -14,8 +14,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv run test test-fast lint bench bench-all lock clean help
 
-help:
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+help: ## list every target with what it does (every rule, also one without a ## note)
+	@awk '/^[a-zA-Z0-9_-][a-zA-Z0-9_.-]*:([^=]|$$)/ { split($$0, p, ":"); d = ""; \
+	  if (match($$0, /## /)) d = substr($$0, RSTART + 3); printf "%-22s%s\n", p[1], d }' $(MAKEFILE_LIST)
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,7 +58,7 @@ PROFILE ?= kind
 NAMESPACE ?= clinrisk
 PERCENT ?= 10
 MODEL_URI ?=
-.PHONY: images test-images test-platform cluster cluster-down canary promote rollback rollout-status k8s-tools k8s-validate
+.PHONY: images test-images test-platform cluster cluster-down rollout-canary rollout-promote rollout-rollback rollout-status k8s-tools k8s-validate
 
 images: venv ## build the pipeline + serving images (local debootstrap base when no registry)
 	images/build.sh all
@@ -80,16 +81,16 @@ cluster: venv k8s-tools ## bring up the whole stack (PROFILE=kind|gke; gke needs
 cluster-down: ## delete the kind cluster (PROFILE=gke: remove clinrisk + MLflow from the context)
 	PROFILE=$(PROFILE) scripts/k8s/cluster-down.sh
 
-canary: venv ## canary MODEL_URI at PERCENT % (omit MODEL_URI to shift a running canary)
+rollout-canary: venv ## KServe traffic: canary MODEL_URI at PERCENT % (omit MODEL_URI to shift a running canary)
 	$(BIN)/clinrisk rollout canary --namespace $(NAMESPACE) --percent $(PERCENT) $(if $(MODEL_URI),--model-uri $(MODEL_URI),)
 
-promote: venv ## send 100 % to the canary
+rollout-promote: venv ## KServe traffic: send 100 % to the canary (the registry gate is `clinrisk promote`)
 	$(BIN)/clinrisk rollout promote --namespace $(NAMESPACE)
 
-rollback: venv ## restore the previous model URI
+rollout-rollback: venv ## KServe traffic: restore the previous model URI
 	$(BIN)/clinrisk rollout rollback --namespace $(NAMESPACE)
 
-rollout-status: venv ## phase + traffic split of the InferenceService
+rollout-status: venv ## KServe traffic: phase + traffic split of the InferenceService
 	$(BIN)/clinrisk rollout status --namespace $(NAMESPACE)
 
 MODEL ?= models:/clinrisk@challenger

@@ -22,7 +22,7 @@ import polars as pl
 from clinrisk import metrics as M
 from clinrisk.config import ClinriskConfig, EvaluateConfig
 from clinrisk.errors import DataError
-from clinrisk.io import atomic_output_dir, json_safe, list_shards, read_json, write_json
+from clinrisk.io import atomic_output_dir, check_feature_shards, json_safe, read_json, write_json
 
 LABELS = {"recorded": "label_rec", "true": "eval_label_true"}
 REQUIRED = ("patient_id", "year", "split", "label_rec", "eval_label_true", "eval_oracle_risk")
@@ -49,7 +49,7 @@ ContribFn = Callable[[pl.DataFrame], tuple[npt.NDArray[np.float64], list[str]]]
 
 def load_test_frame(features_dir: Path, split: str = "test") -> pl.DataFrame:
     """Rows of ``split`` from every feature shard; missing label/eval columns are a DataError naming them."""
-    shards = list_shards(Path(features_dir))
+    shards = check_feature_shards(Path(features_dir))  # whole Parquet, typed as the spec says
     lf = pl.scan_parquet([str(s) for s in shards])
     names = lf.collect_schema().names()
     missing = [c for c in REQUIRED if c not in names]

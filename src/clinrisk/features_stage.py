@@ -16,7 +16,16 @@ from clinrisk.errors import DataError
 from clinrisk.feature_schema import feature_schema_dict, validate_features
 from clinrisk.feature_table import FeatureSpec
 from clinrisk.features import cast_raw, features_lazy, fit_feature_spec
-from clinrisk.io import SHARD_DIR_RE, atomic_output_dir, list_shards, shard_dir_name, write_json
+from clinrisk.io import (
+    SHARD_DIR_RE,
+    atomic_output_dir,
+    check_no_duplicate_keys,
+    check_parquet_files,
+    list_shards,
+    shard_dir_name,
+    write_json,
+)
+from clinrisk.schemas import OBSERVED_SCHEMA
 from clinrisk.units import unit_counts, unit_quarantine
 
 
@@ -40,6 +49,7 @@ def build_features_shard(
     validated_file, out_file, unit_q_file = Path(validated_file), Path(out_file), Path(unit_q_file)
     if not validated_file.is_file():
         raise DataError(f"{validated_file}: validated shard not found")
+    check_no_duplicate_keys(validated_file, ["patient_id", "year"])  # validate quarantines duplicates
     raw = pl.scan_parquet(validated_file)
     truth = None
     if truth_file is not None:
@@ -150,13 +160,14 @@ def build_features_dataset(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    shards = list_shards(Path(validated_dir))
+    shards = check_parquet_files(list_shards(Path(validated_dir)), dict(OBSERVED_SCHEMA))
     truth_files: list[Path | None] = [None] * len(shards)
     if truth_dir is not None:
         truth_files = [Path(truth_dir) / f.parent.name / f.name for f in shards]
         missing = [str(t) for t in truth_files if t is not None and not t.is_file()]
         if missing:
             raise DataError(f"{truth_dir}: truth shards missing: {missing[:3]}")
+        check_parquet_files([t for t in truth_files if t is not None])
     spec = fit_feature_spec(pl.scan_parquet([str(f) for f in shards]), cfg)
     spec_json = spec.to_json()
     n_workers = max(1, min(workers or cfg.run.workers, len(shards)))

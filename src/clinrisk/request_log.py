@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 
 from clinrisk.errors import DataError
+from clinrisk.io import read_parquet
 
 TIMESTAMP = "timestamp"
 MODEL_VERSION = "model_version"
@@ -273,7 +274,7 @@ def read_request_log(
     parts = list_parts(root)
     if not parts:
         raise DataError(f"{root}: request log holds no parts")
-    frames = [pl.read_parquet(p) for p in parts]
+    frames = [read_parquet(p) for p in parts]  # a corrupt part is a DataError naming it
     df = pl.concat(frames, how="diagonal_relaxed")
     for col in META_COLUMNS:
         if col not in df.columns:

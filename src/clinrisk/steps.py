@@ -170,13 +170,14 @@ def merge_data_step(
     from clinrisk import datacache
     from clinrisk.generate import CONFIG_FILE as RAW_CONFIG_FILE
     from clinrisk.generate import MANIFEST
-    from clinrisk.usecase_io import read_raw_shard, validated_dir
+    from clinrisk.usecase_io import raw_files_sha256, read_raw_shard, validated_dir
     from clinrisk.usecases.base import TRUTH_TABLE
     from clinrisk.validate import (
         build_report,
         check_report,
         read_raw_manifest,
         render_report_md,
+        verify_raw_files,
         write_report,
     )
 
@@ -198,9 +199,11 @@ def merge_data_step(
         for table in (*usecase.source.tables, TRUTH_TABLE):
             copy_shards(raw_parts, table, raw_tmp / table)
         manifest_doc = usecase.source.manifest(cfg, plan, lambda s: read_raw_shard(usecase, raw_tmp, s))
+        manifest_doc["files_sha256"] = raw_files_sha256(raw_tmp)  # what `clinrisk validate` checks
         save_config(cfg, raw_tmp / RAW_CONFIG_FILE)
         write_json(raw_tmp / MANIFEST, manifest_doc)
         manifest = read_raw_manifest(raw_tmp)
+        manifest["files_verified"] = verify_raw_files(raw_tmp, manifest)
         for table in usecase.source.tables:
             copy_shards(validated_parts, f"validated/{table}", validated_dir(usecase, val_tmp, table))
             copy_shards(

@@ -547,7 +547,7 @@ def train_model(
 
     from clinrisk.calibration import apply_calibration, fit_calibration, select_calibration
     from clinrisk.feature_table import FeatureSpec
-    from clinrisk.io import atomic_output_dir, list_shards
+    from clinrisk.io import atomic_output_dir, check_feature_shards
     from clinrisk.ood import fit_from_splits
     from clinrisk.threshold import select_threshold
 
@@ -557,7 +557,7 @@ def train_model(
     feature_names = resolve_features(spec.feature_names, selected_features, spec.forbidden)
     categorical = [n for n in feature_names if n in spec.categories]
     categories = {n: spec.categories[n] for n in categorical}
-    shards = list_shards(features_dir)
+    shards = check_feature_shards(features_dir)  # whole Parquet, typed as the spec says, else DataError
 
     rows = scan_splits(shards, feature_names, categories)
     train, stop, val = rows[TRAIN], rows[VALIDATION], rows[CALIBRATION]

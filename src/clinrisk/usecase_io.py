@@ -62,6 +62,18 @@ def write_raw_shard(raw: RawShard, usecase: UseCase, root: Path, shard: int) -> 
     return {"shard": shard, "rows": sum(rows.values()), "rows_per_table": rows}
 
 
+def raw_files_sha256(root: Path) -> dict[str, str]:
+    """sha256 of every shard file under a raw dir, keyed by its path relative to it (``observed/shard=000/
+    part.parquet``): stored in manifest.json beside ``observed_hash`` so that validation can check, file by
+    file, that the data is still what the manifest describes."""
+    root = Path(root)
+    return {
+        f.relative_to(root).as_posix(): sha256_file(f)
+        for f in sorted(root.glob("*/shard=*/part.parquet"))
+        if f.is_file()
+    }
+
+
 def read_raw_shard(usecase: UseCase, root: Path, shard: int, *, truth: bool = True) -> RawShard:
     """A raw shard back from ``root`` (truth when present and asked for)."""
     tables = {t: _read(shard_file(Path(root) / t, shard)) for t in usecase.source.tables}
@@ -217,6 +229,11 @@ def generate_raw(
         finally:
             bar.close()
         manifest = usecase.source.manifest(cfg, plan, lambda s: read_raw_shard(usecase, tmp, s))
+        if int(manifest.get("rows", 1)) == 0:
+            raise DataError(
+                "generate: the configuration produced 0 rows; nothing published (check generate.*)"
+            )
+        manifest["files_sha256"] = raw_files_sha256(tmp)
         save_config(cfg, tmp / "config.yaml")
         write_json(tmp / "manifest.json", manifest)
     manifest["path"] = str(Path(out_dir))
@@ -269,6 +286,7 @@ def ingest_raw(cfg: Any, source: Path, out_dir: Path, n_shards: int = 1) -> dict
             "rows_per_shard": rows_per_shard,
             "observed_hash": digests.hexdigest(),
             "ingested": True,
+            "files_sha256": raw_files_sha256(tmp),
         }
         save_config(cfg, tmp / "config.yaml")
         write_json(tmp / "manifest.json", manifest)

@@ -67,6 +67,7 @@ __all__ = [
     "validate_frame",
     "validate_shard",
     "validate_shard_to_dir",
+    "verify_raw_files",
     "write_report",
 ]
 
@@ -120,6 +121,18 @@ def _quote(s: pl.Series) -> pl.Series:
     return ("'" + s.cast(pl.String) + "'").fill_null("null")
 
 
+def _check_not_all_bad(src: pl.Series, bad: pl.Series, dtype: pl.DataType, where: str) -> None:
+    """A column none of whose values can be read as its contract dtype (or level set) is a systematically wrong
+    extract: a DataError naming the file and column, not one quarantine reason per row."""
+    n_bad, n_nonnull = int(bad.sum()), src.len() - src.null_count()
+    if n_bad and n_bad == n_nonnull:
+        example = src.filter(bad).cast(pl.String, strict=False)[0]
+        raise DataError(
+            f"{where}: column {src.name!r}: none of its {n_nonnull} values can be cast from {src.dtype} to "
+            f"{dtype} (e.g. {example!r})"
+        )
+
+
 def _cast_column(src: pl.Series, dtype: pl.DataType, where: str) -> tuple[pl.Series, pl.DataFrame]:
     """Cast one column to ``dtype``; returns the cast column and a failure frame for values that did not cast."""
     col = src.name
@@ -131,6 +144,7 @@ def _cast_column(src: pl.Series, dtype: pl.DataType, where: str) -> tuple[pl.Ser
         except Exception as exc:
             raise DataError(f"{where}: column {col!r}: cannot read {src.dtype} as {dtype} ({exc})") from None
         bad = as_str.is_not_null() & ~as_str.is_in(levels)
+        _check_not_all_bad(src, bad, dtype, where)
         out = as_str.set(bad, None).cast(dtype) if bad.any() else as_str.cast(dtype)  # type: ignore[arg-type]
         reasons = "unknown value " + _quote(as_str.filter(bad)) + f" (allowed: {', '.join(levels)})"
         return out, _failures(idx.filter(bad), "isin", col, reasons)
@@ -144,13 +158,7 @@ def _cast_column(src: pl.Series, dtype: pl.DataType, where: str) -> tuple[pl.Ser
         lossy = out.cast(pl.Float64) != src.cast(pl.Float64)
         bad = bad | lossy.fill_null(False)
         out = out.set(bad, None)  # type: ignore[arg-type]
-    n_bad, n_nonnull = int(bad.sum()), src.len() - src.null_count()
-    if n_bad and n_bad == n_nonnull:
-        example = src.filter(bad).cast(pl.String, strict=False)[0]
-        raise DataError(
-            f"{where}: column {col!r}: none of its {n_nonnull} values can be cast from {src.dtype} to {dtype} "
-            f"(e.g. {example!r})"
-        )
+    _check_not_all_bad(src, bad, dtype, where)
     reasons = "cannot cast " + _quote(src.filter(bad).cast(pl.String, strict=False)) + f" to {dtype}"
     return out, _failures(idx.filter(bad), "dtype", col, reasons)
 
@@ -391,6 +399,27 @@ def read_raw_manifest(raw_dir: Path) -> dict[str, Any]:
     return {"path": str(path), "sha256": sha256_file(path), "content": data}
 
 
+def verify_raw_files(raw_dir: Path, manifest: dict[str, Any]) -> bool:
+    """Every shard file the raw manifest hashed (``files_sha256``, recorded with its ``observed_hash``) is
+    still byte-identical: data changed or swapped after generation is a DataError naming the file, not a
+    report whose provenance hashes describe other data. Returns False for a manifest without file hashes
+    (written before they were recorded; the report says so)."""
+    content = manifest["content"]
+    hashes = content.get("files_sha256")
+    if not isinstance(hashes, dict):
+        return False
+    for rel, want in sorted(hashes.items()):
+        f = Path(raw_dir) / str(rel)
+        if not f.is_file():
+            raise DataError(f"{f}: listed in {manifest['path']} but missing")
+        if sha256_file(f) != want:
+            raise DataError(
+                f"{f}: changed since {manifest['path']} was written (its observed_hash "
+                f"{str(content.get('observed_hash', '?'))[:16]}… no longer describes this data)"
+            )
+    return True
+
+
 def _expected_shards(manifest: dict[str, Any]) -> list[int] | None:
     """Shard indices the raw manifest promises (``shards`` list/dict or ``n_shards``), if it says."""
     shards = manifest.get("shards")
@@ -496,6 +525,7 @@ def build_report(
             "sha256": raw_manifest.get("sha256"),
             "content_hash": content.get("content_hash") or content.get("data_hash"),
             "config_hash": content.get("config_hash"),
+            "files_verified": bool(raw_manifest.get("files_verified", False)),
         },
     }
 
@@ -513,7 +543,8 @@ def render_report_md(report: dict[str, Any]) -> str:
         f"- calendar: {report['calendar'][0]}..{report['calendar'][1]}; shards: {report['n_shards']}",
         f"- validated content hash: `{report['validated_content_hash']}`",
         f"- raw manifest: `{report['raw_manifest']['path']}` (sha256 `{report['raw_manifest']['sha256']}`, "
-        f"content hash `{report['raw_manifest']['content_hash']}`)",
+        f"content hash `{report['raw_manifest']['content_hash']}`; shard files verified against it: "
+        f"{'yes' if report['raw_manifest'].get('files_verified') else 'no, the manifest has no file hashes'})",
         "",
         "## Failures by check",
         "",
@@ -596,6 +627,7 @@ def validate_dataset(
 
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     manifest = read_raw_manifest(raw_dir)
+    manifest["files_verified"] = verify_raw_files(raw_dir, manifest)
     first = get(cfg.run.usecase).source.tables[0]
     files = list_shards(raw_dir / first)
     indices = [_shard_index(f) for f in files]
@@ -633,6 +665,8 @@ def check_report(
 ) -> None:
     """Stage gates on a built report: row count equals the raw manifest's, quarantine share within the limit."""
     n_expected = _expected_rows(manifest["content"])
+    if report["rows_in"] == 0:
+        raise DataError(f"{where}: no rows to validate ({manifest['path']} describes an empty dataset)")
     if n_expected is not None and n_expected != report["rows_in"]:
         raise DataError(f"{where}: {report['rows_in']} rows read but {manifest['path']} says {n_expected}")
     if report["quarantine_fraction"] > cfg.validate_.max_quarantine_fraction:

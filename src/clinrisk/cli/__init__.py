@@ -16,7 +16,16 @@ from clinrisk.cli import (
     serve,
     validation,
 )
-from clinrisk.cli.common import SELECTION, ConfigOption, SetOption, UsecaseOption, handle_errors, load
+from clinrisk.cli.common import (
+    SELECTION,
+    ConfigOption,
+    DebugOption,
+    SetOption,
+    UsecaseOption,
+    handle_errors,
+    load,
+    reset_state,
+)
 
 
 def build_app() -> typer.Typer:
@@ -37,8 +46,12 @@ def build_app() -> typer.Typer:
 
 
 @handle_errors
-def select_usecase(usecase: UsecaseOption = None) -> None:
-    """clinrisk: synthetic data to a served, monitored risk model, for every registered use case."""
+def select_usecase(usecase: UsecaseOption = None, debug: DebugOption = False) -> None:
+    """clinrisk: synthetic data to a served, monitored risk model, for every registered use case.
+
+    Expected failures (bad input, bad paths, corrupt files or stores, unreachable endpoints) print one
+    `error: ...` line and exit 2; an unexpected error exits 1 and shows its traceback only with --debug."""
+    reset_state(debug)
     if usecase is not None:
         from clinrisk.usecases import get
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, handle_errors, load, output_dir
 
 
 @handle_errors
@@ -19,7 +19,7 @@ def generate(
     seed: Annotated[int | None, typer.Option("--seed", help="run.seed")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="worker processes (run.workers)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output dir (default <run>/raw)")] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
     usecase: UsecaseOption = None,
 ) -> None:
     """Generate the use case's synthetic dataset (observed tables + truth + manifest)."""
@@ -36,7 +36,7 @@ def generate(
     if workers is not None:
         extra.append(f"run.workers={workers}")
     cfg = load(config, sets, extra, usecase=usecase)
-    target = out if out is not None else RunPaths.for_config(cfg).raw
+    target = output_dir(out if out is not None else RunPaths.for_config(cfg).raw)
     m = generate_raw(cfg, target, progress=progress)
     if "prevalence" not in m:  # another use case: its manifest's own fields
         typer.echo(f"generated {m['rows']:,} rows in {m['n_shards']} shards (use case {cfg.run.usecase})")
@@ -68,7 +68,7 @@ def ingest(
     from clinrisk.usecase_io import ingest_raw
 
     cfg = load(config, sets, usecase=usecase)
-    target = out if out is not None else RunPaths.for_config(cfg).raw
+    target = output_dir(out if out is not None else RunPaths.for_config(cfg).raw)
     m = ingest_raw(cfg, source, target, shards)
     typer.echo(
         f"ingested {m['rows']:,} rows of use case {m['usecase']} into {m['n_shards']} shard(s): {m['path']}"

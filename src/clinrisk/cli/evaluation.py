@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load, output_dir
 
 BundleOption = Annotated[
     Path | None, typer.Option("--bundle", help="model bundle dir (default: run's bundle/)")
@@ -32,7 +32,7 @@ def evaluate(
 
     cfg = load(config, sets)
     paths = RunPaths.for_config(cfg)
-    out_dir = out or paths.evaluation
+    out_dir = output_dir(out or paths.evaluation)
     result = evaluate_model(cfg, bundle or paths.bundle, features or paths.features, out_dir)
     typer.echo(format_headline(result))
     typer.echo(f"wrote {out_dir}/metrics.json, report.md, plots/, predictions.parquet")

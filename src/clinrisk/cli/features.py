@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load, output_dir
 
 
 @handle_errors
@@ -35,7 +35,7 @@ def features_cmd(
     truth_dir = truth
     if truth_dir is None and (paths.raw / "truth").is_dir():
         truth_dir = paths.raw / "truth"
-    out_dir = out if out is not None else paths.features
+    out_dir = output_dir(out if out is not None else paths.features)
     summary = build_features_dataset(cfg, validated_dir, out_dir, truth_dir, workers=workers)
     brief = {
         "out": str(out_dir),

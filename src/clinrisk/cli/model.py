@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import (
+    ConfigOption,
+    SetOption,
+    check_local_store,
+    existing_store,
+    handle_errors,
+    load,
+    output_dir,
+)
 
 FeaturesOption = Annotated[
     Path | None, typer.Option("--features", help="features dataset dir (default: run's features/)")
@@ -44,7 +52,7 @@ def train(
         if (selected is not None or sel_file.is_file())
         else None
     )
-    out_dir = out or paths.bundle
+    out_dir = output_dir(out or paths.bundle)
     res = train_model(cfg, features or paths.features, out_dir, selected_features=names)
     md, v, thr = res["metadata"], res["metrics"]["validation"], res["threshold"]
     typer.echo(
@@ -75,6 +83,7 @@ def register_model(
     paths = RunPaths.for_config(cfg)
     bundle_dir = bundle or paths.bundle
     b = load_bundle(bundle_dir)
+    check_local_store(cfg, paths.root)  # a missing store is created; a corrupt one is named
     run_id = start_run(cfg, paths.root, tags={"clinrisk.bundle_version": b.version})
     try:
         log_config(cfg, run_id)
@@ -104,6 +113,7 @@ def storage_uri(
         from clinrisk.errors import ConfigError
 
         raise ConfigError(f"{model_uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
+    existing_store(cfg)
     typer.echo(resolve_storage_uri(cfg, model_uri))
 
 

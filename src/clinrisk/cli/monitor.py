@@ -7,11 +7,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clinrisk.cli.common import DEFAULT_CONFIG, ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import (
+    DEFAULT_CONFIG,
+    RUNNERS,
+    ConfigOption,
+    SetOption,
+    check_runner,
+    existing_store,
+    handle_errors,
+    load,
+    output_dir,
+)
+
+if TYPE_CHECKING:
+    import polars as pl
 
 experiments_app = typer.Typer(help="Run and compare experiment suites.", no_args_is_help=True)
 
@@ -43,7 +56,23 @@ def _bundle(cfg: object, bundle: Path | None, alias: str = "champion") -> Path:
         return bundle
     from clinrisk.tracking import resolve_model
 
+    existing_store(cfg)  # resolving an alias reads the registry: never create an empty store for it
     return resolve_model(cfg, alias)  # type: ignore[arg-type]
+
+
+def _read_outcomes(path: Path) -> pl.DataFrame:
+    """The outcomes table (CSV or Parquet); an unreadable file is a DataError naming it."""
+    import polars as pl
+
+    from clinrisk.errors import DataError
+    from clinrisk.io import read_parquet
+
+    if path.suffix != ".csv":
+        return read_parquet(path)
+    try:
+        return pl.read_csv(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise DataError(f"--outcomes {path}: unreadable CSV ({type(exc).__name__}: {exc})") from None
 
 
 @experiments_app.command("run")
@@ -51,7 +80,14 @@ def _bundle(cfg: object, bundle: Path | None, alias: str = "champion") -> Path:
 def experiments_run(
     suite: Annotated[Path, typer.Argument(help="suite YAML, e.g. configs/experiments/window.yaml")],
     sets: SetOption = None,
-    runner: Annotated[str, typer.Option("--runner", help="local (kfp.local subprocess) or docker")] = "local",
+    runner: Annotated[
+        str,
+        typer.Option(
+            "--runner",
+            help=f"{' or '.join(RUNNERS)}, as for `pipeline run` (subprocess: kfp.local in this interpreter; "
+            "docker: every task in the pipeline image)",
+        ),
+    ] = "subprocess",
     kfp_host: Annotated[str | None, typer.Option("--kfp-host", help="submit to Kubeflow Pipelines")] = None,
     only: Annotated[
         list[str] | None, typer.Option("--only", help="run only these runs (+ baselines)")
@@ -66,6 +102,7 @@ def experiments_run(
     """Run every run of a suite through the pipeline (each an MLflow run), then compare them."""
     from clinrisk.experiments import compare_runs, run_suite
 
+    runner = check_runner(runner)
     result = run_suite(suite, runner, sets, kfp_host=kfp_host, out_dir=out, only=only, resume=resume)
     for r in result["runs"]:
         typer.echo(f"{r['name']:<24} {r['status']:<7} {r.get('mlflow_run_id') or r.get('error') or ''}")
@@ -84,7 +121,7 @@ def experiments_compare(
     result: Annotated[Path, typer.Argument(help="suite directory or its suite_result.json")],
     out: Annotated[Path | None, typer.Option("--out", help="where to write comparison.{json,md}")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=10, help="paired bootstrap B")] = 200,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the paired bootstrap")] = 0,
 ) -> None:
     """Compare the runs of a finished suite: metrics, paired deltas vs baseline, winner, links."""
     from clinrisk.experiments import SUITE_RESULT, compare_runs
@@ -105,19 +142,35 @@ def promote(
         typer.Option("--features", help="features dataset: score both models on its validation rows"),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="decide and record, move no alias")] = False,
-    challenger_latency_ms: Annotated[float | None, typer.Option("--challenger-latency-ms")] = None,
-    champion_latency_ms: Annotated[float | None, typer.Option("--champion-latency-ms")] = None,
+    challenger_latency_ms: Annotated[
+        float | None,
+        typer.Option("--challenger-latency-ms", help="measured challenger latency (ms) for the latency gate"),
+    ] = None,
+    champion_latency_ms: Annotated[
+        float | None,
+        typer.Option("--champion-latency-ms", help="measured champion latency (ms) for the latency gate"),
+    ] = None,
     rollout: Annotated[bool, typer.Option("--rollout", help="on a win, start a KServe canary")] = False,
-    canary_percent: Annotated[int, typer.Option("--canary-percent", min=1, max=99)] = 10,
-    namespace: Annotated[str | None, typer.Option("--namespace", help="default: serving.namespace")] = None,
+    canary_percent: Annotated[
+        int, typer.Option("--canary-percent", min=1, max=99, help="with --rollout: traffic to the canary, %")
+    ] = 10,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="with --rollout: namespace (default: serving.namespace)")
+    ] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="InferenceService (default: serving.model_name)")
     ] = None,
 ) -> None:
-    """Gate the `challenger` against the `champion`; a win moves the `champion` alias. Always recorded."""
+    """Gate the `challenger` against the `champion`; a win moves the `champion` alias. Always recorded.
+
+    This is the registry gate; moving KServe traffic is `clinrisk rollout ...` (`make rollout-promote`)."""
+    from clinrisk.errors import DataError
     from clinrisk.promotion import PROMOTE, run_promotion
 
     cfg = load(config, sets)
+    if features is not None and not features.is_dir():
+        raise DataError(f"--features {features}: features dataset directory not found")
+    existing_store(cfg)  # the gate reads the registry; with no store there is nothing to gate
     latency = {
         k: v
         for k, v in (("challenger", challenger_latency_ms), ("champion", champion_latency_ms))
@@ -155,7 +208,7 @@ def drift(
     from clinrisk.paths import RunPaths
 
     cfg = load(config, sets)
-    dest = out or RunPaths.for_config(cfg).root / "drift"
+    dest = output_dir(out or RunPaths.for_config(cfg).root / "drift")
     rep = run_drift_job(
         cfg, _bundle(cfg, bundle), _log_dir(cfg, log), dest, model_version=model_version, mlflow=mlflow
     )
@@ -215,10 +268,9 @@ def canary_ab(
     outcomes: Annotated[
         Path | None, typer.Option("--outcomes", help="Parquet/CSV with request_id, label (known later)")
     ] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=10)] = 200,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=10, help="paired bootstrap B")] = 200,
 ) -> None:
     """Champion vs canary on logged requests: score distributions and, with outcomes, AP/Brier with CIs."""
-    import polars as pl
 
     from clinrisk.promotion import canary_ab as analyse
     from clinrisk.request_log import read_request_log
@@ -227,7 +279,7 @@ def canary_ab(
     frame = read_request_log(_log_dir(cfg, log))
     lab = None
     if outcomes is not None:
-        lab = pl.read_csv(outcomes) if outcomes.suffix == ".csv" else pl.read_parquet(outcomes)
+        lab = _read_outcomes(outcomes)
     rep = analyse(frame, champion, canary, lab, n_boot=bootstrap, seed=cfg.run.seed)
     typer.echo(json.dumps(rep, indent=2, default=str))
 

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, config_source, handle_errors, load
+from clinrisk.cli.common import (
+    ConfigOption,
+    SetOption,
+    UsecaseOption,
+    check_local_store,
+    config_source,
+    handle_errors,
+    load,
+)
 from clinrisk.interrupts import interruptible
 
 pipeline_app = typer.Typer(
@@ -37,7 +45,7 @@ def _source(
     config: Path | None, sets: list[str] | None, usecase: str | None
 ) -> tuple[Path | None, list[str]]:
     """Config file + overrides for the pipeline, checked once here (unknown use case, bad keys: exit 2)."""
-    load(config, sets, usecase=usecase)
+    check_local_store(load(config, sets, usecase=usecase))  # a corrupt mlflow.db: one line, before any task
     path, lead = config_source(config, usecase)
     return path, [*lead, *(sets or [])]
 

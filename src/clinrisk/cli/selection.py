@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load, output_dir
 
 FeaturesOption = Annotated[
     Path | None, typer.Option("--features", help="features dataset dir (default: <run>/features)")
@@ -73,7 +73,7 @@ def select_cmd(
 
     cfg = load(config, sets)
     paths = RunPaths.for_config(cfg)
-    out_dir = out if out is not None else paths.selection
+    out_dir = output_dir(out if out is not None else paths.selection)
     doc = select_features(cfg, features if features is not None else paths.features, out_dir)
     for line in summary_lines(doc):
         typer.echo(line)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, existing_store, handle_errors, load
 
 BundleOption = Annotated[Path | None, typer.Option("--bundle", help="model bundle dir to serve")]
 ModelUriOption = Annotated[
@@ -31,6 +31,8 @@ def serve(
     from clinrisk.serving.resolve import resolve_bundle_dir
 
     cfg = load(config, sets)
+    if model_uri is not None and bundle is None:
+        existing_store(cfg)  # reading the registry never creates a store (e.g. run from another folder)
     bundle_dir = resolve_bundle_dir(cfg, bundle, model_uri)
     from clinrisk.serving.server import serve as run_server
 

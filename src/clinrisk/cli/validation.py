@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, UsecaseOption, handle_errors, load, output_dir
 
 RawOption = Annotated[Path | None, typer.Option("--raw", help="raw dataset dir (default: <run>/raw)")]
 OutOption = Annotated[
@@ -36,6 +36,7 @@ def validate_cmd(
     cfg = load(config, sets, usecase=usecase)
     paths = RunPaths.for_config(cfg)
     out_dir = out if out is not None else paths.root
+    output_dir(out_dir / "validated")
     report = validate_dataset(cfg, raw if raw is not None else paths.raw, out_dir, workers=workers)
     typer.echo(
         f"validated {report['rows_in']:,} rows in {report['n_shards']} shard(s): "

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from clinrisk.config.base import Section
+from clinrisk.config.base import SAFE_NAME, Section
 
 
 class SelectConfig(Section):
@@ -148,5 +148,5 @@ class TrackingConfig(Section):
     # proxied ``mlflow-artifacts:/…`` location maps onto it for KServe's storage initializer.
     artifacts_destination: str | None = None
     experiment_name: str = Field("clinrisk", min_length=1)
-    registered_model_name: str = Field("clinrisk", pattern=r"^[A-Za-z0-9_.-]+$")
+    registered_model_name: str = Field("clinrisk", pattern=SAFE_NAME, max_length=128)
     enabled: bool = True

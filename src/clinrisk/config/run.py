@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from clinrisk.config.base import Section
+from clinrisk.config.base import SAFE_NAME, Section
 
 
 class RunConfig(Section):
@@ -18,7 +18,10 @@ class RunConfig(Section):
         description="the use case (clinrisk.usecases): its data, schema, features, labels and serving contract",
     )
     name: str = Field(
-        "default", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, used in paths and MLflow"
+        "default",
+        pattern=SAFE_NAME,
+        max_length=128,
+        description="run name: one folder under output_dir (no '/', not '.' or '..'), also used in MLflow",
     )
     output_dir: Path = Field(Path("outputs"), description="root of all run outputs (data, bundle, mlruns)")
     seed: int = Field(20261123, ge=0, le=2**63 - 1)
