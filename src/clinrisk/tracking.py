@@ -17,14 +17,11 @@ from typing import TYPE_CHECKING, Any
 from clinrisk.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from mlflow.pyfunc import PythonModel
-
     from clinrisk.config import ClinriskConfig
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
-BUNDLE_ARTIFACT_KEY = "bundle"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
@@ -103,7 +100,23 @@ def configure(cfg: ClinriskConfig, run_dir: Path | None = None) -> str:
         art = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve()
         art.mkdir(parents=True, exist_ok=True)
         location = art.as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    tags = {NOTE_TAG: experiment_description(cfg)}
+    return str(client.create_experiment(name, artifact_location=location, tags=tags))
+
+
+NOTE_TAG = "mlflow.note.content"
+PIPELINE_SOURCE = "clinrisk-training pipeline (pipelines/training.py)"  # the description MLflow's UI shows for a run or an experiment
+
+
+def experiment_description(cfg: ClinriskConfig) -> str:
+    """What the experiment holds, for MLflow's experiment page."""
+    return (
+        f"clinrisk use case `{cfg.run.usecase}`: one MLflow run per training pipeline run (config as "
+        f"params, `validation.*` metrics from training, `test.*` from the held-out test split, the "
+        f"evaluation and validation reports as artifacts). Models are registered as "
+        f"`{cfg.tracking.registered_model_name}`: `@challenger` is the newest registered model, "
+        f"`@champion` the one that passed the promotion gate (the first one becomes champion)."
+    )
 
 
 def mlflow_client() -> Any:
@@ -120,14 +133,119 @@ def start_run(
     kfp_run_id: str | None = None,
     run_name: str | None = None,
 ) -> str:
-    """Create an MLflow run (not left active in this process) and return its id."""
+    """Create an MLflow run (not left active in this process) and return its id.
+
+    Tags: source (``tags`` may set ``mlflow.source.name``/``type``), git commit, user and package version
+    (:func:`source_tags`), a first description, the KFP run id when given.
+    """
+    from clinrisk.config import config_hash
+
     exp_id = configure(cfg, run_dir)
-    all_tags = {"clinrisk.run_name": cfg.run.name, "clinrisk.label_strategy": cfg.labels.strategy}
+    all_tags = {
+        "clinrisk.run_name": cfg.run.name,
+        "clinrisk.usecase": cfg.run.usecase,
+        "clinrisk.label_strategy": cfg.labels.strategy,
+        # A KFP run id means the pipeline's start-tracking step; otherwise a CLI command.
+        **(source_tags(PIPELINE_SOURCE, "JOB") if kfp_run_id else source_tags()),
+        NOTE_TAG: (
+            f"Training run `{cfg.run.name}` of use case `{cfg.run.usecase}` (config hash "
+            f"`{config_hash(cfg)[:12]}`). The test result and the registered version are added here when "
+            f"evaluation and registration finish."
+        ),
+    }
     if kfp_run_id:
         all_tags["kfp.run_id"] = kfp_run_id
     all_tags.update(tags or {})
     run = mlflow_client().create_run(exp_id, tags=all_tags, run_name=run_name or cfg.run.name)
     return str(run.info.run_id)
+
+
+def source_tags(source_name: str = "clinrisk", source_type: str = "LOCAL") -> dict[str, str]:
+    """MLflow's system tags for where a run comes from: source name and type, user, git commit and branch
+    (when the package runs from a git checkout, or ``$CLINRISK_GIT_COMMIT`` as set by an image build),
+    and the clinrisk version (always; the only code identity outside a checkout)."""
+    import getpass
+    import os
+
+    from clinrisk import __version__
+
+    tags = {
+        "mlflow.source.name": source_name,
+        "mlflow.source.type": source_type,
+        "clinrisk.version": __version__,
+    }
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (some containers)
+        tags["mlflow.user"] = os.environ.get("USER", "unknown")
+    git = git_info()
+    commit = os.environ.get("CLINRISK_GIT_COMMIT") or git.get("commit")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if git.get("branch"):
+        tags["mlflow.source.git.branch"] = git["branch"]
+    if git.get("dirty"):
+        tags["clinrisk.git.dirty"] = git["dirty"]
+    return tags
+
+
+def git_info() -> dict[str, str]:
+    """Commit, branch and dirty flag of the git checkout the clinrisk package runs from ({} outside one)."""
+    import shutil
+    import subprocess
+
+    import clinrisk
+
+    root = Path(clinrisk.__file__).resolve().parents[2]
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        return {}
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        if not commit:
+            return {}
+        out = {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+        out["dirty"] = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
+        return out
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def set_description(run_id: str, text: str) -> None:
+    """The run's description (Markdown) on MLflow's run page."""
+    mlflow_client().set_tag(run_id, NOTE_TAG, text)
+
+
+def headline_description(cfg: ClinriskConfig, headline: dict[str, Any], registered: str | None = None) -> str:
+    """One paragraph with the run's headline: test metrics against recorded and true labels, and the
+    registered version when there is one."""
+    import math
+
+    def fmt(key: str) -> str | None:
+        v = headline.get(key)
+        return f"{float(v):.4f}" if isinstance(v, int | float) and math.isfinite(float(v)) else None
+
+    parts = []
+    for metric, label in (("auc", "AUC"), ("ap", "AP"), ("brier", "Brier")):
+        rec, true = fmt(f"recorded_{metric}"), fmt(f"true_{metric}")
+        if rec or true:
+            parts.append(f"{label} {rec or 'n/a'} (true labels {true or 'n/a'})")
+    text = f"**Test split** ({cfg.run.usecase}, run `{cfg.run.name}`): " + (
+        "; ".join(parts) if parts else "no headline metrics"
+    )
+    gap = fmt("auc_gap_expected")
+    if gap:
+        text += f". Expected AUC gap to the oracle: {gap}"
+    text += "."
+    if registered:
+        text += f"\n\n**Registered** as {registered}."
+    return text
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
@@ -189,6 +307,38 @@ def log_artifacts(local_dir: Path, artifact_path: str | None, run_id: str) -> No
     mlflow_client().log_artifacts(run_id, str(local_dir), artifact_path)
 
 
+# What a run may carry from the evaluation folder: reports, plots and small JSON. Row-level outputs
+# (predictions.parquet, with patient ids and true labels) stay on disk; the registry holds no patient data.
+REPORT_SUFFIXES = (".md", ".json", ".png", ".svg", ".html")
+
+
+def log_report_files(
+    local_dir: Path, artifact_path: str, run_id: str, suffixes: tuple[str, ...] = REPORT_SUFFIXES
+) -> list[str]:
+    """Upload the report files (``suffixes``) under ``local_dir`` to ``artifact_path``; returns the relative
+    paths left out."""
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: report directory not found")
+    client = mlflow_client()
+    skipped: list[str] = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root)
+        if f.suffix.lower() not in suffixes:
+            skipped.append(str(rel))
+            continue
+        dest = "/".join([artifact_path, *rel.parent.parts])
+        client.log_artifact(run_id, str(f), dest)
+    return skipped
+
+
+def log_file(local_file: Path, artifact_path: str, run_id: str) -> None:
+    """Upload one file under ``artifact_path`` of the run."""
+    if not Path(local_file).is_file():
+        raise DataError(f"{local_file}: file not found")
+    mlflow_client().log_artifact(run_id, str(local_file), artifact_path)
+
+
 def log_to_run(
     cfg: ClinriskConfig,
     run_id: str,
@@ -208,35 +358,23 @@ def log_to_run(
         log_artifacts(Path(local), artifact_path, run_id)
 
 
-def _pyfunc_class() -> type[PythonModel]:
-    from mlflow.pyfunc import PythonModel
+# ------------------------------------------------------------------------------------------ registration
+#
+# A version is created WITH its tags in one call, marked ``clinrisk.state=pending`` and owned by this
+# process (``clinrisk.registering=<host>:<pid>``); the alias is set next, and only then is the version
+# marked ``registered``. A failure in between deletes the version and puts the alias back; a process killed
+# in between leaves a pending version that :func:`reconcile_versions` (start of every registration, and the
+# store checker) removes, or completes when the alias already points at it.
 
-    class ClinriskModel(PythonModel):
-        """pyfunc wrapper: pandas frame of feature columns in, calibrated probabilities out."""
-
-        def load_context(self, context: Any) -> None:
-            from clinrisk.bundle import load_bundle
-
-            self.bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT_KEY])
-
-        # No type hints here on purpose: MLflow would try to derive a (list-based) schema from them.
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            return self.bundle.predict_proba(model_input)
-
-    return ClinriskModel
-
-
-def _signature(bundle: Any) -> Any:
-    """Input schema: categoricals as strings (level names), everything else double (nullable)."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
-    cols: list[ColSpec | TensorSpec] = [
-        ColSpec("string" if n in bundle.categories else "double", n, required=True)
-        for n in bundle.feature_names
-    ]
-    return ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype("float64"), (-1,))]))
+BUNDLE_TAG = "bundle_version"  # the bundle's content hash: an identical bundle reuses its version
+DATA_HASH_TAG = "data_hash"
+STATE_TAG = "clinrisk.state"
+OWNER_TAG = "clinrisk.registering"
+PENDING, REGISTERED = "pending", "registered"
+REQUIRED_VERSION_TAGS = (BUNDLE_TAG, DATA_HASH_TAG)
+# A pending version owned by a process on another host counts as abandoned after this long (registration
+# itself takes seconds); on this host, as soon as its process is gone.
+STALE_PENDING_S = 900
 
 
 def register_bundle(
@@ -246,11 +384,12 @@ def register_bundle(
     alias: str = CHALLENGER,
     run_dir: Path | None = None,
 ) -> str:
-    """Log the bundle as a pyfunc model in ``run_id``, register it, set ``alias`` on the new version."""
-    import mlflow
-    import mlflow.pyfunc
+    """Register the bundle and point ``alias`` at it; returns the version number.
 
-    from clinrisk import __version__
+    A bundle whose content hash (``bundle_version``) is already registered reuses that version (the alias
+    moves to it; nothing new is logged). Otherwise the bundle is logged as a pyfunc model in ``run_id`` and a
+    new version appears with its tags and alias together, or not at all (see the block comment above).
+    """
     from clinrisk.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)  # refuse to register an invalid bundle
@@ -258,53 +397,247 @@ def register_bundle(
     name = cfg.tracking.registered_model_name
     store = tracking_uri(cfg, run_dir)
     client = mlflow_client()
-    before = _version_numbers(client, name)
+    created: str | None = None
+    previous: str | None = None
     try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=_pyfunc_class()(),
-                artifacts={BUNDLE_ARTIFACT_KEY: str(Path(bundle_dir).resolve())},
-                signature=_signature(bundle),
-                # Pinned requirements instead of inference (slow, and it imports the world).
-                pip_requirements=[f"clinrisk=={__version__}", "lightgbm>=4.6,<4.8", "polars>=2.1,<2.2"],
-                registered_model_name=name,
-                metadata={"bundle_version": bundle.version},
+        reconcile_versions(client, name)
+        existing = versions_with_bundle(client, name, bundle.version)
+        if existing:
+            version = existing[0]
+            client.set_registered_model_alias(name, alias, version)
+            client.set_tag(run_id, "clinrisk.registered_version", version)
+            client.set_tag(
+                run_id, "clinrisk.registration", f"reused v{version} (same bundle {bundle.version})"
             )
-        version = str(info.registered_model_version)
-        client.set_registered_model_alias(name, alias, version)
-        client.set_model_version_tag(name, version, "bundle_version", bundle.version)
-        client.set_model_version_tag(name, version, "data_hash", str(bundle.metadata.get("data_hash", "")))
-    except Exception as exc:
-        # A version without its alias/tags (or whose upload broke) must not look deployable: remove it.
-        for stray in _version_numbers(client, name) - before:
-            _delete_version_quietly(client, name, stray)
+            return version
+        info = _log_pyfunc_model(bundle, run_id)
+        _ensure_registered_model(client, name)
+        previous = _alias_version(client, name, alias)
+        tags = {
+            BUNDLE_TAG: bundle.version,
+            DATA_HASH_TAG: str(bundle.metadata.get("data_hash", "")),
+            "clinrisk.run_name": cfg.run.name,
+            "clinrisk.usecase": cfg.run.usecase,
+            STATE_TAG: PENDING,
+            OWNER_TAG: _owner(),
+        }
+        mv = client.create_model_version(
+            name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
+        )
+        created = str(mv.version)
+        client.set_registered_model_alias(name, alias, created)
+        client.set_model_version_tag(name, created, STATE_TAG, REGISTERED)
+        client.delete_model_version_tag(name, created, OWNER_TAG)
+        client.set_tag(run_id, "clinrisk.registered_version", created)
+        client.set_tag(run_id, "clinrisk.registration", f"new v{created}")
+        return created
+    except BaseException as exc:
+        if created is not None:
+            _roll_back(client, name, created, alias, previous)
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt/SystemExit (signals) after the rollback
         raise DataError(f"{store}: cannot register {name} ({_one_line(exc)})") from None
-    return version
 
 
-def _one_line(exc: BaseException) -> str:
-    """The first line of an MLflow/HTTP error, which carries the failing URL or S3 error code."""
-    text = str(getattr(exc, "message", "") or exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+def _log_pyfunc_model(bundle: Any, run_id: str) -> Any:
+    """Log the bundle as the clinrisk pyfunc model into the run (not registered); returns its ModelInfo.
+
+    Models from code (MLflow's recommended form): the model is a two-line script naming
+    :class:`clinrisk.mlflow_model.ClinriskPyfunc`, not a pickle, so loading it depends on no pickle format."""
+    import logging
+    import os
+    import tempfile
+
+    import mlflow
+    import mlflow.pyfunc
+
+    from clinrisk import mlflow_model
+
+    with tempfile.TemporaryDirectory(prefix="clinrisk-pyfunc-") as tmp:
+        script = Path(tmp) / "clinrisk_model.py"
+        script.write_text(mlflow_model.MODEL_SCRIPT)
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        progress = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        try:
+            # MLflow's notes (models-from-code, a progress bar while it checks the input example) are not ours.
+            pyfunc_log.setLevel(logging.WARNING)
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+            with mlflow.start_run(run_id=run_id):
+                return mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT,
+                    python_model=str(script),
+                    artifacts={mlflow_model.BUNDLE_ARTIFACT_KEY: str(Path(bundle.path).resolve())},
+                    code_paths=[mlflow_model.code_path()],
+                    signature=mlflow_model.signature(),
+                    input_example=mlflow_model.input_example(bundle),
+                    pip_requirements=mlflow_model.pip_requirements(),
+                    metadata={
+                        "bundle_version": bundle.version,
+                        "usecase": str(bundle.spec.get("usecase", "")),
+                    },
+                )
+        finally:
+            pyfunc_log.setLevel(level)
+            if progress is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress
 
 
-def _version_numbers(client: Any, name: str) -> set[str]:
+def _ensure_registered_model(client: Any, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def _alias_version(client: Any, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
-        return set()
+        return None
 
 
-def _delete_version_quietly(client: Any, name: str, version: str) -> None:
+def _roll_back(client: Any, name: str, version: str, alias: str, previous: str | None) -> None:
+    """Delete a version this registration created and put ``alias`` back where it was."""
     import contextlib
 
     from mlflow.exceptions import MlflowException
 
     with contextlib.suppress(MlflowException):  # the original error is what the caller reports
         client.delete_model_version(name, version)
+    if previous is not None:
+        with contextlib.suppress(MlflowException):
+            client.set_registered_model_alias(name, alias, previous)
+
+
+def _owner() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str, created_ms: int | None) -> bool:
+    """Whether the process that is registering a pending version may still be at work."""
+    import os
+    import socket
+    import time
+
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid():
+            return False  # this process is here to register; a version of its own left pending is stale
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    age_s = time.time() - (created_ms or 0) / 1000
+    return age_s < STALE_PENDING_S
+
+
+def model_versions(client: Any, name: str) -> list[Any]:
+    """Every version of ``name`` (none when the model does not exist), oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def versions_with_bundle(client: Any, name: str, bundle_version: str) -> list[str]:
+    """Registered (not pending) versions of ``name`` holding the bundle ``bundle_version``, oldest first."""
+    return [
+        str(v.version)
+        for v in model_versions(client, name)
+        if v.tags.get(BUNDLE_TAG) == bundle_version and v.tags.get(STATE_TAG, REGISTERED) != PENDING
+    ]
+
+
+def _aliases(client: Any, name: str, version: Any) -> list[str]:
+    aliases = list(getattr(version, "aliases", None) or [])
+    if aliases:
+        return aliases
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.get_model_version(name, str(version.version)).aliases or [])
+    except MlflowException:
+        return []
+
+
+def reconcile_versions(client: Any, name: str) -> list[str]:
+    """Finish what a killed registration left: a pending version the alias already points at is completed
+    (only its state tag was missing); one without an alias is deleted, unless its process may still be
+    registering it. Returns one line per action."""
+    from mlflow.exceptions import MlflowException
+
+    actions: list[str] = []
+    for v in model_versions(client, name):
+        if v.tags.get(STATE_TAG) != PENDING:
+            continue
+        version = str(v.version)
+        try:
+            if _aliases(client, name, v):
+                client.set_model_version_tag(name, version, STATE_TAG, REGISTERED)
+                if OWNER_TAG in v.tags:
+                    client.delete_model_version_tag(name, version, OWNER_TAG)
+                actions.append(f"{name} v{version}: completed (alias set, state tag was pending)")
+            elif not _owner_alive(str(v.tags.get(OWNER_TAG, "")), v.creation_timestamp):
+                client.delete_model_version(name, version)
+                actions.append(f"{name} v{version}: deleted (left pending by an interrupted registration)")
+        except MlflowException as exc:
+            actions.append(f"{name} v{version}: could not reconcile ({_one_line(exc)})")
+    return actions
+
+
+def reconcile_registry(cfg: ClinriskConfig, run_dir: Path | None = None) -> list[str]:
+    """:func:`reconcile_versions` for the config's registered model (the store checker calls this)."""
+    configure(cfg, run_dir)
+    return reconcile_versions(mlflow_client(), cfg.tracking.registered_model_name)
+
+
+def registry_problems(client: Any, name: str) -> list[str]:
+    """Inconsistencies of the registered model ``name``: a version with an alias but without its tags or
+    still pending, a pending version nobody is registering, two versions of one bundle."""
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for v in model_versions(client, name):
+        version, tags = str(v.version), v.tags
+        aliases = _aliases(client, name, v)
+        state = tags.get(STATE_TAG, REGISTERED)
+        if aliases:
+            missing = [t for t in REQUIRED_VERSION_TAGS if not tags.get(t)]
+            if missing:
+                problems.append(f"{name} v{version} (@{', @'.join(aliases)}): missing tag(s) {missing}")
+            if state == PENDING:
+                problems.append(f"{name} v{version} (@{', @'.join(aliases)}): still marked pending")
+        elif state == PENDING and not _owner_alive(str(tags.get(OWNER_TAG, "")), v.creation_timestamp):
+            problems.append(f"{name} v{version}: left pending by an interrupted registration")
+        h = tags.get(BUNDLE_TAG)
+        if h and state != PENDING:
+            if h in seen:
+                problems.append(f"{name} v{version}: same bundle {h} as v{seen[h]} (should have been reused)")
+            else:
+                seen[h] = version
+    return problems
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an MLflow/HTTP error, which carries the failing URL or S3 error code."""
+    text = str(getattr(exc, "message", "") or exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def set_alias(cfg: ClinriskConfig, alias: str, version: str, run_dir: Path | None = None) -> None:
@@ -323,6 +656,8 @@ def model_uri(cfg: ClinriskConfig, alias_or_version: str) -> str:
 def _bundle_path_in_model(mlmodel_text: str, where: str) -> str:
     """The bundle's path inside a logged clinrisk pyfunc model, read from its MLmodel file."""
     import yaml
+
+    from clinrisk.mlflow_model import BUNDLE_ARTIFACT_KEY
 
     try:
         conf = yaml.safe_load(mlmodel_text)
