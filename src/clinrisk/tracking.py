@@ -399,6 +399,8 @@ def register_bundle(
     client = mlflow_client()
     created: str | None = None
     previous: str | None = None
+    owner = _owner()
+    creating = False
     try:
         reconcile_versions(client, name)
         existing = versions_with_bundle(client, name, bundle.version)
@@ -419,8 +421,9 @@ def register_bundle(
             "clinrisk.run_name": cfg.run.name,
             "clinrisk.usecase": cfg.run.usecase,
             STATE_TAG: PENDING,
-            OWNER_TAG: _owner(),
+            OWNER_TAG: owner,
         }
+        creating = True
         mv = client.create_model_version(
             name, source=info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id
         )
@@ -432,8 +435,11 @@ def register_bundle(
         client.set_tag(run_id, "clinrisk.registration", f"new v{created}")
         return created
     except BaseException as exc:
-        if created is not None:
-            _roll_back(client, name, created, alias, previous)
+        if creating:
+            # The create call may have succeeded before the failure (a lost response): find it by owner.
+            mine = [created] if created is not None else _pending_versions_of(client, name, owner)
+            for version in mine:
+                _roll_back(client, name, version, alias, previous)
         if not isinstance(exc, Exception):
             raise  # KeyboardInterrupt/SystemExit (signals) after the rollback
         raise DataError(f"{store}: cannot register {name} ({_one_line(exc)})") from None
@@ -508,13 +514,21 @@ def _roll_back(client: Any, name: str, version: str, alias: str, previous: str |
     """Delete a version this registration created and put ``alias`` back where it was."""
     import contextlib
 
-    from mlflow.exceptions import MlflowException
-
-    with contextlib.suppress(MlflowException):  # the original error is what the caller reports
+    # Best effort: the original error is what the caller reports, and the reconcile of the next
+    # registration deletes a version this could not (it stays pending).
+    with contextlib.suppress(Exception):
         client.delete_model_version(name, version)
     if previous is not None:
-        with contextlib.suppress(MlflowException):
+        with contextlib.suppress(Exception):
             client.set_registered_model_alias(name, alias, previous)
+
+
+def _pending_versions_of(client: Any, name: str, owner: str) -> list[str]:
+    return [
+        str(v.version)
+        for v in model_versions(client, name)
+        if v.tags.get(STATE_TAG) == PENDING and v.tags.get(OWNER_TAG) == owner
+    ]
 
 
 def _owner() -> str:
