@@ -484,7 +484,7 @@ def register_step(
     aliases = f"@{CHALLENGER}"
     record = bootstrap_champion(cfg)
     if record is not None and record.get("champion_after") == version:
-        aliases += ", @champion (first model: no champion before)"
+        aliases += " and @champion, the first model to pass the gate"
     metrics_file = Path(evaluation_dir) / "metrics.json"
     headline = read_json(metrics_file).get("headline", {}) if metrics_file.is_file() else {}
     set_description(mlflow_run_id, headline_description(cfg, headline, f"`{name}` v{version} ({aliases})"))
