@@ -56,24 +56,32 @@ def _run_of(result: Any) -> Any:
     return client.get_run(client.get_model_version(_name(result), version).run_id)
 
 
+def run_artefacts(tracking_uri: str, name: str, version: str) -> dict[str, int]:
+    """Every file the registered version's run holds (its artifacts and, MLflow 3, the logged model's
+    folder), relative path -> size."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = client.get_model_version(name, version)
+    roots = [Path(client.get_run(mv.run_id).info.artifact_uri.removeprefix("file://"))]
+    model_id = mv.model_id or mv.source.removeprefix("models:/")
+    roots.append(Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://")))
+    return {str(f.relative_to(r)): f.stat().st_size for r in roots for f in r.rglob("*") if f.is_file()}
+
+
+def assert_small_and_without_row_level_data(files: dict[str, int]) -> None:
+    """Under 5 MB; no Parquet (or other table) file; nothing from the raw, truth or quarantine folders."""
+    assert sum(files.values()) < MAX_RUN_BYTES, f"{sum(files.values())} bytes"
+    assert not [f for f in files if f.lower().endswith(ROW_LEVEL_SUFFIXES)]
+    data = [f for f in files if not f.startswith("code/")]  # code/: the clinrisk package (truth.py etc.)
+    assert not [f for f in data if any(p.startswith(("truth", "raw", "quarantine")) for p in Path(f).parts)]
+    assert "evaluation/predictions.parquet" not in files  # patient ids + true labels stay on disk
+
+
 def test_run_artefacts_are_small_and_hold_no_row_level_data(two_runs) -> None:  # type: ignore[no-untyped-def]
     first, _ = two_runs
-    run = _run_of(first)
-    root = Path(run.info.artifact_uri.removeprefix("file://"))
-    files = [f for f in root.rglob("*") if f.is_file()]
-    # MLflow 3 keeps the logged model under the experiment's models/ folder: count it too.
-    client = _client(first)
-    mv = client.get_model_version(_name(first), "1")
-    model_id = mv.model_id or mv.source.removeprefix("models:/")
-    model_root = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
-    files += [f for f in model_root.rglob("*") if f.is_file()]
-    rel = {str(f.relative_to(root if f.is_relative_to(root) else model_root)) for f in files}
-    total = sum(f.stat().st_size for f in files)
-    assert total < MAX_RUN_BYTES, f"{total} bytes"
-    assert not [f for f in rel if f.lower().endswith(ROW_LEVEL_SUFFIXES)]
-    assert not [
-        f for f in rel if any(part.startswith(("truth", "raw", "quarantine")) for part in Path(f).parts)
-    ]
+    files = run_artefacts(first.tracking_uri, _name(first), "1")
+    assert_small_and_without_row_level_data(files)
     for want in (
         "validation/report.json",
         "validation/report.md",
@@ -83,11 +91,11 @@ def test_run_artefacts_are_small_and_hold_no_row_level_data(two_runs) -> None:  
         "MLmodel",
         "requirements.txt",
         "input_example.json",
+        "code/clinrisk/mlflow_model.py",
     ):
-        assert want in rel, (want, sorted(rel))
-    assert any(f.startswith("evaluation/plots/") and f.endswith(".png") for f in rel)
-    assert any(f.startswith("artifacts/bundle/") for f in rel), "the bundle travels with the model"
-    assert "evaluation/predictions.parquet" not in rel  # patient ids + true labels stay on disk
+        assert want in files, (want, sorted(files))
+    assert any(f.startswith("evaluation/plots/") and f.endswith(".png") for f in files)
+    assert any(f.startswith("artifacts/bundle/") for f in files), "the bundle travels with the model"
 
 
 def test_run_has_the_metadata_users_expect(two_runs) -> None:  # type: ignore[no-untyped-def]
