@@ -49,7 +49,13 @@ def mlflow_server(registered: dict[str, Any]) -> Iterator[str]:
     """``mlflow models serve -m models:/<name>@challenger --env-manager local`` on 127.0.0.1."""
     port = free_port()
     log = registered["tmp"] / "mlflow-serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"], "MLFLOW_REGISTRY_URI": registered["uri"]}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": registered["uri"],
+        "MLFLOW_REGISTRY_URI": registered["uri"],
+        # the CLI starts `uvicorn` by name: this environment's, as from an activated virtualenv
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     cmd = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", registered["model_uri"],
         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1",
