@@ -27,7 +27,8 @@ from typing import Any
 
 from mlflow.pyfunc import PythonModel
 
-BUNDLE_ARTIFACT_KEY = "bundle"
+from clinrisk.tracking import BUNDLE_ARTIFACT_KEY
+
 # The distributions the serving code path imports (clinrisk itself comes from code_paths). The logged pins
 # are the installed versions of these (mlflow adds itself).
 SERVING_REQUIREMENTS = (

@@ -457,6 +457,7 @@ def register_step(
     quarantine).
     """
     from clinrisk.promotion import bootstrap_champion
+    from clinrisk.registry import register_bundle
     from clinrisk.tracking import (
         CHALLENGER,
         configure,
@@ -465,7 +466,6 @@ def register_step(
         log_file,
         log_report_files,
         model_uri,
-        register_bundle,
         set_description,
     )
 

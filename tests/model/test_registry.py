@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from clinrisk import tracking
+from clinrisk import registry, tracking
 from clinrisk.errors import DataError
 from tests.model.conftest import small_config
 
@@ -49,10 +49,10 @@ def _store(tmp_path: Path) -> tuple[Any, Any, str]:
 def assert_consistent(client: Any, cfg: Any) -> None:
     """The store checker's registry invariants (plus: no run of this experiment left RUNNING)."""
     name = cfg.tracking.registered_model_name
-    assert tracking.registry_problems(client, name) == []
-    for v in tracking.model_versions(client, name):
-        assert v.tags.get(tracking.STATE_TAG) == tracking.REGISTERED, v.version
-        for tag in tracking.REQUIRED_VERSION_TAGS:
+    assert registry.registry_problems(client, name) == []
+    for v in registry.model_versions(client, name):
+        assert v.tags.get(registry.STATE_TAG) == registry.REGISTERED, v.version
+        for tag in registry.REQUIRED_VERSION_TAGS:
             assert v.tags.get(tag), (v.version, tag)
     exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
     running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
@@ -63,7 +63,7 @@ def _register(cfg: Any, bundle: Path) -> tuple[str, str]:
     """What `clinrisk register` does: one run, FAILED on error, FINISHED after registration."""
     run_id = tracking.start_run(cfg)
     try:
-        version = tracking.register_bundle(cfg, bundle, run_id)
+        version = registry.register_bundle(cfg, bundle, run_id)
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
@@ -84,7 +84,7 @@ def test_identical_bundle_reuses_its_version(
     _, v1 = _register(cfg, trained_bundle_dir)
     run2, again = _register(cfg, trained_bundle_dir)
     assert v1 == again == "1"
-    assert [str(v.version) for v in tracking.model_versions(client, name)] == ["1"]
+    assert [str(v.version) for v in registry.model_versions(client, name)] == ["1"]
     tags = client.get_run(run2).data.tags
     assert tags["clinrisk.registered_version"] == "1" and tags["clinrisk.registration"].startswith("reused")
     assert not client.list_artifacts(run2), "a reused version logs no second model"
@@ -94,8 +94,8 @@ def test_identical_bundle_reuses_its_version(
     _, back = _register(cfg, trained_bundle_dir)
     assert back == "1" and _alias(client, name) == "1"
     mv = client.get_model_version(name, "1")
-    assert mv.tags[tracking.BUNDLE_TAG] == load_bundle(trained_bundle_dir).version
-    assert tracking.versions_with_bundle(client, name, load_bundle(second_bundle_dir).version) == ["2"]
+    assert mv.tags[registry.BUNDLE_TAG] == load_bundle(trained_bundle_dir).version
+    assert registry.versions_with_bundle(client, name, load_bundle(second_bundle_dir).version) == ["2"]
     assert_consistent(client, cfg)
 
 
@@ -127,7 +127,7 @@ def test_crash_inside_register_leaves_nothing_half_done(
     with pytest.raises(DataError, match=f"cannot register {name} .*injected failure after {method}"):
         _register(cfg, second_bundle_dir)
     monkeypatch.undo()
-    assert [str(v.version) for v in tracking.model_versions(client, name)] == ["1"]
+    assert [str(v.version) for v in registry.model_versions(client, name)] == ["1"]
     assert _alias(client, name) == "1"
     assert_consistent(client, cfg)
     # and the next registration of that bundle works
@@ -141,7 +141,7 @@ KILL_SCRIPT = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from mlflow.tracking import MlflowClient
-    from clinrisk import tracking
+    from clinrisk import registry, tracking
     from tests.model.conftest import small_config
 
     tmp, bundle, method = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -154,7 +154,7 @@ KILL_SCRIPT = textwrap.dedent(
 
     setattr(MlflowClient, method, then_die)
     cfg = small_config(tmp)
-    tracking.register_bundle(cfg, bundle, tracking.start_run(cfg))
+    registry.register_bundle(cfg, bundle, tracking.start_run(cfg))
     """
 )
 
@@ -177,22 +177,22 @@ def test_sigkill_inside_register_is_reconciled(
         timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    (left,) = [v for v in tracking.model_versions(client, name) if str(v.version) != "1"]
-    assert left.tags[tracking.STATE_TAG] == tracking.PENDING  # visible only as unfinished
-    assert left.tags[tracking.BUNDLE_TAG]  # created with its tags in one call
+    (left,) = [v for v in registry.model_versions(client, name) if str(v.version) != "1"]
+    assert left.tags[registry.STATE_TAG] == registry.PENDING  # visible only as unfinished
+    assert left.tags[registry.BUNDLE_TAG]  # created with its tags in one call
     if outcome == "deleted":
-        assert tracking.registry_problems(client, name) == [
+        assert registry.registry_problems(client, name) == [
             f"{name} v{left.version}: left pending by an interrupted registration"
         ]
         assert _alias(client, name) == "1"
     else:
         assert _alias(client, name) == str(left.version)
-        assert f"{name} v{left.version} (@challenger): still marked pending" in tracking.registry_problems(
+        assert f"{name} v{left.version} (@challenger): still marked pending" in registry.registry_problems(
             client, name
         )
-    (action,) = tracking.reconcile_registry(cfg)
+    (action,) = registry.reconcile_registry(cfg)
     assert action.startswith(f"{name} v{left.version}: {outcome}")
-    assert tracking.registry_problems(client, name) == []
+    assert registry.registry_problems(client, name) == []
     # The killed process's run is still RUNNING: closing it is the pipeline exit handler's job
     # (finalize-tracking); here the test closes it like that handler would.
     exp = client.get_experiment_by_name(cfg.tracking.experiment_name)
@@ -224,20 +224,20 @@ def test_reconcile_spares_a_registration_in_progress(trained_bundle_dir: Path, t
         made = {}
         for what, owner in owners.items():
             tags = {
-                tracking.STATE_TAG: tracking.PENDING,
-                tracking.OWNER_TAG: owner,
-                tracking.BUNDLE_TAG: what,
+                registry.STATE_TAG: registry.PENDING,
+                registry.OWNER_TAG: owner,
+                registry.BUNDLE_TAG: what,
             }
             made[what] = str(client.create_model_version(name, source, run_id, tags=tags).version)
-        actions = tracking.reconcile_versions(client, name)
+        actions = registry.reconcile_versions(client, name)
         assert actions == [f"{name} v{made['dead']}: deleted (left pending by an interrupted registration)"]
-        left = {str(v.version) for v in tracking.model_versions(client, name)}
+        left = {str(v.version) for v in registry.model_versions(client, name)}
         assert left == {"1", made["alive"], made["remote"]}
-        assert tracking.registry_problems(client, name) == []  # in progress is not a problem
+        assert registry.registry_problems(client, name) == []  # in progress is not a problem
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert tracking.reconcile_versions(client, name) == [
+    assert registry.reconcile_versions(client, name) == [
         f"{name} v{made['alive']}: deleted (left pending by an interrupted registration)"
     ]
 

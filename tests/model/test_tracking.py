@@ -30,7 +30,7 @@ def test_mlflow_round_trip(trained_bundle_dir: Path, synthetic_features_dir: Pat
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
-    from clinrisk import tracking
+    from clinrisk import registry, tracking
 
     cfg = small_config(tmp_path)
     run_dir = tmp_path / "run"
@@ -41,7 +41,7 @@ def test_mlflow_round_trip(trained_bundle_dir: Path, synthetic_features_dir: Pat
     tracking.log_metrics(bundle.metrics, run_id)
     # A second step (e.g. evaluate) logs into the same run by id.
     tracking.log_metrics({"test": {"auc": 0.5}}, run_id)
-    version = tracking.register_bundle(cfg, trained_bundle_dir, run_id, run_dir=run_dir)
+    version = registry.register_bundle(cfg, trained_bundle_dir, run_id, run_dir=run_dir)
     tracking.end_run(run_id)
 
     run = MlflowClient().get_run(run_id)

@@ -126,7 +126,7 @@ def test_first_model_becomes_champion(two_runs) -> None:  # type: ignore[no-unty
 
 
 def test_identical_rerun_reuses_the_version(two_runs) -> None:  # type: ignore[no-untyped-def]
-    from clinrisk import tracking
+    from clinrisk import registry
 
     first, second = two_runs
     assert second.pipeline_dir != first.pipeline_dir
@@ -138,4 +138,4 @@ def test_identical_rerun_reuses_the_version(two_runs) -> None:  # type: ignore[n
     assert latest.info.run_id != _run_of(first).info.run_id
     assert latest.data.tags["clinrisk.registration"].startswith("reused v1")
     assert latest.info.status == "FINISHED"
-    assert tracking.registry_problems(client, name) == []
+    assert registry.registry_problems(client, name) == []

@@ -28,12 +28,12 @@ from tests.serving.conftest import free_port
 @pytest.fixture(scope="module")
 def registered(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``bundle_dir`` (the bundle the live KServe server serves) registered as challenger in a fresh store."""
-    from clinrisk import tracking
+    from clinrisk import registry, tracking
 
     tmp = tmp_path_factory.mktemp("mlflow_serve")
     cfg = load_config(None, [f"run.output_dir={tmp}"])
     run_id = tracking.start_run(cfg)
-    version = tracking.register_bundle(cfg, bundle_dir, run_id)
+    version = registry.register_bundle(cfg, bundle_dir, run_id)
     tracking.end_run(run_id)
     return {
         "cfg": cfg,
