@@ -1,4 +1,4 @@
-"""Component: log the run's artifacts to MLflow and register the bundle as the `challenger`."""
+"""Component: log the run's small reports to MLflow and register the bundle as the `challenger`."""
 
 from kfp import dsl
 
@@ -11,9 +11,14 @@ def register(
     bundle: dsl.Input[dsl.Model],
     evaluation: dsl.Input[dsl.Artifact],
     validation_report: dsl.Input[dsl.Markdown],
+    validated: dsl.Input[dsl.Dataset],
     mlflow_run_id: str,
 ) -> str:
-    """Register the bundle in the MLflow model registry; returns the model URI (models:/name/version)."""
+    """Register the bundle in the MLflow model registry; returns the model URI (models:/name/version).
+
+    ``validated`` is read for its validation report only (validation/report.json + report.md)."""
     from clinrisk.steps import register_step
 
-    return register_step(config.path, bundle.path, evaluation.path, validation_report.path, mlflow_run_id)
+    return register_step(
+        config.path, bundle.path, evaluation.path, validation_report.path, mlflow_run_id, validated.path
+    )

@@ -83,6 +83,7 @@ def build_training_pipeline(parallelism: int = 2) -> Callable[..., Any]:
             bundle=trained.outputs["bundle"],
             evaluation=evaluated.outputs["evaluation"],
             validation_report=data.outputs["validation_report"],
+            validated=data.outputs["validated"],
             mlflow_run_id=tracking.output,
         )
         registered.set_caching_options(False)

@@ -55,10 +55,16 @@ def decide(
 ) -> dict[str, Any]:
     """Pure gate decision on two metric sets (keys of :data:`GATE_METRICS`)."""
     if champion is None:
+        # Bootstrap: the first model passes when its primary metric was measured at all (a model whose
+        # validation AP is missing or NaN never becomes champion by default).
+        ok = _finite(challenger.get(pc.primary))
         return {
-            "decision": PROMOTE,
+            "decision": PROMOTE if ok else KEEP,
             "first_deployment": True,
-            "reason": "no champion registered: the challenger becomes champion (first deployment)",
+            "reason": "no champion registered: the challenger becomes champion (first deployment)"
+            if ok
+            else f"no champion registered, but the challenger's {pc.primary!r} is missing or not finite: "
+            "no champion set",
             "primary": {"metric": pc.primary, "challenger": challenger.get(pc.primary)},
             "guards": [],
             "skipped": [],
@@ -426,6 +432,19 @@ def run_promotion(
         tracking.log_artifacts(dest, f"promotion/{dest.name}", chal.run_id)
         record["mlflow_run_id"] = chal.run_id
     return record
+
+
+def bootstrap_champion(cfg: ClinriskConfig, run_dir: Path | None = None) -> dict[str, Any] | None:
+    """Bootstrap policy: with no ``champion`` yet, gate the ``challenger`` (the first-deployment rule of
+    :func:`decide`), so the first model that passes becomes champion and ``clinrisk drift`` works after the
+    first pipeline run. Returns the gate record, or None when a champion already exists."""
+    from clinrisk import tracking
+
+    tracking.configure(cfg, run_dir)
+    client = tracking.mlflow_client()
+    if _version_or_none(client, cfg.tracking.registered_model_name, tracking.CHAMPION) is not None:
+        return None
+    return run_promotion(cfg, run_dir=run_dir)
 
 
 # ------------------------------------------------------------------------------------- canary A/B

@@ -435,9 +435,13 @@ def evaluate_step(
         cm = data["confusion_matrix"]
         classification.log_confusion_matrix(cm["categories"], cm["matrix"])
     if mlflow_run_id:
-        from clinrisk.tracking import log_to_run
+        from clinrisk.tracking import headline_description, log_report_files, log_to_run, set_description
 
-        log_to_run(cfg, mlflow_run_id, metrics=result["headline"], artifacts={"evaluation": Path(out_dir)})
+        # test.* beside training's validation.*; the report and plots, never predictions.parquet (row-level
+        # data with true labels).
+        log_to_run(cfg, mlflow_run_id, metrics=result["headline"], prefix="test")
+        log_report_files(Path(out_dir), "evaluation", mlflow_run_id)
+        set_description(mlflow_run_id, headline_description(cfg, result["headline"]))
     return dict(result)
 
 
@@ -450,19 +454,48 @@ def register_step(
     evaluation_dir: str | Path,
     validation_report: str | Path,
     mlflow_run_id: str,
+    validated_dir: str | Path | None = None,
 ) -> str:
-    """Log reports to the run, register the bundle (alias ``challenger``); returns ``models:/name/version``."""
-    from clinrisk.tracking import end_run, log_to_run, model_uri, register_bundle
+    """Log the small reports to the run, register the bundle (alias ``challenger``; an identical bundle
+    reuses its version), make it ``champion`` when there is none yet; returns ``models:/name/version``.
+
+    The run gets only small artefacts: the validation report (``validated_dir/validation``: JSON and
+    Markdown; else the Markdown ``validation_report``), the config and the registered model (the evaluation
+    report and plots come from the evaluate step). Never the data folders beside them (raw data, truth,
+    quarantine).
+    """
+    from clinrisk.promotion import bootstrap_champion
+    from clinrisk.registry import register_bundle
+    from clinrisk.tracking import (
+        CHALLENGER,
+        configure,
+        end_run,
+        headline_description,
+        log_file,
+        log_report_files,
+        model_uri,
+        set_description,
+    )
 
     cfg = _load(config_dir)
     if not mlflow_run_id:
         return str(Path(bundle_dir))
-    log_to_run(
-        cfg,
-        mlflow_run_id,
-        artifacts={"evaluation": Path(evaluation_dir), "validation": Path(validation_report).parent},
-    )
+    configure(cfg)
+    report_dir = Path(validated_dir) / "validation" if validated_dir is not None else None
+    if report_dir is not None and report_dir.is_dir():
+        log_report_files(report_dir, "validation", mlflow_run_id, suffixes=(".json", ".md"))
+    else:
+        log_file(Path(validation_report), "validation", mlflow_run_id)
+    log_file(Path(config_dir) / CONFIG_FILE, "config", mlflow_run_id)
     version = register_bundle(cfg, Path(bundle_dir), mlflow_run_id)
+    name = cfg.tracking.registered_model_name
+    aliases = f"@{CHALLENGER}"
+    record = bootstrap_champion(cfg)
+    if record is not None and record.get("champion_after") == version:
+        aliases += " and @champion, the first model to pass the gate"
+    metrics_file = Path(evaluation_dir) / "metrics.json"
+    headline = read_json(metrics_file).get("headline", {}) if metrics_file.is_file() else {}
+    set_description(mlflow_run_id, headline_description(cfg, headline, f"`{name}` v{version} ({aliases})"))
     end_run(mlflow_run_id)
     return model_uri(cfg, version)
 

@@ -3,9 +3,8 @@
 Local default (tiers 1 and 2): sqlite backend ``sqlite:///<run_dir>/mlflow/mlflow.db`` with artifacts in
 ``<run_dir>/mlflow/artifacts``; ``tracking.tracking_uri`` points at a server instead (tier 3). Every
 function takes an explicit ``run_id`` so the steps of one pipeline run — separate processes or pods — log
-into the same MLflow run. The bundle is registered as a pyfunc model whose ``predict`` is
-:meth:`clinrisk.bundle.ModelBundle.predict_proba`, and the new version gets the alias ``challenger``
-(aliases, not the deprecated stages).
+into the same MLflow run. Registration (the pyfunc model, atomic and
+idempotent versions) is :mod:`clinrisk.registry`; aliases, not the deprecated stages.
 """
 
 from __future__ import annotations
@@ -17,14 +16,12 @@ from typing import TYPE_CHECKING, Any
 from clinrisk.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from mlflow.pyfunc import PythonModel
-
     from clinrisk.config import ClinriskConfig
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
-BUNDLE_ARTIFACT_KEY = "bundle"
+BUNDLE_ARTIFACT_KEY = "bundle"  # the bundle's key among the pyfunc model's artifacts
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
@@ -103,7 +100,23 @@ def configure(cfg: ClinriskConfig, run_dir: Path | None = None) -> str:
         art = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve()
         art.mkdir(parents=True, exist_ok=True)
         location = art.as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    tags = {NOTE_TAG: experiment_description(cfg)}
+    return str(client.create_experiment(name, artifact_location=location, tags=tags))
+
+
+NOTE_TAG = "mlflow.note.content"
+PIPELINE_SOURCE = "clinrisk-training pipeline (pipelines/training.py)"  # the description MLflow's UI shows for a run or an experiment
+
+
+def experiment_description(cfg: ClinriskConfig) -> str:
+    """What the experiment holds, for MLflow's experiment page."""
+    return (
+        f"clinrisk use case `{cfg.run.usecase}`: one MLflow run per training pipeline run (config as "
+        f"params, `validation.*` metrics from training, `test.*` from the held-out test split, the "
+        f"evaluation and validation reports as artifacts). Models are registered as "
+        f"`{cfg.tracking.registered_model_name}`: `@challenger` is the newest registered model, "
+        f"`@champion` the one that passed the promotion gate (the first one becomes champion)."
+    )
 
 
 def mlflow_client() -> Any:
@@ -120,14 +133,119 @@ def start_run(
     kfp_run_id: str | None = None,
     run_name: str | None = None,
 ) -> str:
-    """Create an MLflow run (not left active in this process) and return its id."""
+    """Create an MLflow run (not left active in this process) and return its id.
+
+    Tags: source (``tags`` may set ``mlflow.source.name``/``type``), git commit, user and package version
+    (:func:`source_tags`), a first description, the KFP run id when given.
+    """
+    from clinrisk.config import config_hash
+
     exp_id = configure(cfg, run_dir)
-    all_tags = {"clinrisk.run_name": cfg.run.name, "clinrisk.label_strategy": cfg.labels.strategy}
+    all_tags = {
+        "clinrisk.run_name": cfg.run.name,
+        "clinrisk.usecase": cfg.run.usecase,
+        "clinrisk.label_strategy": cfg.labels.strategy,
+        # A KFP run id means the pipeline's start-tracking step; otherwise a CLI command.
+        **(source_tags(PIPELINE_SOURCE, "JOB") if kfp_run_id else source_tags()),
+        NOTE_TAG: (
+            f"Training run `{cfg.run.name}` of use case `{cfg.run.usecase}` (config hash "
+            f"`{config_hash(cfg)[:12]}`). The test result and the registered version are added here when "
+            f"evaluation and registration finish."
+        ),
+    }
     if kfp_run_id:
         all_tags["kfp.run_id"] = kfp_run_id
     all_tags.update(tags or {})
     run = mlflow_client().create_run(exp_id, tags=all_tags, run_name=run_name or cfg.run.name)
     return str(run.info.run_id)
+
+
+def source_tags(source_name: str = "clinrisk", source_type: str = "LOCAL") -> dict[str, str]:
+    """MLflow's system tags for where a run comes from: source name and type, user, git commit and branch
+    (when the package runs from a git checkout, or ``$CLINRISK_GIT_COMMIT`` as set by an image build),
+    and the clinrisk version (always; the only code identity outside a checkout)."""
+    import getpass
+    import os
+
+    from clinrisk import __version__
+
+    tags = {
+        "mlflow.source.name": source_name,
+        "mlflow.source.type": source_type,
+        "clinrisk.version": __version__,
+    }
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (some containers)
+        tags["mlflow.user"] = os.environ.get("USER", "unknown")
+    git = git_info()
+    commit = os.environ.get("CLINRISK_GIT_COMMIT") or git.get("commit")
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if git.get("branch"):
+        tags["mlflow.source.git.branch"] = git["branch"]
+    if git.get("dirty"):
+        tags["clinrisk.git.dirty"] = git["dirty"]
+    return tags
+
+
+def git_info() -> dict[str, str]:
+    """Commit, branch and dirty flag of the git checkout the clinrisk package runs from ({} outside one)."""
+    import shutil
+    import subprocess
+
+    import clinrisk
+
+    root = Path(clinrisk.__file__).resolve().parents[2]
+    if not (root / ".git").exists() or shutil.which("git") is None:
+        return {}
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        if not commit:
+            return {}
+        out = {"commit": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+        out["dirty"] = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
+        return out
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def set_description(run_id: str, text: str) -> None:
+    """The run's description (Markdown) on MLflow's run page."""
+    mlflow_client().set_tag(run_id, NOTE_TAG, text)
+
+
+def headline_description(cfg: ClinriskConfig, headline: dict[str, Any], registered: str | None = None) -> str:
+    """One paragraph with the run's headline: test metrics against recorded and true labels, and the
+    registered version when there is one."""
+    import math
+
+    def fmt(key: str) -> str | None:
+        v = headline.get(key)
+        return f"{float(v):.4f}" if isinstance(v, int | float) and math.isfinite(float(v)) else None
+
+    parts = []
+    for metric, label in (("auc", "AUC"), ("ap", "AP"), ("brier", "Brier")):
+        rec, true = fmt(f"recorded_{metric}"), fmt(f"true_{metric}")
+        if rec or true:
+            parts.append(f"{label} {rec or 'n/a'} (true labels {true or 'n/a'})")
+    text = f"**Test split** ({cfg.run.usecase}, run `{cfg.run.name}`): " + (
+        "; ".join(parts) if parts else "no headline metrics"
+    )
+    gap = fmt("auc_gap_expected")
+    if gap:
+        text += f". Expected AUC gap to the oracle: {gap}"
+    text += "."
+    if registered:
+        text += f"\n\n**Registered** as {registered}."
+    return text
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
@@ -189,6 +307,38 @@ def log_artifacts(local_dir: Path, artifact_path: str | None, run_id: str) -> No
     mlflow_client().log_artifacts(run_id, str(local_dir), artifact_path)
 
 
+# What a run may carry from the evaluation folder: reports, plots and small JSON. Row-level outputs
+# (predictions.parquet, with patient ids and true labels) stay on disk; the registry holds no patient data.
+REPORT_SUFFIXES = (".md", ".json", ".png", ".svg", ".html")
+
+
+def log_report_files(
+    local_dir: Path, artifact_path: str, run_id: str, suffixes: tuple[str, ...] = REPORT_SUFFIXES
+) -> list[str]:
+    """Upload the report files (``suffixes``) under ``local_dir`` to ``artifact_path``; returns the relative
+    paths left out."""
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: report directory not found")
+    client = mlflow_client()
+    skipped: list[str] = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root)
+        if f.suffix.lower() not in suffixes:
+            skipped.append(str(rel))
+            continue
+        dest = "/".join([artifact_path, *rel.parent.parts])
+        client.log_artifact(run_id, str(f), dest)
+    return skipped
+
+
+def log_file(local_file: Path, artifact_path: str, run_id: str) -> None:
+    """Upload one file under ``artifact_path`` of the run."""
+    if not Path(local_file).is_file():
+        raise DataError(f"{local_file}: file not found")
+    mlflow_client().log_artifact(run_id, str(local_file), artifact_path)
+
+
 def log_to_run(
     cfg: ClinriskConfig,
     run_id: str,
@@ -208,103 +358,10 @@ def log_to_run(
         log_artifacts(Path(local), artifact_path, run_id)
 
 
-def _pyfunc_class() -> type[PythonModel]:
-    from mlflow.pyfunc import PythonModel
-
-    class ClinriskModel(PythonModel):
-        """pyfunc wrapper: pandas frame of feature columns in, calibrated probabilities out."""
-
-        def load_context(self, context: Any) -> None:
-            from clinrisk.bundle import load_bundle
-
-            self.bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT_KEY])
-
-        # No type hints here on purpose: MLflow would try to derive a (list-based) schema from them.
-        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            return self.bundle.predict_proba(model_input)
-
-    return ClinriskModel
-
-
-def _signature(bundle: Any) -> Any:
-    """Input schema: categoricals as strings (level names), everything else double (nullable)."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
-    cols: list[ColSpec | TensorSpec] = [
-        ColSpec("string" if n in bundle.categories else "double", n, required=True)
-        for n in bundle.feature_names
-    ]
-    return ModelSignature(inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype("float64"), (-1,))]))
-
-
-def register_bundle(
-    cfg: ClinriskConfig,
-    bundle_dir: Path,
-    run_id: str,
-    alias: str = CHALLENGER,
-    run_dir: Path | None = None,
-) -> str:
-    """Log the bundle as a pyfunc model in ``run_id``, register it, set ``alias`` on the new version."""
-    import mlflow
-    import mlflow.pyfunc
-
-    from clinrisk import __version__
-    from clinrisk.bundle import load_bundle
-
-    bundle = load_bundle(bundle_dir)  # refuse to register an invalid bundle
-    configure(cfg, run_dir)
-    name = cfg.tracking.registered_model_name
-    store = tracking_uri(cfg, run_dir)
-    client = mlflow_client()
-    before = _version_numbers(client, name)
-    try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=_pyfunc_class()(),
-                artifacts={BUNDLE_ARTIFACT_KEY: str(Path(bundle_dir).resolve())},
-                signature=_signature(bundle),
-                # Pinned requirements instead of inference (slow, and it imports the world).
-                pip_requirements=[f"clinrisk=={__version__}", "lightgbm>=4.6,<4.8", "polars>=2.1,<2.2"],
-                registered_model_name=name,
-                metadata={"bundle_version": bundle.version},
-            )
-        version = str(info.registered_model_version)
-        client.set_registered_model_alias(name, alias, version)
-        client.set_model_version_tag(name, version, "bundle_version", bundle.version)
-        client.set_model_version_tag(name, version, "data_hash", str(bundle.metadata.get("data_hash", "")))
-    except Exception as exc:
-        # A version without its alias/tags (or whose upload broke) must not look deployable: remove it.
-        for stray in _version_numbers(client, name) - before:
-            _delete_version_quietly(client, name, stray)
-        raise DataError(f"{store}: cannot register {name} ({_one_line(exc)})") from None
-    return version
-
-
-def _one_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """The first line of an MLflow/HTTP error, which carries the failing URL or S3 error code."""
     text = str(getattr(exc, "message", "") or exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
-def _version_numbers(client: Any, name: str) -> set[str]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return {str(v.version) for v in client.search_model_versions(f"name='{name}'")}
-    except MlflowException:
-        return set()
-
-
-def _delete_version_quietly(client: Any, name: str, version: str) -> None:
-    import contextlib
-
-    from mlflow.exceptions import MlflowException
-
-    with contextlib.suppress(MlflowException):  # the original error is what the caller reports
-        client.delete_model_version(name, version)
 
 
 def set_alias(cfg: ClinriskConfig, alias: str, version: str, run_dir: Path | None = None) -> None:

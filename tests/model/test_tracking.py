@@ -1,11 +1,11 @@
 """MLflow round trip (slowish; kept to one registry test): log config/metrics, register the bundle as a
-pyfunc model, reload it through the registry alias and compare predictions with the bundle."""
+pyfunc model, reload it through the registry alias and compare its predictions with the serving engine's
+for the same raw-history instance (one contract with KServe)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
@@ -30,7 +30,7 @@ def test_mlflow_round_trip(trained_bundle_dir: Path, synthetic_features_dir: Pat
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
-    from clinrisk import tracking
+    from clinrisk import registry, tracking
 
     cfg = small_config(tmp_path)
     run_dir = tmp_path / "run"
@@ -41,7 +41,7 @@ def test_mlflow_round_trip(trained_bundle_dir: Path, synthetic_features_dir: Pat
     tracking.log_metrics(bundle.metrics, run_id)
     # A second step (e.g. evaluate) logs into the same run by id.
     tracking.log_metrics({"test": {"auc": 0.5}}, run_id)
-    version = tracking.register_bundle(cfg, trained_bundle_dir, run_id, run_dir=run_dir)
+    version = registry.register_bundle(cfg, trained_bundle_dir, run_id, run_dir=run_dir)
     tracking.end_run(run_id)
 
     run = MlflowClient().get_run(run_id)
@@ -51,17 +51,25 @@ def test_mlflow_round_trip(trained_bundle_dir: Path, synthetic_features_dir: Pat
     assert run.data.metrics["test.auc"] == 0.5
     assert (run_dir / "mlflow" / "artifacts").is_dir()
 
-    frame = pl.read_parquet(str(list_shards(synthetic_features_dir)[0]))
-    expected = bundle.predict_proba(frame)
-    # Categoricals go in as level names (the signature's string columns), everything else as numbers.
-    pdf = (
-        frame.select(bundle.feature_names)
-        .with_columns([pl.col(c).cast(pl.String) for c in bundle.categories])
-        .to_pandas()
+    # One contract with KServe: raw-history instances in, the V1 predictions out, through the serving engine.
+    from clinrisk.config import ServingConfig
+    from clinrisk.serving.inference import EXAMPLE_INSTANCE, ServingEngine
+
+    want = ServingEngine.from_dir(trained_bundle_dir, ServingConfig()).score(
+        {"instances": [EXAMPLE_INSTANCE]}
     )
     model = mlflow.pyfunc.load_model(f"models:/{cfg.tracking.registered_model_name}@challenger")
-    got = np.asarray(model.predict(pdf), dtype=np.float64)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    got = model.predict([EXAMPLE_INSTANCE])
+    assert got == want.response["predictions"]
+    assert got[0]["probability"] == want.probabilities[0]  # bit for bit
+    assert model.predict({"instances": [EXAMPLE_INSTANCE]}) == got
+    assert model.metadata.get_input_schema() is None  # the serving engine validates instances, not MLflow
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"instances\[0\]"):
+        model.predict([{**EXAMPLE_INSTANCE, "history": []}])
+    # The feature frame is not the contract any more: it is refused with the serving engine's message.
+    frame = pl.read_parquet(str(list_shards(synthetic_features_dir)[0])).head(2)
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"instances\[0\]"):
+        model.predict(frame.to_pandas())
 
     local = tracking.resolve_model(cfg, "challenger", tmp_path / "dl", run_dir=run_dir)
     assert load_bundle(local).version == bundle.version

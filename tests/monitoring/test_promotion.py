@@ -60,14 +60,14 @@ def test_missing_champion_and_bad_metrics() -> None:
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_registry_flow(trained_bundle_dir: Path, synthetic_features_dir: Path, tmp_path: Path) -> None:
     """First deployment → champion; a weaker challenger (no HbA1c features) is refused; both recorded."""
-    from clinrisk import tracking
+    from clinrisk import registry, tracking
     from clinrisk.promotion import run_promotion
     from clinrisk.train import train_model
     from tests.model.conftest import small_config
 
     cfg = small_config(tmp_path)
     run1 = tracking.start_run(cfg)
-    tracking.register_bundle(cfg, trained_bundle_dir, run1)
+    registry.register_bundle(cfg, trained_bundle_dir, run1)
     first = run_promotion(cfg, features_dir=synthetic_features_dir)
     assert first["gate"]["decision"] == PROMOTE and first["gate"]["first_deployment"]
     assert first["champion_after"] == first["challenger_version"] == "1"
@@ -76,7 +76,7 @@ def test_registry_flow(trained_bundle_dir: Path, synthetic_features_dir: Path, t
     keep = ["age", "sex", "insurance", "bmi", "visits", "ldl_mean_3y"]
     train_model(cfg, synthetic_features_dir, weak, selected_features=keep)
     run2 = tracking.start_run(cfg)
-    tracking.register_bundle(cfg, weak, run2)
+    registry.register_bundle(cfg, weak, run2)
     second = run_promotion(cfg, features_dir=synthetic_features_dir)
     assert second["gate"]["decision"] == KEEP
     assert second["champion_after"] == "1"

@@ -77,7 +77,8 @@ def register_model(
     """Log the bundle to MLflow (params, metrics, pyfunc model), register it and set the alias."""
     from clinrisk.bundle import load_bundle
     from clinrisk.paths import RunPaths
-    from clinrisk.tracking import end_run, log_config, log_metrics, register_bundle, start_run, tracking_uri
+    from clinrisk.registry import register_bundle
+    from clinrisk.tracking import end_run, log_config, log_metrics, start_run, tracking_uri
 
     cfg = load(config, sets)
     paths = RunPaths.for_config(cfg)

@@ -84,6 +84,17 @@ def test_model_is_tracked_and_registered_under_the_usecase_names(leads_run) -> N
     assert run.data.params.get("run.usecase") == "leads"
 
 
+def test_registry_holds_only_small_artefacts(leads_run) -> None:  # type: ignore[no-untyped-def]
+    from tests.pipeline.test_registry_pipeline import (
+        assert_small_and_without_row_level_data,
+        run_artefacts,
+    )
+
+    files = run_artefacts(leads_run.tracking_uri, LEADS.names.model_name, "1")
+    assert_small_and_without_row_level_data(files)
+    assert {"validation/report.json", "evaluation/report.md", "config/config.yaml", "MLmodel"} <= set(files)
+
+
 def test_same_config_same_data_hash(leads_run) -> None:  # type: ignore[no-untyped-def]
     cfg = load_config(TINY, FAST)
     plan = LEADS.source.plan(cfg)
