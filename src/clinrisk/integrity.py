@@ -21,7 +21,6 @@ from clinrisk import run_control as rc
 from clinrisk.config import ClinriskConfig
 
 # Tags register_bundle sets together with the alias; a version with an alias but without them is half-done.
-REQUIRED_VERSION_TAGS = ("bundle_version", "data_hash")
 
 
 def check_store(target: ClinriskConfig | str | Path) -> list[str]:
@@ -125,6 +124,8 @@ def _check_tracking(uri: str, active: bool) -> list[str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from clinrisk.registry import registry_problems
+
     try:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         experiments = [e.experiment_id for e in client.search_experiments()]
@@ -134,13 +135,11 @@ def _check_tracking(uri: str, active: bool) -> list[str]:
                 tag = run.data.tags.get("kfp.run_id", "?")
                 problems.append(f"{uri}: MLflow run {run.info.run_id} (kfp.run_id {tag}) is still RUNNING")
         for model in client.search_registered_models():
+            # The registry's own rules: aliased versions carry their tags, nothing left pending, one version
+            # per bundle (clinrisk.registry owns what a consistent registered model is).
+            problems += [f"{uri}: {p}" for p in registry_problems(client, model.name)]
             for alias, version in (model.aliases or {}).items():
                 mv = client.get_model_version(model.name, str(version))
-                missing = [t for t in REQUIRED_VERSION_TAGS if t not in (mv.tags or {})]
-                if missing:
-                    problems.append(
-                        f"{uri}: {model.name} v{version} (alias {alias}) lacks tags {', '.join(missing)}"
-                    )
                 if mv.status != "READY":
                     problems.append(f"{uri}: {model.name} v{version} (alias {alias}) is {mv.status}")
         return problems
