@@ -17,6 +17,7 @@ from clinrisk.cli import (
     validation,
 )
 from clinrisk.cli.common import SELECTION, ConfigOption, SetOption, UsecaseOption, handle_errors, load
+from clinrisk.usecases.segmentation import cli as segmentation_cli
 
 
 def build_app() -> typer.Typer:
@@ -33,6 +34,7 @@ def build_app() -> typer.Typer:
     app.command("version")(show_version)
     for area in (data, validation, features, selection, model, evaluation, pipeline, serve, rollout, monitor):
         area.register(app)
+    segmentation_cli.register(app)  # the segmentation use case's own model commands (clinrisk segmentation ...)
     return app
 
 
