@@ -41,7 +41,7 @@ bench: venv ## run the benchmarks (prints medians and ratios)
 
 lock: ## re-resolve dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install -q -e ".[dev]"
+	.lockenv/bin/pip install -q -e ".[dev,segmentation]"
 	.lockenv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 	rm -rf .lockenv
 

@@ -35,7 +35,9 @@ def _cfg(usecase: UseCase) -> object:
 def _tabular(usecase: UseCase) -> None:
     """The feature-table and tabular-serving contracts apply to use cases on the shared LightGBM path only."""
     if usecase.model_family != "tabular":
-        pytest.skip(f"use case {usecase.name!r} trains and serves its own model (model_family={usecase.model_family!r})")
+        pytest.skip(
+            f"use case {usecase.name!r} trains and serves its own model (model_family={usecase.model_family!r})"
+        )
 
 
 @pytest.fixture(scope="module", params=[*known(), TOY])

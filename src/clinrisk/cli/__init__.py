@@ -34,7 +34,8 @@ def build_app() -> typer.Typer:
     app.command("version")(show_version)
     for area in (data, validation, features, selection, model, evaluation, pipeline, serve, rollout, monitor):
         area.register(app)
-    segmentation_cli.register(app)  # the segmentation use case's own model commands (clinrisk segmentation ...)
+    # the segmentation use case brings its own model commands: clinrisk segmentation train|eval|infer|...
+    segmentation_cli.register(app)
     return app
 
 

@@ -35,7 +35,9 @@ def _bytes(a: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def test_generator_is_deterministic_with_known_binary_masks_and_several_images_per_patient(tmp_path: Path) -> None:
+def test_generator_is_deterministic_with_known_binary_masks_and_several_images_per_patient(
+    tmp_path: Path,
+) -> None:
     cfg = tiny_cfg(tmp_path)
     plan = SEG.source.plan(cfg)
     assert plan["n_shards"] == 2  # 8 patients in blocks of 4: the plan owns the fan-out
@@ -52,17 +54,37 @@ def test_generator_is_deterministic_with_known_binary_masks_and_several_images_p
 
 
 def test_sites_drift_in_intensity(tmp_path: Path) -> None:
-    cfg = tiny_cfg(tmp_path, "params.generate.n_patients=24", "params.generate.patients_per_shard=24",
-                   "params.generate.n_sites=3")
+    cfg = tiny_cfg(
+        tmp_path,
+        "params.generate.n_patients=24",
+        "params.generate.patients_per_shard=24",
+        "params.generate.n_sites=3",
+    )
     raw = SEG.source.generate_shard(cfg, SEG.source.plan(cfg), 0).tables["images"]
-    means = raw.with_columns(pl.col("image").map_elements(lambda b: float(decode_gray(b).mean()), return_dtype=pl.Float64)
-                             .alias("m")).group_by("site").agg(pl.col("m").mean())
+    means = (
+        raw.with_columns(
+            pl.col("image")
+            .map_elements(lambda b: float(decode_gray(b).mean()), return_dtype=pl.Float64)
+            .alias("m")
+        )
+        .group_by("site")
+        .agg(pl.col("m").mean())
+    )
     assert means.height >= 2 and means["m"].max() - means["m"].min() > 3  # grey levels differ by site
 
 
-def _row(image_id: str, image: bytes | None, mask: bytes | None, file: str | None = None) -> dict[str, object]:
-    return {"image_id": image_id, "patient_id": 1, "patient": "p1", "site": "s", "file": file or f"{image_id}.png",
-            "image": image, "mask": mask}
+def _row(
+    image_id: str, image: bytes | None, mask: bytes | None, file: str | None = None
+) -> dict[str, object]:
+    return {
+        "image_id": image_id,
+        "patient_id": 1,
+        "patient": "p1",
+        "site": "s",
+        "file": file or f"{image_id}.png",
+        "image": image,
+        "mask": mask,
+    }
 
 
 def test_validation_quarantines_bad_files_with_reasons(tmp_path: Path) -> None:
@@ -87,10 +109,18 @@ def test_validation_quarantines_bad_files_with_reasons(tmp_path: Path) -> None:
     q = res.quarantine["images"]
     assert set(QUARANTINE_REASON_COLUMNS) <= set(q.columns)
     checks = dict(zip(q["image_id"].to_list(), q["_check"].to_list(), strict=True))
-    assert checks == {"unreadable": "unreadable", "mismatch": "shape_mismatch", "empty": "empty_mask",
-                      "nonbinary": "non_binary", "colour": "channels", "no_mask": "missing_mask",
-                      "truncated": "unreadable"}
-    assert all(r.startswith(f) for r, f in zip(q["_reason"], q["file"], strict=True))  # each reason names its file
+    assert checks == {
+        "unreadable": "unreadable",
+        "mismatch": "shape_mismatch",
+        "empty": "empty_mask",
+        "nonbinary": "non_binary",
+        "colour": "channels",
+        "no_mask": "missing_mask",
+        "truncated": "unreadable",
+    }
+    assert all(
+        r.startswith(f) for r, f in zip(q["_reason"], q["file"], strict=True)
+    )  # each reason names its file
     assert res.stats["rows_in"] == len(rows) == res.tables["images"].height + q.height
     MANIFEST_SCHEMA.validate(res.tables["images"].drop("image", "mask"))
     assert res.tables["images"]["mask_coverage"][0] == pytest.approx(25 / 1024)
@@ -98,8 +128,13 @@ def test_validation_quarantines_bad_files_with_reasons(tmp_path: Path) -> None:
 
 def test_duplicate_image_ids_are_quarantined_by_the_manifest_rules(tmp_path: Path) -> None:
     img, mask = _png(np.full((32, 32), 9, np.uint8)), _png(np.zeros((32, 32), np.uint8))
-    raw = RawShard({"images": pl.DataFrame([_row("a", img, mask), _row("a", img, mask), _row("b", img, mask)],
-                                           schema=RAW_COLUMNS)})
+    raw = RawShard(
+        {
+            "images": pl.DataFrame(
+                [_row("a", img, mask), _row("a", img, mask), _row("b", img, mask)], schema=RAW_COLUMNS
+            )
+        }
+    )
     res = SEG.schema.validate(tiny_cfg(tmp_path), raw, 0)
     assert res.tables["images"]["image_id"].to_list() == ["b"]
     assert res.quarantine["images"]["_check"].to_list() == ["unique", "unique"]
@@ -164,3 +199,20 @@ def test_bad_params_are_config_errors(tmp_path: Path) -> None:
         tiny_cfg(tmp_path, "params.data.train_size=36", "params.model.depth=3")  # 36 px not divisible by 8
     with pytest.raises(ConfigError, match="params"):
         tiny_cfg(tmp_path, "params.train.lr=-1")
+
+
+def test_the_platform_data_commands_generate_and_validate_segmentation(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clinrisk.cli import build_app
+    from tests.usecases.segmentation.conftest import TINY
+
+    runner, app = CliRunner(), build_app()
+    common = ["--config", str(TINY), "--set", f"run.output_dir={tmp_path}"]
+    r = runner.invoke(app, ["--usecase", "segmentation", "generate", *common])
+    assert r.exit_code == 0, r.output
+    assert "generated 16 rows in 2 shards" in r.output
+    r = runner.invoke(app, ["--usecase", "segmentation", "validate", *common])
+    assert r.exit_code == 0, r.output
+    assert "16 valid, 0 quarantined" in r.output
+    assert (tmp_path / "seg-tiny" / "raw" / "truth" / "shard=001" / "part.parquet").is_file()

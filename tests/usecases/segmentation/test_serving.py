@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("jax")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from clinrisk.usecases.segmentation.imaging import decode_gray, encode_png, rle_decode  # noqa: E402
+from clinrisk.usecases.segmentation.imaging import decode_gray, encode_png, rle_decode
 
 
 def _b64(data: bytes) -> str:
@@ -32,7 +32,9 @@ def client(trained: tuple[Any, dict, Path]) -> Any:
 
     cfg, _, ckpt = trained
     serving = cfg.serving.model_copy(update={"max_body_bytes": 2_000_000})
-    model = SegmentationModel("segmentation", ckpt, serving, ServeParams(max_side=256, max_image_bytes=200_000))
+    model = SegmentationModel(
+        "segmentation", ckpt, serving, ServeParams(max_side=256, max_image_bytes=200_000)
+    )
     model.load()
     return TestClient(create_app(model_server(serving, model), serving, None))
 
@@ -42,8 +44,15 @@ URL = "/v1/models/segmentation:predict"
 
 def test_predict_returns_a_mask_per_image_with_confidence(client: Any) -> None:
     img = (np.random.default_rng(0).random((64, 80)) * 255).astype(np.uint8)
-    r = client.post(URL, json={"instances": [{"image_b64": _b64(encode_png(img)), "id": "a"},
-                                             {"image_b64": _b64(encode_png(img[:32, :32]))}]})
+    r = client.post(
+        URL,
+        json={
+            "instances": [
+                {"image_b64": _b64(encode_png(img)), "id": "a"},
+                {"image_b64": _b64(encode_png(img[:32, :32]))},
+            ]
+        },
+    )
     assert r.status_code == 200, r.text
     p = r.json()["predictions"]
     assert [x["id"] for x in p] == ["a", "1"]
@@ -61,12 +70,17 @@ def test_rle_masks(trained: tuple[Any, dict, Path]) -> None:
     model.load()
     img = (np.random.default_rng(1).random((32, 32)) * 255).astype(np.uint8)
     out = model.segment({"instances": [{"image_b64": _b64(encode_png(img))}]})["predictions"][0]
-    assert rle_decode(out["mask_rle"]).shape == (32, 32) and int(rle_decode(out["mask_rle"]).sum()) == out["mask_pixels"]
+    assert (
+        rle_decode(out["mask_rle"]).shape == (32, 32)
+        and int(rle_decode(out["mask_rle"]).sum()) == out["mask_pixels"]
+    )
 
 
 def _rgb_png() -> bytes:
     buf = io.BytesIO()
-    Image.fromarray((np.random.default_rng(2).random((32, 32, 3)) * 255).astype(np.uint8)).save(buf, format="PNG")
+    Image.fromarray((np.random.default_rng(2).random((32, 32, 3)) * 255).astype(np.uint8)).save(
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 
@@ -82,7 +96,9 @@ def _rgb_png() -> bytes:
         ({"img": "x"}, 400, "instances[0].image_b64: missing"),
     ],
 )
-def test_bad_input_is_refused_with_a_clear_message(client: Any, instance: dict, status: int, words: str) -> None:
+def test_bad_input_is_refused_with_a_clear_message(
+    client: Any, instance: dict, status: int, words: str
+) -> None:
     r = client.post(URL, json={"instances": [instance]})
     assert r.status_code == status, r.text
     assert words in r.json()["error"]
@@ -90,6 +106,9 @@ def test_bad_input_is_refused_with_a_clear_message(client: Any, instance: dict, 
 
 def test_malformed_bodies(client: Any) -> None:
     assert client.post(URL, json={"instances": []}).status_code == 400
-    assert client.post(URL, content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        client.post(URL, content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 400
+    )
     r = client.post(URL, content=b"x" * 2_100_000, headers={"content-type": "application/json"})
     assert r.status_code == 413

@@ -35,7 +35,11 @@ def checkpoint_bytes(arrays: dict[str, np.ndarray], header: dict[str, Any]) -> b
         for name in ["__header__", *sorted(arrays)]:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
-            arr = np.frombuffer(json.dumps(head, sort_keys=True).encode(), np.uint8) if name == "__header__" else arrays[name]
+            arr = (
+                np.frombuffer(json.dumps(head, sort_keys=True).encode(), np.uint8)
+                if name == "__header__"
+                else arrays[name]
+            )
             npy = io.BytesIO()
             np.save(npy, np.ascontiguousarray(arr), allow_pickle=False)
             zf.writestr(info, npy.getvalue())

@@ -93,5 +93,7 @@ class SegmentationParams(_Section):
     def _sizes(self) -> SegmentationParams:
         side = self.data.train_size
         if side % (2**self.model.depth):
-            raise ValueError(f"data.train_size {side} must be divisible by 2**model.depth = {2**self.model.depth}")
+            raise ValueError(
+                f"data.train_size {side} must be divisible by 2**model.depth = {2**self.model.depth}"
+            )
         return self

@@ -14,10 +14,10 @@ import numpy as np
 import polars as pl
 
 from clinrisk.errors import DataError
+from clinrisk.usecases.base import RawShard
 from clinrisk.usecases.segmentation.config import SegmentationParams
 from clinrisk.usecases.segmentation.imaging import binary_mask, decode_gray, resize, to_unit
 from clinrisk.usecases.segmentation.plugin import TABLE, SegmentationSchema, SegmentationSource
-from clinrisk.usecases.base import RawShard
 
 if TYPE_CHECKING:
     from clinrisk.config import ClinriskConfig
@@ -32,8 +32,9 @@ class ImageSet:
     data_hash: str
 
     def subset(self, rows: np.ndarray) -> ImageSet:
-        return ImageSet(self.manifest[rows.tolist()], self.images[rows], self.masks[rows], self.quarantine,
-                        self.data_hash)
+        return ImageSet(
+            self.manifest[rows.tolist()], self.images[rows], self.masks[rows], self.quarantine, self.data_hash
+        )
 
 
 def load_image_set(cfg: ClinriskConfig, p: SegmentationParams) -> ImageSet:
@@ -58,7 +59,9 @@ def load_image_set(cfg: ClinriskConfig, p: SegmentationParams) -> ImageSet:
     images = np.empty((table.height, side, side), np.float32)
     masks = np.empty((table.height, side, side), np.uint8)
     h = hashlib.sha256()
-    for i, (image_id, img_bytes, mask_bytes) in enumerate(table.select("image_id", "image", "mask").iter_rows()):
+    for i, (image_id, img_bytes, mask_bytes) in enumerate(
+        table.select("image_id", "image", "mask").iter_rows()
+    ):
         images[i] = resize(to_unit(decode_gray(img_bytes)), side, nearest=False)
         masks[i] = resize(binary_mask(decode_gray(mask_bytes)).astype(np.float32), side, nearest=True) > 0.5
         h.update(image_id.encode())

@@ -24,15 +24,19 @@ if TYPE_CHECKING:
 def overrides(name: str, spec: dict[str, Any], base_name: str) -> list[str]:
     sets = [f"run.name={base_name}-{name}"]
     for key, value in dict(spec.get("set") or {}).items():
-        sets.append(f"params.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
+        sets.append(
+            f"params.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+        )
     return sets
 
 
-def patient_bootstrap(base: pl.DataFrame, other: pl.DataFrame, metric: str, replicates: int, seed: int
-                      ) -> dict[str, float]:
+def patient_bootstrap(
+    base: pl.DataFrame, other: pl.DataFrame, metric: str, replicates: int, seed: int
+) -> dict[str, Any]:
     """Delta (other - base) of the mean per-image ``metric`` with a patient-resampled 95 % CI."""
     joined = base.select("image_id", "patient_id", pl.col(metric).alias("a")).join(
-        other.select("image_id", pl.col(metric).alias("b")), on="image_id", how="inner")
+        other.select("image_id", pl.col(metric).alias("b")), on="image_id", how="inner"
+    )
     if joined.height != base.height:
         raise ValueError("experiments were validated on different images; cannot pair them")
     diff = (joined["b"] - joined["a"]).to_numpy()
@@ -44,8 +48,12 @@ def patient_bootstrap(base: pl.DataFrame, other: pl.DataFrame, metric: str, repl
     picks = rng.integers(0, patients.size, size=(replicates, patients.size))
     deltas = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
     lo, hi = np.percentile(deltas, [2.5, 97.5])
-    return {"delta": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
-            "verdict": "better" if lo > 0 else ("worse" if hi < 0 else "no clear change")}
+    return {
+        "delta": float(diff.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "verdict": "better" if lo > 0 else ("worse" if hi < 0 else "no clear change"),
+    }
 
 
 def run_experiments(config_path: Path | None, sets: list[str], out_dir: Path | None = None) -> dict[str, Any]:
@@ -57,24 +65,59 @@ def run_experiments(config_path: Path | None, sets: list[str], out_dir: Path | N
     p = params(base_cfg)
     if not p.experiments:
         raise ConfigError("params.experiments: no experiment configured")
-    rows, frames = [], {}
+    rows: list[dict[str, Any]] = []
+    frames: dict[str, pl.DataFrame] = {}
     for name, spec in p.experiments.items():
         cfg: ClinriskConfig = load_config(config_path, [*sets, *overrides(name, spec, base_cfg.run.name)])
         metrics = train_run(cfg)
         frames[name] = pl.read_parquet(run_dir(cfg) / "per_image.parquet")
-        rows.append({"experiment": name, "change": str(spec.get("change", "")), "run_name": cfg.run.name, **{
-            k: metrics.get(k) for k in ("val_dice", "val_iou", "train_dice", "best_epoch", "train_seconds",
-                                        "model_version", "promoted", "promotion_reason", "mlflow_run_id")}})
-    baseline = rows[0]["experiment"]
+        rows.append(
+            {
+                "experiment": name,
+                "change": str(spec.get("change", "")),
+                "run_name": cfg.run.name,
+                **{
+                    k: metrics.get(k)
+                    for k in (
+                        "val_dice",
+                        "val_iou",
+                        "train_dice",
+                        "best_epoch",
+                        "train_seconds",
+                        "model_version",
+                        "promoted",
+                        "promotion_reason",
+                        "mlflow_run_id",
+                    )
+                },
+            }
+        )
+    baseline = str(rows[0]["experiment"])
     for row in rows:
         for metric in ("dice", "iou"):
-            row[f"{metric}_vs_baseline"] = (None if row["experiment"] == baseline else patient_bootstrap(
-                frames[baseline], frames[row["experiment"]], metric, p.train.bootstrap_replicates, base_cfg.run.seed))
-    report = {"baseline": baseline, "experiments": rows, "bootstrap": {
-        "unit": "patient", "replicates": p.train.bootstrap_replicates, "interval": "95% percentile"},
+            row[f"{metric}_vs_baseline"] = (
+                None
+                if row["experiment"] == baseline
+                else patient_bootstrap(
+                    frames[baseline],
+                    frames[str(row["experiment"])],
+                    metric,
+                    p.train.bootstrap_replicates,
+                    base_cfg.run.seed,
+                )
+            )
+    report = {
+        "baseline": baseline,
+        "experiments": rows,
+        "bootstrap": {
+            "unit": "patient",
+            "replicates": p.train.bootstrap_replicates,
+            "interval": "95% percentile",
+        },
         "validation_images": frames[baseline].height,
         "validation_patients": frames[baseline]["patient_id"].n_unique(),
-        "promotion_margin": p.promote.min_improvement}
+        "promotion_margin": p.promote.min_improvement,
+    }
     out = out_dir or Path(base_cfg.run.output_dir) / base_cfg.run.name / "segmentation-experiments"
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -102,9 +145,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["experiments"]:
-        reg = f"v{r['model_version']} {'→ champion' if r['promoted'] else 'kept champion'}" if r.get("model_version") else "—"
+        reg = (
+            f"v{r['model_version']} {'→ champion' if r['promoted'] else 'kept champion'}"
+            if r.get("model_version")
+            else "—"
+        )
         lines.append(
             f"| {r['experiment']} | {r['change']} | {r['val_dice']:.3f} | {r['val_iou']:.3f} | "
             f"{_fmt_delta(r['dice_vs_baseline'])} | {_fmt_delta(r['iou_vs_baseline'])} | {r['best_epoch']} | "
-            f"{r['train_seconds']:.0f} | {reg} |")
+            f"{r['train_seconds']:.0f} | {reg} |"
+        )
     return "\n".join(lines) + "\n"

@@ -31,8 +31,15 @@ def learning_curves(history: list[dict[str, float]], path: Path, title: str) -> 
     return path
 
 
-def overlays(images: np.ndarray, truth: np.ndarray, prob: np.ndarray, threshold: float, names: list[str],
-             path: Path, n: int = 6) -> Path:
+def overlays(
+    images: np.ndarray,
+    truth: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    names: list[str],
+    path: Path,
+    n: int = 6,
+) -> Path:
     """Validation images with the truth (green) and prediction (red) outlines, Dice in the title."""
     import matplotlib
 

@@ -43,21 +43,33 @@ def decode_gray(data: bytes, what: str = "image", max_side: int | None = None) -
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if max_side is not None and max(img.size) > max_side:
-                raise ImageProblem("too_large", f"{what}: {img.size[0]}x{img.size[1]} exceeds {max_side} px per side")
+                raise ImageProblem(
+                    "too_large", f"{what}: {img.size[0]}x{img.size[1]} exceeds {max_side} px per side"
+                )
             img.load()
     except ImageProblem:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        raise ImageProblem("unreadable", f"{what}: not a readable PNG/JPEG/TIFF ({type(exc).__name__})") from None
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
+        raise ImageProblem(
+            "unreadable", f"{what}: not a readable PNG/JPEG/TIFF ({type(exc).__name__})"
+        ) from None
     arr = np.asarray(img)
     if arr.ndim == 3:
         channels = arr.shape[2]
         if channels == 4:
             arr, channels = arr[..., :3], 3
-        if channels == 1:
-            arr = arr[..., 0]
-        elif channels == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+        if channels == 1 or (
+            channels == 3
+            and np.array_equal(arr[..., 0], arr[..., 1])
+            and np.array_equal(arr[..., 0], arr[..., 2])
+        ):
             arr = arr[..., 0]
         else:
             raise ImageProblem("channels", f"{what}: {channels} colour channels; expected 1 (grayscale)")
@@ -78,7 +90,10 @@ def binary_mask(mask: np.ndarray) -> np.ndarray:
     values = np.unique(mask)
     if values.size > 2 or (values.size == 2 and values[0] != 0):
         shown = ", ".join(str(int(v)) for v in values[:5]) + (", ..." if values.size > 5 else "")
-        raise ImageProblem("non_binary", f"mask: {values.size} distinct values ({shown}); expected 0 and one foreground value")
+        raise ImageProblem(
+            "non_binary",
+            f"mask: {values.size} distinct values ({shown}); expected 0 and one foreground value",
+        )
     return (mask > 0).astype(np.uint8)
 
 

@@ -20,7 +20,10 @@ EPS = 1.0
 
 def _conv_init(key: jax.Array, k: int, cin: int, cout: int) -> dict[str, jax.Array]:
     std = np.sqrt(2.0 / (k * k * cin))
-    return {"w": jax.random.normal(key, (k, k, cin, cout), jnp.float32) * std, "b": jnp.zeros((cout,), jnp.float32)}
+    return {
+        "w": jax.random.normal(key, (k, k, cin, cout), jnp.float32) * std,
+        "b": jnp.zeros((cout,), jnp.float32),
+    }
 
 
 def block_names(depth: int) -> list[str]:

@@ -25,7 +25,13 @@ from clinrisk.errors import ConfigError, DataError
 from clinrisk.feature_table import FeatureSpec
 from clinrisk.usecases.base import LabelDefinition, RawShard, ServingBatch, ValidatedShard
 from clinrisk.usecases.segmentation.config import SegmentationParams
-from clinrisk.usecases.segmentation.imaging import IMAGE_SUFFIXES, ImageProblem, binary_mask, decode_gray, encode_png
+from clinrisk.usecases.segmentation.imaging import (
+    IMAGE_SUFFIXES,
+    ImageProblem,
+    binary_mask,
+    decode_gray,
+    encode_png,
+)
 from clinrisk.usecases.segmentation.schemas import MANIFEST_SCHEMA, RAW_SCHEMA, quarantine_manifest_failures
 from clinrisk.usecases.segmentation.synth import generate_image
 
@@ -94,19 +100,36 @@ class SegmentationSource:
         for pid in range(first + 1, first + n + 1):
             for s in range(g.images_per_patient):
                 im = generate_image(g, int(plan["seed"]), pid, s)
-                rows.append({
-                    "image_id": im.image_id, "patient_id": pid, "patient": f"p{pid:06d}", "site": im.site,
-                    "file": f"{im.image_id}.png", "image": encode_png(im.image), "mask": encode_png(im.mask * 255),
-                })
-                truth.append({
-                    "image_id": im.image_id, "patient_id": pid, "n_lesions": im.n_lesions,
-                    "lesion_pixels": int(im.mask.sum()), "lesion_contrast": im.lesion_contrast,
-                })
+                rows.append(
+                    {
+                        "image_id": im.image_id,
+                        "patient_id": pid,
+                        "patient": f"p{pid:06d}",
+                        "site": im.site,
+                        "file": f"{im.image_id}.png",
+                        "image": encode_png(im.image),
+                        "mask": encode_png(im.mask * 255),
+                    }
+                )
+                truth.append(
+                    {
+                        "image_id": im.image_id,
+                        "patient_id": pid,
+                        "n_lesions": im.n_lesions,
+                        "lesion_pixels": int(im.mask.sum()),
+                        "lesion_contrast": im.lesion_contrast,
+                    }
+                )
         table = pl.DataFrame(rows, schema=RAW_COLUMNS)
         truth_df = pl.DataFrame(
             truth,
-            schema={"image_id": pl.String, "patient_id": pl.Int64, "n_lesions": pl.Int32,
-                    "lesion_pixels": pl.Int64, "lesion_contrast": pl.Float64},
+            schema={
+                "image_id": pl.String,
+                "patient_id": pl.Int64,
+                "n_lesions": pl.Int32,
+                "lesion_pixels": pl.Int64,
+                "lesion_contrast": pl.Float64,
+            },
         )
         return RawShard({TABLE: table}, truth_df)
 
@@ -115,10 +138,12 @@ class SegmentationSource:
     ) -> dict[str, Any]:
         h = hashlib.sha256()
         rows_per_shard, with_lesion, n = [], 0, 0
+        patients: set[int] = set()
         for s in range(plan["n_shards"]):
             raw = read_shard(s)
             table = raw.tables[TABLE]
             rows_per_shard.append(table.height)
+            patients.update(table["patient_id"].drop_nulls().to_list())
             for image_id, image, mask in table.select("image_id", "image", "mask").iter_rows():
                 h.update(image_id.encode())
                 h.update(hashlib.sha256(image or b"").digest())
@@ -131,7 +156,8 @@ class SegmentationSource:
             "rows": sum(rows_per_shard),
             "rows_per_shard": rows_per_shard,
             "observed_hash": h.hexdigest(),
-            "prevalence": with_lesion / n if n else None,  # share of images with a lesion
+            "patients": len(patients),
+            "lesion_prevalence": with_lesion / n if n else None,  # share of images with a lesion
         }
 
     def ingest(self, cfg: ClinriskConfig, source: Path) -> Mapping[str, pl.LazyFrame]:
@@ -171,19 +197,26 @@ def read_folder_pair(images_dir: Path, masks_dir: Path, separator: str) -> pl.Da
     for stem in sorted(set(images) | set(masks)):
         patient = patient_of(stem, separator)
         img, msk = images.get(stem), masks.get(stem)
-        rows.append({
-            "image_id": stem, "patient_id": patient_key(patient), "patient": patient, "site": "unknown",
-            "file": (img or msk).name,  # type: ignore[union-attr]
-            "image": img.read_bytes() if img else None, "mask": msk.read_bytes() if msk else None,
-        })
+        rows.append(
+            {
+                "image_id": stem,
+                "patient_id": patient_key(patient),
+                "patient": patient,
+                "site": "unknown",
+                "file": (img or msk).name,  # type: ignore[union-attr]
+                "image": img.read_bytes() if img else None,
+                "mask": msk.read_bytes() if msk else None,
+            }
+        )
     return pl.DataFrame(rows, schema=RAW_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------- schema
 
 
-def check_row(image: bytes | None, mask: bytes | None, require_nonempty: bool, max_side: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+def check_row(
+    image: bytes | None, mask: bytes | None, require_nonempty: bool, max_side: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Decoded (image, 0/1 mask) of one row, or ImageProblem naming the first problem found."""
     if image is None:
         raise ImageProblem("missing_image", "image: no image file for this mask")
@@ -192,7 +225,9 @@ def check_row(image: bytes | None, mask: bytes | None, require_nonempty: bool, m
     img = decode_gray(image, "image", max_side)
     m = binary_mask(decode_gray(mask, "mask", max_side))
     if img.shape != m.shape:
-        raise ImageProblem("shape_mismatch", f"image {img.shape[1]}x{img.shape[0]} vs mask {m.shape[1]}x{m.shape[0]}")
+        raise ImageProblem(
+            "shape_mismatch", f"image {img.shape[1]}x{img.shape[0]} vs mask {m.shape[1]}x{m.shape[0]}"
+        )
     if require_nonempty and not m.any():
         raise ImageProblem("empty_mask", "mask: no foreground pixel (data.require_nonempty_mask is true)")
     return img, m
@@ -215,25 +250,54 @@ class SegmentationSchema:
             try:
                 img, m = check_row(row["image"], row["mask"], d.require_nonempty_mask, d.max_side)
             except ImageProblem as exc:
-                column = "mask" if exc.check in ("missing_mask", "shape_mismatch") or exc.reason.startswith("mask") else "image"
-                bad.append({**row, "_row": i, "_check": exc.check, "_column": column,
-                            "_reason": f"{row['file']}: {exc.reason}"})
+                column = (
+                    "mask"
+                    if exc.check in ("missing_mask", "shape_mismatch") or exc.reason.startswith("mask")
+                    else "image"
+                )
+                bad.append(
+                    {
+                        **row,
+                        "_row": i,
+                        "_check": exc.check,
+                        "_column": column,
+                        "_reason": f"{row['file']}: {exc.reason}",
+                    }
+                )
                 continue
-            good.append({
-                "image_id": row["image_id"], "patient_id": row["patient_id"], "patient": row["patient"],
-                "site": row["site"], "path": row["file"], "height": img.shape[0], "width": img.shape[1],
-                "dtype": str(img.dtype), "mask_coverage": float(m.mean()),
-                "image": row["image"] if row["file"].lower().endswith(".png") and img.dtype == np.uint8
-                else encode_png(img),
-                "mask": encode_png(m * 255), "_row": i,
-            })
+            good.append(
+                {
+                    "image_id": row["image_id"],
+                    "patient_id": row["patient_id"],
+                    "patient": row["patient"],
+                    "site": row["site"],
+                    "path": row["file"],
+                    "height": img.shape[0],
+                    "width": img.shape[1],
+                    "dtype": str(img.dtype),
+                    "mask_coverage": float(m.mean()),
+                    "image": row["image"]
+                    if row["file"].lower().endswith(".png") and img.dtype == np.uint8
+                    else encode_png(img),
+                    "mask": encode_png(m * 255),
+                    "_row": i,
+                }
+            )
         manifest = pl.DataFrame(good, schema=MANIFEST_COLUMNS | {"_row": pl.Int64})
         manifest, failed = quarantine_manifest_failures(manifest)
-        q_schema = RAW_COLUMNS | {"_row": pl.Int64, "_check": pl.String, "_column": pl.String, "_reason": pl.String}
+        q_schema = RAW_COLUMNS | {
+            "_row": pl.Int64,
+            "_check": pl.String,
+            "_column": pl.String,
+            "_reason": pl.String,
+        }
         quarantine = pl.DataFrame(bad, schema=q_schema)
         if failed.height:
-            back = table.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64)).join(
-                failed.select("_row", "_check", "_column", "_reason"), on="_row")
+            back = (
+                table.with_row_index("_row")
+                .with_columns(pl.col("_row").cast(pl.Int64))
+                .join(failed.select("_row", "_check", "_column", "_reason"), on="_row")
+            )
             quarantine = pl.concat([quarantine, back.select(list(q_schema))])
         checks: dict[str, int] = {}
         for c in quarantine["_check"].to_list():
@@ -241,8 +305,12 @@ class SegmentationSchema:
         return ValidatedShard(
             {TABLE: manifest.drop("_row")},
             {TABLE: quarantine.sort("_row")},
-            {"rows_in": table.height, "images_valid": manifest.height, "images_quarantined": quarantine.height,
-             "by_check": checks},
+            {
+                "rows_in": table.height,
+                "images_valid": manifest.height,
+                "images_quarantined": quarantine.height,
+                "by_check": checks,
+            },
         )
 
 
@@ -276,8 +344,13 @@ class NoFeatureTable:
     def fit_spec(self, cfg: ClinriskConfig, train: Mapping[str, pl.LazyFrame]) -> FeatureSpec:
         raise ConfigError(_NO_TABLE)
 
-    def build(self, cfg: ClinriskConfig, tables: Mapping[str, pl.LazyFrame], spec: FeatureSpec,
-              truth: pl.LazyFrame | None) -> pl.LazyFrame:
+    def build(
+        self,
+        cfg: ClinriskConfig,
+        tables: Mapping[str, pl.LazyFrame],
+        spec: FeatureSpec,
+        truth: pl.LazyFrame | None,
+    ) -> pl.LazyFrame:
         raise ConfigError(_NO_TABLE)
 
 
@@ -291,5 +364,7 @@ class NoTabularServing:
     def features(self, batch: ServingBatch, spec: FeatureSpec) -> pl.DataFrame:
         raise ConfigError(_NO_TABLE)
 
-    def instances(self, tables: Mapping[str, pl.DataFrame], keys: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    def instances(
+        self, tables: Mapping[str, pl.DataFrame], keys: Sequence[tuple[int, int]]
+    ) -> list[dict[str, Any]]:
         raise ConfigError(_NO_TABLE)

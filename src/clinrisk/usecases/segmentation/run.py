@@ -73,11 +73,17 @@ def load_model(ckpt: Path) -> tuple[Any, Any, dict[str, Any]]:
 
 def per_image_frame(data: ImageSet, scores: dict[str, Any]) -> pl.DataFrame:
     m = data.manifest
-    return pl.DataFrame({
-        "image_id": m["image_id"], "patient_id": m["patient_id"], "site": m["site"],
-        "dice": scores["dice_per_image"], "iou": scores["iou_per_image"], "confidence": scores["confidence"],
-        "truth_pixels": data.masks.reshape(data.masks.shape[0], -1).sum(axis=1).astype(np.int64),
-    })
+    return pl.DataFrame(
+        {
+            "image_id": m["image_id"],
+            "patient_id": m["patient_id"],
+            "site": m["site"],
+            "dice": scores["dice_per_image"],
+            "iou": scores["iou_per_image"],
+            "confidence": scores["confidence"],
+            "truth_pixels": data.masks.reshape(data.masks.shape[0], -1).sum(axis=1).astype(np.int64),
+        }
+    )
 
 
 def train_run(cfg: ClinriskConfig, track: bool = True, promote: bool = True) -> dict[str, Any]:
@@ -94,13 +100,27 @@ def train_run(cfg: ClinriskConfig, track: bool = True, promote: bool = True) -> 
     tr_rows, va_rows = split_rows(data, p.train.val_fraction, cfg.run.seed)
     tr, va = data.subset(tr_rows), data.subset(va_rows)
     val_patients = sorted(set(va.manifest["patient_id"].to_list()))
-    _json(out / "split.json", {"strategy": "patient-grouped, seeded hash order", "validation_patients": val_patients,
-                               "train_images": int(tr_rows.size), "validation_images": int(va_rows.size)})
+    _json(
+        out / "split.json",
+        {
+            "strategy": "patient-grouped, seeded hash order",
+            "validation_patients": val_patients,
+            "train_images": int(tr_rows.size),
+            "validation_images": int(va_rows.size),
+        },
+    )
     result = train(p, cfg.run.seed, tr.images, tr.masks, va.images, va.masks)
-    header = {"arch": p.model.arch, "base_channels": p.model.base_channels, "depth": p.model.depth,
-              "train_size": p.data.train_size, "threshold": p.train.threshold, "best_epoch": result.best_epoch,
-              "val_dice": result.history[result.best_epoch - 1]["val_dice"], "data_hash": data.data_hash,
-              "run_name": cfg.run.name}
+    header = {
+        "arch": p.model.arch,
+        "base_channels": p.model.base_channels,
+        "depth": p.model.depth,
+        "train_size": p.data.train_size,
+        "threshold": p.train.threshold,
+        "best_epoch": result.best_epoch,
+        "val_dice": result.history[result.best_epoch - 1]["val_dice"],
+        "data_hash": data.data_hash,
+        "run_name": cfg.run.name,
+    }
     save_checkpoint(out / CHECKPOINT, result.params, header)
     forward, best_params, _ = load_model(out / CHECKPOINT)
     prob = predict_proba(forward, best_params, va.images)
@@ -109,17 +129,27 @@ def train_run(cfg: ClinriskConfig, track: bool = True, promote: bool = True) -> 
     per_image.write_parquet(out / "per_image.parquet")
     best = result.history[result.best_epoch - 1]
     metrics = {
-        "val_dice": va_scores["dice"], "val_iou": va_scores["iou"], "train_dice": best["train_dice"],
-        "train_iou": best["train_iou"], "best_epoch": result.best_epoch, "epochs": len(result.history),
-        "n_params": result.n_params, "train_seconds": result.seconds, "images": data.manifest.height,
-        "quarantined": data.quarantine.height, "train_images": int(tr_rows.size), "val_images": int(va_rows.size),
-        "data_hash": data.data_hash, "ckpt_sha256": load_checkpoint(out / CHECKPOINT)[1]["sha256"],
+        "val_dice": va_scores["dice"],
+        "val_iou": va_scores["iou"],
+        "train_dice": best["train_dice"],
+        "train_iou": best["train_iou"],
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "n_params": result.n_params,
+        "train_seconds": result.seconds,
+        "images": data.manifest.height,
+        "quarantined": data.quarantine.height,
+        "train_images": int(tr_rows.size),
+        "val_images": int(va_rows.size),
+        "data_hash": data.data_hash,
+        "ckpt_sha256": load_checkpoint(out / CHECKPOINT)[1]["sha256"],
     }
     _json(out / "history.json", result.history)
     _json(out / "metrics.json", metrics)
     figures.learning_curves(result.history, out / "learning_curves.png", cfg.run.name)
-    figures.overlays(va.images, va.masks, prob, p.train.threshold, va.manifest["image_id"].to_list(),
-                     out / "overlays.png")
+    figures.overlays(
+        va.images, va.masks, prob, p.train.threshold, va.manifest["image_id"].to_list(), out / "overlays.png"
+    )
     if track and cfg.tracking.enabled:
         from clinrisk.usecases.segmentation.tracking import track_training
 
@@ -135,24 +165,34 @@ def eval_run(cfg: ClinriskConfig, ckpt: Path) -> dict[str, Any]:
     p = params(cfg)
     forward, model_params, header = load_model(ckpt)
     if int(header["train_size"]) != p.data.train_size:
-        raise DataError(f"{ckpt}: trained at {header['train_size']} px; the config's data.train_size is {p.data.train_size}")
+        raise DataError(
+            f"{ckpt}: trained at {header['train_size']} px; the config's data.train_size is {p.data.train_size}"
+        )
     data = load_image_set(cfg, p)
     _, va_rows = split_rows(data, p.train.val_fraction, cfg.run.seed)
     va = data.subset(va_rows)
     s = score(predict_proba(forward, model_params, va.images), va.masks, float(header["threshold"]))
-    return {"val_dice": s["dice"], "val_iou": s["iou"], "val_images": int(va_rows.size),
-            "mean_confidence": float(np.mean(s["confidence"])), "checkpoint": str(ckpt)}
+    return {
+        "val_dice": s["dice"],
+        "val_iou": s["iou"],
+        "val_images": int(va_rows.size),
+        "mean_confidence": float(np.mean(s["confidence"])),
+        "checkpoint": str(ckpt),
+    }
 
 
-def predict_images(forward: Any, model_params: Any, header: dict[str, Any], images: list[np.ndarray]
-                   ) -> list[tuple[np.ndarray, float]]:
+def predict_images(
+    forward: Any, model_params: Any, header: dict[str, Any], images: list[np.ndarray]
+) -> list[tuple[np.ndarray, float]]:
     """Masks (at each image's own size) and confidences for decoded 2D images."""
     from clinrisk.usecases.segmentation.imaging import resize, to_unit
     from clinrisk.usecases.segmentation.model import confidence
     from clinrisk.usecases.segmentation.training import predict_proba
 
     side, thr = int(header["train_size"]), float(header["threshold"])
-    batch = np.stack([np.clip(resize(to_unit(im), side, nearest=False), 0, 1) for im in images]).astype(np.float32)
+    batch = np.stack([np.clip(resize(to_unit(im), side, nearest=False), 0, 1) for im in images]).astype(
+        np.float32
+    )
     prob = predict_proba(forward, model_params, batch)
     conf = confidence(prob, thr)
     out = []
@@ -165,7 +205,9 @@ def predict_images(forward: Any, model_params: Any, header: dict[str, Any], imag
 def _resize_hw(prob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     from PIL import Image
 
-    img = Image.fromarray(prob.astype(np.float32), mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    img = Image.fromarray(prob.astype(np.float32), mode="F").resize(
+        (shape[1], shape[0]), Image.Resampling.BILINEAR
+    )
     return np.asarray(img, dtype=np.float32)
 
 
@@ -186,8 +228,16 @@ def infer_run(ckpt: Path, inputs: list[Path], out_dir: Path, max_side: int) -> l
         mask, conf = predict_images(forward, model_params, header, [img])[0]
         target = out_dir / f"{path.stem}_mask.png"
         target.write_bytes(encode_png(mask * 255))
-        records.append({"input": str(path), "mask": str(target), "confidence": conf,
-                        "mask_pixels": int(mask.sum()), "height": img.shape[0], "width": img.shape[1]})
+        records.append(
+            {
+                "input": str(path),
+                "mask": str(target),
+                "confidence": conf,
+                "mask_pixels": int(mask.sum()),
+                "height": img.shape[0],
+                "width": img.shape[1],
+            }
+        )
     _json(out_dir / "predictions.json", records)
     return records
 

@@ -24,26 +24,55 @@ class ManifestRule:
 
 MAX_SIDE = 8192
 MANIFEST_RULES = (
-    ManifestRule("not_null", "image_id", pl.col("image_id").is_not_null() & (pl.col("image_id").str.len_chars() > 0),
-                 "image_id must be a non-empty name"),
-    ManifestRule("unique", "image_id", ~pl.col("image_id").is_duplicated(),
-                 "image_id appears more than once; every copy is quarantined"),
-    ManifestRule("ge_0", "patient_id", (pl.col("patient_id") >= 0).fill_null(False), "patient_id must be >= 0"),
-    ManifestRule("side", "height", pl.col("height").is_between(16, MAX_SIDE).fill_null(False),
-                 f"height must be 16..{MAX_SIDE} px"),
-    ManifestRule("side", "width", pl.col("width").is_between(16, MAX_SIDE).fill_null(False),
-                 f"width must be 16..{MAX_SIDE} px"),
-    ManifestRule("dtype", "dtype", pl.col("dtype").is_in(["uint8", "uint16"]).fill_null(False),
-                 "dtype must be uint8 or uint16"),
-    ManifestRule("coverage", "mask_coverage", pl.col("mask_coverage").is_between(0.0, 1.0).fill_null(False),
-                 "mask_coverage must be in [0, 1]"),
+    ManifestRule(
+        "not_null",
+        "image_id",
+        pl.col("image_id").is_not_null() & (pl.col("image_id").str.len_chars() > 0),
+        "image_id must be a non-empty name",
+    ),
+    ManifestRule(
+        "unique",
+        "image_id",
+        ~pl.col("image_id").is_duplicated(),
+        "image_id appears more than once; every copy is quarantined",
+    ),
+    ManifestRule(
+        "ge_0", "patient_id", (pl.col("patient_id") >= 0).fill_null(False), "patient_id must be >= 0"
+    ),
+    ManifestRule(
+        "side",
+        "height",
+        pl.col("height").is_between(16, MAX_SIDE).fill_null(False),
+        f"height must be 16..{MAX_SIDE} px",
+    ),
+    ManifestRule(
+        "side",
+        "width",
+        pl.col("width").is_between(16, MAX_SIDE).fill_null(False),
+        f"width must be 16..{MAX_SIDE} px",
+    ),
+    ManifestRule(
+        "dtype",
+        "dtype",
+        pl.col("dtype").is_in(["uint8", "uint16"]).fill_null(False),
+        "dtype must be uint8 or uint16",
+    ),
+    ManifestRule(
+        "coverage",
+        "mask_coverage",
+        pl.col("mask_coverage").is_between(0.0, 1.0).fill_null(False),
+        "mask_coverage must be in [0, 1]",
+    ),
     ManifestRule("not_null", "site", pl.col("site").is_not_null(), "site must be set"),
 )
 
 
 def _column(name: str, dtype: type[pl.DataType]) -> pa.Column:
-    checks = [pa.Check(lambda data, r=r: data.lazyframe.select(r.ok), name=r.check, error=r.reason)
-              for r in MANIFEST_RULES if r.column == name]
+    checks = [
+        pa.Check(lambda data, r=r: data.lazyframe.select(r.ok), name=r.check, error=r.reason)
+        for r in MANIFEST_RULES
+        if r.column == name
+    ]
     return pa.Column(dtype, checks=checks, nullable=False)
 
 
@@ -81,7 +110,9 @@ def quarantine_manifest_failures(manifest: pl.DataFrame) -> tuple[pl.DataFrame, 
 
     The passing rows are then checked by the pandera schema itself (a row passing every rule passes it)."""
     if manifest.height == 0:
-        empty = pl.DataFrame(schema={"_row": pl.Int64, "_check": pl.String, "_column": pl.String, "_reason": pl.String})
+        empty = pl.DataFrame(
+            schema={"_row": pl.Int64, "_check": pl.String, "_column": pl.String, "_reason": pl.String}
+        )
         return manifest, empty
     flags = manifest.select(pl.col("_row"), *[r.ok.alias(f"ok{i}") for i, r in enumerate(MANIFEST_RULES)])
     failing = []
@@ -91,8 +122,9 @@ def quarantine_manifest_failures(manifest: pl.DataFrame) -> tuple[pl.DataFrame, 
                 r = MANIFEST_RULES[i]
                 failing.append({"_row": row[0], "_check": r.check, "_column": r.column, "_reason": r.reason})
                 break
-    failed = pl.DataFrame(failing, schema={"_row": pl.Int64, "_check": pl.String, "_column": pl.String,
-                                           "_reason": pl.String})
+    failed = pl.DataFrame(
+        failing, schema={"_row": pl.Int64, "_check": pl.String, "_column": pl.String, "_reason": pl.String}
+    )
     passing = manifest.filter(~pl.col("_row").is_in(failed["_row"].implode()))
     MANIFEST_SCHEMA.validate(passing.drop("image", "mask", "_row"))
     return passing, failed

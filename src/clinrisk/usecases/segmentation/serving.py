@@ -42,19 +42,27 @@ class ImageTooLarge(ServingError):
 def decode_instances(body: Any, cfg: ServingConfig, sp: ServeParams) -> list[tuple[str, np.ndarray]]:
     """(id, 2D image) per instance, or a ServingError naming the instance and the problem."""
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list) or not body["instances"]:
-        raise InvalidRequest('body must be {"instances": [{"image_b64": ...}, ...]} with at least one instance',
-                             reason="request_shape")
+        raise InvalidRequest(
+            'body must be {"instances": [{"image_b64": ...}, ...]} with at least one instance',
+            reason="request_shape",
+        )
     instances = body["instances"]
     if len(instances) > cfg.max_instances:
-        raise InvalidRequest(f"{len(instances)} instances; at most {cfg.max_instances}", reason="too_many_instances")
+        raise InvalidRequest(
+            f"{len(instances)} instances; at most {cfg.max_instances}", reason="too_many_instances"
+        )
     out = []
     for i, inst in enumerate(instances):
         where = f"instances[{i}]"
         if not isinstance(inst, dict) or not isinstance(inst.get("image_b64"), str):
-            raise InvalidRequest(f"{where}.image_b64: missing (a base64-encoded PNG/JPEG/TIFF)", reason="missing_field")
+            raise InvalidRequest(
+                f"{where}.image_b64: missing (a base64-encoded PNG/JPEG/TIFF)", reason="missing_field"
+            )
         text = inst["image_b64"]
         if len(text) * 3 // 4 > sp.max_image_bytes:
-            raise ImageTooLarge(f"{where}.image_b64: over {sp.max_image_bytes} bytes", reason="image_too_large")
+            raise ImageTooLarge(
+                f"{where}.image_b64: over {sp.max_image_bytes} bytes", reason="image_too_large"
+            )
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
@@ -66,8 +74,10 @@ def decode_instances(body: Any, cfg: ServingConfig, sp: ServeParams) -> list[tup
                 raise ImageTooLarge(exc.reason, reason="image_too_large") from None
             raise InvalidRequest(exc.reason, reason=f"image_{exc.check}") from None
         if min(image.shape) < MIN_SIDE:
-            raise InvalidRequest(f"{where}.image_b64: {image.shape[1]}x{image.shape[0]} px; at least {MIN_SIDE} per side",
-                                 reason="image_too_small")
+            raise InvalidRequest(
+                f"{where}.image_b64: {image.shape[1]}x{image.shape[0]} px; at least {MIN_SIDE} per side",
+                reason="image_too_small",
+            )
         out.append((str(inst.get("id", i)), image))
     return out
 
@@ -88,10 +98,17 @@ class SegmentationModel(kserve.Model):  # type: ignore[misc,name-defined]
 
         self.forward, self.params, self.header = load_model(self.ckpt)
         side = int(self.header["train_size"])
-        predict_images(self.forward, self.params, self.header, [np.zeros((side, side), np.uint8)])  # compile + self-check
+        predict_images(
+            self.forward, self.params, self.header, [np.zeros((side, side), np.uint8)]
+        )  # compile + self-check
         self.ready = True
-        log.info("model %s ready: checkpoint %s (%s, val Dice %.4f)", self.name, self.ckpt, self.header.get("arch"),
-                 float(self.header.get("val_dice", float("nan"))))
+        log.info(
+            "model %s ready: checkpoint %s (%s, val Dice %.4f)",
+            self.name,
+            self.ckpt,
+            self.header.get("arch"),
+            float(self.header.get("val_dice", float("nan"))),
+        )
         return True
 
     def start(self) -> None:
@@ -107,8 +124,13 @@ class SegmentationModel(kserve.Model):  # type: ignore[misc,name-defined]
         results = predict_images(self.forward, self.params, self.header, [im for _, im in decoded])
         preds = []
         for (ident, image), (mask, conf) in zip(decoded, results, strict=True):
-            pred: dict[str, Any] = {"id": ident, "height": int(image.shape[0]), "width": int(image.shape[1]),
-                                    "mask_pixels": int(mask.sum()), "confidence": round(conf, 6)}
+            pred: dict[str, Any] = {
+                "id": ident,
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                "mask_pixels": int(mask.sum()),
+                "confidence": round(conf, 6),
+            }
             if self.sp.mask_format == "rle":
                 pred["mask_rle"] = rle_encode(mask)
             else:

@@ -54,8 +54,16 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
     return np.asarray(out / (np.abs(out).max() + 1e-9))
 
 
-def _blob(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float,
-          harmonics: np.ndarray) -> np.ndarray:
+def _blob(
+    yy: np.ndarray,
+    xx: np.ndarray,
+    cy: float,
+    cx: float,
+    ry: float,
+    rx: float,
+    angle: float,
+    harmonics: np.ndarray,
+) -> np.ndarray:
     """Signed inside-ness of a rotated ellipse whose radius wobbles with a few angular harmonics."""
     dy, dx = yy - cy, xx - cx
     c, s = np.cos(angle), np.sin(angle)
@@ -78,8 +86,19 @@ def generate_image(p: GenerateParams, seed: int, patient_id: int, slice_idx: int
     organ_harm = np.stack([prng.uniform(0, 0.08, 3), prng.uniform(0, 2 * np.pi, 3)], axis=1)
     ry, rx = prng.uniform(0.28, 0.4), prng.uniform(0.3, 0.42)
     scale = srng.uniform(0.9, 1.05)
-    organ = _blob(yy, xx, 0.5 + srng.normal(0, 0.02), 0.5 + srng.normal(0, 0.02), ry * scale, rx * scale,
-                  prng.uniform(0, np.pi), organ_harm) > 0
+    organ = (
+        _blob(
+            yy,
+            xx,
+            0.5 + srng.normal(0, 0.02),
+            0.5 + srng.normal(0, 0.02),
+            ry * scale,
+            rx * scale,
+            prng.uniform(0, np.pi),
+            organ_harm,
+        )
+        > 0
+    )
     organ_level = prng.uniform(0.45, 0.6)
     img = np.full((size, size), 0.15, dtype=np.float64)
     img += 0.05 * _smooth_noise(srng, size, max(4, size // 8))  # background tissue
@@ -97,7 +116,9 @@ def generate_image(p: GenerateParams, seed: int, patient_id: int, slice_idx: int
         cy, cx = inside[srng.integers(len(inside))] / size
         r = srng.uniform(0.03, 0.11)  # varied size: ~2 % .. 7 % of the field radius each
         harm = np.stack([srng.uniform(0, 0.15, 2), srng.uniform(0, 2 * np.pi, 2)], axis=1)
-        lesion = (_blob(yy, xx, cy, cx, r * srng.uniform(0.7, 1.3), r, srng.uniform(0, np.pi), harm) > 0) & organ
+        lesion = (
+            _blob(yy, xx, cy, cx, r * srng.uniform(0.7, 1.3), r, srng.uniform(0, np.pi), harm) > 0
+        ) & organ
         if not lesion.any():
             continue
         contrast = float(srng.choice([-1.0, 1.0]) * srng.uniform(0.12, 0.3))
@@ -107,7 +128,9 @@ def generate_image(p: GenerateParams, seed: int, patient_id: int, slice_idx: int
         contrasts.append(contrast)
 
     # acquisition at the site: bias field, gain/offset/gamma, noise
-    bias = 1.0 + sp["bias"] * _smooth_noise(np.random.default_rng([seed, 2_000_003, site]), size, max(4, size // 2))
+    bias = 1.0 + sp["bias"] * _smooth_noise(
+        np.random.default_rng([seed, 2_000_003, site]), size, max(4, size // 2)
+    )
     img = img * bias
     img = np.clip(img, 0.0, 1.0) ** sp["gamma"] * sp["gain"] + sp["offset"]
     img = img + srng.normal(0.0, p.noise * sp["noise_scale"], img.shape)

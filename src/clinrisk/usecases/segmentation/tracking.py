@@ -47,24 +47,37 @@ def _champion_dice(client: Any, name: str, va: ImageSet, threshold: float) -> tu
     return str(version.version), float(s["dice"])
 
 
-def track_training(cfg: ClinriskConfig, p: SegmentationParams, out: Path, history: list[dict[str, float]],
-                   metrics: dict[str, Any], va: ImageSet, promote: bool = True) -> dict[str, Any]:
+def track_training(
+    cfg: ClinriskConfig,
+    p: SegmentationParams,
+    out: Path,
+    history: list[dict[str, float]],
+    metrics: dict[str, Any],
+    va: ImageSet,
+    promote: bool = True,
+) -> dict[str, Any]:
     from mlflow.entities import Metric, Param
 
     from clinrisk.config import flatten_config
 
     exp_id = configure(cfg)
     client = mlflow_client()
-    run = client.create_run(exp_id, run_name=cfg.run.name,
-                            tags={"clinrisk.usecase": "segmentation", "clinrisk.run_name": cfg.run.name})
+    run = client.create_run(
+        exp_id,
+        run_name=cfg.run.name,
+        tags={"clinrisk.usecase": "segmentation", "clinrisk.run_name": cfg.run.name},
+    )
     run_id = run.info.run_id
     try:
         flat = {k: v for k, v in flatten_config(cfg).items() if k.startswith(("params.", "run."))}
         items = [Param(k, v[:6000]) for k, v in flat.items() if not k.startswith("params.experiments")]
         for i in range(0, len(items), 100):
             client.log_batch(run_id, params=items[i : i + 100])
-        ms = [Metric(k, float(row[k]), 0, int(row["epoch"])) for row in history
-              for k in ("loss", "lr", "train_dice", "train_iou", "val_dice", "val_iou")]
+        ms = [
+            Metric(k, float(row[k]), 0, int(row["epoch"]))
+            for row in history
+            for k in ("loss", "lr", "train_dice", "train_iou", "val_dice", "val_iou")
+        ]
         client.log_batch(run_id, metrics=ms)
         final = flatten_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, "final.")
         client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in final.items()])
@@ -76,16 +89,29 @@ def track_training(cfg: ClinriskConfig, p: SegmentationParams, out: Path, histor
         except Exception:
             client.create_registered_model(name)
         champion_version, champion_dice = _champion_dice(client, name, va, p.train.threshold)
-        mv = client.create_model_version(name, source, run_id=run_id,
-                                         tags={"val_dice": f"{metrics['val_dice']:.6f}", "data_hash": metrics["data_hash"]})
-        promoted, why = promotion_decision(float(metrics["val_dice"]), champion_dice, p.promote.min_improvement)
+        mv = client.create_model_version(
+            name,
+            source,
+            run_id=run_id,
+            tags={"val_dice": f"{metrics['val_dice']:.6f}", "data_hash": metrics["data_hash"]},
+        )
+        promoted, why = promotion_decision(
+            float(metrics["val_dice"]), champion_dice, p.promote.min_improvement
+        )
         if promote and promoted:
             client.set_registered_model_alias(name, CHAMPION, mv.version)
-        client.set_tag(run_id, "clinrisk.promotion", ("promoted: " if promote and promoted else "kept champion: ") + why)
+        client.set_tag(
+            run_id, "clinrisk.promotion", ("promoted: " if promote and promoted else "kept champion: ") + why
+        )
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    return {"mlflow_run_id": run_id, "model_version": str(mv.version), "promoted": bool(promote and promoted),
-            "promotion_reason": why, "champion_version_before": champion_version,
-            "champion_val_dice_before": champion_dice}
+    return {
+        "mlflow_run_id": run_id,
+        "model_version": str(mv.version),
+        "promoted": bool(promote and promoted),
+        "promotion_reason": why,
+        "champion_version_before": champion_version,
+        "champion_val_dice_before": champion_dice,
+    }

@@ -38,8 +38,9 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def augment(images: np.ndarray, masks: np.ndarray, a: AugmentParams, rng: np.random.Generator
-            ) -> tuple[np.ndarray, np.ndarray]:
+def augment(
+    images: np.ndarray, masks: np.ndarray, a: AugmentParams, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Flips, 90-degree rotations (geometry applied to image and mask alike), gain/offset and noise."""
     images, masks = images.copy(), masks.copy()
     for i in range(images.shape[0]):
@@ -64,28 +65,47 @@ def lr_schedule(p: SegmentationParams, steps_per_epoch: int) -> Callable[[int], 
         return t.lr
     total = t.epochs * steps_per_epoch
     warmup = min(t.warmup_epochs * steps_per_epoch, max(total - 1, 0))
-    return optax.warmup_cosine_decay_schedule(0.0 if warmup else t.lr, t.lr, warmup, max(total, warmup + 1),
-                                              end_value=t.lr * 0.02)
+    return optax.warmup_cosine_decay_schedule(
+        0.0 if warmup else t.lr, t.lr, warmup, max(total, warmup + 1), end_value=t.lr * 0.02
+    )
 
 
-def predict_proba(forward: Callable[..., Any], params: Params | dict[str, Any], images: np.ndarray,
-                  batch_size: int = 32) -> np.ndarray:
+def predict_proba(
+    forward: Callable[..., Any], params: Params | dict[str, Any], images: np.ndarray, batch_size: int = 16
+) -> np.ndarray:
+    """Sigmoid probabilities in fixed-size batches (the last one zero-padded), so XLA compiles one shape."""
     import jax
 
     out = []
     for s in range(0, images.shape[0], batch_size):
-        out.append(np.asarray(jax.nn.sigmoid(forward(params, images[s : s + batch_size]))))
+        batch = images[s : s + batch_size]
+        n = batch.shape[0]
+        if n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        out.append(np.asarray(jax.nn.sigmoid(forward(params, batch)))[:n])
     return np.concatenate(out) if out else np.zeros_like(images)
 
 
 def score(prob: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, Any]:
     dice, iou = dice_iou(prob > threshold, masks)
-    return {"dice": float(dice.mean()), "iou": float(iou.mean()), "dice_per_image": dice, "iou_per_image": iou,
-            "confidence": confidence(prob, threshold)}
+    return {
+        "dice": float(dice.mean()),
+        "iou": float(iou.mean()),
+        "dice_per_image": dice,
+        "iou_per_image": iou,
+        "confidence": confidence(prob, threshold),
+    }
 
 
-def train(p: SegmentationParams, seed: int, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
-          val_y: np.ndarray, on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+def train(
+    p: SegmentationParams,
+    seed: int,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
     import jax
     import optax
 
@@ -124,9 +144,16 @@ def train(p: SegmentationParams, seed: int, train_x: np.ndarray, train_y: np.nda
         tr = score(predict_proba(forward, params, train_x), train_y, t.threshold)
         va = score(predict_proba(forward, params, val_x), val_y, t.threshold)
         lr = float(schedule(epoch * steps_per_epoch - 1)) if callable(schedule) else float(schedule)
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": lr, "train_dice": tr["dice"],
-               "train_iou": tr["iou"], "val_dice": va["dice"], "val_iou": va["iou"],
-               "seconds": time.perf_counter() - e0}
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "lr": lr,
+            "train_dice": tr["dice"],
+            "train_iou": tr["iou"],
+            "val_dice": va["dice"],
+            "val_iou": va["iou"],
+            "seconds": time.perf_counter() - e0,
+        }
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)

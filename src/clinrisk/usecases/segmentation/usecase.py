@@ -1,6 +1,5 @@
 """The registered ``segmentation`` use case (see the package docstring)."""
 
-
 from __future__ import annotations
 
 from clinrisk.usecases.base import UseCase, UseCaseNames
@@ -15,7 +14,9 @@ from clinrisk.usecases.segmentation.plugin import (
 )
 
 USECASE = UseCase(
-    names=UseCaseNames(usecase=NAME, namespace="segmentation", model_name="segmentation", experiment="segmentation"),
+    names=UseCaseNames(
+        usecase=NAME, namespace="segmentation", model_name="segmentation", experiment="segmentation"
+    ),
     description="Pixel-wise lesion masks of 2D grayscale medical images (UNet, Dice + BCE).",
     source=SegmentationSource(),
     schema=SegmentationSchema(),
