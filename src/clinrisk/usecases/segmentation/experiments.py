@@ -65,10 +65,19 @@ def run_experiments(config_path: Path | None, sets: list[str], out_dir: Path | N
     p = params(base_cfg)
     if not p.experiments:
         raise ConfigError("params.experiments: no experiment configured")
+    # One MLflow store + registry for every experiment (each run name would otherwise get its own sqlite
+    # store under its run directory), so promotion compares each experiment with the champion so far.
+    shared: list[str] = []
+    if not base_cfg.tracking.tracking_uri:
+        from clinrisk.tracking import tracking_uri
+
+        shared = [f"tracking.tracking_uri={tracking_uri(base_cfg)}"]
     rows: list[dict[str, Any]] = []
     frames: dict[str, pl.DataFrame] = {}
     for name, spec in p.experiments.items():
-        cfg: ClinriskConfig = load_config(config_path, [*sets, *overrides(name, spec, base_cfg.run.name)])
+        cfg: ClinriskConfig = load_config(
+            config_path, [*sets, *shared, *overrides(name, spec, base_cfg.run.name)]
+        )
         metrics = train_run(cfg)
         frames[name] = pl.read_parquet(run_dir(cfg) / "per_image.parquet")
         rows.append(

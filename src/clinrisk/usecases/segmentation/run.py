@@ -45,15 +45,13 @@ def _json(path: Path, obj: Any) -> None:
 
 
 def model_forward(header: dict[str, Any]) -> Any:
-    import jax
-
-    from clinrisk.usecases.segmentation.model import make_forward
+    from clinrisk.usecases.segmentation.training import compiled_forward
 
     arch = header.get("arch")
     depth = header.get("depth")
     if arch not in ("unet", "resunet") or not isinstance(depth, int):
         raise DataError(f"checkpoint: unknown architecture {arch!r}/depth {depth!r}")
-    return jax.jit(make_forward(arch, depth))
+    return compiled_forward(arch, depth)
 
 
 def load_model(ckpt: Path) -> tuple[Any, Any, dict[str, Any]]:

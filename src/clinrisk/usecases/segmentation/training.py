@@ -8,6 +8,7 @@ gives the same metrics (tested). The best checkpoint is the epoch with the highe
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,63 @@ def score(prob: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, An
     }
 
 
+@functools.lru_cache(maxsize=8)
+def compiled_forward(arch: str, depth: int) -> Callable[..., Any]:
+    """The jitted forward pass, one per architecture per process (XLA compiles it once per input shape)."""
+    import jax
+
+    return jax.jit(make_forward(arch, depth))
+
+
+def compiled_step(p: SegmentationParams, steps_per_epoch: int) -> tuple[Any, Callable[..., Any]]:
+    """(optimizer, jitted train step) for the config's model, loss and LR schedule (cached per process)."""
+    m, t = p.model, p.train
+    return _compiled_step(
+        m.arch,
+        m.depth,
+        t.loss,
+        t.bce_weight,
+        t.tversky_alpha,
+        t.schedule,
+        t.lr,
+        t.warmup_epochs,
+        t.epochs,
+        steps_per_epoch,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_step(
+    arch: str,
+    depth: int,
+    loss: str,
+    bce_weight: float,
+    alpha: float,
+    schedule: str,
+    lr: float,
+    warmup_epochs: int,
+    epochs: int,
+    steps_per_epoch: int,
+) -> tuple[Any, Callable[..., Any]]:
+    import jax
+    import optax
+
+    p = SegmentationParams.model_validate(
+        {"train": {"schedule": schedule, "lr": lr, "warmup_epochs": warmup_epochs, "epochs": epochs}}
+    )
+    opt = optax.adam(lr_schedule(p, steps_per_epoch))
+    forward = make_forward(arch, depth)
+    loss_fn = make_loss(loss, bce_weight, alpha)
+
+    @jax.jit
+    def step(params: Params, state: Any, x: jax.Array, y: jax.Array) -> tuple[Params, Any, jax.Array]:
+        value, grads = jax.value_and_grad(lambda q: loss_fn(forward(q, x), y))(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    return opt, step
+
+
 def train(
     p: SegmentationParams,
     seed: int,
@@ -106,25 +164,14 @@ def train(
     val_y: np.ndarray,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    import jax
-    import optax
-
     t0 = time.perf_counter()
     m, t = p.model, p.train
     params = init_params(seed, m.arch, m.base_channels, m.depth)
-    forward = jax.jit(make_forward(m.arch, m.depth))
-    loss_fn = make_loss(t.loss, t.bce_weight, t.tversky_alpha)
     steps_per_epoch = int(np.ceil(train_x.shape[0] / t.batch_size))
+    opt, step = compiled_step(p, steps_per_epoch)
+    forward = compiled_forward(m.arch, m.depth)
     schedule = lr_schedule(p, steps_per_epoch)
-    opt = optax.adam(schedule)
     state = opt.init(params)
-    raw_forward = make_forward(m.arch, m.depth)
-
-    @jax.jit
-    def step(params: Params, state: Any, x: jax.Array, y: jax.Array) -> tuple[Params, Any, jax.Array]:
-        loss, grads = jax.value_and_grad(lambda q: loss_fn(raw_forward(q, x), y))(params)
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
 
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, np.ndarray]] = (-1.0, -1, to_numpy(params))
