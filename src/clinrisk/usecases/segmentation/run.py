@@ -25,11 +25,10 @@ from clinrisk.errors import DataError
 from clinrisk.usecases.segmentation.checkpoint import load_checkpoint, save_checkpoint
 from clinrisk.usecases.segmentation.config import SegmentationParams
 from clinrisk.usecases.segmentation.dataset import ImageSet, load_image_set, split_rows
+from clinrisk.usecases.segmentation.loading import CHECKPOINT, load_model
 
 if TYPE_CHECKING:
     from clinrisk.config import ClinriskConfig
-
-CHECKPOINT = "best.npz"
 
 
 def run_dir(cfg: ClinriskConfig) -> Path:
@@ -42,31 +41,6 @@ def params(cfg: ClinriskConfig) -> SegmentationParams:
 
 def _json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
-
-
-def model_forward(header: dict[str, Any]) -> Any:
-    from clinrisk.usecases.segmentation.training import compiled_forward
-
-    arch = header.get("arch")
-    depth = header.get("depth")
-    if arch not in ("unet", "resunet") or not isinstance(depth, int):
-        raise DataError(f"checkpoint: unknown architecture {arch!r}/depth {depth!r}")
-    return compiled_forward(arch, depth)
-
-
-def load_model(ckpt: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """(forward, params, header) of a checkpoint; a corrupt file or wrong arrays -> DataError (one line)."""
-    from clinrisk.usecases.segmentation.model import from_numpy, init_params
-
-    arrays, header = load_checkpoint(ckpt)
-    forward = model_forward(header)
-    want = init_params(0, header["arch"], int(header["base_channels"]), int(header["depth"]))
-    for layer, d in want.items():
-        for k, v in d.items():
-            got = arrays.get(f"{layer}/{k}")
-            if got is None or got.shape != v.shape:
-                raise DataError(f"{ckpt}: corrupt checkpoint (array {layer}/{k} missing or mis-shaped)")
-    return forward, from_numpy(arrays), header
 
 
 def per_image_frame(data: ImageSet, scores: dict[str, Any]) -> pl.DataFrame:

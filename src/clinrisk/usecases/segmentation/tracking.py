@@ -32,7 +32,7 @@ def promotion_decision(challenger: float, champion: float | None, margin: float)
 def _champion_dice(client: Any, name: str, va: ImageSet, threshold: float) -> tuple[str | None, float | None]:
     import mlflow
 
-    from clinrisk.usecases.segmentation.run import CHECKPOINT, load_model
+    from clinrisk.usecases.segmentation.loading import CHECKPOINT, load_model
     from clinrisk.usecases.segmentation.training import predict_proba, score
 
     try:
