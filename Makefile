@@ -46,7 +46,7 @@ bench-all: venv ## every benchmark under benchmarks/ (long: an hour or more on 2
 
 lock: ## re-resolve dependencies from pyproject.toml into requirements.lock
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
-	.lockenv/bin/pip install -q -e ".[dev]"
+	.lockenv/bin/pip install -q -e ".[dev,segmentation]"
 	.lockenv/bin/pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 	rm -rf .lockenv
 

@@ -26,6 +26,7 @@ from clinrisk.cli.common import (
     load,
     reset_state,
 )
+from clinrisk.usecases.segmentation import cli as segmentation_cli
 
 
 def build_app() -> typer.Typer:
@@ -42,6 +43,8 @@ def build_app() -> typer.Typer:
     app.command("version")(show_version)
     for area in (data, validation, features, selection, model, evaluation, pipeline, serve, rollout, monitor):
         area.register(app)
+    # the segmentation use case brings its own model commands: clinrisk segmentation train|eval|infer|...
+    segmentation_cli.register(app)
     return app
 
 

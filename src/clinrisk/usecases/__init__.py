@@ -18,6 +18,7 @@ DEFAULT_USECASE = "clinical"
 REGISTRY: dict[str, str] = {
     "clinical": "clinrisk.usecases.clinical:USECASE",
     "leads": "clinrisk.usecases.leads:USECASE",
+    "segmentation": "clinrisk.usecases.segmentation.usecase:USECASE",
 }
 
 _loaded: dict[str, UseCase] = {}

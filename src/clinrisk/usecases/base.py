@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import polars as pl
 from pydantic import BaseModel
@@ -244,6 +244,10 @@ class UseCase:
     configs: Mapping[str, str] = field(default_factory=dict)
     # Pydantic model of the config's ``params`` section (the use case's own knobs); None = no params.
     config_model: type[BaseModel] | None = None
+    # "tabular": the shared feature table -> LightGBM -> tabular V1 path. "own": the use case trains and
+    # serves its own model (e.g. segmentation's UNet over images); only its DataSource and RawSchema are
+    # shared, and its ``features``/``serving`` parts refuse the tabular steps with a ConfigError.
+    model_family: Literal["tabular", "own"] = "tabular"
 
     def params(self, cfg: ClinriskConfig) -> Any:
         """``cfg.params`` validated by :attr:`config_model` (defaults filled in)."""
