@@ -13,7 +13,9 @@ def register(
     validation_report: dsl.Input[dsl.Markdown],
     mlflow_run_id: str,
 ) -> str:
-    """Register the bundle in the MLflow model registry; returns the model URI (models:/name/version)."""
-    from clinrisk.steps import register_step
+    """Register the bundle in the MLflow model registry; returns the model URI (models:/name/version), also
+    recorded on the MLflow run for the exit handler (the pipeline's result)."""
+    from clinrisk.steps import register_step, tag_model_uri_step
 
-    return register_step(config.path, bundle.path, evaluation.path, validation_report.path, mlflow_run_id)
+    uri = register_step(config.path, bundle.path, evaluation.path, validation_report.path, mlflow_run_id)
+    return tag_model_uri_step(config.path, mlflow_run_id, uri)
