@@ -50,8 +50,11 @@ def measure(config: str, screenshot: Path | None, out: Path, n_images: int, clie
     t0 = time.perf_counter()
     subprocess.run(
         [str(clinrisk), "run", "--config", config, "--set", f"run.output_dir={out}"],
-        cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     t_run = time.perf_counter()
     (db,) = out.glob("*/mlflow/mlflow.db")
     uri = f"sqlite:///{db}"

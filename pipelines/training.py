@@ -8,6 +8,7 @@ Kubeflow UI, and every task the CPU/memory of ``pipeline.resources.<step>`` (fix
 module only wires inputs to outputs.
 """
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from kfp import dsl
 from clinrisk.config import PipelineConfig, StepResources
 
 PIPELINE_NAME = "clinrisk-training"
+_LOCAL_NOOP_WARNING = r"Task '.*': settings \[.*\] have no effect in the current local runner"
 
 # What the Kubeflow UI shows for each task (keyed by the component's name).
 DISPLAY_NAMES = {
@@ -60,6 +62,9 @@ def build_training_pipeline(
     """Return the pipeline function; ``parallelism`` caps concurrent shard tasks and ``resources`` sets
     each step's pod resources (both compile-time in KFP; ``resources`` defaults to the config's defaults)."""
     res = dict(resources) if resources is not None else PipelineConfig().resources
+    # Display names and resources are for the Kubeflow UI and the cluster; kfp.local ignores them and would
+    # say so once per task.
+    warnings.filterwarnings("ignore", message=_LOCAL_NOOP_WARNING, category=UserWarning)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,

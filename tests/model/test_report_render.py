@@ -112,7 +112,7 @@ def test_slices_chart_marks_flagged_slices_apart_from_the_label_series(result: d
         title = fig._suptitle.get_text()
         assert "red = flagged" not in title and "shaded" in title
         ax = fig.axes[0]
-        handles, labels = ax.get_legend_handles_labels()
+        handles, _ = ax.get_legend_handles_labels()
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert legend == ["true labels", "recorded labels", "flagged slice"], legend
         series = {mcolors.to_hex(h.lines[0].get_color()) for h in handles}

@@ -75,7 +75,7 @@ def _dag_tasks(ir: dict[str, object]) -> dict[str, dict[str, object]]:
     """Every task of the root DAG and of every sub-DAG (loops, conditions, exit handler), by task name."""
     out: dict[str, dict[str, object]] = {}
     for comp in [ir["root"], *ir["components"].values()]:  # type: ignore[union-attr]
-        out.update(((comp.get("dag") or {}).get("tasks") or {}))  # type: ignore[union-attr]
+        out.update((comp.get("dag") or {}).get("tasks") or {})  # type: ignore[union-attr]
     return out
 
 

@@ -8,6 +8,7 @@ a sandboxed iframe, which Chromium may put in its own process), and take a scree
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import subprocess
@@ -71,11 +72,22 @@ class Browser:
             target = self.call("Target.createTarget", url="about:blank")["targetId"]
             self.page = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
             self.call("Page.enable", session=self.page)
-            self.call("Emulation.setDeviceMetricsOverride", session=self.page, width=width, height=height,
-                      deviceScaleFactor=1, mobile=False)  # fmt: skip
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                session=self.page,
+                width=width,
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             # Out-of-process iframes (sandboxed srcdoc frames can be) become sessions of their own.
-            self.call("Target.setAutoAttach", session=self.page, autoAttach=True,
-                      waitForDebuggerOnStart=False, flatten=True)  # fmt: skip
+            self.call(
+                "Target.setAutoAttach",
+                session=self.page,
+                autoAttach=True,
+                waitForDebuggerOnStart=False,
+                flatten=True,
+            )
         except BaseException:
             self.close()
             raise
@@ -132,13 +144,18 @@ class Browser:
                     ctx = self.call("Page.createIsolatedWorld", session=session, frameId=frame["id"])
                 except RuntimeError:
                     continue  # a frame of another process: its own session covers it
-                value = self.call("Runtime.evaluate", session=session, expression=IMAGES_JS,
-                                  contextId=ctx["executionContextId"], returnByValue=True)  # fmt: skip
+                value = self.call(
+                    "Runtime.evaluate",
+                    session=session,
+                    expression=IMAGES_JS,
+                    contextId=ctx["executionContextId"],
+                    returnByValue=True,
+                )
                 images = json.loads(value["result"].get("value") or "[]")
                 out.append(FrameImages(url=frame.get("url", ""), images=images))
         return out
 
-    def wait_for_report_images(self, min_images: int, timeout_s: float = 90.0) -> FrameImages:
+    def wait_for_report_images(self, min_images: int, timeout_s: float = 240.0) -> FrameImages:
         """Poll until one frame holds at least ``min_images`` images, all loaded; that frame's images.
         On timeout, AssertionError listing what every frame held."""
         deadline = time.monotonic() + timeout_s
@@ -152,8 +169,9 @@ class Browser:
         raise AssertionError(f"no frame with {min_images} loaded images after {timeout_s} s: {frames}")
 
     def text(self) -> str:
-        value = self.call("Runtime.evaluate", session=self.page, expression="document.body.innerText",
-                          returnByValue=True)  # fmt: skip
+        value = self.call(
+            "Runtime.evaluate", session=self.page, expression="document.body.innerText", returnByValue=True
+        )
         return str(value["result"].get("value") or "")
 
     def screenshot(self, path: Path) -> Path:
@@ -165,10 +183,8 @@ class Browser:
     def close(self) -> None:
         ws = getattr(self, "_ws", None)
         if ws is not None:
-            try:
+            with contextlib.suppress(Exception):  # the browser is stopped below either way
                 ws.close()
-            except Exception:  # noqa: S110 - the browser is stopped below either way
-                pass
         if self._proc.poll() is None:
             self._proc.terminate()
             try:

@@ -20,7 +20,7 @@ def free_port() -> int:
 class MlflowUi:
     """``mlflow server`` on a free loopback port over ``backend_uri``; a context manager that stops it."""
 
-    def __init__(self, backend_uri: str, log_file: Path, timeout_s: float = 180.0) -> None:
+    def __init__(self, backend_uri: str, log_file: Path, timeout_s: float = 300.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         mlflow = Path(sys.executable).with_name("mlflow")
@@ -37,7 +37,7 @@ class MlflowUi:
                 str(self.port),
                 "--workers",
                 "1",
-            ],  # fmt: skip
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "MLFLOW_TRACKING_URI": backend_uri},
