@@ -479,17 +479,18 @@ def evaluate_step(
     """Evaluate on the test split; report as Markdown (+ HTML), headline metrics, ROC + confusion matrix for
     the UI."""
     from clinrisk.evaluate import classification_metrics_data, evaluate_model
-    from clinrisk.report import REPORT_HTML, self_contained_markdown
+    from clinrisk.report import markdown_to_html, self_contained_markdown
 
     cfg = _load(config_dir)
     result = evaluate_model(cfg, Path(bundle_dir), Path(features_dir), Path(out_dir))
     # The UI's Markdown/HTML artifacts are single files viewed in a browser: images travel inside them as
     # data URIs (a container path would not load there).
+    report_md = self_contained_markdown(Path(out_dir) / "report.md")
     Path(report_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(report_file).write_text(self_contained_markdown(Path(out_dir) / "report.md"))
+    Path(report_file).write_text(report_md)
     if report_html_file is not None:
         Path(report_html_file).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(out_dir) / REPORT_HTML, report_html_file)
+        Path(report_html_file).write_text(markdown_to_html(report_md, "clinrisk evaluation report"))
     _log_numeric(log_metric, result["headline"])
     if classification is not None:
         data = classification_metrics_data(result)
