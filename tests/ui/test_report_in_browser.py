@@ -16,6 +16,8 @@ from tests.ui.mlflow_ui import MlflowUi
 
 pytestmark = [
     pytest.mark.ui,
+    # A tiny pipeline run + an MLflow server start: minutes on a busy 2-core machine, beyond the suite's 900 s.
+    pytest.mark.timeout(2700),
     pytest.mark.skipif(chromium_binary() is None, reason="chromium not installed (make test-ui installs it)"),
 ]
 
