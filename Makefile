@@ -12,7 +12,7 @@ USECASE ?= clinical
 CONFIG ?= configs/$(USECASE)/default.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-fast lint bench bench-all lock clean help
+.PHONY: venv run test test-fast test-ui lint bench bench-all lock clean help
 
 help: ## list every target with what it does (every rule, also one without a ## note)
 	@awk '/^[a-zA-Z0-9_-][a-zA-Z0-9_.-]*:([^=]|$$)/ { split($$0, p, ":"); d = ""; \
@@ -30,7 +30,11 @@ run: venv ## run the main job (USECASE=clinical|leads, CONFIG=configs/$(USECASE)
 	$(BIN)/clinrisk run --usecase $(USECASE) --config $(CONFIG)
 
 test: venv ## run the whole test suite
-	$(BIN)/pytest -q -m "not docker and not platform and not cluster" tests
+	$(BIN)/pytest -q -m "not docker and not platform and not cluster and not ui" tests
+
+test-ui: venv ## browser tier: Debian's chromium (installed if missing, root) opens a real MLflow UI on a tiny run
+	scripts/ui/install-chromium.sh
+	rc=0; $(BIN)/pytest -q -m ui tests/ui || rc=$$?; if [[ $$rc == 5 ]]; then echo "test-ui: no tests collected"; exit 0; fi; exit $$rc
 
 lint: venv ## ruff + mypy
 	$(BIN)/ruff check src tests components pipelines benchmarks

@@ -13,13 +13,14 @@ from components.features import build_features_shard, fit_feature_spec, merge_fe
 from components.register import register
 from components.resolve_config import resolve_config
 from components.select import select_features
-from components.tracking import start_tracking
+from components.tracking import finalize_tracking, start_tracking
 from components.train import train
 
 __all__ = [
     "build_features_shard",
     "deploy_canary",
     "evaluate",
+    "finalize_tracking",
     "fit_feature_spec",
     "generate_shard",
     "merge_data",

@@ -15,6 +15,7 @@ def evaluate(
     report: dsl.Output[dsl.Markdown],
     test_metrics: dsl.Output[dsl.Metrics],
     classification: dsl.Output[dsl.ClassificationMetrics],
+    report_html: dsl.Output[dsl.HTML],
 ) -> None:
     """Metrics vs recorded and true labels, slices, error analysis, report + plots (ROC/confusion for the UI)."""
     from clinrisk.steps import evaluate_step
@@ -28,4 +29,5 @@ def evaluate(
         report.path,
         test_metrics.log_metric,
         classification,
+        report_html.path,
     )

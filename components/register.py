@@ -14,11 +14,13 @@ def register(
     validated: dsl.Input[dsl.Dataset],
     mlflow_run_id: str,
 ) -> str:
-    """Register the bundle in the MLflow model registry; returns the model URI (models:/name/version).
+    """Register the bundle in the MLflow model registry; returns the model URI (models:/name/version), also
+    recorded on the MLflow run for the exit handler (the pipeline's result).
 
     ``validated`` is read for its validation report only (validation/report.json + report.md)."""
-    from clinrisk.steps import register_step
+    from clinrisk.steps import register_step, tag_model_uri_step
 
-    return register_step(
+    uri = register_step(
         config.path, bundle.path, evaluation.path, validation_report.path, mlflow_run_id, validated.path
     )
+    return tag_model_uri_step(config.path, mlflow_run_id, uri)

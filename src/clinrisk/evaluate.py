@@ -584,8 +584,9 @@ def classification_metrics_data(result: dict[str, Any], labels: str = "recorded"
 def write_outputs(
     result: dict[str, Any], df: pl.DataFrame, p: npt.NDArray[np.float64], out_dir: Path
 ) -> dict[str, Any]:
-    """Publish metrics.json, report.md, plots/*.png and predictions.parquet atomically into ``out_dir``."""
-    from clinrisk.report import render_plots, render_report
+    """Publish metrics.json, report.md (+ report.html, self-contained), plots/*.png and predictions.parquet
+    atomically into ``out_dir``."""
+    from clinrisk.report import render_plots, render_report, write_report_html
 
     safe = json_safe(result)
     with atomic_output_dir(Path(out_dir)) as tmp:
@@ -594,6 +595,7 @@ def write_outputs(
         (tmp / "report.md").write_text(
             render_report(result, {k: f"plots/{v.name}" for k, v in plots.items()})
         )
+        write_report_html(tmp / "report.md")  # images inlined: renders in MLflow's artefact viewer
         predictions_frame(df, p).write_parquet(tmp / "predictions.parquet", compression="zstd")
     return safe
 

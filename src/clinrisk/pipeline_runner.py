@@ -117,8 +117,10 @@ def ensure_docker_image(image: str) -> None:
 
 
 def pipeline_arguments(cfg: ClinriskConfig, deploy: bool = False) -> dict[str, Any]:
-    """Pipeline parameters: the whole effective config as YAML text (one source of truth) plus deploy knobs."""
+    """Pipeline parameters: the whole effective config as YAML text (one source of truth; it replaces the
+    UI's named config, see clinrisk.pipeline_params) plus deploy knobs."""
     return {
+        "usecase": cfg.run.usecase,
         "config_yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
         "overrides": [],
         "deploy": deploy,
@@ -201,7 +203,7 @@ def run_local(
         )
         failure: str | None = None
         task: Any = None
-        pipeline = build_training_pipeline(parallelism=cfg.run.workers)
+        pipeline = build_training_pipeline(parallelism=cfg.run.workers, resources=cfg.pipeline.resources)
         try:
             with (
                 signal_handlers(stop),
@@ -378,14 +380,15 @@ class ResumeSource:
     cache: Path
 
 
-def compile_pipeline(out_file: Path, parallelism: int = 2) -> Path:
-    """Write the pipeline IR YAML (no server needed)."""
+def compile_pipeline(out_file: Path, parallelism: int = 2, cfg: ClinriskConfig | None = None) -> Path:
+    """Write the pipeline IR YAML (no server needed); pod resources from ``cfg.pipeline`` (or the defaults)."""
     from kfp import compiler
     from pipelines.training import build_training_pipeline
 
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_training_pipeline(parallelism), str(out_file))
+    resources = cfg.pipeline.resources if cfg is not None else None
+    compiler.Compiler().compile(build_training_pipeline(parallelism, resources), str(out_file))
     return out_file
 
 
@@ -403,7 +406,9 @@ def submit_pipeline(
     import kfp
 
     cfg = load_config(config_path, list(overrides or []))
-    package = compile_pipeline(Path(package_dir) / "clinrisk-training.yaml", parallelism=cfg.run.workers)
+    package = compile_pipeline(
+        Path(package_dir) / "clinrisk-training.yaml", parallelism=cfg.run.workers, cfg=cfg
+    )
     arguments = pipeline_arguments(cfg, deploy=deploy)
     name = run_name or f"{cfg.serving.model_name}-{cfg.run.name}"
     experiment = experiment or cfg.tracking.experiment_name

@@ -7,11 +7,18 @@ gives a different text.
 
 from __future__ import annotations
 
+import base64
+import html
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 PLOTS = ("roc", "pr", "calibration", "net_benefit", "slices")
+REPORT_HTML = "report.html"
+# A Markdown image whose target is a relative path (no scheme, not absolute): what the report links.
+_RELATIVE_IMAGE = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>(?![a-zA-Z][a-zA-Z0-9+.-]*:)(?!/)[^)\s]+)\)")
+_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 # Rule thresholds for recommendations (kept here, named, so the report can quote them).
 OE_UNDER = 0.9
@@ -20,6 +27,7 @@ HBA1C_FN_DOMINANCE = 1.25  # FN share / positive share of rows without an HbA1c 
 ORACLE_GAP_LARGE = 0.05  # expected-AUC gap to the oracle
 SLOPE_BOUNDS = (0.85, 1.15)
 ALERT_RATE_HIGH = 0.15
+FLAGGED_SHADE = "#ffe08a"  # background of flagged slices in the slices chart (not a series colour)
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -446,22 +454,30 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
 
 def render_plots(result: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
     """Write roc/pr/calibration/net_benefit/slices PNGs (matplotlib Agg) and return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
-    colors = {"recorded": "tab:blue", "true": "tab:red"}
-
-    def save(fig: Any, name: str) -> None:
+    for name, fig in plot_figures(result).items():
         path = plots_dir / f"{name}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
         out[name] = path
+    return out
+
+
+def plot_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The report's matplotlib figures by plot name (Agg backend; the caller closes them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    figs: dict[str, Any] = {}
+    colors = {"recorded": "tab:blue", "true": "tab:red"}
 
     o = result["overall"]
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -471,7 +487,7 @@ def render_plots(result: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     ax.legend(loc="lower right")
-    save(fig, "roc")
+    figs["roc"] = fig
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, c in colors.items():
@@ -486,7 +502,7 @@ def render_plots(result: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
         ax.axhline(o[name]["prevalence"]["value"], color=c, ls=":", lw=1)
     ax.set(xlabel="recall", ylabel="precision", title="Precision–recall (dotted: prevalence)", ylim=(0, 1))
     ax.legend(loc="upper right")
-    save(fig, "pr")
+    figs["pr"] = fig
 
     fig, ax = plt.subplots(figsize=(5, 5))
     mx = 0.0
@@ -503,7 +519,7 @@ def render_plots(result: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
     ax.plot([0, mx], [0, mx], "k:", lw=1)
     ax.set(xlabel="mean predicted risk (decile)", ylabel="observed rate", title="Calibration")
     ax.legend(loc="upper left")
-    save(fig, "calibration")
+    figs["calibration"] = fig
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     nb = result["net_benefit_curve"]
@@ -516,7 +532,7 @@ def render_plots(result: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
         onb = result["oracle"]["net_benefit_curve"]
         ax.plot(onb["threshold"], onb["model"], color="gray", label="oracle p^A vs true")
     ax.axhline(0, color="k", lw=1, label="treat none")
-    ax.axvline(result["p_t"], color="k", ls=":", lw=1)
+    ax.axvline(result["p_t"], color="k", ls=":", lw=1, label=f"p_t = {_f(result['p_t'], 2)} (this run's)")
     top = max(max(nb["true"]["model"]), max(nb["recorded"]["model"]), 0.01)
     ax.set(
         xlabel="threshold probability p_t",
@@ -525,13 +541,17 @@ def render_plots(result: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
         ylim=(-0.01, top * 1.3),
     )
     ax.legend(fontsize=7)
-    save(fig, "net_benefit")
+    figs["net_benefit"] = fig
 
     slices = [s for s in result.get("slices", []) if "auc" in s.get("true", {})]
     fig, axes = plt.subplots(1, 2, figsize=(10, max(3.0, 0.35 * len(slices) + 1)))
     labels = [f"{s['slice']}={s['level']}" for s in slices]
     ypos = list(range(len(slices)))
+    # Flagged slices are shaded rows with bold names: a colour of their own, never one of the two label series.
+    flagged_rows = [i for i, s in enumerate(slices) if s.get("flagged")]
     for ax, metric, ref in ((axes[0], "auc", o["true"]["auc"]["value"]), (axes[1], "oe", None)):
+        for i in flagged_rows:
+            ax.axhspan(i - 0.45, i + 0.45, color=FLAGGED_SHADE, zorder=0)
         for name, c, off in (("true", colors["true"], -0.15), ("recorded", colors["recorded"], 0.15)):
             vals = [s[name][metric]["value"] if metric in s.get(name, {}) else math.nan for s in slices]
             lo = [s[name][metric]["lo"] if metric in s.get(name, {}) else math.nan for s in slices]
@@ -540,18 +560,89 @@ def render_plots(result: dict[str, Any], plots_dir: Path) -> dict[str, Path]:
                 [max(v - a, 0) for v, a in zip(vals, lo, strict=True)],
                 [max(b - v, 0) for v, b in zip(vals, hi, strict=True)],
             ]
-            ax.errorbar(vals, [y + off for y in ypos], xerr=err, fmt="o", color=c, label=name, ms=4)
-        if ref is not None:
-            ax.axvline(ref, color="k", ls=":", lw=1)
-        else:
-            ax.axvline(1.0, color="k", ls=":", lw=1)
+            ax.errorbar(
+                vals, [y + off for y in ypos], xerr=err, fmt="o", color=c, label=f"{name} labels", ms=4
+            )
+        ax.axvline(ref if ref is not None else 1.0, color="k", ls=":", lw=1)
         ax.set_yticks(ypos)
         ax.set_yticklabels(labels if metric == "auc" else [""] * len(labels), fontsize=7)
-        ax.set_xlabel({"auc": "AUC", "oe": "O/E"}[metric])
-        ax.legend(fontsize=7)
-    for i, s in enumerate(slices):
-        if s.get("flagged"):
-            axes[0].get_yticklabels()[i].set_color("red")
-    fig.suptitle("Slices (red = flagged; dotted = overall AUC / perfect O/E)")
-    save(fig, "slices")
+        ax.set_xlabel(
+            {"auc": "AUC (dotted: overall, true labels)", "oe": "O/E (dotted: perfect = 1)"}[metric]
+        )
+        handles, names = ax.get_legend_handles_labels()
+        if flagged_rows:
+            handles.append(Patch(facecolor=FLAGGED_SHADE, edgecolor="none"))
+            names.append("flagged slice")
+        ax.legend(handles, names, fontsize=7)
+    for i in flagged_rows:
+        axes[0].get_yticklabels()[i].set_fontweight("bold")
+    fig.suptitle("Slices: true (red) vs recorded (blue) labels; shaded rows = flagged")
+    figs["slices"] = fig
+    return figs
+
+
+# ----------------------------------------------------------------------------- self-contained renderings
+# A report viewed anywhere but its own folder (MLflow's artefact viewer, the Kubeflow UI's Markdown/HTML
+# visualisation, a copied file) cannot resolve ``plots/roc.png``, and a container path means nothing in a
+# browser. So the copies meant for those viewers carry their images as data URIs.
+
+
+def inline_images(markdown_text: str, base_dir: Path) -> str:
+    """``markdown_text`` with every relative image link replaced by a data URI of the file under
+    ``base_dir``; a missing or unsupported file is a ValueError naming it (a report must not show a
+    broken image)."""
+    base = Path(base_dir).resolve()
+
+    def data_uri(match: re.Match[str]) -> str:
+        src = match.group("src")
+        path = (base / src).resolve()
+        if not path.is_relative_to(base):
+            raise ValueError(f"{src}: image link leaves the report folder {base}")
+        kind = _IMAGE_TYPES.get(path.suffix.lower())
+        if kind is None:
+            raise ValueError(f"{src}: unsupported image type {path.suffix!r}")
+        if not path.is_file():
+            raise ValueError(f"{path}: image linked by the report not found")
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{match.group('alt')}](data:{kind};base64,{encoded})"
+
+    return _RELATIVE_IMAGE.sub(data_uri, markdown_text)
+
+
+_HTML_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5rem auto;
+       max-width: 1100px; padding: 0 1rem; color: #1f2328; line-height: 1.45; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.85rem; display: block; overflow-x: auto; }
+th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; }
+th { background: #f6f8fa; }
+img { max-width: 100%; height: auto; display: block; margin: 0.8rem 0; }
+code { background: #f6f8fa; padding: 0 3px; border-radius: 3px; }
+"""
+
+
+def markdown_to_html(markdown_text: str, title: str) -> str:
+    """A standalone HTML page for a Markdown report (tables enabled; raw HTML in the text is escaped)."""
+    from markdown_it import MarkdownIt
+
+    # "js-default" = CommonMark + tables/strikethrough with raw HTML off: report text is data, not markup.
+    md = MarkdownIt("js-default")
+    # Its default link check keeps data:image/{png,jpeg,gif,webp} URIs and drops javascript:/vbscript:/file:.
+    body = md.render(markdown_text)
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+    )
+
+
+def self_contained_markdown(report_md: Path) -> str:
+    """The Markdown report at ``report_md`` with its images inlined (for single-file viewers)."""
+    report_md = Path(report_md)
+    return inline_images(report_md.read_text(), report_md.parent)
+
+
+def write_report_html(report_md: Path, title: str = "clinrisk evaluation report") -> Path:
+    """Write ``report.html`` (images inlined) beside ``report_md``; returns its path."""
+    report_md = Path(report_md)
+    out = report_md.parent / REPORT_HTML
+    out.write_text(markdown_to_html(self_contained_markdown(report_md), title))
     return out

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from clinrisk.config import ClinriskConfig, load_config, save_config
 from clinrisk.errors import ConfigError, DataError
 from clinrisk.io import SHARD_DIR_RE, atomic_output_dir, read_json, write_json
@@ -48,19 +46,31 @@ def _log_numeric(log: MetricLogger | None, metrics: dict[str, Any], prefix: str 
             log(name, float(value))
 
 
-def resolve_config_step(config_yaml: str, overrides: list[str], out_dir: str | Path) -> None:
-    """Validate config text + overrides and write the effective config artifact (the shard fan-out is the
-    plan's: :func:`plan_generation_step`)."""
-    try:
-        data = yaml.safe_load(config_yaml) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"pipeline parameter config_yaml: not valid YAML ({exc})") from exc
+def resolve_config_step(
+    config_yaml: str,
+    overrides: list[str],
+    out_dir: str | Path,
+    usecase: str = "clinical",
+    config_name: str = "default",
+    n_patients: int = 0,
+    seed: int = -1,
+    run_name: str = "",
+) -> None:
+    """Validate the pipeline parameters (a named config file or the pasted YAML, plus overrides) and write
+    the effective config artifact (the shard fan-out is the plan's: :func:`plan_generation_step`)."""
+    from clinrisk.pipeline_params import PipelineParams, resolve
+
+    params = PipelineParams(
+        usecase=usecase,
+        config_name=config_name,
+        config_yaml=config_yaml,
+        overrides=list(overrides),
+        n_patients=int(n_patients),
+        seed=int(seed),
+        run_name=run_name,
+    )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    src = out / "submitted.yaml"
-    src.write_text(yaml.safe_dump(data, sort_keys=False))
-    cfg = load_config(src, overrides)
-    src.unlink()
+    cfg = resolve(params, out)
     save_config(cfg, out / CONFIG_FILE)
 
 
@@ -91,18 +101,80 @@ def copy_shards(part_dirs: list[str | Path], subdir: str, dest: Path) -> int:
 
 def start_tracking_step(config_dir: str | Path, kfp_run_id: str) -> str:
     """Open the pipeline run's MLflow run (tagged with the KFP run id) with the flattened config as params."""
-    from clinrisk.run_control import RUN_ID_ENV
     from clinrisk.tracking import log_config, start_run
 
     cfg = _load(config_dir)
     if not cfg.tracking.enabled:
         return ""
-    # kfp.local's PIPELINE_JOB_ID placeholder is a random id of its own; the local runner passes the real
-    # run id (the name of the run's folder) in the environment. On a cluster the placeholder is the real one.
-    kfp_run_id = os.environ.get(RUN_ID_ENV) or kfp_run_id
-    run_id = start_run(cfg, kfp_run_id=kfp_run_id or None)
+    run_id = start_run(cfg, kfp_run_id=run_key(kfp_run_id) or None)
     log_config(cfg, run_id)
     return run_id
+
+
+def run_key(kfp_run_id: str) -> str:
+    """The id that ties a DAG run to its MLflow run, the same for start_tracking and the exit handler.
+
+    kfp.local's PIPELINE_JOB_ID placeholder is a random id of its own; the local runner passes the real run
+    id (the name of the run's folder) in the environment. On a cluster the placeholder is the real one."""
+    from clinrisk.run_control import RUN_ID_ENV
+
+    return os.environ.get(RUN_ID_ENV) or kfp_run_id
+
+
+# KFP's final states of the DAG (PipelineTaskFinalStatus.state) -> the MLflow status of a run left RUNNING.
+_FINAL_MLFLOW_STATUS = {"SUCCEEDED": "FINISHED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+KFP_RUN_TAG = "kfp.run_id"  # the tag start_tracking_step gives the MLflow run (tracking.start_run)
+MODEL_URI_TAG = "clinrisk.model_uri"  # the model URI register returned, read back by the exit handler
+
+
+def tag_model_uri_step(config_dir: str | Path, mlflow_run_id: str, model_uri: str) -> str:
+    """Record on the MLflow run the model URI register returned (the DAG's result: the exit task, which
+    may depend on no task, reads it back); returns ``model_uri``."""
+    from clinrisk.tracking import configure, mlflow_client
+
+    cfg = _load(config_dir)
+    if mlflow_run_id and cfg.tracking.enabled:
+        configure(cfg)
+        mlflow_client().set_tag(mlflow_run_id, MODEL_URI_TAG, model_uri)
+    return model_uri
+
+
+def finalize_tracking_step(params: Any, kfp_run_id: str, pipeline_state: str, error_message: str = "") -> str:
+    """The DAG's exit handler: close the pipeline's MLflow run if a step left it RUNNING; returns the model
+    URI the run registered ("" if none) — the pipeline's result, since only the exit task is at its top level.
+
+    ``params`` are the pipeline parameters (:class:`clinrisk.pipeline_params.PipelineParams`; an exit task
+    can take nothing else), resolved to the run's config as resolve_config did; the MLflow run is the one
+    tagged ``kfp.run_id = kfp_run_id``. A run that register already ended is left as it is (a no-op after
+    success); one still RUNNING when the DAG ends becomes FAILED (KILLED when the DAG was cancelled,
+    FINISHED only if the DAG succeeded). The DAG's final state and error are tagged either way.
+    """
+    import tempfile
+
+    from clinrisk.pipeline_params import resolve
+    from clinrisk.tracking import configure, end_run, mlflow_client
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cfg = resolve(params, Path(tmp))
+        except ConfigError:
+            return ""  # resolve_config failed on the same parameters: no MLflow run was ever opened
+    if not kfp_run_id or not cfg.tracking.enabled:
+        return ""
+    exp_id = configure(cfg)
+    client = mlflow_client()
+    key = run_key(kfp_run_id).replace("'", "")
+    state = (pipeline_state or "FAILED").upper()
+    model_uri = ""
+    for run in client.search_runs([exp_id], f"tags.`{KFP_RUN_TAG}` = '{key}'"):
+        run_id = run.info.run_id
+        client.set_tag(run_id, "kfp.pipeline_state", state)
+        if error_message:
+            client.set_tag(run_id, "kfp.pipeline_error", error_message[:5000])
+        if run.info.status == "RUNNING":
+            end_run(run_id, status=_FINAL_MLFLOW_STATUS.get(state, "FAILED"))
+        model_uri = model_uri or str(run.data.tags.get(MODEL_URI_TAG, ""))
+    return model_uri
 
 
 def plan_shards(plan: dict[str, Any]) -> list[int]:
@@ -416,17 +488,23 @@ def evaluate_step(
     report_file: str | Path,
     log_metric: MetricLogger | None = None,
     classification: Any = None,
+    report_html_file: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate on the test split; report as Markdown, headline metrics, ROC + confusion matrix for the UI."""
+    """Evaluate on the test split; report as Markdown (+ HTML), headline metrics, ROC + confusion matrix for
+    the UI."""
     from clinrisk.evaluate import classification_metrics_data, evaluate_model
+    from clinrisk.report import markdown_to_html, self_contained_markdown
 
     cfg = _load(config_dir)
     result = evaluate_model(cfg, Path(bundle_dir), Path(features_dir), Path(out_dir))
-    report = Path(out_dir) / "report.md"
-    text = report.read_text()
-    # The Markdown artifact is a single file; plots stay in the evaluation artifact next to it.
+    # The UI's Markdown/HTML artifacts are single files viewed in a browser: images travel inside them as
+    # data URIs (a container path would not load there).
+    report_md = self_contained_markdown(Path(out_dir) / "report.md")
     Path(report_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(report_file).write_text(text.replace("](plots/", f"]({Path(out_dir) / 'plots'}/"))
+    Path(report_file).write_text(report_md)
+    if report_html_file is not None:
+        Path(report_html_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_html_file).write_text(markdown_to_html(report_md, "clinrisk evaluation report"))
     _log_numeric(log_metric, result["headline"])
     if classification is not None:
         data = classification_metrics_data(result)

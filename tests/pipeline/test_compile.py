@@ -25,6 +25,7 @@ EXPECTED_TASKS = {
     "evaluate",
     "register",
     "deploy-canary",
+    "finalize-tracking",
 }
 
 
@@ -68,3 +69,52 @@ def test_side_effecting_steps_are_never_cached(tmp_path: Path) -> None:
     assert {t for t, on in caching.items() if not on} >= {"start-tracking", "register", "deploy-canary"}
     for deterministic in ("generate-shard", "validate-shard", "build-features-shard", "train", "evaluate"):
         assert caching[deterministic], deterministic
+
+
+def _dag_tasks(ir: dict[str, object]) -> dict[str, dict[str, object]]:
+    """Every task of the root DAG and of every sub-DAG (loops, conditions, exit handler), by task name."""
+    out: dict[str, dict[str, object]] = {}
+    for comp in [ir["root"], *ir["components"].values()]:  # type: ignore[union-attr]
+        out.update((comp.get("dag") or {}).get("tasks") or {})  # type: ignore[union-attr]
+    return out
+
+
+def test_every_task_loop_and_condition_has_a_display_name(tmp_path: Path) -> None:
+    from pipelines.training import DISPLAY_NAMES, GROUP_NAMES
+
+    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    tasks = _dag_tasks(ir)
+    shown = {name: t["taskInfo"]["name"] for name, t in tasks.items()}
+    for name, label in shown.items():
+        assert label != name and not label.startswith(("for-loop-", "condition-", "exit-handler-")), name
+    assert set(shown.values()) == set(DISPLAY_NAMES.values()) | set(GROUP_NAMES.values())
+    groups = {n for n in tasks if n.startswith(("for-loop-", "condition-", "exit-handler-"))}
+    assert len(groups) == 4  # 2 loops, the deploy condition, the exit handler
+
+
+def test_resources_come_from_config(tmp_path: Path) -> None:
+    from clinrisk.config import load_config
+    from clinrisk.config.pipeline import STEP_DEFAULTS
+
+    cfg = load_config(None, ["pipeline.resources.train.memory=6Gi", "pipeline.resources.train.cpu_limit=3"])
+    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", cfg=cfg).read_text())
+    executors = ir["deploymentSpec"]["executors"]
+    by_step = {k.removeprefix("exec-"): e["container"]["resources"] for k, e in executors.items()}
+    assert set(by_step) == {s.replace("_", "-") for s in STEP_DEFAULTS}
+    train = by_step["train"]
+    assert train["resourceMemoryRequest"] == "6Gi" and train["resourceMemoryLimit"] == "6Gi"
+    assert train["resourceCpuRequest"] == "2" and train["resourceCpuLimit"] == "3"
+    merge = by_step["merge-data"]
+    assert merge["resourceCpuRequest"] == STEP_DEFAULTS["merge_data"]["cpu"]
+    assert merge["resourceMemoryLimit"] == STEP_DEFAULTS["merge_data"]["memory"]
+
+
+def test_ui_parameters_have_defaults_so_a_form_needs_none(tmp_path: Path) -> None:
+    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    params = ir["root"]["inputDefinitions"]["parameters"]
+    assert {"usecase", "config_name", "n_patients", "seed", "run_name", "overrides", "config_yaml"} <= set(
+        params
+    )
+    assert all(p.get("isOptional") for p in params.values())
+    assert params["usecase"]["defaultValue"] == "clinical"
+    assert params["config_name"]["defaultValue"] == "default"

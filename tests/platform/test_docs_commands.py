@@ -3,8 +3,8 @@
 Each command found in a code block or code span is executed by `kfp.cli.cli.cli` (the `kfp` entry point)
 with the KFP API client replaced by a recorder at the network boundary, against the pipeline package that
 `clinrisk pipeline compile` writes. The recorded parameters must be the compiled pipeline's inputs, every
-required one present, and `config_yaml` a config that validates — the cluster ones pointing at the cluster's
-MLflow server.
+required one present, and the config they name (`usecase` + `config_name`, or the pasted `config_yaml`) one
+that validates — the cluster ones pointing at the cluster's MLflow server.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_kfp_command_submits_a_valid_run(
     import kfp.client
     from kfp.cli.cli import cli
 
-    from clinrisk.config import ClinriskConfig
+    from clinrisk.pipeline_params import PipelineParams, resolve
 
     monkeypatch.chdir(compiled_root)
     monkeypatch.setattr(kfp.client, "Client", _RecordingClient)
@@ -142,7 +142,9 @@ def test_kfp_command_submits_a_valid_run(
     assert set(params) <= set(inputs), f"{doc}: unknown pipeline parameters {set(params) - set(inputs)}"
     required = {n for n, d in inputs.items() if not d.get("isOptional")}
     assert required <= set(params), f"{doc}: {command}: missing required {sorted(required - set(params))}"
-    cfg = ClinriskConfig.model_validate(yaml.safe_load(params["config_yaml"]))
+    # The run's config as the resolve-config task makes it: the named file or the pasted YAML, + overrides.
+    form = {k: v for k, v in params.items() if k in PipelineParams.__dataclass_fields__}
+    cfg = resolve(PipelineParams(**form), compiled_root / "scratch")
     assert cfg.tracking.tracking_uri == CLUSTER_TRACKING, (
         f"{doc}: the cluster run must log to the MLflow server"
     )

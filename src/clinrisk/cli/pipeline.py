@@ -95,11 +95,15 @@ def pipeline_compile(
         "outputs/kfp/clinrisk-training.yaml"
     ),
     parallelism: Annotated[int, typer.Option(min=1, help="max concurrent shard tasks")] = 2,
+    config: ConfigOption = None,
+    sets: SetOption = None,
+    usecase: UsecaseOption = None,
 ) -> None:
-    """Compile the pipeline to its IR YAML (no server needed)."""
+    """Compile the pipeline to its IR YAML (no server needed); pod resources from the config's
+    pipeline.resources."""
     from clinrisk.pipeline_runner import compile_pipeline
 
-    typer.echo(str(compile_pipeline(out, parallelism)))
+    typer.echo(str(compile_pipeline(out, parallelism, cfg=load(config, sets, usecase=usecase))))
 
 
 @pipeline_app.command("submit")

@@ -24,6 +24,7 @@ from clinrisk.config.modeling import (
     TrainConfig,
 )
 from clinrisk.config.monitoring import ExperimentsConfig, MonitoringConfig, PromotionConfig
+from clinrisk.config.pipeline import PipelineConfig, StepResources
 from clinrisk.config.run import RunConfig
 from clinrisk.config.serving import ServingConfig
 from clinrisk.config.validate import ValidateConfig
@@ -37,11 +38,13 @@ __all__ = [
     "GenerateConfig",
     "LabelsConfig",
     "MonitoringConfig",
+    "PipelineConfig",
     "PromotionConfig",
     "RunConfig",
     "SelectConfig",
     "ServingConfig",
     "SplitConfig",
+    "StepResources",
     "ThresholdConfig",
     "TrackingConfig",
     "TrainConfig",
@@ -72,6 +75,7 @@ class ClinriskConfig(Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     experiments: ExperimentsConfig = Field(default_factory=ExperimentsConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="the use case's own parameters (validated by its UseCase.config_model)",
