@@ -391,6 +391,13 @@ def test_broken_object_store_registers_nothing(
     host = f"mlflow.mlflow.svc.cluster.local:{port}"  # same Service name, another port (allowed: name:*)
     stack.dns.routes[host] = ("127.0.0.1", bad.info["port"])
     try:
+        # A fresh server's first API call can take longer than the client's connection check allows on a
+        # loaded machine; warm it so the failure under test is the object store's, not a slow first answer.
+        status, body = sv.http_status(
+            f"http://127.0.0.1:{bad.info['port']}/api/2.0/mlflow/experiments/search?max_results=1",
+            {"Host": host}, timeout=180,
+        )  # fmt: skip
+        assert status == 200, f"{case}: the second server does not answer its API: {status} {body[:300]}"
         before = _versions(stack)
         bundle = next(pipeline["dir"].rglob("bundle/model.txt"), None) or next(
             pipeline["dir"].rglob("model.txt")
