@@ -4,6 +4,7 @@
 #   MinIO built from its Go module (scripts/platform/build-minio.sh, cached in ~/.cache/clinrisk),
 #   the MLflow tracking server with the args/env `helm template charts/mlflow` renders,
 #   KServe's storage-initializer package (kserve-storage, own venv, as the init container has its own image),
+#   a Docker engine and the pipeline/serving images (tier 2: steps and the server run in the images),
 # then `pytest -m platform tests/platform` (tests/platform/conftest.py starts and stops the services).
 # A service that fails to start fails the run, named, with the tail of its log.
 # Env: CLINRISK_CACHE (default ~/.cache/clinrisk), PYTEST_ARGS (extra pytest arguments).
@@ -60,11 +61,45 @@ if ! "$KS_VENV/bin/python" -c 'import kserve_storage' >/dev/null 2>&1; then
     || fail "kserve-storage: pip install kserve-storage==$KSERVE_STORAGE_VERSION failed"
 fi
 
-phase "services + tests"
+# 5. Tier 2: a Docker engine and the images, so the pipeline's steps run in the pipeline image and the serving
+#    image answers (CLINRISK_PLATFORM_RUNNER=docker). Started here like scripts/k8s/test-images.sh does
+#    (`dockerd --bridge=none --iptables=false`: the containers use the host network, where the proxy and the
+#    services listen), and stopped on exit. Without an engine the same tests run the steps on the host, and the
+#    run says so. CLINRISK_SKIP_IMAGE_BUILD=1 reuses images built just before (.ci/run: after make test-images).
+RUNNER="subprocess"
+DOCKERD_PID=""
+stop_dockerd() {
+  if [[ -n "$DOCKERD_PID" ]] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+    kill "$DOCKERD_PID"
+    for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+  fi
+}
+trap stop_dockerd EXIT
+engine_up() { timeout 20 docker info >/dev/null 2>&1; }
+if ! engine_up && [[ "$(id -u)" == "0" ]] && command -v dockerd >/dev/null 2>&1; then
+  phase "starting dockerd (log: /tmp/clinrisk-platform-dockerd.log)"
+  nice -n 10 dockerd --bridge=none --iptables=false >/tmp/clinrisk-platform-dockerd.log 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 1 60); do engine_up && break; kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
+fi
+if engine_up; then
+  if [[ "${CLINRISK_SKIP_IMAGE_BUILD:-0}" != "1" ]]; then
+    phase "images (images/build.sh pipeline serving; cached layers)"
+    nice -n 10 images/build.sh pipeline || fail "images: images/build.sh pipeline failed"
+    nice -n 10 images/build.sh serving || fail "images: images/build.sh serving failed"
+  fi
+  RUNNER="docker"
+else
+  echo "SKIPPED: tier 2 of test-platform (pipeline and serving images): no Docker engine could be started" \
+       "(not root, no dockerd, or it did not answer; see /tmp/clinrisk-platform-dockerd.log); the steps run on the host"
+fi
+
+phase "services + tests (runner: $RUNNER)"
 # A private pytest base dir: pytest prunes old /tmp/pytest-of-$USER/pytest-N dirs, and other pytest runs on a
 # shared machine would delete this run's service data underneath it.
 BASETEMP="$(mktemp -d /tmp/clinrisk-platform.XXXXXX)"
 set +e
+CLINRISK_PLATFORM_RUNNER="$RUNNER" CLINRISK_REQUIRE_DOCKER=$([[ $RUNNER == docker ]] && echo 1 || echo 0) \
 CLINRISK_MINIO_BIN="$MINIO_BIN" CLINRISK_HELM="$HELM" CLINRISK_KSERVE_STORAGE_PYTHON="$KS_VENV/bin/python" \
   CLINRISK_REQUIRE_PLATFORM=1 "$SERVER_VENV/bin/python" -m pytest -q -m platform -p no:cacheprovider -s --basetemp "$BASETEMP" \
   ${PYTEST_ARGS:-} tests/platform

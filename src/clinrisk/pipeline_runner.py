@@ -88,7 +88,19 @@ def docker_run_args(cfg: ClinriskConfig, run_root: Path) -> dict[str, Any]:
         "security_opt": ["no-new-privileges"],
         # The steps need no network unless MLflow is a server (then the host's, e.g. a port-forward).
         "network_mode": "none" if store is not None else "host",
+        # With a server, the caller's proxy settings travel too: in-cluster names such as
+        # mlflow.mlflow.svc.cluster.local resolve only through the proxy that reaches them.
+        "environment": {} if store is not None else server_client_env(),
     }
+
+
+# Client-side variables a step needs to reach a tracking server the way the caller does.
+SERVER_CLIENT_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
+def server_client_env() -> dict[str, str]:
+    """The caller's proxy variables (unset ones left out), passed into each step's container."""
+    return {k: os.environ[k] for k in SERVER_CLIENT_ENV if os.environ.get(k)}
 
 
 def ensure_docker_image(image: str) -> None:

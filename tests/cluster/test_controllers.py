@@ -2,10 +2,15 @@
 (tests/cluster/stack.py): the InferenceService is reconciled into a Knative Service, Revisions and a Route;
 the predictor pods, with KServe's injected storage-initializer and Knative's queue-proxy, are admitted by the
 real restricted PodSecurity plugin; `clinrisk rollout` drives canary 10 → 50 → promote, then a new canary →
-rollback, and the assertions read the Route and Revisions the Knative controller wrote."""
+rollback, and the assertions read the Route and Revisions the Knative controller wrote.
+
+The rollout runs for each use case: ``clinical`` on the kind overlay as shipped, ``leads`` on the same overlay
+re-addressed to the use case's names (namespace ``leads``, InferenceService ``leads``), driven by
+``clinrisk --usecase leads rollout …`` with the ``leads`` namespace's own rollout ServiceAccount."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -18,14 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
+from clinrisk.usecases import get
 from tests.cluster.conftest import Cluster
 from tests.cluster.stack import ServingStack, StackError
 
 NS = "clinrisk"
 KSVC = "clinrisk-predictor"
 CLI = [str(Path(sys.executable).parent / "clinrisk")]
-V2 = "s3://mlflow/models/clinrisk/v2"
-V3 = "s3://mlflow/models/clinrisk/v3"
 
 
 @pytest.fixture(scope="module")
@@ -47,28 +51,66 @@ def _ready(obj: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
 
-def _route_split(cluster: Cluster) -> dict[str, int]:
-    route = cluster.get("route.serving.knative.dev", KSVC, "-n", NS)
+def _route_split(cluster: Cluster, ns: str = NS, ksvc: str = KSVC) -> dict[str, int]:
+    route = cluster.get("route.serving.knative.dev", ksvc, "-n", ns)
     return {
         t["revisionName"]: int(t["percent"]) for t in route["status"].get("traffic", []) if t.get("percent")
     }
 
 
-@pytest.fixture(scope="module")
-def first_revision(stack: ServingStack) -> str:
-    """The overlay's InferenceService, reconciled by the real controllers until Ready."""
+def _wait_isvc_ready(stack: ServingStack, ns: str, name: str) -> str:
+    """The InferenceService reconciled by the real controllers until Ready; its latest ready revision."""
     cluster = stack.cluster
 
     def isvc_ready() -> dict[str, Any] | None:
-        isvc = cluster.get("inferenceservice", "clinrisk", "-n", NS)
+        isvc = cluster.get("inferenceservice", name, "-n", ns)
         return isvc if _ready(isvc) else None
 
     try:
-        isvc = stack.wait("InferenceService clinrisk/clinrisk Ready", isvc_ready, 420)
+        isvc = stack.wait(f"InferenceService {ns}/{name} Ready", isvc_ready, 420)
     except StackError as exc:
-        isvc = cluster.get("inferenceservice", "clinrisk", "-n", NS)
+        isvc = cluster.get("inferenceservice", name, "-n", ns)
         pytest.fail(f"{exc}; status: {json.dumps(isvc.get('status'))[:1500]}", pytrace=False)
     return str(isvc["status"]["components"]["predictor"]["latestReadyRevision"])
+
+
+@pytest.fixture(scope="module")
+def first_revision(stack: ServingStack) -> str:
+    """The overlay's InferenceService, reconciled by the real controllers until Ready."""
+    return _wait_isvc_ready(stack, NS, "clinrisk")
+
+
+def readdress(objs: list[dict[str, Any]], namespace: str, name: str) -> list[dict[str, Any]]:
+    """The kind overlay's objects for another use case: namespace ``clinrisk`` → ``namespace`` (objects and
+    RoleBinding subjects) and the InferenceService ``clinrisk`` → ``name``; everything else as shipped."""
+    out = []
+    for obj in copy.deepcopy(objs):
+        meta = obj["metadata"]
+        if obj["kind"] == "Namespace" and meta["name"] == NS:
+            meta["name"] = namespace
+            meta.get("labels", {}).update({"kubernetes.io/metadata.name": namespace})
+        elif meta.get("namespace") == NS:
+            meta["namespace"] = namespace
+        elif "namespace" in meta:
+            continue  # objects the overlay puts elsewhere (e.g. kubeflow) are shared, already there
+        if obj["kind"] == "InferenceService" and meta["name"] == "clinrisk":
+            meta["name"] = name
+        for subject in obj.get("subjects", []):
+            if subject.get("namespace") == NS:
+                subject["namespace"] = namespace
+        out.append(obj)
+    return out
+
+
+@pytest.fixture(scope="module")
+def leads_revision(stack: ServingStack, platform: dict[str, list[dict[str, Any]]]) -> str:
+    """The leads use case's InferenceService (the shared overlay under its names), reconciled until Ready."""
+    names = get("leads").names
+    objs = readdress(platform["manifests/overlays/kind"], names.namespace, names.model_name)
+    assert any(o["kind"] == "InferenceService" and o["metadata"]["name"] == names.model_name for o in objs)
+    refused = stack.cluster.apply_objects(objs, f"manifests/overlays/kind as {names.namespace}")
+    assert not refused, "refused by the API server:\n" + "\n".join(refused)
+    return _wait_isvc_ready(stack, names.namespace, names.model_name)
 
 
 def test_isvc_becomes_knative_service_revision_and_route(stack: ServingStack, first_revision: str) -> None:
@@ -149,16 +191,18 @@ def test_knative_webhook_needs_the_securitycontext_flag(stack: ServingStack, fir
     assert admitted
 
 
-def _rollout(stack: ServingStack, *args: str) -> str:
-    kc = stack.state / "rollout.kubeconfig"
+def _rollout(stack: ServingStack, *args: str, ns: str = NS, usecase: str | None = None) -> str:
+    """`clinrisk [--usecase U] rollout …` as the namespace's clinrisk-rollout ServiceAccount (RBAC-limited)."""
+    kc = stack.state / f"rollout-{ns}.kubeconfig"
     if not kc.exists():
-        token = stack.cluster.kubectl("create", "token", "clinrisk-rollout", "-n", NS).stdout.strip()
+        token = stack.cluster.kubectl("create", "token", "clinrisk-rollout", "-n", ns).stdout.strip()
         cfg = yaml.safe_load(stack.cluster.kubeconfig.read_text())
         cfg["users"] = [{"name": cfg["users"][0]["name"], "user": {"token": token}}]
         kc.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "KUBECONFIG": str(kc)}
+    select = ["--usecase", usecase] if usecase else []
     proc = subprocess.run(
-        [*CLI, "rollout", *args, *(["--timeout", "420"] if args[0] != "status" else [])],
+        [*CLI, *select, "rollout", *args, *(["--timeout", "420"] if args[0] != "status" else [])],
         env=env,
         capture_output=True,
         text=True,
@@ -169,46 +213,62 @@ def _rollout(stack: ServingStack, *args: str) -> str:
     return proc.stdout
 
 
-def _wait_split(stack: ServingStack, want: dict[str, int]) -> None:
-    stack.wait(f"Route split {want}", lambda: _route_split(stack.cluster) == want, 120)
+def _wait_split(stack: ServingStack, want: dict[str, int], ns: str = NS, ksvc: str = KSVC) -> None:
+    stack.wait(f"Route split {want}", lambda: _route_split(stack.cluster, ns, ksvc) == want, 120)
 
 
-def _revisions(cluster: Cluster) -> list[str]:
-    revs = cluster.get("revision.serving.knative.dev", "-n", NS, "-l", f"serving.knative.dev/service={KSVC}")
+def _revisions(cluster: Cluster, ns: str = NS, ksvc: str = KSVC) -> list[str]:
+    revs = cluster.get("revision.serving.knative.dev", "-n", ns, "-l", f"serving.knative.dev/service={ksvc}")
     return sorted(r["metadata"]["name"] for r in revs["items"])
 
 
-def test_canary_promote_then_canary_rollback(stack: ServingStack, first_revision: str) -> None:
+@pytest.mark.parametrize("usecase", ["clinical", "leads"])
+def test_canary_promote_then_canary_rollback(
+    stack: ServingStack, request: pytest.FixtureRequest, usecase: str
+) -> None:
+    """The same state machine for each use case, against the real controllers."""
     cluster = stack.cluster
-    r1 = first_revision
-    _rollout(stack, "canary", "--percent", "10", "--model-uri", V2)
-    r2 = _revisions(cluster)[-1]
+    names = get(usecase).names
+    ns, name, ksvc = names.namespace, names.model_name, f"{names.model_name}-predictor"
+    r1 = request.getfixturevalue("first_revision" if usecase == "clinical" else "leads_revision")
+    # clinical: the CLI's default use case; leads: selected with the root --usecase option (its names).
+    select = None if usecase == "clinical" else usecase
+    v2, v3 = f"s3://mlflow/models/{name}/v2", f"s3://mlflow/models/{name}/v3"
+
+    def rollout(*args: str) -> str:
+        return _rollout(stack, *args, ns=ns, usecase=select)
+
+    def wait_split(want: dict[str, int]) -> None:
+        _wait_split(stack, want, ns, ksvc)
+
+    rollout("canary", "--percent", "10", "--model-uri", v2)
+    r2 = _revisions(cluster, ns, ksvc)[-1]
     assert r2 != r1
-    _wait_split(stack, {r1: 90, r2: 10})
-    route = cluster.get("route.serving.knative.dev", KSVC, "-n", NS)
+    wait_split({r1: 90, r2: 10})
+    route = cluster.get("route.serving.knative.dev", ksvc, "-n", ns)
     tags = {t.get("tag"): t["revisionName"] for t in route["status"]["traffic"] if t.get("tag")}
     assert tags.get("prev") == r1  # KServe tags the last rolled-out revision; Knative routes the tag
 
-    _rollout(stack, "canary", "--percent", "50")
-    _wait_split(stack, {r1: 50, r2: 50})
+    rollout("canary", "--percent", "50")
+    wait_split({r1: 50, r2: 50})
 
-    out = _rollout(stack, "promote")
+    out = rollout("promote")
     assert "Stable" in out
-    _wait_split(stack, {r2: 100})
+    wait_split({r2: 100})
 
-    _rollout(stack, "canary", "--percent", "10", "--model-uri", V3)
-    r3 = _revisions(cluster)[-1]
+    rollout("canary", "--percent", "10", "--model-uri", v3)
+    r3 = _revisions(cluster, ns, ksvc)[-1]
     assert r3 not in (r1, r2)
-    _wait_split(stack, {r2: 90, r3: 10})
+    wait_split({r2: 90, r3: 10})
 
-    out = _rollout(stack, "rollback")
+    out = rollout("rollback")
     assert "RolledBack" in out
-    _wait_split(stack, {r2: 100})  # traffic is back on the promoted revision at once
-    isvc = cluster.get("inferenceservice", "clinrisk", "-n", NS)
+    wait_split({r2: 100})  # traffic is back on the promoted revision at once
+    isvc = cluster.get("inferenceservice", name, "-n", ns)
     env = {
         e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]
     }  # valueFrom: the auth token
-    assert env["STORAGE_URI"] == V2
+    assert env["STORAGE_URI"] == v2
     start = time.monotonic()
-    assert _rollout(stack, "status").startswith("clinrisk/clinrisk: RolledBack")
+    assert rollout("status").startswith(f"{ns}/{name}: RolledBack")
     assert time.monotonic() - start < 120

@@ -46,6 +46,20 @@ def test_docker_run_args_mirror_a_restricted_pod(tmp_path: Path) -> None:
     assert docker_run_args(server, tmp_path / "tiny")["network_mode"] == "host"
 
 
+def test_docker_run_args_pass_the_proxy_only_to_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    server = load_config(TINY_CONFIG, ["tracking.tracking_uri=http://mlflow.mlflow.svc.cluster.local:5000"])
+    env = docker_run_args(server, tmp_path / "tiny")["environment"]
+    assert env["HTTP_PROXY"] == "http://127.0.0.1:3128" and env["NO_PROXY"] == "127.0.0.1,localhost"
+    assert "HTTPS_PROXY" not in env
+    local = load_config(TINY_CONFIG, [f"tracking.tracking_uri=sqlite:///{tmp_path}/tiny/mlflow/mlflow.db"])
+    assert docker_run_args(local, tmp_path / "tiny")["environment"] == {}  # network none: nothing to reach
+
+
 def test_docker_run_args_refuse_a_store_the_container_cannot_see(tmp_path: Path) -> None:
     cfg = load_config(TINY_CONFIG, [f"tracking.tracking_uri=sqlite:///{tmp_path}/elsewhere/mlflow.db"])
     with pytest.raises(ConfigError, match=r"tracking\.tracking_uri.*outside the run directory"):

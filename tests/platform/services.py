@@ -359,7 +359,7 @@ def start_mlflow(
     full_env = {**os.environ, **extra_env, **env, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     svc = start(name, [str(Path(bin_dir) / "mlflow"), *argv[1:]], work / f"{name}.log", full_env)
     _wait_or_stop(
-        svc, lambda: http_status(f"http://127.0.0.1:{port}/health", timeout=5)[0] == 200, "/health", 300
+        svc, lambda: http_status(f"http://127.0.0.1:{port}/health", timeout=5)[0] == 200, "/health", 600
     )
     svc.info = {"port": port, "argv": argv, "env": env}
     return svc
