@@ -415,7 +415,7 @@ def gap_closed(
 
     def per_patient(arm: str) -> FloatArray:
         sq = np.mean([(f["probability"].cast(pl.Float64).to_numpy() - y) ** 2 for f in arms[arm]], axis=0)
-        return np.bincount(codes, weights=sq, minlength=n_pat)
+        return np.bincount(codes, weights=sq, minlength=n_pat).astype(np.float64)
 
     s = {a: per_patient(a) for a in ("E0", "E2", "C")}
     point = {a: float(v.sum() / rows.sum()) for a, v in s.items()}
