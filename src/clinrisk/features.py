@@ -392,7 +392,7 @@ def _first_prediction_year(cfg: Any) -> int:
 def features_lazy(raw: pl.LazyFrame, spec: FeatureSpec, cfg: Any, truth: pl.LazyFrame | None) -> pl.LazyFrame:
     """Eligible rows of ``raw``: ids + split, features, labels (+ eval_* from ``truth``)."""
     from clinrisk.labels import EVAL_COLUMNS, build_labels, eval_columns
-    from clinrisk.splits import assign_split, label_known_through_expr
+    from clinrisk.splits import assign_split, label_known_through_expr, split_expr
 
     h = cfg.labels.horizon_years
     if spec.horizon_years != h:
@@ -404,6 +404,7 @@ def features_lazy(raw: pl.LazyFrame, spec: FeatureSpec, cfg: Any, truth: pl.Lazy
         first_prediction_year=_first_prediction_year(cfg),
         last_year=last_year,
         known_through=label_known_through_expr(cfg.split, h, last_year),
+        reweight_rows=split_expr(cfg.split, h) == "train",  # E1b drops training rows only
     )
     feats = build_feature_frame(raw, spec)
     lf = assign_split(labels.join(feats, on=["patient_id", "year"], how="left"), cfg.split, h)

@@ -11,7 +11,8 @@ Strategies (``labels.strategy``):
 - E0: hard recorded labels, weight 1.
 - E1b: weight 0 for recorded-NEGATIVE rows in the ambiguity buffer ``t in [r-H-d_max, r-H-1]`` of
   recorded cases and in the end-of-follow-up band ``t > L-H-d_max`` of never-recorded patients, with
-  ``L`` the last year observed by the row's label cutoff; recorded positives are never dropped.
+  ``L`` the last year observed by the row's label cutoff; recorded positives are never dropped. Only
+  training rows are reweighted (``reweight_rows``); validation rows keep weight 1.
 
 Every strategy sees only what was known at the row's label cutoff (``known_through``: the split's cutoff
 for train and validation rows), never a diagnosis recorded after it.
@@ -72,6 +73,7 @@ def build_labels(
     first_prediction_year: int,
     last_year: int,
     known_through: pl.Expr | None = None,
+    reweight_rows: pl.Expr | None = None,
 ) -> pl.LazyFrame:
     """Eligible prediction rows with ``label``, ``label_rec`` and ``sample_weight`` (see module doc).
 
@@ -80,6 +82,12 @@ def build_labels(
     patient's follow-up ends there. Train and validation rows get the split's label cutoff
     (:func:`clinrisk.splits.label_known_through_expr`), so soft labels and the E1b band never see
     diagnoses recorded after the model was built; hard labels of eligible rows are unchanged by it.
+
+    ``reweight_rows`` (a Boolean expression on patient_id and year, default all rows) limits E1b's weight 0
+    to those rows; the pipeline passes the training split. Near the label cutoff every never-recorded
+    negative lies in the end-of-follow-up band, so zeroing validation rows would leave early stopping and
+    the calibration map almost only recorded cases (calibrated risk far too high); validation keeps every
+    row at weight 1 and calibrates to the recorded labels.
     """
     h = cfg.horizon_years
     _, d_max = delay_bounds(cfg)
@@ -98,10 +106,11 @@ def build_labels(
         )
         .join(events, on="patient_id", how="left")
         .with_columns(
+            (reweight_rows if reweight_rows is not None else pl.lit(True)).alias("_reweight"),
             pl.min_horizontal(
                 (known_through if known_through is not None else pl.lit(last_year)).cast(pl.Int32),
                 pl.lit(last_year, dtype=pl.Int32),
-            ).alias("_known_through")
+            ).alias("_known_through"),
         )
         # what was known at the row's cutoff: the diagnosis only if recorded by then, follow-up up to it
         .with_columns(
@@ -125,7 +134,7 @@ def build_labels(
         buffer = recorded & (t >= r - h - d_max) & (t <= r - h - 1)
         band = ~recorded & (t > big_l - h - d_max)
         label = pl.col("label_rec").cast(pl.Float32)
-        weight = pl.when(neg & (buffer | band)).then(0.0).otherwise(1.0)
+        weight = pl.when(neg & (buffer | band) & pl.col("_reweight")).then(0.0).otherwise(1.0)
     elif cfg.strategy == "E2":
         label = soft_label_expr(cfg, first_prediction_year=first_prediction_year)
         weight = pl.lit(1.0)

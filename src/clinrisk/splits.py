@@ -101,7 +101,8 @@ def assign_split(lf: pl.LazyFrame, cfg: SplitConfig, horizon_years: int) -> pl.L
     """Add ``split`` (Enum[train, validation, test, embargo, unused]) to rows with patient_id and year.
 
     Bucket ranges are half-open [lo, hi); year ranges are inclusive. With ``temporal`` the split also
-    needs the row year in the split's years; years between validation and test are ``embargo``.
+    needs the row year in the split's years; years between validation and test are ``embargo``; with
+    ``test_all_patients`` (default) every row of the test years is ``test``, whatever its bucket.
     """
     return lf.with_columns(split_expr(cfg, horizon_years).alias("split"))
 
@@ -121,6 +122,10 @@ def split_expr(cfg: SplitConfig, horizon_years: int) -> pl.Expr:
         cond = _in(b, buckets, half_open=True)
         if cfg.temporal:
             cond = cond & _in(y, years, half_open=False)
+            if name == "test" and cfg.test_all_patients:
+                # every post-embargo eligible row: the model never trains on these years, so a training
+                # patient's later rows are honest forward-in-time test rows (issue 16: ≈ 5× the test set)
+                cond = _in(y, years, half_open=False)
         expr = expr.when(cond).then(pl.lit(name))
     if cfg.temporal:
         expr = expr.when((y > cfg.validation_years[1]) & (y < cfg.test_years[0])).then(pl.lit("embargo"))

@@ -72,6 +72,27 @@ def test_e1b_zero_weights_buffer_negatives_never_positives() -> None:
     assert (df["label"] == df["label_rec"].cast(pl.Float32)).all()
 
 
+def test_e1b_reweights_only_the_given_rows() -> None:
+    """E1b zeroes training rows only: validation rows near the cutoff are all in the end-of-follow-up
+    band, and zeroing them would leave calibration almost only recorded cases (issue 16)."""
+    rows = _patient(1, range(2000, 2024), t_rec=2015) + _patient(2, range(2000, 2024))
+    cfg = LabelsConfig(strategy="E1b")
+    df = (
+        build_labels(
+            frame(rows).lazy(),
+            cfg,
+            first_prediction_year=FPY,
+            last_year=E,
+            reweight_rows=pl.col("year") <= 2010,  # stands in for "the training split"
+        )
+        .collect()
+        .sort("patient_id", "year")
+    )
+    zero = df.filter(pl.col("sample_weight") == 0)
+    assert zero.select("patient_id", "year").rows() == [(1, 2009), (1, 2010)]
+    assert (df.filter(pl.col("year") > 2010)["sample_weight"] == 1).all()
+
+
 def test_e2_soft_labels() -> None:
     rows = _patient(1, range(2000, 2024), t_rec=2015) + _patient(2, range(2000, 2024))
     df = _labels(rows, strategy="E2")

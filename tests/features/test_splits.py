@@ -56,11 +56,13 @@ def test_temporal_split_disjoint_and_embargoed() -> None:
     df = assign_split(_rows(), SplitConfig(), 3).collect()
     assert df.schema["split"] == pl.Enum(["train", "validation", "test", "embargo", "unused"])
     per_patient = (
-        df.filter(pl.col("split").is_in(["train", "validation", "test"]))
+        df.filter(pl.col("split").is_in(["train", "validation"]))
         .group_by("patient_id")
         .agg(pl.col("split").n_unique().alias("k"))
     )
-    assert (per_patient["k"] == 1).all()  # a patient never crosses splits
+    assert (per_patient["k"] == 1).all()  # a patient never crosses the fitting splits
+    # test = every row of the test years (all patients: the post-embargo rows, issue 16)
+    assert (df.filter(pl.col("year").is_between(2019, 2020))["split"] == "test").all()
     for s, (lo, hi) in {"train": (2005, 2013), "validation": (2014, 2015), "test": (2019, 2020)}.items():
         ys = df.filter(pl.col("split") == s)["year"]
         assert ys.min() == lo and ys.max() == hi
@@ -70,6 +72,18 @@ def test_temporal_split_disjoint_and_embargoed() -> None:
     shares = df.filter(pl.col("year") == 2005).group_by("split").len()
     train_share = shares.filter(pl.col("split") == "train")["len"][0] / 3000
     assert 0.55 < train_share < 0.65
+
+
+def test_temporal_split_test_buckets_only_stays_patient_disjoint() -> None:
+    df = assign_split(_rows(), SplitConfig(test_all_patients=False), 3).collect()
+    per_patient = (
+        df.filter(pl.col("split").is_in(["train", "validation", "test"]))
+        .group_by("patient_id")
+        .agg(pl.col("split").n_unique().alias("k"))
+    )
+    assert (per_patient["k"] == 1).all()  # a patient never crosses splits
+    test_share = df.filter(pl.col("year") == 2019).group_by("split").len()
+    assert 0.15 < test_share.filter(pl.col("split") == "test")["len"][0] / 3000 < 0.25
 
 
 def test_patient_only_split_uses_all_years() -> None:

@@ -57,6 +57,11 @@ class SplitConfig(Section):
     validation_years: tuple[int, int] = (2014, 2015)
     test_years: tuple[int, int] = (2019, 2020)
     temporal: bool = Field(True, description="False: patient-disjoint only, all years (method comparisons)")
+    test_all_patients: bool = Field(
+        True,
+        description="temporal split: every eligible row of split.test_years is a test row, whatever the "
+        "patient's bucket (forward in time, not patient-disjoint); False: test buckets only",
+    )
 
     @model_validator(mode="after")
     def _ranges_are_ordered(self) -> SplitConfig:

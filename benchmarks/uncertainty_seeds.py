@@ -1,0 +1,22 @@
+"""Multi-seed uncertainty suite (issue 16): E0 / E1b / E2 vs tier C (same learner on true labels), tier B
+(oracle on the latent history) and tier A (oracle with the realised future hazards), over generator seeds ×
+LightGBM seeds; prints per arm the mean ± between-seed SD of true-label AUC, AP, Brier, excess Brier, O/E
+and expected AUC, the share of the E0 → C Brier gap that E2 closes per seed with its bootstrap CI, and the
+verdict of the stated rule (which label strategy ships).
+
+Not a ``bench_*`` script (``make bench`` would run it): at the recorded scale it takes ≈ 45 min on the
+loaded 2-core machine. The figures in the README came from::
+
+    nice -n 10 .venv/bin/python benchmarks/uncertainty_seeds.py --seeds 11,12,13,14,15 --patients 5000 \
+        --boot 1000 --out outputs/seed_suite
+
+``--summarise-only --out DIR`` re-prints the table of an existing suite directory. Every option:
+``python -m clinrisk.seed_suite --help``.
+"""
+
+from __future__ import annotations
+
+from clinrisk.seed_suite import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
