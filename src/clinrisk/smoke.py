@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def _no_artifact_progress_bar() -> Iterator[None]:
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    saved = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 def serving_smoke_test(
     cfg: ClinriskConfig, model_uri: str, validated_dir: Path, timeout_s: float = 120.0
 ) -> dict[str, Any]:
@@ -32,9 +51,11 @@ def serving_smoke_test(
     from clinrisk.serving.client import example_request, predict, wait_ready
     from clinrisk.tracking import resolve_model
 
-    bundle = resolve_model(
-        cfg, model_uri.rsplit("/", 1)[-1] if model_uri.startswith("models:/") else model_uri
-    )
+    # MLflow's download progress bar would be the only non-step output of `make run` (quiet runs, issue 19).
+    with _no_artifact_progress_bar():
+        bundle = resolve_model(
+            cfg, model_uri.rsplit("/", 1)[-1] if model_uri.startswith("models:/") else model_uri
+        )
     host, port = "127.0.0.1", free_port()
     if cfg.run.usecase == DEFAULT_USECASE:
         request = example_request(list_shards(Path(validated_dir))[0], cfg.features.window_years, n=2)
