@@ -105,7 +105,7 @@ def test_failed_step_leaves_a_failed_mlflow_run_and_registers_nothing(tmp_path: 
     assert run.data.tags["kfp.pipeline_state"] == "FAILED"
     assert "failed" in run.data.tags["kfp.pipeline_error"]  # kfp.local: "Task exit-handler-1 failed."
     assert client.search_model_versions() == []
-    run_dir = next(tmp_path.glob("tiny/clinrisk-training-*"))
+    run_dir = next(tmp_path.glob("tiny/runs/*/clinrisk-training-*"))
     assert (run_dir / "finalize-tracking").is_dir()
     assert not (run_dir / "register").exists()
 
