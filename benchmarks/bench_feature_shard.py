@@ -11,7 +11,7 @@ median wall time of each phase, and for the two phases issue 20 changed, the pre
 Both sides run on the same frame in one process, so the ratio holds on a loaded machine even when the
 absolute seconds do not. Input: a finished pipeline run (``bench_pipeline.py`` or ``clinrisk run``).
 
-    .venv/bin/python benchmarks/bench_feature_shard.py --pipeline-dir outputs/default/clinrisk-training-...
+    .venv/bin/python benchmarks/bench_feature_shard.py --pipeline-dir outputs/default/latest
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _median_s(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
 
 
 def latest_pipeline_dir() -> Path | None:
-    runs = sorted(ROOT.glob("outputs/*/clinrisk-training-*"), key=lambda p: p.stat().st_mtime)
+    runs = sorted(ROOT.glob("outputs/*/runs/*/clinrisk-training-*"), key=lambda p: p.stat().st_mtime)
     return runs[-1] if runs else None
 
 
