@@ -232,6 +232,11 @@ def run_local(
             rc.kill_processes(rc.run_processes(run_root, run_id))
             if isinstance(exc, Interrupted | KeyboardInterrupt):  # a second signal: no more grace
                 _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {exc}")
+            elif stop.signum is not None and isinstance(exc, Exception):
+                # kfp.local may trip over the tasks the signal stopped (e.g. a ValueError looking up the
+                # output of a task it never finished): that is the interruption, not a bug of its own.
+                _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {stop.signum}")
+                raise Interrupted(stop.signum) from None
             else:
                 _finish_failed(dirs, tracking_uri, rc.FAILED, "FAILED", f"the runner raised {exc!r}")
             raise
