@@ -48,10 +48,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from clinrisk.config.monitoring import ExperimentsConfig
 from clinrisk.errors import ConfigError, DataError
 from clinrisk.io import json_safe, read_json, write_json
+from clinrisk.report import markdown_to_html
 
 SUITE_RESULT = "suite_result.json"
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
+COMPARISON_HTML = "comparison.html"  # what MLflow's artefact viewer renders (it shows .md as text)
 # Metrics in the comparison table and their improving direction.
 METRIC_DIRECTION: dict[str, Literal["higher", "lower"]] = {
     "brier": "lower",
@@ -842,9 +844,46 @@ def compare_runs(
     dest = Path(out_dir) if out_dir is not None else Path(res.get("suite_dir") or ".")
 
     write_json(dest / COMPARISON_JSON, json_safe(report))
-    (dest / COMPARISON_MD).write_text(render_comparison(report))
-    report["files"] = {"json": str(dest / COMPARISON_JSON), "markdown": str(dest / COMPARISON_MD)}
+    markdown = render_comparison(report)
+    (dest / COMPARISON_MD).write_text(markdown)
+    (dest / COMPARISON_HTML).write_text(markdown_to_html(markdown, f"clinrisk experiment suite {suite.name}"))
+    report["files"] = {
+        "json": str(dest / COMPARISON_JSON),
+        "markdown": str(dest / COMPARISON_MD),
+        "html": str(dest / COMPARISON_HTML),
+    }
+    report["mlflow_comparison_run_id"] = log_comparison(report, dest)
     return report
+
+
+def log_comparison(report: dict[str, Any], dest: Path) -> str | None:
+    """Log the comparison (JSON, Markdown, HTML) as its own finished MLflow run in the suite's experiment, so
+    users find it beside the runs it compares; None when the suite tracked into no store we know."""
+    uri, name = report.get("tracking_uri"), report.get("experiment")
+    if not uri or not name:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=str(uri))
+    experiment = client.get_experiment_by_name(str(name))
+    if experiment is None:
+        return None
+    run = client.create_run(
+        experiment.experiment_id,
+        run_name=f"comparison-{report['suite']}",
+        tags={"clinrisk.kind": "experiment-comparison", "mlflow.note.content": _headline(report)},
+    )
+    for file in (COMPARISON_JSON, COMPARISON_MD, COMPARISON_HTML):
+        client.log_artifact(run.info.run_id, str(dest / file), "comparison")
+    client.set_terminated(run.info.run_id)
+    return str(run.info.run_id)
+
+
+def _headline(report: dict[str, Any]) -> str:
+    winners = ", ".join(str(w.get("winner") or "none") for w in report.get("winners") or [])
+    return (
+        f"Experiment suite `{report['suite']}`: {len(report['runs'])} runs; winner(s): {winners or 'none'}."
+    )
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:

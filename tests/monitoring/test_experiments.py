@@ -82,6 +82,11 @@ def test_suite_errors_name_the_key(tmp_path: Path) -> None:
 
 
 def test_compare_runs_best_with_ci(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store)
+    client.create_experiment("suite-x")
     base, risk = _preds(3000, 2, 0)
     rng = np.random.default_rng(5)
     logit = np.log(risk / (1 - risk))
@@ -142,6 +147,8 @@ def test_compare_runs_best_with_ci(tmp_path: Path) -> None:
         "p_t": 0.1,
         "suite_dir": str(tmp_path),
         "runs": runs,
+        "tracking_uri": store,
+        "experiment": "suite-x",
     }
     rep = compare_runs(res, n_boot=100)
     rows = {r["name"]: r for r in rep["runs"]}
@@ -155,6 +162,13 @@ def test_compare_runs_best_with_ci(tmp_path: Path) -> None:
     assert "soft labels" in md and "**E2**" in md and "StageError: boom" in md and "`abc`" in md
     saved = json.loads(Path(rep["files"]["json"]).read_text())
     assert saved["winner_rule"]["rule"] == "best_with_ci" and saved["runs"][0]["peak_rss_mb"] == 321.0
+    # The comparison is its own finished run in the suite's experiment, with a page MLflow renders.
+    html = Path(rep["files"]["html"]).read_text()
+    assert "<table" in html and "E2" in html
+    run = client.get_run(rep["mlflow_comparison_run_id"])
+    assert run.info.status == "FINISHED" and "E2" in run.data.tags["mlflow.note.content"]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "comparison")}
+    assert logged == {f"comparison/{f}" for f in ("comparison.json", "comparison.md", "comparison.html")}
 
 
 def test_compare_runs_refuses_unpaired_data_and_keeps_baseline(tmp_path: Path) -> None:
