@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 ROOTS = ["kserve", "lightgbm", "polars", "pyarrow", "pandas", "pandera[polars]", "numpy", "pydantic", "pyyaml",
          "typer", "tqdm", "httpx", "prometheus-client", "setuptools"]  # fmt: skip
 # Training/tracking only — must not end up in the serving image (checked by tests/k8s/test_images.py).
-TRAINING_ONLY = {"kfp", "mlflow", "mlflow-skinny", "matplotlib", "scikit-learn", "docker"}
+TRAINING_ONLY = {"kfp", "mlflow", "mlflow-skinny", "matplotlib", "scikit-learn", "docker", "dask", "distributed"}
 
 
 def canon(name: str) -> str:
