@@ -91,7 +91,18 @@ def docker_run_args(cfg: ClinriskConfig, run_root: Path) -> dict[str, Any]:
         # With a server, the caller's proxy settings travel too: in-cluster names such as
         # mlflow.mlflow.svc.cluster.local resolve only through the proxy that reaches them.
         "environment": {} if store is not None else server_client_env(),
+        # kfp mounts only the pipeline root, which is now this run's own folder (runs/<run_id>/); the steps
+        # also use the run root around it: the local MLflow store, the data cache, promotion records.
+        "mounts": [_bind_mount(run_root.resolve())],
     }
+
+
+def _bind_mount(path: Path) -> Any:
+    """The host folder ``path`` at the same path in the task container, read-write (the pipeline root's
+    own mount, which kfp adds, sits inside it)."""
+    from docker.types import Mount
+
+    return Mount(target=str(path), source=str(path), type="bind", read_only=False)
 
 
 # Client-side variables a step needs to reach a tracking server the way the caller does.

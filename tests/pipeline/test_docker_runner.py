@@ -42,6 +42,9 @@ def test_docker_run_args_mirror_a_restricted_pod(tmp_path: Path) -> None:
     assert args["user"] == f"{os.getuid()}:{os.getgid()}"
     assert args["read_only"] is True and "/tmp" in args["tmpfs"]
     assert args["cap_drop"] == ["ALL"] and args["network_mode"] == "none"
+    # The run root (store, data cache, promotion records) is mounted around the run's own pipeline root.
+    (mount,) = args["mounts"]
+    assert mount["Source"] == mount["Target"] == str((tmp_path / "tiny").resolve()) and not mount["ReadOnly"]
     server = load_config(TINY_CONFIG, ["tracking.tracking_uri=http://127.0.0.1:5000"])
     assert docker_run_args(server, tmp_path / "tiny")["network_mode"] == "host"
 
