@@ -31,8 +31,9 @@ TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 # The plan owns the fan-out: TINY asks for 8 shards, but 3,000 patients are 3 blocks of 1,000 (one shard each).
 _TINY_GENERATE = load_config(TINY_CONFIG, TINY).generate
 SHARDS = min(_TINY_GENERATE.n_shards, -(-_TINY_GENERATE.n_patients // _TINY_GENERATE.block_size))
-# generate + validate per shard, build-features per shard, plus the tasks that run once.
-TASK_COUNT = len(TASKS) + 3 * SHARDS
+EXIT_TASK = "finalize-tracking"  # the DAG's exit handler: runs once, after every other task
+# generate + validate per shard, build-features per shard, plus the tasks that run once and the exit task.
+TASK_COUNT = len(TASKS) + 1 + 3 * SHARDS
 
 
 def test_docker_run_args_mirror_a_restricted_pod(tmp_path: Path) -> None:
@@ -143,7 +144,7 @@ def test_every_task_ran_in_the_pipeline_image(docker_run: dict[str, Any]) -> Non
     exits = [e["Actor"]["Attributes"].get("exitCode") for e in docker_run["events"]]
     assert exits == ["0"] * TASK_COUNT, exits
     executed = set(re.findall(r"Executing task '([a-z-]+)'", log))
-    assert executed == {*TASKS, "generate-shard", "validate-shard", "build-features-shard"}
+    assert executed == {*TASKS, EXIT_TASK, "generate-shard", "validate-shard", "build-features-shard"}
     assert "FAILURE" not in log
     assert "Pipeline 'clinrisk-training' finished with status SUCCESS" in log
 
