@@ -86,7 +86,7 @@ def test_compare_runs_best_with_ci(tmp_path: Path) -> None:
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store)
-    client.create_experiment("suite-x")
+    client.create_experiment("suite-x", artifact_location=(tmp_path / "artifacts").as_uri())
     base, risk = _preds(3000, 2, 0)
     rng = np.random.default_rng(5)
     logit = np.log(risk / (1 - risk))
