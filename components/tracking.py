@@ -28,16 +28,8 @@ def finalize_tracking(
     """Exit handler: the pipeline run's MLflow run, if still RUNNING when the DAG ends, is marked FAILED
     (KILLED if cancelled). An exit task may take only pipeline parameters, so it resolves the run's config
     from them (as resolve_config does) and finds the MLflow run by its ``kfp.run_id`` tag."""
-    from clinrisk.pipeline_params import PipelineParams
+    from clinrisk.pipeline_params import from_form
     from clinrisk.steps import finalize_tracking_step
 
-    params = PipelineParams(
-        usecase=usecase,
-        config_name=config_name,
-        config_yaml=config_yaml,
-        overrides=list(overrides),
-        n_patients=int(n_patients),
-        seed=int(seed),
-        run_name=run_name,
-    )
+    params = from_form(usecase, config_name, config_yaml, overrides, n_patients, seed, run_name)
     return finalize_tracking_step(params, kfp_run_id, status.state, status.error_message or "")

@@ -82,6 +82,27 @@ class PipelineParams:
         return out
 
 
+def from_form(
+    usecase: str,
+    config_name: str,
+    config_yaml: str,
+    overrides: list[str],
+    n_patients: int,
+    seed: int,
+    run_name: str,
+) -> PipelineParams:
+    """The run form's fields as KFP hands them to a component (numbers may arrive as floats locally)."""
+    return PipelineParams(
+        usecase=usecase,
+        config_name=config_name,
+        config_yaml=config_yaml,
+        overrides=list(overrides),
+        n_patients=int(n_patients),
+        seed=int(seed),
+        run_name=run_name,
+    )
+
+
 def resolve(params: PipelineParams, scratch_dir: Path) -> ClinriskConfig:
     """The run's validated config from the form (``scratch_dir`` holds the pasted YAML while it loads)."""
     overrides = [*params.common_overrides(), *(str(o) for o in params.overrides)]

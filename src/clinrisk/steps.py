@@ -58,17 +58,9 @@ def resolve_config_step(
 ) -> None:
     """Validate the pipeline parameters (a named config file or the pasted YAML, plus overrides) and write
     the effective config artifact (the shard fan-out is the plan's: :func:`plan_generation_step`)."""
-    from clinrisk.pipeline_params import PipelineParams, resolve
+    from clinrisk.pipeline_params import from_form, resolve
 
-    params = PipelineParams(
-        usecase=usecase,
-        config_name=config_name,
-        config_yaml=config_yaml,
-        overrides=list(overrides),
-        n_patients=int(n_patients),
-        seed=int(seed),
-        run_name=run_name,
-    )
+    params = from_form(usecase, config_name, config_yaml, overrides, n_patients, seed, run_name)
     out = Path(out_dir)
     cfg = resolve(params, out)
     save_config(cfg, out / CONFIG_FILE)
