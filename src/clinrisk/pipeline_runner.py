@@ -246,6 +246,9 @@ def run_local(
             elif stop.signum is not None and isinstance(exc, Exception):
                 # kfp.local may trip over the tasks the signal stopped (e.g. a ValueError looking up the
                 # output of a task it never finished): that is the interruption, not a bug of its own.
+                # Its finished steps stay resumable: kfp.local wrote cache entries only for tasks that
+                # succeeded, and every process is stopped, so their artefacts are final.
+                task_cache.record_hashes(dirs.cache, dirs.dir)
                 _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {stop.signum}")
                 raise Interrupted(stop.signum) from None
             else:

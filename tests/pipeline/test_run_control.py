@@ -316,3 +316,43 @@ def test_check_store_command(tmp_path: Path) -> None:
     rc.recover_abandoned(root, None)
     result = CliRunner().invoke(build_app(), ["check-store", "--path", str(tmp_path)])
     assert result.exit_code == 0 and result.output.startswith("consistent:")
+
+
+def test_interrupt_that_kfp_trips_over_still_keeps_finished_steps_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After SIGINT, kfp.local may raise on its own (a ValueError looking up the output of a task the signal
+    stopped). The finished steps' cache entries must still get their content hashes, or --resume would
+    trust none of them and re-run everything (seen in CI)."""
+    import pipelines.training
+
+    from clinrisk import pipeline_runner
+    from clinrisk.interrupts import Interrupted
+
+    def fake_build(**_kwargs: object) -> object:
+        def pipeline(**_arguments: object) -> None:
+            dirs = rc.RunDirs(Path(os.environ[rc.RUN_ROOT_ENV]), os.environ[rc.RUN_ID_ENV])
+            artifact = dirs.dir / "clinrisk-training-x" / "generate-shard" / "raw_shard"
+            artifact.parent.mkdir(parents=True)
+            artifact.write_text("rows")
+            entry = {"raw_shard": {task_cache.ARTIFACT_MARKER: True, "uri": str(artifact)}}
+            dirs.cache.mkdir(parents=True, exist_ok=True)
+            (dirs.cache / "generate-shard-key.json").write_text(json.dumps(entry))
+            os.kill(os.getpid(), signal.SIGINT)  # the runner's DeferredStop records it
+            raise ValueError("kfp.local: no output for the task the signal stopped")
+
+        return pipeline
+
+    monkeypatch.setattr(pipelines.training, "build_training_pipeline", fake_build)
+    config = Path(__file__).resolve().parents[2] / "configs" / "clinical" / "tiny.yaml"
+    with pytest.raises(Interrupted):
+        pipeline_runner.run_local(
+            config, [f"run.output_dir={tmp_path}", "tracking.enabled=false"], progress=io.StringIO()
+        )
+    (record,) = rc.run_records(tmp_path / "tiny")
+    assert record["status"] == rc.INTERRUPTED
+    cache = rc.RunDirs(tmp_path / "tiny", record["run_id"]).cache
+    hashes = json.loads((cache / task_cache.HASHES_FILE).read_text())
+    assert list(hashes) == ["generate-shard-key"] and all(hashes["generate-shard-key"].values())
+    # ... so a resumed run is seeded with that step.
+    assert task_cache.seed(cache, tmp_path / "seeded") == 1
