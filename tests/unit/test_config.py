@@ -24,6 +24,16 @@ def test_override_applies_and_is_typed() -> None:
     assert cfg.labels.strategy == "E2"
 
 
+def test_an_iso_date_is_a_name_not_a_date(tmp_path: Path) -> None:
+    assert load_config(None, ["run.name=2026-12-03"]).run.name == "2026-12-03"
+    cfg_file = tmp_path / "dated.yaml"
+    cfg_file.write_text("run:\n  name: 2026-12-03\n")
+    assert load_config(cfg_file).run.name == "2026-12-03"
+    # A use case's date-typed params still get their dates (pydantic parses the string).
+    leads = load_config(REPO / "configs" / "leads" / "tiny.yaml", ["params.features.first_snapshot=2024-03-04"])
+    assert str(leads.params["features"]["first_snapshot"]) == "2024-03-04"
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [

@@ -134,6 +134,24 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
 
 
+class _YamlWithoutDates(yaml.SafeLoader):
+    """YAML as written, except that an unquoted ISO date stays a string.
+
+    ``run.name=2026-12-03`` names a run, not a ``datetime.date``; the date-typed keys of a use case's params
+    are pydantic ``date`` fields, which parse the string themselves.
+    """
+
+
+_YamlWithoutDates.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlWithoutDates)  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(
@@ -144,7 +162,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key segment")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
     return key.split("."), value
@@ -180,7 +198,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {p}: not found")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = _load_yaml(p.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p}: not valid YAML ({exc})") from exc
         if loaded is None:
