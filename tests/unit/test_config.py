@@ -30,7 +30,9 @@ def test_an_iso_date_is_a_name_not_a_date(tmp_path: Path) -> None:
     cfg_file.write_text("run:\n  name: 2026-12-03\n")
     assert load_config(cfg_file).run.name == "2026-12-03"
     # A use case's date-typed params still get their dates (pydantic parses the string).
-    leads = load_config(REPO / "configs" / "leads" / "tiny.yaml", ["params.features.first_snapshot=2024-03-04"])
+    leads = load_config(
+        REPO / "configs" / "leads" / "tiny.yaml", ["params.features.first_snapshot=2024-03-04"]
+    )
     assert str(leads.params["features"]["first_snapshot"]) == "2024-03-04"
 
 
