@@ -104,8 +104,12 @@ class DeferredStop:
     task that is still started until :meth:`close`. A second signal stops everything at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, also_stop: Callable[[], object] | None = None) -> None:
         self.signum: int | None = None
+        self.at: float | None = None  # time.time() of the first signal
+        # Processes of the run that are not our descendants: with the Docker runner a task is a container
+        # the engine started, so only ``also_stop`` (which finds them by their environment) reaches it.
+        self._also_stop = also_stop
         self._done = threading.Event()
         self._reaper: threading.Thread | None = None
 
@@ -114,12 +118,15 @@ class DeferredStop:
             stop_descendants(grace_s=0.2)
             raise Interrupted(signum)
         self.signum = signum
+        self.at = time.time()
         self._reaper = threading.Thread(target=self._reap, name="clinrisk-reaper", daemon=True)
         self._reaper.start()
 
     def _reap(self) -> None:
         while not self._done.is_set():
             stop_descendants(grace_s=GRACE_S)
+            if self._also_stop is not None:
+                self._also_stop()
             time.sleep(0.1)
 
     def close(self) -> None:
@@ -129,6 +136,8 @@ class DeferredStop:
             self._reaper.join(timeout=30)
         if self.signum is not None:
             stop_descendants(grace_s=GRACE_S)
+            if self._also_stop is not None:
+                self._also_stop()
 
 
 @contextlib.contextmanager

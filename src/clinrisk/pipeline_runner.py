@@ -216,7 +216,7 @@ def run_local(
         if not verbose:
             note = f" (resuming {source.run_id}: {reused} finished steps reusable)" if source else ""
             out.write(f"run {run_id}: logs in {dirs.logs}{note}\n")
-        stop = DeferredStop()
+        stop = DeferredStop(also_stop=lambda: rc.kill_processes(rc.run_processes(run_root, run_id)))
         router = TaskOutputRouter(
             dirs.logs,
             out,
@@ -248,7 +248,7 @@ def run_local(
                 # output of a task it never finished): that is the interruption, not a bug of its own.
                 # Its finished steps stay resumable: kfp.local wrote cache entries only for tasks that
                 # succeeded, and every process is stopped, so their artefacts are final.
-                task_cache.record_hashes(dirs.cache, dirs.dir)
+                task_cache.record_hashes(dirs.cache, dirs.dir, written_before=stop.at)
                 _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {stop.signum}")
                 raise Interrupted(stop.signum) from None
             else:
@@ -259,7 +259,7 @@ def run_local(
             router.close_files()
         pipeline_dir = _pipeline_dir(dirs)
         if stop.signum is not None:
-            task_cache.record_hashes(dirs.cache, dirs.dir)
+            task_cache.record_hashes(dirs.cache, dirs.dir, written_before=stop.at)
             _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {stop.signum}")
             raise Interrupted(stop.signum)
         if failure is not None or task is None:

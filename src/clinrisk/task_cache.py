@@ -92,11 +92,20 @@ def _entries(cache_dir: Path) -> dict[str, Any]:
     return out
 
 
-def record_hashes(cache_dir: Path, run_dir: Path) -> int:
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def record_hashes(cache_dir: Path, run_dir: Path, written_before: float | None = None) -> int:
     """Hash the artifacts every cache entry of a failed/interrupted run points at; returns the count.
 
     Only artifacts inside the run's own folder are hashed: entries seeded from an earlier run keep the
-    hashes recorded there (merged in by :func:`seed`).
+    hashes recorded there (merged in by :func:`seed`). With ``written_before`` (the time a stop signal
+    arrived), an entry written at or after it is left unhashed, so never trusted: kfp.local's DockerRunner
+    reports a task whose container was killed and auto-removed as succeeded, and caches it.
     """
     if not cache_dir.is_dir():
         return 0
@@ -107,6 +116,9 @@ def record_hashes(cache_dir: Path, run_dir: Path) -> int:
     run_dir = run_dir.resolve()
     for key, entry in _entries(cache_dir).items():
         if key in hashes:
+            continue
+        # The margin covers the file system's coarse clock (mtimes may lag time.time() by a tick).
+        if written_before is not None and _mtime(cache_dir / f"{key}.json") >= written_before - 0.05:
             continue
         materialize_metrics(entry)
         uris = artifact_uris(entry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -192,3 +193,50 @@ def test_failed_step_in_a_container_stops_the_run(tmp_path: Path) -> None:
     assert not (run_dir / "merge-data" / "validated").exists()
     assert not (run_dir / "fit-feature-spec").exists()
     assert not (run_dir / "train").exists()
+
+
+@pytest.mark.docker
+def test_interrupt_stops_the_task_containers(tmp_path: Path) -> None:
+    """SIGINT mid-step with the Docker runner: the task containers are not the runner's descendants, so the
+    stop finds them by the run's environment. Nothing keeps running, nothing is published, and the store
+    stays consistent."""
+    from clinrisk import run_control as rc
+    from clinrisk.integrity import check_store
+
+    _require_engine_and_image()
+    sets = [a for s in [f"run.output_dir={tmp_path}", *TINY] for a in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "clinrisk",
+        "pipeline",
+        "run",
+        "--runner",
+        "docker",
+        "--config",
+        str(TINY_CONFIG),
+    ]
+    proc = subprocess.Popen(
+        [*cmd, *sets], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    root = tmp_path / "tiny"
+    deadline = time.monotonic() + 600
+    while not list(root.glob("runs/*/clinrisk-training-*/merge-data")):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "merge-data never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == "error: interrupted by SIGINT; nothing was published"
+    time.sleep(1)
+    assert rc.run_processes(root) == []  # container processes carry the run's environment too
+    running = subprocess.run(
+        ["docker", "ps", "--filter", f"ancestor={pipeline_image()}", "--format", "{{.ID}}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()  # fmt: skip
+    assert running == []
+    assert not (root / "latest").exists()
+    (record,) = rc.run_records(root)
+    assert record["status"] == rc.INTERRUPTED
+    assert check_store(tmp_path) == []

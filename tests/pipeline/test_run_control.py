@@ -323,7 +323,8 @@ def test_interrupt_that_kfp_trips_over_still_keeps_finished_steps_resumable(
 ) -> None:
     """After SIGINT, kfp.local may raise on its own (a ValueError looking up the output of a task the signal
     stopped). The finished steps' cache entries must still get their content hashes, or --resume would
-    trust none of them and re-run everything (seen in CI)."""
+    trust none of them and re-run everything (seen in CI); an entry written after the signal is never
+    trusted."""
     import pipelines.training
 
     from clinrisk import pipeline_runner
@@ -337,8 +338,12 @@ def test_interrupt_that_kfp_trips_over_still_keeps_finished_steps_resumable(
             artifact.write_text("rows")
             entry = {"raw_shard": {task_cache.ARTIFACT_MARKER: True, "uri": str(artifact)}}
             dirs.cache.mkdir(parents=True, exist_ok=True)
-            (dirs.cache / "generate-shard-key.json").write_text(json.dumps(entry))
+            finished = dirs.cache / "generate-shard-key.json"  # a step that finished before the signal
+            finished.write_text(json.dumps(entry))
+            os.utime(finished, (time.time() - 5, time.time() - 5))
             os.kill(os.getpid(), signal.SIGINT)  # the runner's DeferredStop records it
+            # DockerRunner caches a task whose container the stop killed as if it had succeeded.
+            (dirs.cache / "killed-key.json").write_text(json.dumps(entry))
             raise ValueError("kfp.local: no output for the task the signal stopped")
 
         return pipeline
