@@ -302,4 +302,6 @@ def test_mechanistic_mode_runs_and_measures_delay(
     rec = t.filter(pl.col("recorded_year").is_not_null() & pl.col("onset_year").is_not_null())
     assert rec.height > 50
     assert (rec["delay"] >= 0).all()
-    assert (rec["recorded_year"] - rec["onset_year"] == rec["delay"]).all()
+    # the code lands at the clinical diagnosis or, under coding drift, some missed years later (§1.7)
+    lag = rec["recorded_year"] - rec["onset_year"] - rec["delay"]
+    assert (lag >= 0).all() and (lag == 0).mean() > 0.6

@@ -15,6 +15,9 @@ from clinrisk.config import GenerateConfig
 
 WARMUP_YEARS = 5  # simulated before first_year so EWMAs and the 3-year slope exist from the start
 PILOT_SPAWN_KEY = 0x7FFF_FFFF
+# The E11 coding draws come from their own SeedSequence subtree, so the coding-drift settings never shift the
+# main stream: the same seed gives the same onsets and physiology whatever the coding drift.
+CODING_SPAWN_KEY = 0x7FFF_FFFE
 YEAR_UNIFORMS, YEAR_NORMALS = (
     39,
     17,
@@ -44,7 +47,7 @@ P_VITALS = 0.9
 ZIPF_EXPONENT = 1.1
 P_OTHER_DX = 0.7
 
-# §1.5 coding sensitivities (at E; secular drift lowers them earlier).
+# §1.5 coding sensitivities at E; secular drift lowers them earlier by (1 + r)^(t − E), see coding_multiplier.
 SENS = {
     "I10": 0.8,
     "E78": 0.7,
@@ -70,6 +73,41 @@ def block_seed(seed: int, block: int, pilot: bool = False) -> np.random.SeedSequ
     """The SeedSequence child of one patient block (pilot blocks live in their own subtree)."""
     key = (PILOT_SPAWN_KEY, block) if pilot else (block,)
     return np.random.SeedSequence(entropy=seed, spawn_key=key)
+
+
+def coding_seed(seed: int, block: int, pilot: bool = False) -> np.random.SeedSequence:
+    """The SeedSequence of one block's E11 coding draws, disjoint from ``block_seed``'s subtree."""
+    key = (CODING_SPAWN_KEY, PILOT_SPAWN_KEY, block) if pilot else (CODING_SPAWN_KEY, block)
+    return np.random.SeedSequence(entropy=seed, spawn_key=key)
+
+
+def coding_multiplier(cfg: GenerateConfig, year: np.ndarray | int) -> np.ndarray:
+    """Coding-sensitivity multiplier of calendar ``year``: ``(1 + r)^(t − E)`` under secular drift, else 1.
+
+    It is 1 at E (the memo's sensitivities and delay pmf describe E) and falls by the factor 1/(1 + r) per year
+    before it; warm-up years use ``first_year``'s value. Callers cap sensitivity × multiplier at 1."""
+    t = np.maximum(np.asarray(year, dtype=np.float64), cfg.first_year)
+    if not cfg.secular_drift:
+        return np.ones_like(t)
+    return np.power(1.0 + cfg.secular_coding_per_year, t - cfg.last_year)
+
+
+def coding_miss_years(cfg: GenerateConfig, dx_year: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Years the E11 code is missed after the clinical diagnosis in ``dx_year`` (−1: none).
+
+    Each year t from ``dx_year`` on, the diagnosis is coded with probability ``min(1, coding_multiplier(t))``
+    (1 at E and after). One uniform per patient decides: M = #{m ≥ 1 : u < Π_{i<m} (1 − s(dx_year + i))},
+    so the true course is untouched and only the recorded year ``dx_year + M`` moves."""
+    miss = np.zeros(dx_year.shape, dtype=np.int64)
+    has = dx_year >= 0
+    if not has.any() or not cfg.secular_drift or cfg.secular_coding_per_year == 0:
+        return miss
+    start = np.where(has, dx_year, cfg.last_year)
+    surv = np.where(has, 1.0, 0.0)
+    for i in range(max(cfg.last_year - int(start.min()), 0) + 1):
+        surv = surv * (1.0 - np.minimum(coding_multiplier(cfg, start + i), 1.0))
+        miss += u < surv
+    return miss
 
 
 class BlockRNG:
@@ -150,7 +188,8 @@ class ChunkResult:
     mats: dict[str, np.ndarray]
     onset_year: np.ndarray  # -1 when none
     recorded_year: np.ndarray  # -1 when never recorded (while alive, by E + followup)
-    delay: np.ndarray  # D (valid where onset_year >= 0)
+    dx_year: np.ndarray  # clinical diagnosis year T* + D (-1 when none); recorded_year adds coding misses
+    delay: np.ndarray  # D = dx_year − onset (valid where onset_year >= 0)
     false_code: np.ndarray
     keep: np.ndarray  # passes washout and has at least one enrolled year
     eta0: np.ndarray  # η without α for the hazard of year j (state through year j - 1)
@@ -174,6 +213,7 @@ def simulate_chunk(
     if any(s <= 0 for s in sizes):
         raise ValueError(f"blocks {blocks}: beyond n_patients={n_total}")
     rng = BlockRNG([block_seed(seed, b, pilot) for b in blocks], sizes)
+    coding_u = BlockRNG([coding_seed(seed, b, pilot) for b in blocks], sizes).uniform()
     pid = np.concatenate(
         [np.arange(b * bs, b * bs + s, dtype=np.int64) for b, s in zip(blocks, sizes, strict=True)]
     )
@@ -290,11 +330,7 @@ def simulate_chunk(
         j = k - WARMUP_YEARS  # output column (negative during warm-up)
         age = t - birth_year
         calendar = max(int(t) - y0, 0)
-        coding_mult = (
-            min(1.0, cfg.secular_coding_start + (1 - cfg.secular_coding_start) * calendar / (e_year - y0))
-            if drift
-            else 1.0
-        )
+        coding_mult = float(coding_multiplier(cfg, int(t)))
         enrolled = alive & (t >= entry) & ~left & (t <= e_year)
 
         # insurance: Markov re-draws under 65, Medicare from 65 (the uninsured too)
@@ -463,7 +499,7 @@ def simulate_chunk(
         }
         coded = {}
         for code in DX_ORDER:
-            coded[code] = seen & conds[code] & (rng.uniform() < SENS[code] * coding_mult)
+            coded[code] = seen & conds[code] & (rng.uniform() < min(SENS[code] * coding_mult, 1.0))
         coded["R73"] |= seen & ever_r73 & (rng.uniform() < 0.5)  # stays on the problem list
         ever_r73 |= coded["R73"]
         other = np.searchsorted(zipf_cdf, rng.uniform(), side="right")
@@ -546,10 +582,15 @@ def simulate_chunk(
 
     # ---- post-processing: recorded year, washout, false codes ------------------------------------
     last_alive = y0 + mats["alive"].sum(axis=0) - 1  # alive is a prefix of the years
-    rec = np.where((onset >= 0) & (t_rec <= np.minimum(last_alive, last_sim)), t_rec, -1)
+    last_seen = np.minimum(last_alive, last_sim)
+    # t_rec is the clinical diagnosis year (it drives treatment and monitoring); the code lands M years later
+    dx_year = np.where((onset >= 0) & (t_rec <= last_seen), t_rec, -1)
+    coded_year = dx_year + coding_miss_years(cfg, dx_year, coding_u)
+    rec = np.where((dx_year >= 0) & (coded_year <= last_seen), coded_year, -1)
     first_row = y0 + cfg.burn_in_years
     enrolled_any = mats["enrolled"].any(axis=0)
-    prevalent = ((onset >= 0) & (onset < first_row)) | ((rec >= 0) & (rec < first_row))
+    # washout on the clinical course, so the cohort does not depend on coding drift
+    prevalent = ((onset >= 0) & (onset < first_row)) | ((dx_year >= 0) & (dx_year < first_row))
     keep = enrolled_any & ~prevalent
     false_code = np.zeros(n, dtype=bool)
     if cfg.false_code_rate > 0:
@@ -576,6 +617,7 @@ def simulate_chunk(
         mats=mats,
         onset_year=onset,
         recorded_year=rec,
+        dx_year=dx_year,
         delay=delay,
         false_code=false_code,
         keep=keep,
