@@ -4,6 +4,8 @@ code included, while the true course (onset, hazard, glycaemia, clinical diagnos
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,3 +107,8 @@ def test_coding_miss_years_edges(gen_config: Callable[..., ClinriskConfig]) -> N
 def test_coding_rate_is_validated(gen_config: Callable[..., ClinriskConfig]) -> None:
     with pytest.raises(ConfigError, match="secular_coding_per_year"):
         gen_config("generate.secular_coding_per_year=-0.01")
+
+
+def test_manifest_states_the_coding_drift(gen_dataset: tuple[Path, dict[str, Any]]) -> None:
+    m = gen_dataset[1]
+    assert m["secular_drift"] is True and m["secular_coding_per_year"] == 0.02
