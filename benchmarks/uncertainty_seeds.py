@@ -4,11 +4,11 @@ LightGBM seeds; prints per arm the mean ± between-seed SD of true-label AUC, AP
 and expected AUC, the share of the E0 → C Brier gap that E2 closes per seed with its bootstrap CI, and the
 verdict of the stated rule (which label strategy ships).
 
-Not a ``bench_*`` script (``make bench`` would run it): at the recorded scale it takes ≈ 45 min on the
-loaded 2-core machine. The figures in the README came from::
+Not a ``bench_*`` script (``make bench`` would run it): at the recorded scale it took 14 min 47 s wall on
+the loaded 2-core machine (260 s CPU). The figures in the README came from::
 
-    nice -n 10 .venv/bin/python benchmarks/uncertainty_seeds.py --seeds 11,12,13,14,15 --patients 5000 \
-        --boot 1000 --out outputs/seed_suite
+    nice -n 10 .venv/bin/python benchmarks/uncertainty_seeds.py --seeds 11,12,13,14,15 --patients 12000 \
+        --boot 1000 --set train.num_threads=1 --set generate.calibration_patients=5000 --out outputs/seed_suite
 
 ``--summarise-only --out DIR`` re-prints the table of an existing suite directory. Every option:
 ``python -m clinrisk.seed_suite --help``.

@@ -1,6 +1,6 @@
 """Recalibration of the (odds-corrected) model logit on the validation split (docs/science.md §4.2 step 2, §8).
 
-Labels may be soft (E2 expected labels in [0, 1]): both maps minimise the weighted log-loss / squared
+Labels may be soft (E2 expected labels in [0, 1]): the maps minimise the weighted log-loss / squared
 error against the label as given, so the recorded-label bias that E2 removed is not reintroduced.
 Stored as JSON in the bundle; applied by :meth:`clinrisk.bundle.ModelBundle.predict_proba`.
 """
@@ -31,15 +31,15 @@ def logit(p: npt.ArrayLike) -> FloatArray:
     return np.asarray(np.log(pp) - np.log1p(-pp), dtype=np.float64)
 
 
-Method = Literal["select", "logistic", "isotonic", "auto", "none"]
-METHODS: tuple[str, ...] = ("select", "logistic", "isotonic", "auto", "none")  # = config's list
+Method = Literal["select", "logistic", "beta", "isotonic", "auto", "none"]
+METHODS: tuple[str, ...] = ("select", "logistic", "beta", "isotonic", "auto", "none")  # = config's list
 # ``select``: the map is chosen on held-out data (docs/science.md §4.2 step 2) among these, simplest first.
-SELECT_CANDIDATES: tuple[str, ...] = ("none", "logistic", "isotonic")
+SELECT_CANDIDATES: tuple[str, ...] = ("none", "logistic", "beta", "isotonic")
 SELECT_AP_TOLERANCE = 0.002  # the project's non-inferiority margin for ranking (issue #16)
 SELECT_FOLDS = 2
 SELECTION_RULE = (
     "cross-fit on patient-grouped folds of the validation split: each candidate map (none, logistic, "
-    "isotonic) is fitted on the other folds and scored on the held-out fold; among the maps whose held-out "
+    "beta, isotonic) is fitted on the other folds and scored on the held-out fold; among the maps whose held-out "
     "AP is at least AP(none) - {tol}, the one with the lowest held-out Brier is chosen (ties: the simpler "
     "map); it is then refitted on the whole validation split"
 )
@@ -70,18 +70,25 @@ def fit_logistic(z: Any, y: Any, w: Any = None, max_iter: int = 100) -> tuple[fl
     """(a, b) of ``P(Y=1) = σ(a + b·z)`` by Newton's method on the weighted soft-label log-likelihood."""
     zz, yy, ww = _arrays(z, y, w)
     X = np.column_stack([np.ones_like(zz), zz])
+    beta = _newton_logistic(X, yy, ww, np.array([0.0, 1.0]), max_iter)  # start at the identity map
+    return float(beta[0]), float(beta[1])
+
+
+def _newton_logistic(
+    X: FloatArray, yy: FloatArray, ww: FloatArray, beta: FloatArray, max_iter: int
+) -> FloatArray:
+    """Maximise the weighted soft-label log-likelihood of ``σ(X·β)`` by damped Newton steps from ``beta``."""
 
     def loglik(beta: FloatArray) -> float:
         eta = X @ beta
         # log σ(η) = −log(1 + e^{−η}); logaddexp keeps it finite for large |η|.
         return float(-np.sum(ww * (yy * np.logaddexp(0, -eta) + (1 - yy) * np.logaddexp(0, eta))))
 
-    beta = np.array([0.0, 1.0])  # start at the identity map
     ll = loglik(beta)
     for _ in range(max_iter):
         p = sigmoid(X @ beta)
         grad = X.T @ (ww * (yy - p))
-        hess = (X * (ww * p * (1 - p))[:, None]).T @ X + 1e-9 * np.eye(2)
+        hess = (X * (ww * p * (1 - p))[:, None]).T @ X + 1e-9 * np.eye(X.shape[1])
         step = np.linalg.solve(hess, grad)
         t = 1.0
         while t > 1e-8:  # step halving keeps every iteration an ascent step
@@ -96,7 +103,39 @@ def fit_logistic(z: Any, y: Any, w: Any = None, max_iter: int = 100) -> tuple[fl
         beta, ll = cand, ll_c
         if converged:
             break
-    return float(beta[0]), float(beta[1])
+    return beta
+
+
+def beta_features(z: Any) -> tuple[FloatArray, FloatArray]:
+    """(ln s, −ln(1 − s)) of s = σ(z), computed from the logit so neither overflows."""
+    zz = np.asarray(z, dtype=np.float64)
+    return np.asarray(-np.logaddexp(0.0, -zz), dtype=np.float64), np.asarray(
+        np.logaddexp(0.0, zz), dtype=np.float64
+    )
+
+
+def fit_beta(z: Any, y: Any, w: Any = None, max_iter: int = 100) -> tuple[float, float, float]:
+    """(c, a, b) of beta calibration ``P(Y=1) = σ(c + a·ln s − b·ln(1 − s))``, s = σ(z) (Kull et al. 2017).
+
+    A logistic fit on the two log features; the identity map is (0, 1, 1). As in the paper, a negative
+    a or b is set to 0 and the other refitted, so the map is monotone increasing and keeps the ranking.
+    """
+    zz, yy, ww = _arrays(z, y, w)
+    ln_s, ln_1s = beta_features(zz)
+    one = np.ones_like(zz)
+    beta = _newton_logistic(np.column_stack([one, ln_s, ln_1s]), yy, ww, np.array([0.0, 1.0, 1.0]), max_iter)
+    c, a, b = (float(v) for v in beta)
+    if a < 0 or b < 0:
+        keep_a = a >= b  # drop the coefficient that went negative (the smaller one if both did)
+        col = ln_s if keep_a else ln_1s
+        c, k = (
+            float(v)
+            for v in _newton_logistic(np.column_stack([one, col]), yy, ww, np.array([0.0, 1.0]), max_iter)
+        )
+        a, b = (k, 0.0) if keep_a else (0.0, k)
+    if not (a > 0 or b > 0):
+        raise DataError("calibration: beta map is flat (the scores carry no ranking signal)")
+    return c, a, b
 
 
 def fit_isotonic(z: Any, y: Any, w: Any = None) -> tuple[list[float], list[float]]:
@@ -137,6 +176,9 @@ def fit_calibration(
     if chosen == "logistic":
         a, b = fit_logistic(zz, yy, ww)
         return {"method": "logistic", "a": a, "b": b, **base}
+    if chosen == "beta":
+        c, a, b = fit_beta(zz, yy, ww)
+        return {"method": "beta", "c": c, "a": a, "b": b, "scale": "logit", **base}
     if chosen == "isotonic":
         xs, ys = fit_isotonic(zz, yy, ww)
         return {"method": "isotonic", "x": xs, "y": ys, "scale": "logit", **base}
@@ -234,6 +276,13 @@ def validate_calibration(cal: Any) -> None:
             if not isinstance(cal.get(k), int | float) or not np.isfinite(cal[k]):
                 raise DataError(f"calibration: logistic parameter {k!r} missing or not a finite number")
         return
+    if m == "beta":
+        for k in ("c", "a", "b"):
+            if not isinstance(cal.get(k), int | float) or not np.isfinite(cal[k]):
+                raise DataError(f"calibration: beta parameter {k!r} missing or not a finite number")
+        if cal["a"] < 0 or cal["b"] < 0 or not (cal["a"] > 0 or cal["b"] > 0):
+            raise DataError("calibration: beta parameters 'a' and 'b' must be >= 0 and not both 0 (monotone)")
+        return
     if m == "isotonic":
         xs, ys = cal.get("x"), cal.get("y")
         if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys) or not xs:
@@ -252,6 +301,9 @@ def apply_calibration(cal: dict[str, Any], z: Any) -> FloatArray:
         p = sigmoid(zz)
     elif m == "logistic":
         p = sigmoid(float(cal["a"]) + float(cal["b"]) * zz)
+    elif m == "beta":
+        ln_s, ln_1s = beta_features(zz)
+        p = sigmoid(float(cal["c"]) + float(cal["a"]) * ln_s + float(cal["b"]) * ln_1s)
     elif m == "isotonic":
         p = np.interp(zz, np.asarray(cal["x"], dtype=np.float64), np.asarray(cal["y"], dtype=np.float64))
     else:

@@ -64,6 +64,10 @@ ARM_LABELS = {
 KEYS = ["patient_id", "year"]
 PRED_COLUMNS = ("patient_id", "year", "probability", "eval_label_true", "eval_oracle_risk")
 SUMMARY_METRICS = ("auc", "ap", "brier", "excess_brier", "oe", "expected_auc")
+# Every trained arm's model is also calibrated by each fixed map (fitted on the same calibration part), so
+# the maps are compared on identical scores; the file keeps them as ``probability_<method>`` columns.
+COMPARED_CALIBRATIONS: tuple[str, ...] = ("none", "logistic", "beta", "isotonic")
+CALIBRATION_METRICS = ("auc", "ap", "brier", "oe", "ece")
 DEFAULT_OVERRIDES = ("split.temporal=false",)  # patient-disjoint, all years: a method comparison
 RULE = (
     "E2 ships as the default label strategy when, in at least {min_wins} of the generator seeds (at least "
@@ -240,8 +244,10 @@ def train_arm(
     categories: dict[str, list[str]],
     lgb_seed: int,
     calibration: str,
-) -> tuple[FloatArray, dict[str, Any]]:
-    """Fit one arm (labels ``label_<arm>``, weights ``weight_<arm>``) and return its calibrated test risk."""
+) -> tuple[FloatArray, dict[str, Any], dict[str, FloatArray]]:
+    """Fit one arm (labels ``label_<arm>``, weights ``weight_<arm>``); return its calibrated test risk, run
+    info and the test risk under every map of :data:`COMPARED_CALIBRATIONS` (a map that cannot be fitted on
+    this calibration part is left out and named in the info)."""
     import lightgbm as lgb
 
     from clinrisk.bundle import features_to_matrix
@@ -286,10 +292,18 @@ def train_arm(
         cal = fit_calibration(z_ca, y_ca, w_ca, method=calibration)  # type: ignore[arg-type]
     x_te = features_to_matrix(parts["test"], feature_names, categories)
     z_te = np.asarray(booster.predict(x_te, num_iteration=best, raw_score=True), dtype=np.float64)
-    info = {"objective": objective, "best_iteration": int(best), "calibration": cal["method"]}
+    info: dict[str, Any] = {"objective": objective, "best_iteration": int(best), "calibration": cal["method"]}
     if "selection" in cal:
         info["calibration_ap_change_vs_none"] = cal["selection"]["held_out_ap_change_vs_none"]
-    return apply_calibration(cal, z_te), info
+    compared: dict[str, FloatArray] = {}
+    for method in COMPARED_CALIBRATIONS:
+        try:
+            fixed = fit_calibration(z_ca, y_ca, w_ca, method=method)  # type: ignore[arg-type]
+        except DataError as exc:
+            info.setdefault("calibration_not_fitted", {})[method] = str(exc)
+            continue
+        compared[method] = apply_calibration(fixed, z_te)
+    return apply_calibration(cal, z_te), info, compared
 
 
 def run_seed(settings: SuiteSettings, generator_seed: int, out_dir: Path) -> dict[str, Any]:
@@ -312,8 +326,10 @@ def run_seed(settings: SuiteSettings, generator_seed: int, out_dir: Path) -> dic
     runs: dict[str, Any] = {}
     for arm in TRAINED_ARMS:
         for k in settings.lgb_seeds:
-            p, info = train_arm(parts, arm, cfg, spec_names, categories, k, settings.calibration)
-            base.with_columns(pl.Series("probability", p)).write_parquet(dest / f"{arm}_lgb{k}.parquet")
+            p, info, compared = train_arm(parts, arm, cfg, spec_names, categories, k, settings.calibration)
+            base.with_columns(
+                pl.Series("probability", p), *(pl.Series(f"probability_{m}", v) for m, v in compared.items())
+            ).write_parquet(dest / f"{arm}_lgb{k}.parquet")
             runs[f"{arm}_lgb{k}"] = info
     for arm, col in (("A", "eval_oracle_risk"), ("B", "eval_oracle_b")):
         base.with_columns(test[col].cast(pl.Float64).alias("probability")).write_parquet(
@@ -399,6 +415,55 @@ def frame_metrics(df: pl.DataFrame) -> dict[str, float]:
         "oe": float(y.sum() / p.sum()),
         "expected_auc": M.expected_auc(p, pa),
     }
+
+
+def calibration_comparison(seeds: dict[int, dict[str, list[pl.DataFrame]]]) -> dict[str, Any]:
+    """Per trained arm and calibration map: the mean over generator seeds (of each seed's mean over its
+    LightGBM seeds) of true-label AUC, AP, Brier, O/E and ECE, plus the largest |ΔAUC| against the
+    uncalibrated scores in any single fit (a monotone map keeps it at rounding level).
+
+    Only maps present in every file of an arm are compared; suites written before the comparison existed
+    give an empty result."""
+    from clinrisk import metrics as M
+
+    out: dict[str, Any] = {}
+    for arm in TRAINED_ARMS:
+        frames = [f for arms in seeds.values() for f in arms[arm]]
+        methods = [m for m in COMPARED_CALIBRATIONS if all(f"probability_{m}" in f.columns for f in frames)]
+        if "none" not in methods:
+            continue
+        per_method: dict[str, Any] = {}
+        for method in methods:
+            per_seed: dict[str, list[float]] = {k: [] for k in CALIBRATION_METRICS}
+            worst_auc = 0.0
+            for arms in seeds.values():
+                vals: dict[str, list[float]] = {k: [] for k in CALIBRATION_METRICS}
+                for f in arms[arm]:
+                    y = f["eval_label_true"].cast(pl.Float64).to_numpy()
+                    p = f[f"probability_{method}"].cast(pl.Float64).to_numpy()
+                    auc = M.roc_auc(y, p)
+                    worst_auc = max(worst_auc, abs(auc - M.roc_auc(y, f["probability_none"].to_numpy())))
+                    vals["auc"].append(auc)
+                    vals["ap"].append(M.average_precision(y, p))
+                    vals["brier"].append(M.brier(y, p))
+                    vals["oe"].append(float(y.sum() / p.sum()))
+                    vals["ece"].append(expected_calibration_error(y, p))
+                for k in CALIBRATION_METRICS:
+                    per_seed[k].append(float(np.mean(vals[k])))
+            per_method[method] = {k: float(np.mean(v)) for k, v in per_seed.items()}
+            per_method[method]["max_abs_auc_change_vs_none"] = worst_auc
+        for v in per_method.values():
+            v["ap_change_vs_none"] = v["ap"] - per_method["none"]["ap"]
+        out[arm] = per_method
+    return out
+
+
+def expected_calibration_error(y: FloatArray, p: FloatArray, bins: int = 10) -> float:
+    """ECE over equal-count bins of the predicted risk: Σ_b (n_b / n)·|mean y_b − mean p_b|."""
+    order = np.argsort(p, kind="stable")
+    parts = np.array_split(order, bins)
+    n = float(p.size)
+    return float(sum(idx.size / n * abs(y[idx].mean() - p[idx].mean()) for idx in parts if idx.size))
 
 
 def gap_closed(
@@ -517,6 +582,7 @@ def summarise(out_dir: Path, settings: SuiteSettings) -> dict[str, Any]:
         "wins": wins,
         "winner": winner,
         "goals": goals,
+        "calibration_comparison": calibration_comparison(seeds),
     }
 
 
@@ -583,6 +649,23 @@ def render(summary: dict[str, Any], meta: dict[str, Any] | None = None) -> str:
         + ", ".join(f"{a} {_f(g['expected_auc_gap_to_b'][a], '.4f')}" for a in ("E0", "E1b", "E2", "C"))
         + ".",
     ]
+    comparison = summary.get("calibration_comparison") or {}
+    if comparison:
+        lines += [
+            "",
+            "Calibration maps on the same models (each fitted on the calibration part; true labels, test rows; "
+            "mean over generator seeds; max |ΔAUC| is over single fits):",
+            "",
+            "| arm | map | AUC | max \\|ΔAUC\\| vs none | AP | ΔAP vs none | Brier | O/E | ECE |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for arm, per_method in comparison.items():
+            for method, v in per_method.items():
+                lines.append(
+                    f"| {arm} | {method} | {_f(v['auc'])} | {_f(v['max_abs_auc_change_vs_none'], '.1e')} | "
+                    f"{_f(v['ap'])} | {_f(v['ap_change_vs_none'], '+.4f')} | {_f(v['brier'], '.5f')} | "
+                    f"{_f(v['oe'], '.3f')} | {_f(v['ece'], '.4f')} |"
+                )
     return "\n".join(lines) + "\n"
 
 

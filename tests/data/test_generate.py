@@ -62,6 +62,20 @@ def test_same_seed_same_hash_different_seed_different(small_runs: dict) -> None:
     assert a["truth_hash"] != s2["truth_hash"]
 
 
+# The exact bytes of the 1,200-patient seed-11 run (observed, truth). A change here means the generator's
+# output changed: refresh the pins only for an intended change and say so in the commit (issue 16 pinned them
+# when simulate_chunk was split into one-job functions with byte-identical output).
+PINNED_HASHES = (
+    "c29d222c817619906bcbefbe958d5797a8fce754e77ef12f618f73e940425013",
+    "316cc997a08d909e4f72927c880b5a9a15ebeaa7a05a6d198d8c35b1fb556b7f",
+)
+
+
+def test_output_bytes_are_pinned(small_runs: dict) -> None:
+    m = small_runs["a4w1"][1]
+    assert (m["observed_hash"], m["truth_hash"]) == PINNED_HASHES
+
+
 def test_hash_and_rows_independent_of_shard_count(small_runs: dict) -> None:
     (p4, m4), (p8, m8) = small_runs["a4w1"], small_runs["a8w2"]
     assert m4["n_shards"] == 4 and m8["n_shards"] == 8
@@ -302,4 +316,6 @@ def test_mechanistic_mode_runs_and_measures_delay(
     rec = t.filter(pl.col("recorded_year").is_not_null() & pl.col("onset_year").is_not_null())
     assert rec.height > 50
     assert (rec["delay"] >= 0).all()
-    assert (rec["recorded_year"] - rec["onset_year"] == rec["delay"]).all()
+    # the code lands at the clinical diagnosis or, under coding drift, some missed years later (§1.7)
+    lag = rec["recorded_year"] - rec["onset_year"] - rec["delay"]
+    assert (lag >= 0).all() and (lag == 0).mean() > 0.6

@@ -33,7 +33,7 @@ def test_selection_never_costs_more_than_the_ap_margin_and_is_stated(shift: floa
     cal = select_calibration(z, y, None, pid)
     sel = cal["selection"]
     assert cal["requested"] == "select" and cal["method"] == sel["chosen"]
-    assert set(sel["held_out"]) == {"none", "logistic", "isotonic"}
+    assert set(sel["held_out"]) == {"none", "logistic", "beta", "isotonic"}
     assert "held-out" in sel["rule"] and str(SELECT_AP_TOLERANCE) in sel["rule"]
     held = sel["held_out"]
     assert held[sel["chosen"]]["ap"] >= held["none"]["ap"] - SELECT_AP_TOLERANCE
@@ -68,8 +68,8 @@ def test_folds_keep_each_patient_together() -> None:
 
 
 def test_unknown_calibration_method_is_one_line_naming_it() -> None:
-    with pytest.raises(ConfigError, match=r"unknown calibration method 'beta' \(known: select"):
-        load_config(None, ["train.calibration=beta"])
+    with pytest.raises(ConfigError, match=r"unknown calibration method 'platt' \(known: select"):
+        load_config(None, ["train.calibration=platt"])
     assert load_config(None, []).train.calibration == "select"
     assert tuple(METHODS) == tuple(CALIBRATION_METHODS)
 

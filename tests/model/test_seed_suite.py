@@ -152,3 +152,36 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     # tier B (history only) is not tier A and both beat the trained arms on expected AUC
     assert not np.allclose(arms["A"][0]["probability"].to_numpy(), arms["B"][0]["probability"].to_numpy())
     assert "tier C: same learner on true labels" in printed and "share closed" in printed
+    # every trained model is also scored under each fixed calibration map, beta included (issue 16)
+    assert "Calibration maps on the same models" in printed
+    summary = summarise(out, _settings(1, min_seeds=1, min_wins=1))
+    comparison = summary["calibration_comparison"]
+    assert set(comparison) == {"E0", "E1b", "E2", "C"}
+    for per_method in comparison.values():
+        assert {"none", "logistic", "beta"} <= set(per_method)
+        assert per_method["beta"]["max_abs_auc_change_vs_none"] < 1e-9  # monotone: ranking kept
+        assert per_method["none"]["ap_change_vs_none"] == 0.0
+
+
+def test_calibration_comparison_on_synthetic_maps(tmp_path: Path) -> None:
+    """Suites written before the comparison existed summarise without it; with the columns, a map that
+    fixes an under-prediction shows a better O/E and ECE than the uncalibrated scores at the same AUC."""
+    from clinrisk.seed_suite import calibration_comparison
+
+    for s in range(5):
+        _write_seed(tmp_path, s)
+    assert summarise(tmp_path, _settings())["calibration_comparison"] == {}
+    seeds = load_predictions(tmp_path)
+    for arms in seeds.values():
+        for arm in ("E0", "E1b", "E2", "C"):
+            arms[arm] = [
+                f.with_columns(
+                    pl.col("probability").alias("probability_none"),
+                    (pl.col("probability") * 2).clip(0, 1).alias("probability_beta"),
+                )
+                for f in arms[arm]
+            ]
+    e0 = calibration_comparison(seeds)["E0"]
+    assert abs(e0["beta"]["oe"] - 1) < abs(e0["none"]["oe"] - 1)
+    assert e0["beta"]["ece"] < e0["none"]["ece"]
+    assert e0["beta"]["max_abs_auc_change_vs_none"] < 1e-9

@@ -55,8 +55,12 @@ class GenerateConfig(Section):
     secular_drift: bool = Field(True, description="coding sensitivity, BMI and testing rise across years")
     secular_bmi_per_year: float = Field(0.1, ge=0.0, le=1.0, description="kg/m² per calendar year")
     secular_test_logit_per_year: float = Field(0.03, ge=0.0, le=0.5)
-    secular_coding_start: float = Field(
-        0.85, gt=0.0, le=1.0, description="coding sensitivity multiplier at first_year (1.0 at E)"
+    secular_coding_per_year: float = Field(
+        0.02,
+        ge=0.0,
+        le=0.2,
+        description="relative yearly rise in diagnosis coding sensitivity, E11 included: "
+        "sensitivity(t) = sensitivity(E)·(1+r)^(t−E), capped at 1",
     )
 
     @model_validator(mode="after")

@@ -46,7 +46,7 @@ class SelectConfig(Section):
 
 
 # clinrisk.calibration.METHODS mirrors this (a test pins them equal)
-CALIBRATION_METHODS: tuple[str, ...] = ("select", "logistic", "isotonic", "auto", "none")
+CALIBRATION_METHODS: tuple[str, ...] = ("select", "logistic", "beta", "isotonic", "auto", "none")
 
 
 class TrainConfig(Section):
@@ -66,7 +66,7 @@ class TrainConfig(Section):
     positive_class_weight: float = Field(1.0, gt=0.0, description=">1 weights positives; odds corrected")
     calibration: str = Field(
         "select",
-        description="select (chosen on held-out validation folds, AP loss <= 0.002) | logistic | isotonic "
+        description="select (chosen on held-out validation folds, AP loss <= 0.002) | logistic | beta | isotonic "
         "| auto | none",
     )
     engine: Literal["lightgbm", "dask"] = Field(

@@ -257,6 +257,9 @@ def build_manifest(
         "prediabetes_annual_conversion": round(prediab["onsets"] / max(prediab["rows"], 1), 6),
         "delay_mode": g.delay_mode,
         "delay_severity": g.delay_severity,
+        # coding drift moves recorded labels, so a reader of the data can tell which generator made them
+        "secular_drift": g.secular_drift,
+        "secular_coding_per_year": g.secular_coding_per_year if g.secular_drift else 0.0,
     }
     return manifest
 

@@ -196,8 +196,8 @@ def render_chunk(cfg: GenerateConfig, res: ChunkResult) -> tuple[pl.DataFrame, p
     onset = res.onset_year[ti]
     has_onset = onset >= 0
     rec_t = rec[ti]
-    # D is set at onset in parametric mode; in mechanistic mode only once the diagnosis happens
-    no_delay = ~has_onset | ((rec_t < 0) & (cfg.delay_mode == "mechanistic"))
+    # D is set at onset in parametric mode; in mechanistic mode only once the clinical diagnosis happens
+    no_delay = ~has_onset | ((res.dx_year[ti] < 0) & (cfg.delay_mode == "mechanistic"))
     truth = pl.DataFrame(
         [
             pl.Series("patient_id", res.patient_id[ti]),
