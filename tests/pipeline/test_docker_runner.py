@@ -112,25 +112,20 @@ def _container_events(image: str, since: float, until: float) -> list[dict[str, 
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
+def _docker_pipeline_cmd(output_dir: Path) -> list[str]:
+    """`clinrisk pipeline run --runner docker` on the tiny config, writing under ``output_dir``."""
+    sets = [a for s in [f"run.output_dir={output_dir}", *TINY] for a in ("--set", s)]
+    return [sys.executable, "-m", "clinrisk", "pipeline", "run", "--runner", "docker",
+            "--config", str(TINY_CONFIG), *sets]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def docker_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """`clinrisk pipeline run --runner docker` on the tiny config, through the real CLI."""
     _require_engine_and_image()
     out = tmp_path_factory.mktemp("docker-pipeline")
-    sets = [a for s in [f"run.output_dir={out}", *TINY] for a in ("--set", s)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "clinrisk",
-        "pipeline",
-        "run",
-        "--runner",
-        "docker",
-        "--config",
-        str(TINY_CONFIG),
-    ]
     since = time.time()
-    proc = subprocess.run([*cmd, *sets], cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(_docker_pipeline_cmd(out), cwd=REPO, capture_output=True, text=True, timeout=900)
     until = time.time()
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # kfp colours its log lines
     assert proc.returncode == 0, log[-6000:]
@@ -204,20 +199,8 @@ def test_interrupt_stops_the_task_containers(tmp_path: Path) -> None:
     from clinrisk.integrity import check_store
 
     _require_engine_and_image()
-    sets = [a for s in [f"run.output_dir={tmp_path}", *TINY] for a in ("--set", s)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "clinrisk",
-        "pipeline",
-        "run",
-        "--runner",
-        "docker",
-        "--config",
-        str(TINY_CONFIG),
-    ]
     proc = subprocess.Popen(
-        [*cmd, *sets], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _docker_pipeline_cmd(tmp_path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     root = tmp_path / "tiny"
     deadline = time.monotonic() + 600
