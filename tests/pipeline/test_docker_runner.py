@@ -112,10 +112,10 @@ def _container_events(image: str, since: float, until: float) -> list[dict[str, 
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
-def _docker_pipeline_cmd(output_dir: Path) -> list[str]:
+def _docker_pipeline_cmd(output_dir: Path, *extra: str) -> list[str]:
     """`clinrisk pipeline run --runner docker` on the tiny config, writing under ``output_dir``."""
     sets = [a for s in [f"run.output_dir={output_dir}", *TINY] for a in ("--set", s)]
-    return [sys.executable, "-m", "clinrisk", "pipeline", "run", "--runner", "docker",
+    return [sys.executable, "-m", "clinrisk", "pipeline", "run", "--runner", "docker", *extra,
             "--config", str(TINY_CONFIG), *sets]  # fmt: skip
 
 
@@ -125,7 +125,10 @@ def docker_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _require_engine_and_image()
     out = tmp_path_factory.mktemp("docker-pipeline")
     since = time.time()
-    proc = subprocess.run(_docker_pipeline_cmd(out), cwd=REPO, capture_output=True, text=True, timeout=900)
+    # -v: kfp.local's own task lines go to the terminal too (quiet runs keep them in the per-task logs).
+    proc = subprocess.run(
+        _docker_pipeline_cmd(out, "-v"), cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     until = time.time()
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # kfp colours its log lines
     assert proc.returncode == 0, log[-6000:]
