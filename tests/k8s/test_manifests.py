@@ -74,7 +74,10 @@ def test_serving_chart_serves_the_usecases_names(usecase: str, repo: Path, tools
 
     names = get(usecase).names
     objs = kv.render_helm(
-        tools, repo / "charts" / "clinrisk-serving", namespace=names.namespace, set_values={"usecase": usecase}
+        tools,
+        repo / "charts" / "clinrisk-serving",
+        namespace=names.namespace,
+        set_values={"usecase": usecase},
     )
     _assert_clean(kv.validate_rendered(objs, repo, "clinrisk-serving"))
     assert all(o["metadata"]["namespace"] == names.namespace for o in objs)

@@ -172,7 +172,9 @@ def _one_error_line(out: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
-def _assert_refused(stores: Stores, server: Server, bundle: Path, before: tuple[list[str], str | None]) -> str:
+def _assert_refused(
+    stores: Stores, server: Server, bundle: Path, before: tuple[list[str], str | None]
+) -> str:
     runs_before = len(_run_states(stores))
     t0 = time.monotonic()
     line = _one_error_line(_register(stores, server, bundle))
