@@ -204,8 +204,9 @@ def check_stored_model(root: str, bundle: Any, context: str = "") -> None:
 
 def store_error(exc: BaseException) -> str:
     """A store failure in a few words. Through a proxying server the client only sees the HTTP status after
-    its retries (the store's own error, e.g. S3's InvalidAccessKeyId or NoSuchBucket, is in the server's
-    log), buried in a long retry message; anything else is its first line."""
+    its retries, buried in a long retry message: the store's own error (S3's InvalidAccessKeyId, a missing
+    bucket) stays in the server's log, or the server's worker died on it and a gateway answered 502. Anything
+    else is its first line."""
     import re
 
     text = str(getattr(exc, "message", "") or exc)
@@ -218,7 +219,7 @@ def store_error(exc: BaseException) -> str:
         code = next(g for g in status.groups() if g)
         if code == "404":
             return "the tracking server answered HTTP 404: the store does not hold it"
-        return f"the tracking server answered HTTP {code}; its log has the store's own error"
+        return f"the tracking server answered HTTP {code}; its log (or its gateway's) has the cause"
     cause = re.search(r"\(Caused by (\w+)\((.*?)\)\)", text)
     if cause:  # urllib3's retry gave up on something other than a status (the server dropped the upload)
         return f"the tracking server failed the request ({cause[1]}: {cause[2][:120]})"
