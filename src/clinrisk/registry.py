@@ -185,6 +185,8 @@ def check_stored_model(root: str, bundle: Any, context: str = "") -> None:
 
     import mlflow.artifacts
 
+    from clinrisk.bundle import METADATA_FILE, file_hashes
+
     where = f"artifact store {root}"
     try:
         with tempfile.TemporaryDirectory(prefix="clinrisk-stored-") as tmp:
@@ -196,7 +198,10 @@ def check_stored_model(root: str, bundle: Any, context: str = "") -> None:
         raise
     except Exception as exc:
         raise DataError(f"{where}: {context}cannot read the model back ({store_error(exc)})") from None
-    missing = sorted(p.name for p in Path(bundle.path).iterdir() if p.name not in stored)
+    # The files that make the bundle (its content hash, and metadata.json that loading reads), not whatever
+    # else lies in the local folder.
+    needed = {*file_hashes(Path(bundle.path)), METADATA_FILE}
+    missing = sorted(needed - stored)
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise DataError(f"{where}: {context}the bundle's files are missing ({shown})")
