@@ -14,6 +14,7 @@ from clinrisk.tracking import (
     BUNDLE_ARTIFACT_KEY,
     CHALLENGER,
     MODEL_ARTIFACT,
+    bundle_path_in_model,
     configure,
     error_line,
     mlflow_client,
@@ -71,13 +72,28 @@ def register_bundle(
         existing = versions_with_bundle(client, name, bundle.version)
         if existing:
             version = existing[0]
+            # Nothing is uploaded on reuse, so nothing else would notice a store that lost the version's
+            # files or that this server cannot reach (wrong credentials, missing bucket).
+            root = _version_artifact_location(client, name, version)
+            check_stored_model(root, bundle, f"{name} v{version} holds this bundle, but ")
             client.set_registered_model_alias(name, alias, version)
             client.set_tag(run_id, "clinrisk.registered_version", version)
             client.set_tag(
                 run_id, "clinrisk.registration", f"reused v{version} (same bundle {bundle.version})"
             )
             return version
-        info = _log_pyfunc_model(bundle, run_id)
+        try:
+            info = _log_pyfunc_model(bundle, run_id)
+        except DataError:
+            raise
+        except Exception as exc:  # mostly an upload the server's object store refused
+            where = _experiment_artifact_location(client, run_id) or store
+            raise DataError(f"artifact store {where}: cannot log the model ({store_error(exc)})") from None
+        try:
+            check_stored_model(str(client.get_logged_model(info.model_id).artifact_location), bundle)
+        except DataError:
+            _fail_logged_model(client, info.model_id)
+            raise
         _ensure_registered_model(client, name)
         previous = _alias_version(client, name, alias)
         tags = {
@@ -154,6 +170,92 @@ def _log_pyfunc_model(bundle: Any, run_id: str) -> Any:
                 os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
             else:
                 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = progress
+
+
+def check_stored_model(root: str, bundle: Any, context: str = "") -> None:
+    """Read the logged model at artifact location ``root`` back from the store: its MLmodel, and every file
+    of ``bundle`` at the bundle path MLmodel names; raise a :class:`DataError` naming the store otherwise.
+
+    A version is only worth registering when what serving downloads is there. This reads through the same
+    path that deploy resolution and serving use (for a proxying server: the server, then its object store),
+    so a store the server cannot write or read (wrong credentials, a missing bucket), or one that lost the
+    files, fails here, before any version or alias changes.
+    """
+    import tempfile
+
+    import mlflow.artifacts
+
+    from clinrisk.bundle import METADATA_FILE, file_hashes
+
+    where = f"artifact store {root}"
+    try:
+        with tempfile.TemporaryDirectory(prefix="clinrisk-stored-") as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=tmp)
+            mlmodel = Path(local).read_text()
+        sub = bundle_path_in_model(mlmodel, where).strip("/")
+        stored = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=f"{root}/{sub}")}
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{where}: {context}cannot read the model back ({store_error(exc)})") from None
+    # The files that make the bundle (its content hash, and metadata.json that loading reads), not whatever
+    # else lies in the local folder.
+    needed = {*file_hashes(Path(bundle.path)), METADATA_FILE}
+    missing = sorted(needed - stored)
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise DataError(f"{where}: {context}the bundle's files are missing ({shown})")
+
+
+def store_error(exc: BaseException) -> str:
+    """A store failure in a few words. Through a proxying server the client only sees the HTTP status after
+    its retries, buried in a long retry message: the store's own error (S3's InvalidAccessKeyId, a missing
+    bucket) stays in the server's log, or the server's worker died on it and a gateway answered 502. Anything
+    else is its first line."""
+    import re
+
+    text = str(getattr(exc, "message", "") or exc)
+    status = re.search(
+        r"too many (\d{3}) error responses|[Rr]esponse code:? (\d{3})|\b(\d{3}) (?:Client|Server) Error"
+        r"|HTTP (?:status )?(?:code )?(\d{3})",
+        text,
+    )
+    if status:
+        code = next(g for g in status.groups() if g)
+        if code == "404":
+            return "the tracking server answered HTTP 404: the store does not hold it"
+        return f"the tracking server answered HTTP {code}; its log (or its gateway's) has the cause"
+    cause = re.search(r"\(Caused by (\w+)\((.*?)\)\)", text)
+    if cause:  # urllib3's retry gave up on something other than a status (the server dropped the upload)
+        return f"the tracking server failed the request ({cause[1]}: {cause[2][:120]})"
+    return error_line(exc)
+
+
+def _version_artifact_location(client: Any, name: str, version: str) -> str:
+    """Where a version's model files live (a logged model's ``models:/m-…`` source is resolved)."""
+    root = str(client.get_model_version_download_uri(name, version)).rstrip("/")
+    if root.startswith("models:/"):
+        model_id, _, rest = root.removeprefix("models:/").partition("/")
+        location = str(client.get_logged_model(model_id).artifact_location).rstrip("/")
+        root = f"{location}/{rest}" if rest else location
+    return root
+
+
+def _experiment_artifact_location(client: Any, run_id: str) -> str | None:
+    """The artifact location of the run's experiment (where its logged models go), or None."""
+    try:
+        return str(client.get_experiment(client.get_run(run_id).info.experiment_id).artifact_location)
+    except Exception:  # only names the store in an error message; the caller falls back to the server
+        return None
+
+
+def _fail_logged_model(client: Any, model_id: str) -> None:
+    """Mark a logged model whose files did not reach the store FAILED (best effort: the caller reports the
+    store's error; the model is not registered either way)."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        client.finalize_logged_model(model_id, "FAILED")
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:

@@ -377,7 +377,7 @@ def model_uri(cfg: ClinriskConfig, alias_or_version: str) -> str:
     return f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
 
 
-def _bundle_path_in_model(mlmodel_text: str, where: str) -> str:
+def bundle_path_in_model(mlmodel_text: str, where: str) -> str:
     """The bundle's path inside a logged clinrisk pyfunc model, read from its MLmodel file."""
     import yaml
 
@@ -459,7 +459,7 @@ def bundle_storage_uri(cfg: ClinriskConfig, alias_or_version: str, run_dir: Path
         with tempfile.TemporaryDirectory(prefix="clinrisk-mlmodel-") as tmp:
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=tmp)
             text = Path(local).read_text()
-        location = f"{root}/{_bundle_path_in_model(text, where).strip('/')}"
+        location = f"{root}/{bundle_path_in_model(text, where).strip('/')}"
         return kserve_storage_uri(location, cfg.tracking.artifacts_destination, logged_model_location)
     except MlflowException as exc:
         raise DataError(f"{where}: cannot resolve registered model ({exc.message})") from None
@@ -511,7 +511,7 @@ def resolve_model(
     mlmodel = local / "MLmodel"
     if not mlmodel.is_file():
         raise DataError(f"{uri}: downloaded model has no MLmodel file")
-    bundle_dir = local / _bundle_path_in_model(mlmodel.read_text(), uri)
+    bundle_dir = local / bundle_path_in_model(mlmodel.read_text(), uri)
     from clinrisk.bundle import load_bundle
 
     load_bundle(bundle_dir)  # validate before handing it to serving

@@ -57,6 +57,58 @@ def test_serving_chart(values: dict[str, str], repo: Path, tools: kv.Tools) -> N
     assert isvc["spec"]["predictor"].get("canaryTrafficPercent") == (int(pct) if pct else None)
 
 
+def _tabular_usecases() -> list[str]:
+    """The use cases the serving image serves (model family "tabular"); the chart serves exactly these."""
+    from clinrisk.usecases import get, known
+
+    return sorted(n for n in known() if get(n).model_family == "tabular")
+
+
+@pytest.mark.parametrize("usecase", _tabular_usecases())
+def test_serving_chart_serves_the_usecases_names(usecase: str, repo: Path, tools: kv.Tools) -> None:
+    """The chart, given only the use case, names the InferenceService, the V1 model (what the server
+    answers under, from the args it is given) and the readiness probe as the platform does
+    (serving.model_name), so `clinrisk rollout`/`monitor` and the deploy step find it."""
+    from clinrisk.config import load_config
+    from clinrisk.usecases import get
+
+    names = get(usecase).names
+    objs = kv.render_helm(
+        tools,
+        repo / "charts" / "clinrisk-serving",
+        namespace=names.namespace,
+        set_values={"usecase": usecase},
+    )
+    _assert_clean(kv.validate_rendered(objs, repo, "clinrisk-serving"))
+    assert all(o["metadata"]["namespace"] == names.namespace for o in objs)
+    isvc = next(o for o in objs if o["kind"] == "InferenceService")
+    assert isvc["metadata"]["name"] == names.model_name
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{names.model_name}"
+    # The server's own config from the args the chart gives it (as `clinrisk serve` parses them).
+    args = container["args"]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    cfg = load_config(None, sets)
+    assert (cfg.run.usecase, cfg.serving.model_name) == (usecase, names.model_name)
+
+
+def test_serving_chart_name_and_namespace_overrides(repo: Path, tools: kv.Tools) -> None:
+    """An explicit name reaches the server too (ISVC name = V1 model name); namespace overrides the release's."""
+    from clinrisk.config import load_config
+
+    values = {"usecase": "leads", "name": "leads-eu", "namespace": "scoring"}
+    objs = kv.render_helm(tools, repo / "charts" / "clinrisk-serving", set_values=values)
+    assert {o["metadata"]["namespace"] for o in objs} == {"scoring"}
+    isvc = next(o for o in objs if o["kind"] == "InferenceService")
+    container = isvc["spec"]["predictor"]["containers"][0]
+    args = container["args"]
+    cfg = load_config(None, [args[i + 1] for i, a in enumerate(args) if a == "--set"])
+    assert isvc["metadata"]["name"] == cfg.serving.model_name == "leads-eu"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/leads-eu"
+    secret = next(o for o in objs if o["kind"] == "Secret")["metadata"]["name"]
+    assert container["env"][1]["valueFrom"]["secretKeyRef"]["name"] == secret == "leads-eu-serving-auth"
+
+
 def test_mlflow_chart(repo: Path, tools: kv.Tools) -> None:
     objs = kv.render_helm(tools, repo / "charts" / "mlflow", namespace="mlflow")
     _assert_clean(kv.validate_rendered(objs, repo, "mlflow"))
@@ -79,6 +131,8 @@ def test_helm_lint(chart: str, repo: Path, tools: kv.Tools) -> None:
         ({"canary.percent": "-5"}, "minimum"),
         ({"image.tag": "latest"}, "image/tag"),
         ({"model.uri": "not-a-uri"}, "model/uri"),
+        ({"usecase": "segmentation"}, "usecase"),  # serves its own model, not with this image
+        ({"usecase": "leads", "name": "Leads_EU"}, "name"),
     ],
 )
 def test_serving_chart_rejects_bad_values(

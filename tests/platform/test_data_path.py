@@ -361,16 +361,27 @@ def test_missing_model_version_names_the_uri(stack: Stack, pipeline: dict[str, A
     assert "models:/clinrisk/999: cannot resolve registered model" in line
 
 
+def _challenger(stack: Stack) -> str | None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(
+            MlflowClient(stack.tracking_uri).get_model_version_by_alias("clinrisk", "challenger").version
+        )
+    except MlflowException:
+        return None
+
+
 def _versions(stack: Stack) -> int:
     from mlflow.tracking import MlflowClient
 
     return len(MlflowClient(stack.tracking_uri).search_model_versions("name='clinrisk'"))
 
 
-# Known regression, found when session 5 merged the registry rework (model logged from code, idempotent
-# registration): against a server whose object store is broken, `clinrisk register` exits 0 and registers a
-# version. strict: the day it is fixed, this marker fails and must go. Issue 14 stays open for it.
-@pytest.mark.xfail(strict=True, reason="register against a broken object store exits 0 (issue 14, open)")
+# The bundle is the pipeline's, already registered through the good server: registration reuses its version
+# and uploads nothing, so what fails it is reading that version's files back through this server
+# (registry.check_stored_model). That check was missing after the registry rework, and this exited 0.
 @pytest.mark.parametrize(
     "case,port,values,secret",
     [
@@ -402,6 +413,7 @@ def test_broken_object_store_registers_nothing(
         )  # fmt: skip
         assert status == 200, f"{case}: the second server does not answer its API: {status} {body[:300]}"
         before = _versions(stack)
+        alias_before = _challenger(stack)
         bundle = next(pipeline["dir"].rglob("bundle/model.txt"), None) or next(
             pipeline["dir"].rglob("model.txt")
         )
@@ -413,6 +425,8 @@ def test_broken_object_store_registers_nothing(
         )  # fmt: skip
         line = _one_error_line(out)
         assert f"http://{host}: cannot register clinrisk" in line, line
+        assert "(artifact store mlflow-artifacts:/" in line, line  # names the store, not only the server
         assert _versions(stack) == before
+        assert _challenger(stack) == alias_before
     finally:
         bad.stop()
