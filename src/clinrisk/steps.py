@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clinrisk.config import ClinriskConfig, load_config, save_config
 from clinrisk.errors import ConfigError, DataError
 from clinrisk.io import SHARD_DIR_RE, atomic_output_dir, read_json, write_json
+from clinrisk.stages.catalog import Catalog, MetricLogger, log_numeric
 from clinrisk.usecases.base import UseCase
 
 CONFIG_FILE = "config.yaml"
-MetricLogger = Callable[[str, float], None]
 
 
 def _load(config_dir: str | Path) -> ClinriskConfig:
@@ -30,20 +29,6 @@ def _usecase(cfg: ClinriskConfig) -> UseCase:
     from clinrisk.usecases import get
 
     return get(cfg.run.usecase)
-
-
-def _log_numeric(log: MetricLogger | None, metrics: dict[str, Any], prefix: str = "") -> None:
-    """Send the numeric leaves of a (nested) metrics dict to a KFP Metrics logger."""
-    if log is None:
-        return
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            _log_numeric(log, value, f"{name}.")
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int | float) and value == value:  # skip NaN
-            log(name, float(value))
 
 
 def resolve_config_step(
@@ -256,7 +241,8 @@ def merge_data_step(
         Path(report_file).parent.mkdir(parents=True, exist_ok=True)
         Path(report_file).write_text(note + render_report_md(report))
         keys = ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
-        _log_numeric(log_metric, {k: report[k] for k in keys if k in report})
+        if log_metric is not None:
+            log_numeric(log_metric, {k: report[k] for k in keys if k in report})
         return dict(report)
     usecase = _usecase(cfg)
     with atomic_output_dir(Path(raw_out)) as raw_tmp, atomic_output_dir(Path(validated_out)) as val_tmp:
@@ -281,14 +267,9 @@ def merge_data_step(
         datacache.publish(cfg, plan, Path(raw_out), Path(validated_out), report)
     Path(report_file).parent.mkdir(parents=True, exist_ok=True)
     Path(report_file).write_text(render_report_md(report))
-    _log_numeric(
-        log_metric,
-        {
-            k: report[k]
-            for k in ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
-            if k in report
-        },
-    )
+    if log_metric is not None:
+        keys = ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
+        log_numeric(log_metric, {k: report[k] for k in keys if k in report})
     return dict(report)
 
 
@@ -423,18 +404,29 @@ def merge_features_step(
 # --------------------------------------------------------------------------- selection + training
 
 
+def _catalog(
+    paths: dict[str, str | Path | None],
+    mlflow_run_id: str = "",
+    log_metric: MetricLogger | None = None,
+    **extra: Any,
+) -> Catalog:
+    """The stage catalog of one KFP task: its input and output artefact paths by logical name."""
+    return Catalog(
+        {}, mlflow_run_id, log_metric, {k: v for k, v in extra.items() if v is not None}
+    ).with_paths(**paths)
+
+
 def select_features_step(
     config_dir: str | Path,
     features_dir: str | Path,
     out_dir: str | Path,
     log_metric: MetricLogger | None = None,
 ) -> dict[str, Any]:
-    """Feature selection under the memory budget; writes selected_features.json."""
-    from clinrisk.selection import select_features, summary_metrics
+    """Feature selection under the memory budget; writes selected_features.json (:mod:`clinrisk.stages.select`)."""
+    from clinrisk.stages import select
 
-    doc = select_features(_load(config_dir), Path(features_dir), Path(out_dir))
-    _log_numeric(log_metric, summary_metrics(doc))
-    return dict(doc)
+    io = _catalog({"features": features_dir, "selection": out_dir}, log_metric=log_metric)
+    return dict(select.run(_load(config_dir), io))
 
 
 def train_step(
@@ -445,27 +437,16 @@ def train_step(
     out_dir: str | Path,
     log_metric: MetricLogger | None = None,
 ) -> dict[str, Any]:
-    """Train on the selected features, calibrate, choose τ, write the bundle; log validation metrics."""
-    from clinrisk.selection import features_for_training
-    from clinrisk.train import train_model
+    """Train on the selected features, calibrate, choose τ, write the bundle; log validation metrics
+    (:mod:`clinrisk.stages.train`)."""
+    from clinrisk.stages import train
 
-    cfg = _load(config_dir)
-    selection = Path(selection_dir)
-    selected = features_for_training(selection, cfg.select.apply) if selection.exists() else None
-    result = train_model(cfg, Path(features_dir), Path(out_dir), selected)
-    metrics = result["metrics"] if isinstance(result.get("metrics"), dict) else {}
-    _log_numeric(log_metric, metrics)
-    if mlflow_run_id:
-        from clinrisk.tracking import log_to_run
-
-        log_to_run(cfg, mlflow_run_id, metrics=_flat_numeric(metrics), artifacts={"bundle": Path(out_dir)})
-    return dict(result)
-
-
-def _flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    _log_numeric(out.__setitem__, metrics)
-    return out
+    io = _catalog(
+        {"features": features_dir, "selection": selection_dir, "model_bundle": out_dir},
+        mlflow_run_id,
+        log_metric,
+    )
+    return dict(train.run(_load(config_dir), io))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -483,36 +464,22 @@ def evaluate_step(
     report_html_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate on the test split; report as Markdown (+ HTML), headline metrics, ROC + confusion matrix for
-    the UI."""
-    from clinrisk.evaluate import classification_metrics_data, evaluate_model
-    from clinrisk.report import markdown_to_html, self_contained_markdown
+    the UI (:mod:`clinrisk.stages.evaluate`)."""
+    from clinrisk.stages import evaluate
 
-    cfg = _load(config_dir)
-    result = evaluate_model(cfg, Path(bundle_dir), Path(features_dir), Path(out_dir))
-    # The UI's Markdown/HTML artifacts are single files viewed in a browser: images travel inside them as
-    # data URIs (a container path would not load there).
-    report_md = self_contained_markdown(Path(out_dir) / "report.md")
-    Path(report_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(report_file).write_text(report_md)
-    if report_html_file is not None:
-        Path(report_html_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_html_file).write_text(markdown_to_html(report_md, "clinrisk evaluation report"))
-    _log_numeric(log_metric, result["headline"])
-    if classification is not None:
-        data = classification_metrics_data(result)
-        roc = data["roc"]
-        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
-        cm = data["confusion_matrix"]
-        classification.log_confusion_matrix(cm["categories"], cm["matrix"])
-    if mlflow_run_id:
-        from clinrisk.tracking import headline_description, log_report_files, log_to_run, set_description
-
-        # test.* beside training's validation.*; the report and plots, never predictions.parquet (row-level
-        # data with true labels).
-        log_to_run(cfg, mlflow_run_id, metrics=result["headline"], prefix="test")
-        log_report_files(Path(out_dir), "evaluation", mlflow_run_id)
-        set_description(mlflow_run_id, headline_description(cfg, result["headline"]))
-    return dict(result)
+    io = _catalog(
+        {
+            "model_bundle": bundle_dir,
+            "features": features_dir,
+            "evaluation": out_dir,
+            "report_md": report_file,
+            "report_html": report_html_file,
+        },
+        mlflow_run_id,
+        log_metric,
+        classification=classification,
+    )
+    return dict(evaluate.run(_load(config_dir), io))
 
 
 # --------------------------------------------------------------------------- registry + deploy
