@@ -24,6 +24,7 @@ MetricLogger = Callable[[str, float], None]
 # logical name -> location under a run folder (CLI). The artefacts the stages exchange.
 RUN_LAYOUT: dict[str, str] = {
     "raw": "raw",
+    "truth": "raw/truth",
     "validated": "validated",
     "features": "features",
     "feature_spec": "features/feature_spec.json",
