@@ -142,6 +142,7 @@ def test_features_cli_and_kfp_steps_write_the_same_dataset(tmp_path: Path) -> No
     one task per shard, merge) give byte-identical feature shards, spec and summary."""
     from clinrisk.config import load_config, save_config
     from clinrisk.io import list_shards
+    from clinrisk.paths import RunPaths
     from clinrisk.steps import (
         CONFIG_FILE,
         build_features_shard_step,
@@ -161,7 +162,7 @@ def test_features_cli_and_kfp_steps_write_the_same_dataset(tmp_path: Path) -> No
     cfg = load_config(
         repo / "configs/clinical/tiny.yaml", [*sets, f"run.output_dir={tmp_path}", "run.workers=1"]
     )
-    root = tmp_path / "default"
+    root = RunPaths.for_config(cfg).root  # where the CLI's catalog looks without flags
     generate_raw(cfg, root / "raw", workers=1, progress=False)
     validate_dataset(cfg, root / "raw", root, workers=1)
     config_dir = tmp_path / "config"
