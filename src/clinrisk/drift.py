@@ -275,10 +275,7 @@ def drift_report(
     n_eff = float(w.sum() ** 2 / np.sum(w**2)) if n and w.sum() > 0 else 0.0
     if weights is not None and standardisation is None:
         standardisation = {"by": [], "effective_rows": n_eff}
-    wsum = float(w.sum())
-
-    def wmean(mask: Any) -> float:
-        return float(np.sum(w[mask]) / wsum) if wsum > 0 else 0.0
+    weighted = weights is not None
 
     rows: list[dict[str, Any]] = []
     absent: list[str] = []
@@ -287,85 +284,137 @@ def drift_report(
         if name not in logged.columns:
             absent.append(name)
             continue
-        col = logged[name]
-        trend = is_calendar_trend(name, mc.calendar_trend_features)
-        std = name in std_by
-        fw = None if (weights is None or std) else w  # a standardising feature: its raw shift
-        entry: dict[str, Any] = {"feature": name, "type": ref.get("type", "numeric"), "calendar_trend": trend}
-        if std:
-            entry["standardised"] = True
-        if ref.get("type") == "categorical":
-            levels = [str(x) for x in ref["levels"]]
-            r = np.append(
-                np.asarray(ref["shares"], dtype=np.float64) * (1 - ref["missing_share"]), ref["missing_share"]
-            )
-            c = categorical_shares(col, levels, fw)
-            entry["missing_share"] = float(c[-1])
-        else:
-            x = col.cast(pl.Float64).fill_null(float("nan")).to_numpy()
-            ok = np.isfinite(x)
-            if ref.get("edges"):
-                r = reference_numeric_shares(ref)
-                c = numeric_bin_shares(x, ref["edges"], fw)
-            else:  # constant or all-missing in training: present-vs-missing only
-                miss = float(ref.get("missing_share") or 0.0)
-                r = np.array([1 - miss, miss])
-                present = (wmean(ok) if fw is not None else float(ok.mean())) if n else 0.0
-                c = np.array([present, 1 - present if n else 0.0])
-            lo, hi = ref.get("min"), ref.get("max")
-            out = np.zeros(n, dtype=bool)
-            if lo is not None and hi is not None:
-                out = ok & ((x < lo) | (x > hi))
-            if not trend and not std:
-                oor_any |= out
-            if not n:
-                entry["out_of_range_share"] = entry["missing_share"] = 0.0
-            elif fw is None:
-                entry["out_of_range_share"] = float(out.mean())
-                entry["missing_share"] = float((~ok).mean())
-            else:
-                entry["out_of_range_share"] = wmean(out)
-                entry["missing_share"] = wmean(~ok)
-            fin_w = (fw if fw is not None else np.ones(n))[ok]
-            entry["mean"] = (
-                float(np.sum(x[ok] * fin_w) / fin_w.sum()) if ok.any() and fin_w.sum() > 0 else None
-            )
-            entry["reference_mean"] = ref.get("mean")
-        entry["reference_missing_share"] = float(ref.get("missing_share") or 0.0)
-        entry["psi"] = psi(r, c, mc.psi_floor) if n else float("nan")
-        entry["drifted"] = bool(n and entry["psi"] > mc.psi_feature_bound)
+        entry, out = _feature_drift(name, ref, logged[name], mc, w if weighted else None)
+        if out is not None and not entry["calendar_trend"] and not entry.get("standardised"):
+            oor_any |= out
         rows.append(entry)
     rows.sort(key=lambda e: -(e["psi"] if math.isfinite(e["psi"]) else -1))
+    score = _score_drift(reference, logged, score_column, mc, w if weighted else None)
+    oor_rate = (_weighted_share(w, oor_any) if weighted else float(oor_any.mean())) if n else 0.0
+    verdict = _decide(rows, score, mc, n, n_eff if weighted else None)
+    finite = [e["psi"] for e in rows if math.isfinite(e["psi"])]
+    return {
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "n_rows": n,
+        "n_features_compared": len(rows),
+        "features_absent_from_log": absent,
+        "features": rows,
+        "max_feature_psi": max(finite) if finite else None,
+        "n_drifted_features": len(verdict["drifted"]),
+        "drifted_features": verdict["drifted"],
+        "score": score,
+        "drifted_calendar_trend_features": [
+            e["feature"] for e in rows if e["drifted"] and e["calendar_trend"]
+        ],
+        "out_of_range_rate": oor_rate,
+        "max_feature_out_of_range": verdict["max_oor"],
+        "max_out_of_range_feature": verdict["worst"],
+        "calendar_trend_features": [e["feature"] for e in rows if e["calendar_trend"]],
+        "standardisation": standardisation,
+        "bounds": mc.model_dump(mode="json"),
+        "decision": verdict["decision"],
+        "reasons": verdict["reasons"],
+    }
 
-    score: dict[str, Any] = {"available": False}
+
+def _weighted_share(w: FloatArray, mask: Any) -> float:
+    """The weighted share of the rows in ``mask`` (0 when the weights sum to 0)."""
+    wsum = float(w.sum())
+    return float(np.sum(w[mask]) / wsum) if wsum > 0 else 0.0
+
+
+def _feature_drift(
+    name: str, ref: dict[str, Any], col: pl.Series, mc: MonitoringConfig, w: FloatArray | None
+) -> tuple[dict[str, Any], npt.NDArray[np.bool_] | None]:
+    """One feature's drift entry (PSI vs the reference bins, missing and out-of-range shares, mean) and, for
+    a numeric feature, its rows outside the training range. ``w``: the row weights when weighted."""
+    n = col.len()
+    trend = is_calendar_trend(name, mc.calendar_trend_features)
+    std = name in mc.standardise_by
+    fw = None if (w is None or std) else w  # a standardising feature: its raw shift
+    entry: dict[str, Any] = {"feature": name, "type": ref.get("type", "numeric"), "calendar_trend": trend}
+    if std:
+        entry["standardised"] = True
+    out: npt.NDArray[np.bool_] | None = None
+    if ref.get("type") == "categorical":
+        levels = [str(x) for x in ref["levels"]]
+        r = np.append(
+            np.asarray(ref["shares"], dtype=np.float64) * (1 - ref["missing_share"]), ref["missing_share"]
+        )
+        c = categorical_shares(col, levels, fw)
+        entry["missing_share"] = float(c[-1])
+    else:
+        x = col.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        ok = np.isfinite(x)
+        if ref.get("edges"):
+            r = reference_numeric_shares(ref)
+            c = numeric_bin_shares(x, ref["edges"], fw)
+        else:  # constant or all-missing in training: present-vs-missing only
+            miss = float(ref.get("missing_share") or 0.0)
+            r = np.array([1 - miss, miss])
+            present = (_weighted_share(fw, ok) if fw is not None else float(ok.mean())) if n else 0.0
+            c = np.array([present, 1 - present if n else 0.0])
+        lo, hi = ref.get("min"), ref.get("max")
+        out = np.zeros(n, dtype=bool)
+        if lo is not None and hi is not None:
+            out = ok & ((x < lo) | (x > hi))
+        if not n:
+            entry["out_of_range_share"] = entry["missing_share"] = 0.0
+        elif fw is None:
+            entry["out_of_range_share"] = float(out.mean())
+            entry["missing_share"] = float((~ok).mean())
+        else:
+            entry["out_of_range_share"] = _weighted_share(fw, out)
+            entry["missing_share"] = _weighted_share(fw, ~ok)
+        fin_w = (fw if fw is not None else np.ones(n))[ok]
+        entry["mean"] = float(np.sum(x[ok] * fin_w) / fin_w.sum()) if ok.any() and fin_w.sum() > 0 else None
+        entry["reference_mean"] = ref.get("mean")
+    entry["reference_missing_share"] = float(ref.get("missing_share") or 0.0)
+    entry["psi"] = psi(r, c, mc.psi_floor) if n else float("nan")
+    entry["drifted"] = bool(n and entry["psi"] > mc.psi_feature_bound)
+    return entry, out
+
+
+def _score_drift(
+    reference: dict[str, Any],
+    logged: pl.DataFrame,
+    score_column: str,
+    mc: MonitoringConfig,
+    w: FloatArray | None,
+) -> dict[str, Any]:
+    """PSI and KS of the logged score vs the reference's score bins ({"available": False} without both)."""
     sref = reference.get("score") or {}
-    if score_column in logged.columns and n:
-        s = logged[score_column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-        edges = sref.get("edges") or []
-        if edges:
-            r = np.asarray(sref["shares"], dtype=np.float64)
-            sw = None if weights is None else w
-            c = numeric_bin_shares(s, edges, sw)[:-1]
-            c = c / max(c.sum(), 1e-12)
-            sok = np.isfinite(s)
-            score = {
-                "available": True,
-                "psi": psi(r, c, mc.psi_floor),
-                "ks": ks_at_edges(r, s, edges, sw),
-                "mean": float(np.sum(s[sok] * w[sok]) / max(w[sok].sum(), 1e-12)),
-                "reference_mean": sref.get("mean"),
-                "n_bins": len(edges) + 1,
-            }
+    edges = sref.get("edges") or []
+    if score_column not in logged.columns or not logged.height or not edges:
+        return {"available": False}
+    s = logged[score_column].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    r = np.asarray(sref["shares"], dtype=np.float64)
+    c = numeric_bin_shares(s, edges, w)[:-1]
+    c = c / max(c.sum(), 1e-12)
+    sok = np.isfinite(s)
+    ww = w if w is not None else np.ones(s.size)
+    return {
+        "available": True,
+        "psi": psi(r, c, mc.psi_floor),
+        "ks": ks_at_edges(r, s, edges, w),
+        "mean": float(np.sum(s[sok] * ww[sok]) / max(ww[sok].sum(), 1e-12)),
+        "reference_mean": sref.get("mean"),
+        "n_bins": len(edges) + 1,
+    }
 
+
+def _decide(
+    rows: list[dict[str, Any]], score: dict[str, Any], mc: MonitoringConfig, n: int, n_eff: float | None
+) -> dict[str, Any]:
+    """The decision and its reasons from the counted features (neither calendar-trend nor standardising),
+    the score and the out-of-range shares; ``n_eff`` is the effective row count when weighted."""
     counted = [e for e in rows if not e["calendar_trend"] and not e.get("standardised")]
     drifted = [e["feature"] for e in counted if e["drifted"]]
-    drifted_trend = [e["feature"] for e in rows if e["drifted"] and e["calendar_trend"]]
-    oor_rate = (wmean(oor_any) if weights is not None else float(oor_any.mean())) if n else 0.0
     oor_feats = [e for e in counted if "out_of_range_share" in e]
     worst = max(oor_feats, key=lambda e: e["out_of_range_share"], default=None)
     max_oor = float(worst["out_of_range_share"]) if worst is not None else 0.0
     reasons: list[str] = []
-    if weights is not None and n_eff < mc.min_rows:
+    if n_eff is not None and n_eff < mc.min_rows:
         decision = INSUFFICIENT
         reasons.append(f"only {n_eff:.0f} effective (weighted) rows (< monitoring.min_rows = {mc.min_rows})")
     elif n < mc.min_rows:
@@ -387,26 +436,12 @@ def drift_report(
                 f"{worst['feature']}: out-of-training-range share {max_oor:.4f} > {mc.out_of_range_bound:g}"
             )
         decision = RETRAIN if reasons else OK
-    finite = [e["psi"] for e in rows if math.isfinite(e["psi"])]
     return {
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "n_rows": n,
-        "n_features_compared": len(rows),
-        "features_absent_from_log": absent,
-        "features": rows,
-        "max_feature_psi": max(finite) if finite else None,
-        "n_drifted_features": len(drifted),
-        "drifted_features": drifted,
-        "score": score,
-        "drifted_calendar_trend_features": drifted_trend,
-        "out_of_range_rate": oor_rate,
-        "max_feature_out_of_range": max_oor,
-        "max_out_of_range_feature": worst["feature"] if worst is not None else None,
-        "calendar_trend_features": [e["feature"] for e in rows if e["calendar_trend"]],
-        "standardisation": standardisation,
-        "bounds": mc.model_dump(mode="json"),
         "decision": decision,
         "reasons": reasons,
+        "drifted": drifted,
+        "max_oor": max_oor,
+        "worst": worst["feature"] if worst is not None else None,
     }
 
 

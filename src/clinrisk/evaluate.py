@@ -66,7 +66,8 @@ def load_test_frame(features_dir: Path, split: str = "test") -> pl.DataFrame:
     return df
 
 
-def _categories(features_dir: Path) -> dict[str, list[str]]:
+def dataset_categories(features_dir: Path) -> dict[str, list[str]]:
+    """The categorical levels the features dataset's frozen spec lists ({} without a spec)."""
     spec = Path(features_dir) / "feature_spec.json"
     if not spec.is_file():
         return {}
@@ -641,12 +642,23 @@ def _feature_names(bundle: Any) -> Sequence[str]:
 def evaluate_model(
     cfg: ClinriskConfig, bundle_dir: Path, features_dir: Path, out_dir: Path
 ) -> dict[str, Any]:
-    """Score the test split with the bundle and publish the full evaluation into ``out_dir``."""
+    """Score the test split with the bundle and publish the full evaluation into ``out_dir``. (The pipeline
+    stage is :func:`clinrisk.stages.evaluate.run`; this is the same for callers holding three paths.)"""
     from clinrisk.bundle import load_bundle
 
     bundle = load_bundle(Path(bundle_dir))
-    categories = _categories(Path(features_dir)) or dict(bundle.spec.get("categories") or {})
     df = load_test_frame(Path(features_dir))
+    result, p = evaluate_bundle(cfg, bundle, df, dataset_categories(Path(features_dir)))
+    result["bundle_dir"] = str(bundle_dir)
+    return write_outputs(result, df, p, Path(out_dir))
+
+
+def evaluate_bundle(
+    cfg: ClinriskConfig, bundle: Any, df: pl.DataFrame, categories: dict[str, list[str]]
+) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
+    """The evaluate stage's core: score the test frame ``df`` with ``bundle`` and evaluate; returns the
+    result and the probabilities. ``categories`` are the features dataset's (the bundle's spec if empty)."""
+    categories = categories or dict(bundle.spec.get("categories") or {})
     p = np.asarray(bundle.predict_proba(df), dtype=np.float64).reshape(-1)
     # The bundle is the only truth after training: τ, the p_t it was chosen for, and the feature window.
     thr: dict[str, Any] = dict(bundle.threshold_info)
@@ -665,5 +677,4 @@ def evaluate_model(
         contrib=_bundle_contrib(bundle),
     )
     result["threshold"] = thr
-    result["bundle_dir"] = str(bundle_dir)
-    return write_outputs(result, df, p, Path(out_dir))
+    return result, p

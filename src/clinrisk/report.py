@@ -299,6 +299,29 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
     L += ["", "## Overall metrics", ""]
     L += _metrics_table(result)
     L += _top_k_table(result)
+    L += _oracle_section(result)
+    for name in PLOTS[:4]:
+        if name in plots:
+            L += ["", f"![{name}]({plots[name]})"]
+    L += _patient_level_section(result)
+    L += _slices_section(result, plots)
+    L += _blind_spot_section(result)
+    L += _error_analysis_section(result)
+    L += _top_errors_section(result)
+    L += [
+        "",
+        "---",
+        "Definitions: O/E = Σy / Σp̂ (>1 = under-prediction); ICI = mean |p̂ − isotonic-smoothed observed|; "
+        "expected AUC and excess Brier are label-draw-free (docs/science.md §1.9). Label-noise FPs are alerts "
+        "with Y_rec = 0 but Y_true = 1.",
+        "",
+    ]
+    return "\n".join(L)
+
+
+def _oracle_section(result: dict[str, Any]) -> list[str]:
+    """The oracle-ceiling table (tier A: the generator's p^A); none without an oracle."""
+    L: list[str] = []
     orc = result.get("oracle", {})
     if orc:
         tl = orc.get("true_label_panel", {})
@@ -327,9 +350,12 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
             f"{_f(orc.get('auc_gap_realised', float('nan')))} |",
             f"| excess Brier mean (p̂ − p^A)² | {_f(orc['excess_brier'], 4)} | 0 |",
         ]
-    for name in PLOTS[:4]:
-        if name in plots:
-            L += ["", f"![{name}]({plots[name]})"]
+    return L
+
+
+def _patient_level_section(result: dict[str, Any]) -> list[str]:
+    """Patient-level detection: sensitivity within k years, lead time, false alarms."""
+    L: list[str] = []
     pl_ = result.get("patient_level")
     if pl_:
         L += [
@@ -352,6 +378,12 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
         L.append(
             f"| false alerts / 1000 patient-years | {_f(pl_['false_alerts_per_1000_patient_years'], 1)} |"
         )
+    return L
+
+
+def _slices_section(result: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    """The slice table, the dropped slices and the slice plot."""
+    L: list[str] = []
     slices = result.get("slices", [])
     if slices:
         L += [
@@ -383,6 +415,12 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
             ]
         if "slices" in plots:
             L += ["", f"![slices]({plots['slices']})"]
+    return L
+
+
+def _blind_spot_section(result: dict[str, Any]) -> list[str]:
+    """The label-noise blind spot by insurance."""
+    L: list[str] = []
     bs = result.get("label_noise_blind_spot", [])
     if bs:
         L += [
@@ -397,6 +435,12 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
                 f"| {r['level']} | {_pct(r['prevalence_true'])} | {_pct(r['prevalence_recorded'])} | "
                 f"{_f(r['oe_true'], 2)} | {_f(r['oe_recorded'], 2)} | {_f(r['gap'], 2)} |"
             )
+    return L
+
+
+def _error_analysis_section(result: dict[str, Any]) -> list[str]:
+    """Error analysis at τ: the FP decomposition and the crosstabs by band."""
+    L: list[str] = []
     ea = result.get("error_analysis", {})
     if ea:
         fp = ea["fp_decomposition"]
@@ -422,6 +466,12 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
                     f"({_pct(r['fn_rate_true'])}) | {_pct(r['fn_share_true'])} | "
                     f"{_pct(r['positive_share_true'])} | {r['fp_rec']} | {r['fp_true']} |"
                 )
+    return L
+
+
+def _top_errors_section(result: dict[str, Any]) -> list[str]:
+    """The highest-risk false positives and lowest-risk false negatives, with SHAP."""
+    L: list[str] = []
     te = result.get("top_errors", {})
     for name, rows in te.items():
         if not rows:
@@ -438,15 +488,7 @@ def render_report(result: dict[str, Any], plots: dict[str, str] | None = None) -
                 f"| {r['patient_id']} | {r['year']} | {_f(r['probability'])} | {r['eval_label_true']} | "
                 f"{contrib or 'n/a'} |"
             )
-    L += [
-        "",
-        "---",
-        "Definitions: O/E = Σy / Σp̂ (>1 = under-prediction); ICI = mean |p̂ − isotonic-smoothed observed|; "
-        "expected AUC and excess Brier are label-draw-free (docs/science.md §1.9). Label-noise FPs are alerts "
-        "with Y_rec = 0 but Y_true = 1.",
-        "",
-    ]
-    return "\n".join(L)
+    return L
 
 
 # ------------------------------------------------------------------------------------------------ plots

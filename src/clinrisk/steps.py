@@ -1,25 +1,26 @@
-"""Path-level entry points of every pipeline step: what the KFP components (and the CLI) call.
+"""Path-level entry points of every pipeline step: what the KFP components call.
 
-Each function takes directories (KFP artifact paths), loads the run's config artifact, and calls the stage
-function of the library. Per-shard steps let ``dsl.ParallelFor`` fan out one pod per shard; the merge steps
-collect shards back into one dataset directory.
+Each function takes directories (KFP artifact paths) and loads the run's config artifact. The converted
+stages (select, train, evaluate) are thin adapters: they build the stage's :class:`~clinrisk.stages.Catalog`
+from the task's artifact paths and call ``clinrisk.stages.<stage>.run`` -- the same ``run`` the CLI command
+calls. The others (generate, validate, features, register, deploy) still orchestrate here. Per-shard steps
+let ``dsl.ParallelFor`` fan out one pod per shard; the merge steps collect shards back into one dataset.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clinrisk.config import ClinriskConfig, load_config, save_config
 from clinrisk.errors import ConfigError, DataError
-from clinrisk.io import SHARD_DIR_RE, atomic_output_dir, read_json, write_json
+from clinrisk.io import atomic_output_dir, read_json, write_json
+from clinrisk.stages.catalog import Catalog, MetricLogger, log_numeric
+from clinrisk.stages.shards import copy_shards
 from clinrisk.usecases.base import UseCase
 
 CONFIG_FILE = "config.yaml"
-MetricLogger = Callable[[str, float], None]
 
 
 def _load(config_dir: str | Path) -> ClinriskConfig:
@@ -30,20 +31,6 @@ def _usecase(cfg: ClinriskConfig) -> UseCase:
     from clinrisk.usecases import get
 
     return get(cfg.run.usecase)
-
-
-def _log_numeric(log: MetricLogger | None, metrics: dict[str, Any], prefix: str = "") -> None:
-    """Send the numeric leaves of a (nested) metrics dict to a KFP Metrics logger."""
-    if log is None:
-        return
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            _log_numeric(log, value, f"{name}.")
-        elif isinstance(value, bool):
-            continue
-        elif isinstance(value, int | float) and value == value:  # skip NaN
-            log(name, float(value))
 
 
 def resolve_config_step(
@@ -64,28 +51,6 @@ def resolve_config_step(
     out = Path(out_dir)
     cfg = resolve(params, out)
     save_config(cfg, out / CONFIG_FILE)
-
-
-def copy_shards(part_dirs: list[str | Path], subdir: str, dest: Path) -> int:
-    """Copy every ``shard=NNN`` directory found under ``<part>/<subdir>`` into ``dest``; returns the count.
-
-    Two parts holding the same shard is an error (a shard must be produced exactly once).
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for part in part_dirs:
-        src_root = Path(part) / subdir if subdir else Path(part)
-        if not src_root.is_dir():
-            raise DataError(f"{src_root}: expected shard directory not found")
-        for child in sorted(src_root.iterdir()):
-            if not SHARD_DIR_RE.match(child.name):
-                continue
-            target = dest / child.name
-            if target.exists():
-                raise DataError(f"{child.name}: produced by more than one task ({part})")
-            shutil.copytree(child, target)
-            n += 1
-    return n
 
 
 # --------------------------------------------------------------------------- tracking + generation
@@ -256,7 +221,8 @@ def merge_data_step(
         Path(report_file).parent.mkdir(parents=True, exist_ok=True)
         Path(report_file).write_text(note + render_report_md(report))
         keys = ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
-        _log_numeric(log_metric, {k: report[k] for k in keys if k in report})
+        if log_metric is not None:
+            log_numeric(log_metric, {k: report[k] for k in keys if k in report})
         return dict(report)
     usecase = _usecase(cfg)
     with atomic_output_dir(Path(raw_out)) as raw_tmp, atomic_output_dir(Path(validated_out)) as val_tmp:
@@ -281,14 +247,9 @@ def merge_data_step(
         datacache.publish(cfg, plan, Path(raw_out), Path(validated_out), report)
     Path(report_file).parent.mkdir(parents=True, exist_ok=True)
     Path(report_file).write_text(render_report_md(report))
-    _log_numeric(
-        log_metric,
-        {
-            k: report[k]
-            for k in ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
-            if k in report
-        },
-    )
+    if log_metric is not None:
+        keys = ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
+        log_numeric(log_metric, {k: report[k] for k in keys if k in report})
     return dict(report)
 
 
@@ -325,23 +286,12 @@ def validate_shard_step(
 # --------------------------------------------------------------------------- features
 
 
-def _spec(spec_dir: str | Path) -> Any:
-    from clinrisk.feature_table import FeatureSpec
-
-    return FeatureSpec.from_json(Path(spec_dir) / "feature_spec.json")
-
-
 def fit_feature_spec_step(config_dir: str | Path, validated_dir: str | Path, out_dir: str | Path) -> None:
-    """Freeze the feature spec (the use case's definition; categories from training-split entities only)."""
-    from clinrisk.usecase_io import scan_validated
+    """Freeze the feature spec into ``out_dir/feature_spec.json`` (:func:`clinrisk.stages.features.fit_spec`)."""
+    from clinrisk.stages import features
 
-    cfg = _load(config_dir)
-    usecase = _usecase(cfg)
-    spec = usecase.features.fit_spec(cfg, scan_validated(usecase, Path(validated_dir)))
-    if spec.usecase != usecase.name:
-        raise DataError(f"use case {usecase.name!r}: fit_spec returned a spec for {spec.usecase!r}")
-    with atomic_output_dir(Path(out_dir)) as tmp:
-        (tmp / "feature_spec.json").write_text(spec.to_json())
+    io = _catalog({"validated": validated_dir, "feature_spec": Path(out_dir) / features.SPEC_FILE})
+    features.fit_spec(_load(config_dir), io)
 
 
 def build_features_shard_step(
@@ -352,75 +302,45 @@ def build_features_shard_step(
     shard: int,
     out_dir: str | Path,
 ) -> None:
-    """The feature table of one shard (the use case's feature + label function; eval_* columns from the
-    truth when the data are generated), checked against the feature-table contract before it is written."""
-    import polars as pl
-
-    from clinrisk.feature_table import check_feature_table
-    from clinrisk.io import shard_file
-    from clinrisk.usecase_io import scan_validated, shard_summary, write_table
+    """The feature table of one shard (:func:`clinrisk.stages.features.build_shard`; the truth shards are
+    the raw dataset's, when it has them)."""
+    from clinrisk.stages import features
     from clinrisk.usecases.base import TRUTH_TABLE
 
-    cfg = _load(config_dir)
-    usecase = _usecase(cfg)
-    spec = _spec(spec_dir)
-    truth_file = shard_file(Path(raw_dir) / TRUTH_TABLE, shard)
-    with_truth = truth_file.is_file()
-    tables = scan_validated(usecase, Path(validated_dir), shard)
-    truth = pl.scan_parquet(truth_file) if with_truth else None
-    out = shard_file(Path(out_dir), shard)
-    table = usecase.features.build(cfg, tables, spec, truth).collect(engine="streaming")
-    check_feature_table(table.schema, spec, where=str(out))
-    # Optional use-case hooks: a stricter check of the table (clinical: its pandera feature schema) and
-    # extra per-shard outputs + summary fields (clinical: the unit-quarantine table and unit counts).
-    check = getattr(usecase.features, "check_table", None)
-    if check is not None:
-        check(table, spec, str(out))
-    extras = getattr(usecase.features, "shard_extras", None)
-    side, extra_summary = extras(cfg, tables) if extras is not None else ({}, {})
-    with atomic_output_dir(Path(out_dir)) as tmp:
-        write_table(table, shard_file(tmp, shard))
-        for name, frame in side.items():
-            write_table(frame, shard_file(tmp / name, shard))
-        summary = {**shard_summary(table, shard, with_truth), **extra_summary, "with_truth": with_truth}
-        write_json(tmp / "summary.json", summary)
+    io = _catalog(
+        {
+            "feature_spec": Path(spec_dir) / features.SPEC_FILE,
+            "validated": validated_dir,
+            "truth": Path(raw_dir) / TRUTH_TABLE,
+            "features_shard": out_dir,
+        }
+    )
+    features.build_shard(_load(config_dir), io, shard)
 
 
 def merge_features_step(
     config_dir: str | Path, spec_dir: str | Path, part_dirs: list[str | Path], out_dir: str | Path
 ) -> dict[str, Any]:
-    """Collect feature shards (and the use case's side tables, e.g. the clinical unit quarantine) with the
-    spec, the use case's schema document (if it has one) and the summary."""
-    from clinrisk.features_stage import feature_summary
+    """Collect the feature shards into one dataset (:func:`clinrisk.stages.features.merge`)."""
+    from clinrisk.stages import features
 
-    cfg = _load(config_dir)
-    usecase = _usecase(cfg)
-    spec = _spec(spec_dir)
-    parts = [read_json(Path(p) / "summary.json") for p in part_dirs]
-    side = sorted(
-        {
-            c.name
-            for p in part_dirs
-            for c in Path(p).iterdir()
-            if c.is_dir() and not SHARD_DIR_RE.match(c.name)
-        }
-    )
-    with atomic_output_dir(Path(out_dir)) as tmp:
-        copy_shards(part_dirs, "", tmp)
-        for name in side:
-            copy_shards(part_dirs, name, tmp / name)
-        shard_dirs = sorted(p.name for p in tmp.iterdir() if SHARD_DIR_RE.match(p.name))
-        with_truth = all(p["with_truth"] for p in parts)
-        (tmp / "feature_spec.json").write_text(spec.to_json())
-        schema_document = getattr(usecase.features, "schema_document", None)
-        if schema_document is not None:
-            write_json(tmp / "feature_schema.json", schema_document(spec, with_truth))
-        summary = {"usecase": usecase.name, **feature_summary(spec, cfg, parts, shard_dirs, with_truth)}
-        write_json(tmp / "summary.json", summary)
-    return summary
+    io = _catalog({"feature_spec": Path(spec_dir) / features.SPEC_FILE, "features": out_dir})
+    return features.merge(_load(config_dir), io, [Path(p) for p in part_dirs])
 
 
 # --------------------------------------------------------------------------- selection + training
+
+
+def _catalog(
+    paths: dict[str, str | Path | None],
+    mlflow_run_id: str = "",
+    log_metric: MetricLogger | None = None,
+    **extra: Any,
+) -> Catalog:
+    """The stage catalog of one KFP task: its input and output artefact paths by logical name."""
+    return Catalog(
+        {}, mlflow_run_id, log_metric, {k: v for k, v in extra.items() if v is not None}
+    ).with_paths(**paths)
 
 
 def select_features_step(
@@ -429,12 +349,11 @@ def select_features_step(
     out_dir: str | Path,
     log_metric: MetricLogger | None = None,
 ) -> dict[str, Any]:
-    """Feature selection under the memory budget; writes selected_features.json."""
-    from clinrisk.selection import select_features, summary_metrics
+    """Feature selection under the memory budget; writes selected_features.json (:mod:`clinrisk.stages.select`)."""
+    from clinrisk.stages import select
 
-    doc = select_features(_load(config_dir), Path(features_dir), Path(out_dir))
-    _log_numeric(log_metric, summary_metrics(doc))
-    return dict(doc)
+    io = _catalog({"features": features_dir, "selection": out_dir}, log_metric=log_metric)
+    return dict(select.run(_load(config_dir), io))
 
 
 def train_step(
@@ -445,27 +364,16 @@ def train_step(
     out_dir: str | Path,
     log_metric: MetricLogger | None = None,
 ) -> dict[str, Any]:
-    """Train on the selected features, calibrate, choose τ, write the bundle; log validation metrics."""
-    from clinrisk.selection import features_for_training
-    from clinrisk.train import train_model
+    """Train on the selected features, calibrate, choose τ, write the bundle; log validation metrics
+    (:mod:`clinrisk.stages.train`)."""
+    from clinrisk.stages import train
 
-    cfg = _load(config_dir)
-    selection = Path(selection_dir)
-    selected = features_for_training(selection, cfg.select.apply) if selection.exists() else None
-    result = train_model(cfg, Path(features_dir), Path(out_dir), selected)
-    metrics = result["metrics"] if isinstance(result.get("metrics"), dict) else {}
-    _log_numeric(log_metric, metrics)
-    if mlflow_run_id:
-        from clinrisk.tracking import log_to_run
-
-        log_to_run(cfg, mlflow_run_id, metrics=_flat_numeric(metrics), artifacts={"bundle": Path(out_dir)})
-    return dict(result)
-
-
-def _flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    _log_numeric(out.__setitem__, metrics)
-    return out
+    io = _catalog(
+        {"features": features_dir, "selection": selection_dir, "model_bundle": out_dir},
+        mlflow_run_id,
+        log_metric,
+    )
+    return dict(train.run(_load(config_dir), io))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -483,36 +391,22 @@ def evaluate_step(
     report_html_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate on the test split; report as Markdown (+ HTML), headline metrics, ROC + confusion matrix for
-    the UI."""
-    from clinrisk.evaluate import classification_metrics_data, evaluate_model
-    from clinrisk.report import markdown_to_html, self_contained_markdown
+    the UI (:mod:`clinrisk.stages.evaluate`)."""
+    from clinrisk.stages import evaluate
 
-    cfg = _load(config_dir)
-    result = evaluate_model(cfg, Path(bundle_dir), Path(features_dir), Path(out_dir))
-    # The UI's Markdown/HTML artifacts are single files viewed in a browser: images travel inside them as
-    # data URIs (a container path would not load there).
-    report_md = self_contained_markdown(Path(out_dir) / "report.md")
-    Path(report_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(report_file).write_text(report_md)
-    if report_html_file is not None:
-        Path(report_html_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_html_file).write_text(markdown_to_html(report_md, "clinrisk evaluation report"))
-    _log_numeric(log_metric, result["headline"])
-    if classification is not None:
-        data = classification_metrics_data(result)
-        roc = data["roc"]
-        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
-        cm = data["confusion_matrix"]
-        classification.log_confusion_matrix(cm["categories"], cm["matrix"])
-    if mlflow_run_id:
-        from clinrisk.tracking import headline_description, log_report_files, log_to_run, set_description
-
-        # test.* beside training's validation.*; the report and plots, never predictions.parquet (row-level
-        # data with true labels).
-        log_to_run(cfg, mlflow_run_id, metrics=result["headline"], prefix="test")
-        log_report_files(Path(out_dir), "evaluation", mlflow_run_id)
-        set_description(mlflow_run_id, headline_description(cfg, result["headline"]))
-    return dict(result)
+    io = _catalog(
+        {
+            "model_bundle": bundle_dir,
+            "features": features_dir,
+            "evaluation": out_dir,
+            "report_md": report_file,
+            "report_html": report_html_file,
+        },
+        mlflow_run_id,
+        log_metric,
+        classification=classification,
+    )
+    return dict(evaluate.run(_load(config_dir), io))
 
 
 # --------------------------------------------------------------------------- registry + deploy

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import lightgbm as lgb
 
     from clinrisk.config import ClinriskConfig
+    from clinrisk.feature_table import FeatureSpec
 
 log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
@@ -541,38 +542,60 @@ def train_model(
 ) -> dict[str, Any]:
     """Train, calibrate on validation, choose τ, and publish the bundle atomically at ``out_dir``.
 
-    Returns ``{"metadata": ..., "metrics": ..., "threshold": ...}`` (what tracking logs).
+    Returns ``{"metadata": ..., "metrics": ..., "threshold": ...}`` (what tracking logs). (The pipeline stage
+    is :func:`clinrisk.stages.train.run`; this is the same for callers holding two paths.)
     """
+    spec, shards, provenance = load_training_inputs(Path(features_dir))
+    parts = fit_bundle(cfg, spec, shards, provenance, selected_features, where=str(features_dir))
+    return publish_bundle(cfg, parts, Path(out_dir))
+
+
+def load_training_inputs(features_dir: Path) -> tuple[FeatureSpec, list[Path], dict[str, str]]:
+    """The frozen spec, the checked shard files (whole Parquet, typed as the spec says, else DataError) and
+    the provenance hashes of a features dataset."""
+    from clinrisk.feature_table import FeatureSpec
+    from clinrisk.io import check_feature_shards
+
+    spec = FeatureSpec.from_json(features_dir / SPEC_FILE)
+    shards = check_feature_shards(features_dir)
+    return spec, shards, data_hash(features_dir, shards)
+
+
+def fit_bundle(
+    cfg: ClinriskConfig,
+    spec: FeatureSpec,
+    shards: list[Path],
+    provenance: dict[str, str],
+    selected_features: list[str] | None = None,
+    where: str = "features",
+) -> dict[str, Any]:
+    """The train stage's core: fit, calibrate on validation, choose τ; returns the bundle's parts (the
+    keyword arguments of :func:`clinrisk.bundle.write_bundle` but ``cfg``). Reads the shards row group by
+    row group (out of core), writes nothing; ``where`` names the dataset in errors."""
     import lightgbm as lgb
 
     from clinrisk.calibration import apply_calibration, fit_calibration, select_calibration
-    from clinrisk.feature_table import FeatureSpec
-    from clinrisk.io import atomic_output_dir, check_feature_shards
     from clinrisk.ood import fit_from_splits
     from clinrisk.threshold import select_threshold
 
-    features_dir = Path(features_dir)
-    spec_path = features_dir / SPEC_FILE
-    spec = FeatureSpec.from_json(spec_path)
     feature_names = resolve_features(spec.feature_names, selected_features, spec.forbidden)
     categorical = [n for n in feature_names if n in spec.categories]
     categories = {n: spec.categories[n] for n in categorical}
-    shards = check_feature_shards(features_dir)  # whole Parquet, typed as the spec says, else DataError
 
     rows = scan_splits(shards, feature_names, categories)
     train, stop, val = rows[TRAIN], rows[VALIDATION], rows[CALIBRATION]
     if train.n == 0:
-        raise DataError(f"{features_dir}: no training-split rows with sample_weight > 0")
+        raise DataError(f"{where}: no training-split rows with sample_weight > 0")
     if stop.n == 0 or val.n == 0:
         raise DataError(
-            f"{features_dir}: no validation-split rows in one of its two patient-grouped parts "
+            f"{where}: no validation-split rows in one of its two patient-grouped parts "
             f"(early stopping: {stop.n}, calibration: {val.n}; both are needed)"
         )
     y_tr, w_tr, _ = train.arrays()
     y_st, w_st, _ = stop.arrays()
     y_va, w_va, rec_va = val.arrays()
     if y_tr.sum() <= 0 or y_tr.sum() >= y_tr.size:
-        raise DataError(f"{features_dir}: training labels have a single class")
+        raise DataError(f"{where}: training labels have a single class")
     soft = is_soft(y_tr) or is_soft(y_st) or is_soft(y_va)
     objective = "cross_entropy" if soft or cfg.labels.strategy == "E2" else "binary"
     cw = float(cfg.train.positive_class_weight)
@@ -596,7 +619,7 @@ def train_model(
     if cfg.train.calibration == "select":
         pid_va = val.patient_ids()
         if pid_va.size != z_va.size:
-            raise DataError(f"{features_dir}: train.calibration=select needs the patient_id column")
+            raise DataError(f"{where}: train.calibration=select needs the patient_id column")
         calibration = select_calibration(z_va, y_va, w_va, pid_va)
     else:
         calibration = fit_calibration(z_va, y_va, w_va, method=cfg.train.calibration)  # type: ignore[arg-type]
@@ -643,29 +666,35 @@ def train_model(
         "lightgbm_version": lgb.__version__,
         "lgb_params": params,
         "seed": cfg.run.seed,
-        **data_hash(features_dir, shards),
+        **provenance,
     }
     metadata["data_hash"] = metadata.get("raw_manifest_hash") or metadata["features_hash"]
-    spec_dict = spec.model_dump(mode="json")
+    return {
+        "model_text": model_text,
+        "spec": spec.model_dump(mode="json"),
+        "feature_names": feature_names,
+        "calibration": calibration,
+        "threshold": threshold,
+        "reference": reference,
+        "metrics": metrics,
+        "metadata": metadata,
+        "ood": ood,
+    }
+
+
+def publish_bundle(cfg: ClinriskConfig, parts: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Write the bundle atomically at ``out_dir``; returns ``{"metadata", "metrics", "threshold",
+    "bundle_dir"}`` (what tracking logs)."""
+    from clinrisk.io import atomic_output_dir
+
     with atomic_output_dir(Path(out_dir)) as tmp:
-        meta = write_bundle(
-            tmp,
-            model_text=model_text,
-            spec=spec_dict,
-            feature_names=feature_names,
-            calibration=calibration,
-            threshold=threshold,
-            reference=reference,
-            metrics=metrics,
-            cfg=cfg,
-            metadata=metadata,
-            ood=ood,
-        )
+        meta = write_bundle(tmp, cfg=cfg, **parts)
+    metrics, threshold = parts["metrics"], parts["threshold"]
     log.info(
         "trained %s (%d trees, %s calibration), validation AP %.4f, τ = %.4f",
         meta["bundle_version"],
         meta["num_trees"],
-        calibration["method"],
+        parts["calibration"]["method"],
         metrics["validation"].get("ap", math.nan),
         threshold["value"],
     )

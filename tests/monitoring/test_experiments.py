@@ -334,10 +334,10 @@ def test_run_suite_resume_reruns_only_failed_or_changed(
         return run
 
     sets = ["tracking.tracking_uri=sqlite:///unused.db"]  # a user store: no suite store is prepared
-    monkeypatch.setattr(X, "_run_locally", fake({"B"}))
+    monkeypatch.setattr(X.running, "_run_locally", fake({"B"}))
     first = X.run_suite(suite, extra_overrides=sets, out_dir=tmp_path / "out")
     assert [r["status"] for r in first["runs"]] == ["ok", "failed"] and calls == ["A", "B"]
-    monkeypatch.setattr(X, "_run_locally", fake(set()))
+    monkeypatch.setattr(X.running, "_run_locally", fake(set()))
     second = X.run_suite(suite, extra_overrides=sets, out_dir=tmp_path / "out", resume=True)
     assert calls == ["A", "B", "B"]  # only the failed run ran again
     assert [r["status"] for r in second["runs"]] == ["ok", "ok"] and second["runs"][0].get("resumed")

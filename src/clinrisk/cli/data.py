@@ -38,11 +38,11 @@ def generate(
     cfg = load(config, sets, extra, usecase=usecase)
     target = output_dir(out if out is not None else RunPaths.for_config(cfg).raw)
     m = generate_raw(cfg, target, progress=progress)
-    if "prevalence" not in m:  # another use case: its manifest's own fields
+    prev = m.get("prevalence")
+    if not isinstance(prev, dict):  # another use case (leads: a plain share): its manifest's own fields
         typer.echo(f"generated {m['rows']:,} rows in {m['n_shards']} shards (use case {cfg.run.usecase})")
         typer.echo(f"observed hash {m['observed_hash']}\nwritten to {m['path']}")
         return
-    prev = m["prevalence"]
     typer.echo(
         f"generated {m['rows']:,} rows for {m['patients']:,} patients in {m['n_shards']} shards "
         f"({m['rows_per_patient']:.2f} rows/patient)\n"

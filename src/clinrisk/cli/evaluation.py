@@ -27,13 +27,17 @@ def evaluate(
     out: OutOption = None,
 ) -> None:
     """Evaluate the bundle on the test split against recorded and true labels; write metrics, plots, report."""
-    from clinrisk.evaluate import evaluate_model
     from clinrisk.paths import RunPaths
+    from clinrisk.stages import Catalog
+    from clinrisk.stages import evaluate as evaluate_stage
 
     cfg = load(config, sets)
-    paths = RunPaths.for_config(cfg)
-    out_dir = output_dir(out or paths.evaluation)
-    result = evaluate_model(cfg, bundle or paths.bundle, features or paths.features, out_dir)
+    io = Catalog.for_run(
+        RunPaths.for_config(cfg).root, model_bundle=bundle, features=features, evaluation=out
+    )
+    out_dir = output_dir(io.path("evaluation"))
+    io = io.with_paths(evaluation=out_dir)
+    result = evaluate_stage.run(cfg, io)
     typer.echo(format_headline(result))
     typer.echo(f"wrote {out_dir}/metrics.json, report.md, plots/, predictions.parquet")
 

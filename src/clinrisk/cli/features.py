@@ -1,4 +1,4 @@
-"""`clinrisk features`: a thin wrapper over ``clinrisk.features_stage.build_features_dataset``."""
+"""`clinrisk features`: the features stage (:func:`clinrisk.stages.features.run`, what the KFP steps run)."""
 
 from __future__ import annotations
 
@@ -25,24 +25,25 @@ def features_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="output dir (default: run's features/)")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="processes (default run.workers)")] = None,
 ) -> None:
-    """Build features, labels and splits per shard (fit categories on training rows only)."""
-    from clinrisk.features_stage import build_features_dataset
+    """Build the use case's features, labels and splits per shard (fit categories on training rows only)."""
+    from clinrisk.errors import DataError
     from clinrisk.paths import RunPaths
+    from clinrisk.stages import Catalog
+    from clinrisk.stages import features as features_stage
 
     cfg = load(config, sets)
-    paths = RunPaths.for_config(cfg)
-    validated_dir = validated if validated is not None else paths.validated
-    truth_dir = truth
-    if truth_dir is None and (paths.raw / "truth").is_dir():
-        truth_dir = paths.raw / "truth"
-    out_dir = output_dir(out if out is not None else paths.features)
-    summary = build_features_dataset(cfg, validated_dir, out_dir, truth_dir, workers=workers)
+    if truth is not None and not truth.is_dir():
+        raise DataError(f"{truth}: dataset directory not found")
+    io = Catalog.for_run(RunPaths.for_config(cfg).root, validated=validated, truth=truth, features=out)
+    out_dir = output_dir(io.path("features"))
+    io = io.with_paths(features=out_dir)
+    summary = features_stage.run(cfg, io, workers=workers)
     brief = {
         "out": str(out_dir),
         "rows": summary["rows"],
         "n_features": summary["n_features"],
         "per_split": {k: v["rows"] for k, v in summary["per_split"].items()},
-        "unit_quarantine_rows": summary["unit_quarantine_rows"],
+        "unit_quarantine_rows": summary.get("unit_quarantine_rows"),
         "with_truth": summary["with_truth"],
     }
     typer.echo(json.dumps(brief, indent=2))

@@ -40,20 +40,20 @@ def train(
     out: OutOption = None,
 ) -> None:
     """Train LightGBM on the training split, calibrate and pick τ on validation, write the model bundle."""
+    from clinrisk.errors import DataError
     from clinrisk.paths import RunPaths
-    from clinrisk.selection import SELECTION_FILE, features_for_training
-    from clinrisk.train import train_model
+    from clinrisk.stages import Catalog
+    from clinrisk.stages import train as train_stage
 
     cfg = load(config, sets)
-    paths = RunPaths.for_config(cfg)
-    sel_file = selected if selected is not None else paths.selection / SELECTION_FILE
-    names = (
-        features_for_training(sel_file, cfg.select.apply)
-        if (selected is not None or sel_file.is_file())
-        else None
+    if selected is not None and not selected.exists():
+        raise DataError(f"{selected}: not found")
+    io = Catalog.for_run(
+        RunPaths.for_config(cfg).root, features=features, selection=selected, model_bundle=out
     )
-    out_dir = output_dir(out or paths.bundle)
-    res = train_model(cfg, features or paths.features, out_dir, selected_features=names)
+    out_dir = output_dir(io.path("model_bundle"))
+    io = io.with_paths(model_bundle=out_dir)
+    res = train_stage.run(cfg, io)
     md, v, thr = res["metadata"], res["metrics"]["validation"], res["threshold"]
     typer.echo(
         f"bundle {md['bundle_version']}: {len(md['feature_names'])} features, {md['num_trees']} trees, "

@@ -69,12 +69,14 @@ def select_cmd(
 ) -> None:
     """Select features on a patient-grouped training sample; writes selected_features.json."""
     from clinrisk.paths import RunPaths
-    from clinrisk.selection import SELECTION_FILE, select_features
+    from clinrisk.selection import SELECTION_FILE
+    from clinrisk.stages import Catalog, select
 
     cfg = load(config, sets)
-    paths = RunPaths.for_config(cfg)
-    out_dir = output_dir(out if out is not None else paths.selection)
-    doc = select_features(cfg, features if features is not None else paths.features, out_dir)
+    io = Catalog.for_run(RunPaths.for_config(cfg).root, features=features, selection=out)
+    out_dir = output_dir(io.path("selection"))
+    io = io.with_paths(selection=out_dir)
+    doc = select.run(cfg, io)
     for line in summary_lines(doc):
         typer.echo(line)
     typer.echo(f"selection: {out_dir / SELECTION_FILE}")

@@ -133,6 +133,16 @@ class ClinicalFeatures:
 
     # Optional hooks the framework calls when present (see clinrisk.usecases.base.FeatureDefinition).
 
+    def check_validated(self, table: str, files: list[Path]) -> None:
+        """Validated shards typed as the observed schema, without duplicate (patient_id, year) rows
+        (``clinrisk validate`` quarantines duplicates; another folder handed to the features stage may not)."""
+        from clinrisk.io import check_no_duplicate_keys, check_parquet_files
+        from clinrisk.schemas import OBSERVED_SCHEMA
+
+        check_parquet_files(files, dict(OBSERVED_SCHEMA))
+        for f in files:
+            check_no_duplicate_keys(f, ["patient_id", "year"])
+
     def check_table(self, table: pl.DataFrame, spec: FeatureSpec, where: str) -> None:
         """The clinical pandera feature schema (value ranges per feature family)."""
         from clinrisk.feature_schema import validate_features
