@@ -107,8 +107,12 @@ def compiled_forward(arch: str, depth: int) -> Callable[..., Any]:
 
 
 def compiled_step(p: SegmentationParams, steps_per_epoch: int) -> tuple[Any, Callable[..., Any]]:
-    """(optimizer, jitted train step) for the config's model, loss and LR schedule (cached per process)."""
+    """(optimizer, jitted train step) for the config's model, loss and LR schedule (cached per process).
+
+    A constant LR makes the same program whatever the epoch and step counts, so those are left out of the
+    cache key then: runs that differ only in epochs or data size reuse one compiled step."""
     m, t = p.model, p.train
+    constant = t.schedule == "constant"
     return _compiled_step(
         m.arch,
         m.depth,
@@ -117,9 +121,9 @@ def compiled_step(p: SegmentationParams, steps_per_epoch: int) -> tuple[Any, Cal
         t.tversky_alpha,
         t.schedule,
         t.lr,
-        t.warmup_epochs,
-        t.epochs,
-        steps_per_epoch,
+        0 if constant else t.warmup_epochs,
+        1 if constant else t.epochs,
+        1 if constant else steps_per_epoch,
     )
 
 
