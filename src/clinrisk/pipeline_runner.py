@@ -148,7 +148,15 @@ def pipeline_for(cfg: ClinriskConfig | None) -> tuple[str, Any]:
     from clinrisk.usecases import get
 
     if cfg is not None and get(cfg.run.usecase).model_family == "own":
-        module = importlib.import_module(f"pipelines.{cfg.run.usecase}")
+        try:
+            module = importlib.import_module(f"pipelines.{cfg.run.usecase}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pipelines.{cfg.run.usecase}":
+                raise
+            raise ConfigError(
+                f"use case {cfg.run.usecase!r}: it trains its own model and has no pipeline "
+                f"(pipelines/{cfg.run.usecase}.py)"
+            ) from None
         return str(module.PIPELINE_NAME), module.build_pipeline
     from pipelines.training import build_training_pipeline
 

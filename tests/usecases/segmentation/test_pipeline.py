@@ -73,6 +73,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # one whole pipeline run (11 task processes), shared by the module
 def test_every_step_ran_and_bad_files_were_quarantined(pipeline_run: dict[str, Any]) -> None:
     d = pipeline_run["dir"]
     assert d.name.startswith("clinrisk-segmentation-")
@@ -90,6 +91,7 @@ def test_every_step_ran_and_bad_files_were_quarantined(pipeline_run: dict[str, A
     assert "registered model : models:/segmentation/1" in pipeline_run["output"]
 
 
+@pytest.mark.slow  # one whole pipeline run (11 task processes), shared by the module
 def test_the_dag_trains_the_same_model_as_the_cli_and_registers_it_as_champion(
     pipeline_run: dict[str, Any],
 ) -> None:
@@ -140,6 +142,7 @@ def test_the_pipeline_compiles_for_the_cluster_with_the_segmentation_image(tmp_p
     )
 
 
+@pytest.mark.slow  # one whole pipeline run (11 task processes), shared by the module
 def test_the_deploy_step_rolls_out_a_checkpoint_and_refuses_what_kserve_cannot_fetch(
     pipeline_run: dict[str, Any],
 ) -> None:
@@ -166,3 +169,26 @@ def test_the_deploy_step_rolls_out_a_checkpoint_and_refuses_what_kserve_cannot_f
     with pytest.raises(ro.RolloutError, match="unsupported scheme"):
         deploy_canary_step(config_dir, "models:/segmentation/1", "", "", 10, api=api)
     assert api.patches == []
+
+
+def test_a_use_case_with_its_own_model_but_no_pipeline_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    from clinrisk.errors import ConfigError
+    from clinrisk.pipeline_runner import pipeline_for
+
+    cfg = load_config(TINY, [f"run.output_dir={tmp_path}"])
+    assert pipeline_for(cfg)[0] == "clinrisk-segmentation"
+    assert pipeline_for(load_config(None, [f"run.output_dir={tmp_path}"]))[0] == "clinrisk-training"
+    real = importlib.import_module
+
+    def without_segmentation_pipeline(name: str, package: str | None = None) -> Any:
+        if name == "pipelines.segmentation":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", without_segmentation_pipeline)
+    with pytest.raises(ConfigError, match="trains its own model and has no pipeline"):
+        pipeline_for(cfg)
