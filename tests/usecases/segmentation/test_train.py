@@ -155,3 +155,22 @@ def test_infer_cli_writes_masks_and_refuses_a_non_image(
     result = runner.invoke(app, [*common, str(bad), "--out", str(tmp_path / "o2")])
     assert result.exit_code == 2 and result.stderr.startswith("error: ") and "not a readable" in result.stderr
     assert result.stderr.strip().count("\n") == 0 and result.stdout == ""
+
+
+def test_pipeline_steps_keep_compiled_programs_under_the_run_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jax
+
+    from clinrisk.usecases.segmentation.training import COMPILE_CACHE_ENV, use_compile_cache
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    assert not use_compile_cache(tmp_path / "xla")  # the environment's choice (here: the session's) wins
+    assert jax.config.jax_compilation_cache_dir == before[0] and not (tmp_path / "xla").exists()
+    monkeypatch.delenv(COMPILE_CACHE_ENV)
+    try:
+        assert use_compile_cache(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])

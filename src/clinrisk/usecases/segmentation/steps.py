@@ -31,6 +31,7 @@ MetricLogger = Callable[[str, float], None]
 TRAIN_METRICS = "train_metrics.json"
 EVAL_METRICS = "metrics.json"
 REPORT = "report.md"
+XLA_CACHE = "xla-cache"
 
 
 def _config(config_dir: str | Path) -> ClinriskConfig:
@@ -58,6 +59,14 @@ def _kfp_metrics(log: MetricLogger | None, metrics: dict[str, Any]) -> None:
             log(k, float(v))
 
 
+def _compile_cache(cfg: ClinriskConfig) -> None:
+    """One XLA cache per run root (``<output_dir>/<run.name>/xla-cache``), shared by the model steps."""
+    from clinrisk.paths import RunPaths
+    from clinrisk.usecases.segmentation.training import use_compile_cache
+
+    use_compile_cache(RunPaths.for_config(cfg).root / XLA_CACHE)
+
+
 def _client(cfg: ClinriskConfig) -> Any:
     from clinrisk.tracking import configure, mlflow_client
 
@@ -79,6 +88,7 @@ def train_step(
     from clinrisk.usecases.segmentation.tracking import ARTIFACT_DIR, log_epochs, log_final, log_params
 
     cfg = _config(config_dir)
+    _compile_cache(cfg)
     p = params(cfg)
     data = load_validated_image_set(Path(validated_dir), p)
     with atomic_output_dir(Path(model_dir)) as tmp:
@@ -112,6 +122,7 @@ def evaluate_step(
     from clinrisk.usecases.segmentation.tracking import ARTIFACT_DIR, log_final
 
     cfg = _config(config_dir)
+    _compile_cache(cfg)
     p = params(cfg)
     fitted = _read(Path(model_dir) / TRAIN_METRICS)
     data = load_validated_image_set(Path(validated_dir), p)
@@ -166,6 +177,7 @@ def register_step(
     cfg = _config(config_dir)
     if not mlflow_run_id:
         return str(Path(model_dir))
+    _compile_cache(cfg)  # the champion is re-scored with the same forward pass
     p = params(cfg)
     evaluation = _read(Path(evaluation_dir) / EVAL_METRICS)
     data = load_validated_image_set(Path(validated_dir), p)

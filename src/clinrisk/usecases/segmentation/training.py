@@ -9,9 +9,11 @@ gives the same metrics (tested). The best checkpoint is the epoch with the highe
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,6 +98,24 @@ def score(prob: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, An
         "iou_per_image": iou,
         "confidence": confidence(prob, threshold),
     }
+
+
+COMPILE_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def use_compile_cache(folder: Path) -> bool:
+    """Keep XLA's compiled programs in ``folder`` (unless ``JAX_COMPILATION_CACHE_DIR`` names another one);
+    returns whether it did. The pipeline's train, evaluate and register steps are separate processes that
+    compile the same forward pass, and a later run of the same model reuses them too. A cached executable is
+    the same program, so results are unchanged. Call before the first compilation of the process."""
+    import jax
+
+    if os.environ.get(COMPILE_CACHE_ENV):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return True
 
 
 @functools.lru_cache(maxsize=8)
