@@ -139,6 +139,30 @@ def ensure_docker_image(image: str) -> None:
         client.close()
 
 
+def pipeline_for(cfg: ClinriskConfig | None) -> tuple[str, Any]:
+    """(pipeline name, builder) of the config's use case: the training pipeline, or for a use case with its
+    own model family (``UseCase.model_family == "own"``) its own DAG, ``pipelines/<usecase>.py``
+    (``PIPELINE_NAME`` + ``build_pipeline``, the same parameters and signature)."""
+    import importlib
+
+    from clinrisk.usecases import get
+
+    if cfg is not None and get(cfg.run.usecase).model_family == "own":
+        try:
+            module = importlib.import_module(f"pipelines.{cfg.run.usecase}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pipelines.{cfg.run.usecase}":
+                raise
+            raise ConfigError(
+                f"use case {cfg.run.usecase!r}: it trains its own model and has no pipeline "
+                f"(pipelines/{cfg.run.usecase}.py)"
+            ) from None
+        return str(module.PIPELINE_NAME), module.build_pipeline
+    from pipelines.training import build_training_pipeline
+
+    return PIPELINE_NAME, build_training_pipeline
+
+
 def pipeline_arguments(cfg: ClinriskConfig, deploy: bool = False) -> dict[str, Any]:
     """Pipeline parameters: the whole effective config as YAML text (one source of truth; it replaces the
     UI's named config, see clinrisk.pipeline_params) plus deploy knobs."""
@@ -169,16 +193,16 @@ def run_local(
     unless ``verbose``.
     """
     import kfp.local
-    from pipelines.training import build_training_pipeline
 
     cfg = effective_local_config(config_path, list(overrides or []))
+    pipeline_name, build_pipeline = pipeline_for(cfg)
     run_root = RunPaths.for_config(cfg).root.resolve()
     run_root.mkdir(parents=True, exist_ok=True)
     if runner not in ("subprocess", "docker"):
         raise ConfigError(f"--runner: unknown runner {runner!r} (subprocess or docker)")
     arguments = pipeline_arguments(cfg)
     config_sha = hashlib.sha256(arguments["config_yaml"].encode()).hexdigest()
-    source = resolve_resume(run_root, resume, config_sha) if resume else None
+    source = resolve_resume(run_root, resume, config_sha, pipeline_name) if resume else None
     run_id = rc.new_run_id()
     dirs = rc.RunDirs(run_root, run_id)
     tracking_uri = str(cfg.tracking.tracking_uri) if cfg.tracking.enabled else None
@@ -221,12 +245,12 @@ def run_local(
             dirs.logs,
             out,
             verbose=verbose,
-            shard_total=lambda: plan_shard_count(dirs),
+            shard_total=lambda: plan_shard_count(dirs, pipeline_name),
             interrupted=lambda: stop.signum is not None,
         )
         failure: str | None = None
         task: Any = None
-        pipeline = build_training_pipeline(parallelism=cfg.run.workers, resources=cfg.pipeline.resources)
+        pipeline = build_pipeline(parallelism=cfg.run.workers, resources=cfg.pipeline.resources)
         try:
             with (
                 signal_handlers(stop),
@@ -257,7 +281,7 @@ def run_local(
         finally:
             stop.close()
             router.close_files()
-        pipeline_dir = _pipeline_dir(dirs)
+        pipeline_dir = _pipeline_dir(dirs, pipeline_name)
         if stop.signum is not None:
             task_cache.record_hashes(dirs.cache, dirs.dir, written_before=stop.at)
             _finish_failed(dirs, tracking_uri, rc.INTERRUPTED, "KILLED", f"signal {stop.signum}")
@@ -266,11 +290,11 @@ def run_local(
             task_cache.record_hashes(dirs.cache, dirs.dir)
             _finish_failed(dirs, tracking_uri, rc.FAILED, "FAILED", failure or "no output")
             raise StageError(
-                f"pipeline {PIPELINE_NAME} failed: {ANSI.sub('', failure or 'no output')} "
+                f"pipeline {pipeline_name} failed: {ANSI.sub('', failure or 'no output')} "
                 f"(run {run_id}; task logs in {dirs.logs}; resume with --resume {run_id})"
             )
         if pipeline_dir is None:
-            raise StageError(f"pipeline {PIPELINE_NAME}: no run directory under {dirs.dir}")
+            raise StageError(f"pipeline {pipeline_name}: no run directory under {dirs.dir}")
         model_uri = str(task.output)
         task_cache.record_hashes(dirs.cache, dirs.dir)  # any run can be resumed from, later
         rc.move_latest(run_root, pipeline_dir)
@@ -340,18 +364,18 @@ def _add_env(docker_args: dict[str, Any], env: dict[str, str]) -> None:
         docker_args["environment"] = {**(current or {}), **env}
 
 
-def _pipeline_dir(dirs: rc.RunDirs) -> Path | None:
-    """kfp.local's folder for this run: the only ``clinrisk-training-*`` under the run's own root."""
-    found = sorted(p for p in dirs.dir.glob(f"{PIPELINE_NAME}-*") if p.is_dir())
+def _pipeline_dir(dirs: rc.RunDirs, name: str = PIPELINE_NAME) -> Path | None:
+    """kfp.local's folder for this run: the only ``<pipeline name>-*`` under the run's own root."""
+    found = sorted(p for p in dirs.dir.glob(f"{name}-*") if p.is_dir())
     if len(found) > 1:
         raise StageError(f"{dirs.dir}: more than one pipeline folder ({', '.join(p.name for p in found)})")
     return found[0] if found else None
 
 
-def plan_shard_count(dirs: rc.RunDirs) -> int | None:
+def plan_shard_count(dirs: rc.RunDirs, pipeline_name: str = PIPELINE_NAME) -> int | None:
     """The plan's shard count once plan-generation has written it, for the progress bars: in this run's
     folder, or (a resumed run, plan-generation served from the cache) where its cache entry points."""
-    pipeline_dir = _pipeline_dir(dirs)
+    pipeline_dir = _pipeline_dir(dirs, pipeline_name)
     candidates = [pipeline_dir / "plan-generation" / "plan"] if pipeline_dir else []
     candidates += [
         Path(uri)
@@ -384,11 +408,13 @@ def _finish_failed(
     rc.write_record(dirs, status=status, finished=rc.now_iso(), reason=ANSI.sub("", reason)[:500])
 
 
-def resolve_resume(run_root: Path, resume: str, config_sha: str) -> ResumeSource:
+def resolve_resume(
+    run_root: Path, resume: str, config_sha: str, pipeline_name: str = PIPELINE_NAME
+) -> ResumeSource:
     """The earlier run ``--resume`` names (its id, or its folder), checked to have the same config."""
     candidate = Path(resume)
     rid = candidate.name if candidate.is_absolute() or "/" in resume else resume
-    if rid.startswith(f"{PIPELINE_NAME}-"):
+    if rid.startswith(f"{pipeline_name}-"):
         rid = candidate.parent.name
     dirs = rc.RunDirs(run_root, rid)
     doc = rc.read_record(dirs.record)
@@ -414,12 +440,11 @@ class ResumeSource:
 def compile_pipeline(out_file: Path, parallelism: int = 2, cfg: ClinriskConfig | None = None) -> Path:
     """Write the pipeline IR YAML (no server needed); pod resources from ``cfg.pipeline`` (or the defaults)."""
     from kfp import compiler
-    from pipelines.training import build_training_pipeline
 
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     resources = cfg.pipeline.resources if cfg is not None else None
-    compiler.Compiler().compile(build_training_pipeline(parallelism, resources), str(out_file))
+    compiler.Compiler().compile(pipeline_for(cfg)[1](parallelism, resources), str(out_file))
     return out_file
 
 
@@ -438,7 +463,7 @@ def submit_pipeline(
 
     cfg = load_config(config_path, list(overrides or []))
     package = compile_pipeline(
-        Path(package_dir) / "clinrisk-training.yaml", parallelism=cfg.run.workers, cfg=cfg
+        Path(package_dir) / f"{pipeline_for(cfg)[0]}.yaml", parallelism=cfg.run.workers, cfg=cfg
     )
     arguments = pipeline_arguments(cfg, deploy=deploy)
     name = run_name or f"{cfg.serving.model_name}-{cfg.run.name}"

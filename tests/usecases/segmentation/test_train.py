@@ -73,6 +73,8 @@ def test_mlflow_run_has_epochs_artifacts_and_the_registry_champion(trained: tupl
     client = MlflowClient(tracking_uri(cfg), registry_uri=tracking_uri(cfg))
     hist = client.get_metric_history(metrics["mlflow_run_id"], "val_dice")
     assert sorted(m.step for m in hist) == [1, 2]
+    final = client.get_run(metrics["mlflow_run_id"]).data.metrics
+    assert final["final.val_dice"] == pytest.approx(metrics["val_dice"]) and "final.best_epoch" in final
     arts = {a.path for a in client.list_artifacts(metrics["mlflow_run_id"], "segmentation")}
     assert {"segmentation/best.npz", "segmentation/learning_curves.png", "segmentation/overlays.png"} <= arts
     assert metrics["promoted"] and metrics["promotion_reason"] == "no champion yet"
@@ -131,27 +133,44 @@ def test_corrupt_checkpoint_is_one_line_and_exit_2(tmp_path: Path, trained: tupl
 def test_infer_cli_writes_masks_and_refuses_a_non_image(
     tmp_path: Path, trained: tuple[Any, dict, Path]
 ) -> None:
+    """In this process (the compiled model is reused); the process boundary is the test above's."""
+    from typer.testing import CliRunner
+
+    from clinrisk.cli import build_app
     from clinrisk.usecases.segmentation.imaging import decode_gray, encode_png
 
     _, _, ckpt = trained
     img = tmp_path / "scan_1.png"
     img.write_bytes(encode_png((np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)))
-    proc = _cli(
-        "infer",
-        "--config",
-        str(TINY),
-        "--ckpt",
-        str(ckpt),
-        str(img),
-        "--out",
-        str(tmp_path / "o"),
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr
-    rec = json.loads(proc.stdout)[0]
+    runner, app = CliRunner(), build_app()
+    common = ["segmentation", "infer", "--config", str(TINY), "--ckpt", str(ckpt)]
+    result = runner.invoke(app, [*common, str(img), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    rec = json.loads(result.stdout)[0]
     assert decode_gray((tmp_path / "o" / "scan_1_mask.png").read_bytes()).shape == (40, 48)
     assert 0.0 <= rec["confidence"] <= 1.0
+    assert json.loads((tmp_path / "o" / "predictions.json").read_text()) == json.loads(result.stdout)
     bad = tmp_path / "bad.png"
     bad.write_text("hello")
-    proc = _cli("infer", "--config", str(TINY), "--ckpt", str(ckpt), str(bad), cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "not a readable" in proc.stderr
+    result = runner.invoke(app, [*common, str(bad), "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ") and "not a readable" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and result.stdout == ""
+
+
+def test_pipeline_steps_keep_compiled_programs_under_the_run_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jax
+
+    from clinrisk.usecases.segmentation.training import COMPILE_CACHE_ENV, use_compile_cache
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    assert not use_compile_cache(tmp_path / "xla")  # the environment's choice (here: the session's) wins
+    assert jax.config.jax_compilation_cache_dir == before[0] and not (tmp_path / "xla").exists()
+    monkeypatch.delenv(COMPILE_CACHE_ENV)
+    try:
+        assert use_compile_cache(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])

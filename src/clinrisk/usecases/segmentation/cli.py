@@ -1,4 +1,4 @@
-"""``clinrisk segmentation train|eval|infer|experiments|serve``: the use case's own model commands.
+"""``clinrisk segmentation train|eval|infer|experiments|serve|manifest``: the use case's own model commands.
 
 Mounted on the root app as a Typer sub-app (its model is not the shared LightGBM, so ``clinrisk train``
 does not apply). Every command takes ``--config`` (default ``configs/segmentation/default.yaml``) and
@@ -105,6 +105,28 @@ def serve_cmd(ckpt: CkptOption, config: ConfigOption = None, sets: SetOption = N
 
     cfg = _load(config, sets)
     serve(ckpt, cfg.serving, params(cfg).serve)  # type: ignore[attr-defined,arg-type]
+
+
+@app.command("manifest")
+@handle_errors
+def manifest_cmd(
+    model_uri: Annotated[
+        str, typer.Option("--model-uri", help="models:/segmentation/<version|@alias> or a storage URI")
+    ],
+    image: Annotated[str | None, typer.Option("--image", help="predictor image (default: see docs)")] = None,
+    config: ConfigOption = None,
+    sets: SetOption = None,
+) -> None:
+    """Print the predictor's InferenceService (YAML) for `kubectl apply`; then roll new versions out with
+    `clinrisk rollout canary|promote|rollback --config configs/segmentation/default.yaml`."""
+    import yaml
+
+    from clinrisk.usecases.segmentation.deploy import inference_service
+    from clinrisk.usecases.segmentation.steps import checkpoint_storage_uri
+
+    cfg = _load(config, sets)
+    doc = inference_service(cfg, checkpoint_storage_uri(cfg, model_uri), image)  # type: ignore[arg-type]
+    typer.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
 
 
 def register(root: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,8 +52,26 @@ def load_image_set(cfg: ClinriskConfig, p: SegmentationParams) -> ImageSet:
         res = schema.validate(cfg, RawShard(raw), 0)
         validated.append(res.tables[TABLE])
         quarantined.append(res.quarantine[TABLE])
-    table = pl.concat(validated).sort("image_id")
-    quarantine = pl.concat(quarantined).drop("image", "mask")
+    return image_set(pl.concat(validated), pl.concat(quarantined), p)
+
+
+def load_validated_image_set(validated_root: Path, p: SegmentationParams) -> ImageSet:
+    """The image set of a validated dataset folder (the pipeline's merge-data output: ``shard=NNN`` files of
+    the manifest with its image bytes, and ``quarantine/shard=NNN``)."""
+    from clinrisk.io import list_shards
+
+    root = Path(validated_root)
+    table = pl.concat([pl.read_parquet(f) for f in list_shards(root)])
+    q_root = root / "quarantine"
+    quarantine = pl.concat([pl.read_parquet(f) for f in list_shards(q_root)]) if q_root.is_dir() else None
+    return image_set(table, quarantine, p)
+
+
+def image_set(table: pl.DataFrame, quarantine: pl.DataFrame | None, p: SegmentationParams) -> ImageSet:
+    """Decode validated rows (any order) into the model's arrays, sorted by image id; the data hash covers
+    every image id and its image and mask bytes."""
+    table = table.sort("image_id")
+    quarantine = quarantine.drop("image", "mask", strict=False) if quarantine is not None else pl.DataFrame()
     if table.height == 0:
         raise DataError(f"segmentation data: no valid image ({quarantine.height} quarantined)")
     side = p.data.train_size

@@ -52,6 +52,13 @@ RAW_COLUMNS = {
     "image": pl.Binary,
     "mask": pl.Binary,
 }
+TRUTH_COLUMNS = {
+    "image_id": pl.String,
+    "patient_id": pl.Int64,
+    "n_lesions": pl.Int32,
+    "lesion_pixels": pl.Int64,
+    "lesion_contrast": pl.Float64,
+}
 LABELS = LabelDefinition(
     description="pixel-wise lesion mask of a 2D grayscale image (Dice primary, IoU secondary)",
     horizon="the image itself (no time horizon)",
@@ -85,7 +92,12 @@ class SegmentationSource:
     tables: tuple[str, ...] = TABLES
 
     def plan(self, cfg: ClinriskConfig) -> dict[str, Any]:
-        g = params(cfg).generate
+        """Patient blocks of the generator; with ``data.source`` set, one shard that reads that folder (so
+        the platform's generate → validate stages and the pipeline ingest a real dataset the same way)."""
+        p = params(cfg)
+        if p.data.source is not None:
+            return {"n_shards": 1, "source": str(p.data.source), "seed": cfg.run.seed}
+        g = p.generate
         n_shards = math.ceil(g.n_patients / g.patients_per_shard)
         blocks = [
             [s * g.patients_per_shard, min(g.patients_per_shard, g.n_patients - s * g.patients_per_shard)]
@@ -94,6 +106,10 @@ class SegmentationSource:
         return {"n_shards": n_shards, "blocks": blocks, "seed": cfg.run.seed}
 
     def generate_shard(self, cfg: ClinriskConfig, plan: Mapping[str, Any], shard: int) -> RawShard:
+        if plan.get("source") is not None:
+            # Real images have no generator truth; an empty truth table keeps the shard layout the same.
+            table = self.ingest(cfg, Path(plan["source"]))[TABLE].collect()
+            return RawShard({TABLE: table}, pl.DataFrame(schema=TRUTH_COLUMNS))
         g = params(cfg).generate
         first, n = plan["blocks"][shard]
         rows, truth = [], []
@@ -121,16 +137,7 @@ class SegmentationSource:
                     }
                 )
         table = pl.DataFrame(rows, schema=RAW_COLUMNS)
-        truth_df = pl.DataFrame(
-            truth,
-            schema={
-                "image_id": pl.String,
-                "patient_id": pl.Int64,
-                "n_lesions": pl.Int32,
-                "lesion_pixels": pl.Int64,
-                "lesion_contrast": pl.Float64,
-            },
-        )
+        truth_df = pl.DataFrame(truth, schema=TRUTH_COLUMNS)
         return RawShard({TABLE: table}, truth_df)
 
     def manifest(

@@ -60,13 +60,29 @@ def per_image_frame(data: ImageSet, scores: dict[str, Any]) -> pl.DataFrame:
 
 def train_run(cfg: ClinriskConfig, track: bool = True, promote: bool = True) -> dict[str, Any]:
     """Load + validate the images, split by patient, train, write the run directory, track, register."""
-    from clinrisk.usecases.segmentation import figures
-    from clinrisk.usecases.segmentation.training import predict_proba, score, train
-
     p = params(cfg)
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     data = load_image_set(cfg, p)
+    fitted = fit_checkpoint(cfg, p, data, out)
+    scored, va = score_checkpoint(cfg, p, data, out / CHECKPOINT, out)
+    metrics = {**scored, **fitted}
+    _json(out / "metrics.json", metrics)
+    if track and cfg.tracking.enabled:
+        from clinrisk.usecases.segmentation.tracking import track_training
+
+        history = json.loads((out / "history.json").read_text())
+        metrics.update(track_training(cfg, p, out, history, metrics, va, promote=promote))
+        _json(out / "metrics.json", metrics)
+    return metrics
+
+
+def fit_checkpoint(cfg: ClinriskConfig, p: SegmentationParams, data: ImageSet, out: Path) -> dict[str, Any]:
+    """Split by patient, train, and write into ``out``: manifest + quarantine, split.json, the best
+    checkpoint, history.json and the learning curves; returns the training metrics."""
+    from clinrisk.usecases.segmentation import figures
+    from clinrisk.usecases.segmentation.training import train
+
     data.manifest.write_parquet(out / "manifest.parquet")
     data.quarantine.write_parquet(out / "quarantine.parquet")
     tr_rows, va_rows = split_rows(data, p.train.val_fraction, cfg.run.seed)
@@ -82,6 +98,7 @@ def train_run(cfg: ClinriskConfig, track: bool = True, promote: bool = True) -> 
         },
     )
     result = train(p, cfg.run.seed, tr.images, tr.masks, va.images, va.masks)
+    best = result.history[result.best_epoch - 1]
     header = {
         "arch": p.model.arch,
         "base_channels": p.model.base_channels,
@@ -89,20 +106,14 @@ def train_run(cfg: ClinriskConfig, track: bool = True, promote: bool = True) -> 
         "train_size": p.data.train_size,
         "threshold": p.train.threshold,
         "best_epoch": result.best_epoch,
-        "val_dice": result.history[result.best_epoch - 1]["val_dice"],
+        "val_dice": best["val_dice"],
         "data_hash": data.data_hash,
         "run_name": cfg.run.name,
     }
     save_checkpoint(out / CHECKPOINT, result.params, header)
-    forward, best_params, _ = load_model(out / CHECKPOINT)
-    prob = predict_proba(forward, best_params, va.images)
-    va_scores = score(prob, va.masks, p.train.threshold)
-    per_image = per_image_frame(va, va_scores)
-    per_image.write_parquet(out / "per_image.parquet")
-    best = result.history[result.best_epoch - 1]
-    metrics = {
-        "val_dice": va_scores["dice"],
-        "val_iou": va_scores["iou"],
+    _json(out / "history.json", result.history)
+    figures.learning_curves(result.history, out / "learning_curves.png", cfg.run.name)
+    return {
         "train_dice": best["train_dice"],
         "train_iou": best["train_iou"],
         "best_epoch": result.best_epoch,
@@ -116,18 +127,37 @@ def train_run(cfg: ClinriskConfig, track: bool = True, promote: bool = True) -> 
         "data_hash": data.data_hash,
         "ckpt_sha256": load_checkpoint(out / CHECKPOINT)[1]["sha256"],
     }
-    _json(out / "history.json", result.history)
-    _json(out / "metrics.json", metrics)
-    figures.learning_curves(result.history, out / "learning_curves.png", cfg.run.name)
-    figures.overlays(
-        va.images, va.masks, prob, p.train.threshold, va.manifest["image_id"].to_list(), out / "overlays.png"
-    )
-    if track and cfg.tracking.enabled:
-        from clinrisk.usecases.segmentation.tracking import track_training
 
-        metrics.update(track_training(cfg, p, out, result.history, metrics, va, promote=promote))
-        _json(out / "metrics.json", metrics)
-    return metrics
+
+def score_checkpoint(
+    cfg: ClinriskConfig, p: SegmentationParams, data: ImageSet, ckpt: Path, out: Path
+) -> tuple[dict[str, Any], ImageSet]:
+    """Score the checkpoint on the validation patients (the same split as training) and write
+    per_image.parquet and overlays.png into ``out``; returns (metrics, validation images)."""
+    from clinrisk.usecases.segmentation import figures
+    from clinrisk.usecases.segmentation.training import predict_proba, score
+
+    forward, model_params, header = load_model(ckpt)
+    if int(header["train_size"]) != p.data.train_size:
+        raise DataError(
+            f"{ckpt}: trained at {header['train_size']} px; the config's data.train_size is {p.data.train_size}"
+        )
+    _, va_rows = split_rows(data, p.train.val_fraction, cfg.run.seed)
+    va = data.subset(va_rows)
+    threshold = float(header["threshold"])
+    prob = predict_proba(forward, model_params, va.images)
+    va_scores = score(prob, va.masks, threshold)
+    per_image_frame(va, va_scores).write_parquet(out / "per_image.parquet")
+    figures.overlays(
+        va.images, va.masks, prob, threshold, va.manifest["image_id"].to_list(), out / "overlays.png"
+    )
+    metrics = {
+        "val_dice": va_scores["dice"],
+        "val_iou": va_scores["iou"],
+        "val_images": int(va_rows.size),
+        "mean_confidence": float(np.mean(va_scores["confidence"])),
+    }
+    return metrics, va
 
 
 def eval_run(cfg: ClinriskConfig, ckpt: Path) -> dict[str, Any]:

@@ -9,9 +9,11 @@ gives the same metrics (tested). The best checkpoint is the epoch with the highe
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,6 +100,24 @@ def score(prob: np.ndarray, masks: np.ndarray, threshold: float) -> dict[str, An
     }
 
 
+COMPILE_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def use_compile_cache(folder: Path) -> bool:
+    """Keep XLA's compiled programs in ``folder`` (unless ``JAX_COMPILATION_CACHE_DIR`` names another one);
+    returns whether it did. The pipeline's train, evaluate and register steps are separate processes that
+    compile the same forward pass, and a later run of the same model reuses them too. A cached executable is
+    the same program, so results are unchanged. Call before the first compilation of the process."""
+    import jax
+
+    if os.environ.get(COMPILE_CACHE_ENV):
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return True
+
+
 @functools.lru_cache(maxsize=8)
 def compiled_forward(arch: str, depth: int) -> Callable[..., Any]:
     """The jitted forward pass, one per architecture per process (XLA compiles it once per input shape)."""
@@ -107,8 +127,12 @@ def compiled_forward(arch: str, depth: int) -> Callable[..., Any]:
 
 
 def compiled_step(p: SegmentationParams, steps_per_epoch: int) -> tuple[Any, Callable[..., Any]]:
-    """(optimizer, jitted train step) for the config's model, loss and LR schedule (cached per process)."""
+    """(optimizer, jitted train step) for the config's model, loss and LR schedule (cached per process).
+
+    A constant LR makes the same program whatever the epoch and step counts, so those are left out of the
+    cache key then: runs that differ only in epochs or data size reuse one compiled step."""
     m, t = p.model, p.train
+    constant = t.schedule == "constant"
     return _compiled_step(
         m.arch,
         m.depth,
@@ -117,9 +141,9 @@ def compiled_step(p: SegmentationParams, steps_per_epoch: int) -> tuple[Any, Cal
         t.tversky_alpha,
         t.schedule,
         t.lr,
-        t.warmup_epochs,
-        t.epochs,
-        steps_per_epoch,
+        0 if constant else t.warmup_epochs,
+        1 if constant else t.epochs,
+        1 if constant else steps_per_epoch,
     )
 
 
