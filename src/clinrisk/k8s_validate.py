@@ -234,9 +234,16 @@ def render_helm(
     return parse_documents(_run(cmd, str(chart)), str(chart))
 
 
-def helm_lint(tools: Tools, chart: Path, set_values: Mapping[str, str] | None = None) -> str:
+def helm_lint(
+    tools: Tools,
+    chart: Path,
+    set_values: Mapping[str, str] | None = None,
+    values_files: Iterable[Path] = (),
+) -> str:
     """Run ``helm lint --strict``; raises with helm's messages on any error or warning."""
     cmd: list[str | Path] = [tools.helm, "lint", "--strict", chart]
+    for vf in values_files:
+        cmd += ["--values", vf]
     for key, value in (set_values or {}).items():
         cmd += ["--set", f"{key}={value}"]
     return _run(cmd, str(chart))
@@ -560,8 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         findings += validate_rendered(render_kustomize(tools, overlay), repo, str(overlay.relative_to(repo)))
     for chart in sorted((repo / "charts").iterdir()):
         if (chart / "Chart.yaml").is_file():
-            helm_lint(tools, chart)
-            findings += validate_rendered(render_helm(tools, chart), repo, str(chart.relative_to(repo)))
+            # chart-testing's convention: ci/*-values.yaml supply what a chart deliberately leaves unset
+            ci_values = sorted((chart / "ci").glob("*-values.yaml"))
+            helm_lint(tools, chart, values_files=ci_values)
+            rendered = render_helm(tools, chart, values_files=ci_values)
+            findings += validate_rendered(rendered, repo, str(chart.relative_to(repo)))
     for f in findings:
         print(f)
     print(f"{len(findings)} finding(s)")

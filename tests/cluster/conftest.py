@@ -158,6 +158,8 @@ def platform(cluster: Cluster) -> dict[str, list[dict[str, Any]]]:
             REPO / "charts" / "clinrisk-serving",
             release="clinrisk",
             namespace=HELM_NAMESPACE,
+            # the chart has no default (a placeholder would deploy what nothing uploaded); the overlay's URI
+            set_values={"model.uri": "s3://mlflow/models/clinrisk/current"},
         ),
     ]
     refused += cluster.apply_objects(chart, "charts/clinrisk-serving")

@@ -12,12 +12,22 @@ import yaml
 from clinrisk import k8s_validate as kv
 
 OVERLAYS = ["kind", "gke"]
+# The chart has no default model URI (it would deploy something nothing uploaded): every render names one.
+MODEL_URI = "s3://mlflow/1/models/m-abc/artifacts/artifacts/bundle"
 SERVING_VALUES: list[dict[str, str]] = [
     {},
     {"canary.percent": "0"},
     {"canary.percent": "25", "model.previousUri": "s3://mlflow/1/aaa/artifacts/bundle"},
     {"canary.percent": "100", "serviceAccount.secrets[0]": "clinrisk-s3"},
 ]
+
+
+def _render_serving(
+    tools: kv.Tools, repo: Path, values: dict[str, str], **kwargs: Any
+) -> list[dict[str, Any]]:
+    return kv.render_helm(
+        tools, repo / "charts" / "clinrisk-serving", set_values={"model.uri": MODEL_URI, **values}, **kwargs
+    )
 
 
 def _assert_clean(findings: list[kv.Finding]) -> None:
@@ -49,12 +59,21 @@ def test_overlay_renders_and_validates(overlay: str, repo: Path, tools: kv.Tools
 
 @pytest.mark.parametrize("values", SERVING_VALUES, ids=lambda v: ",".join(v) or "defaults")
 def test_serving_chart(values: dict[str, str], repo: Path, tools: kv.Tools) -> None:
-    chart = repo / "charts" / "clinrisk-serving"
-    objs = kv.render_helm(tools, chart, set_values=values)
+    objs = _render_serving(tools, repo, values)
     _assert_clean(kv.validate_rendered(objs, repo, "clinrisk-serving"))
     isvc = next(o for o in objs if o["kind"] == "InferenceService")
     pct = values.get("canary.percent")
     assert isvc["spec"]["predictor"].get("canaryTrafficPercent") == (int(pct) if pct else None)
+    storage_uri = next(
+        e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"] if e["name"] == "STORAGE_URI"
+    )
+    assert storage_uri == isvc["metadata"]["annotations"]["clinrisk.io/model-uri"] == MODEL_URI
+
+
+def test_serving_chart_without_a_model_uri_deploys_nothing(repo: Path, tools: kv.Tools) -> None:
+    """No placeholder: rendering (so installing) without model.uri fails and names the value."""
+    with pytest.raises(kv.K8sValidationError, match="model"):
+        kv.render_helm(tools, repo / "charts" / "clinrisk-serving")
 
 
 def _tabular_usecases() -> list[str]:
@@ -73,12 +92,7 @@ def test_serving_chart_serves_the_usecases_names(usecase: str, repo: Path, tools
     from clinrisk.usecases import get
 
     names = get(usecase).names
-    objs = kv.render_helm(
-        tools,
-        repo / "charts" / "clinrisk-serving",
-        namespace=names.namespace,
-        set_values={"usecase": usecase},
-    )
+    objs = _render_serving(tools, repo, {"usecase": usecase}, namespace=names.namespace)
     _assert_clean(kv.validate_rendered(objs, repo, "clinrisk-serving"))
     assert all(o["metadata"]["namespace"] == names.namespace for o in objs)
     isvc = next(o for o in objs if o["kind"] == "InferenceService")
@@ -97,7 +111,7 @@ def test_serving_chart_name_and_namespace_overrides(repo: Path, tools: kv.Tools)
     from clinrisk.config import load_config
 
     values = {"usecase": "leads", "name": "leads-eu", "namespace": "scoring"}
-    objs = kv.render_helm(tools, repo / "charts" / "clinrisk-serving", set_values=values)
+    objs = _render_serving(tools, repo, values)
     assert {o["metadata"]["namespace"] for o in objs} == {"scoring"}
     isvc = next(o for o in objs if o["kind"] == "InferenceService")
     container = isvc["spec"]["predictor"]["containers"][0]
@@ -120,7 +134,8 @@ def test_mlflow_chart(repo: Path, tools: kv.Tools) -> None:
 
 @pytest.mark.parametrize("chart", ["clinrisk-serving", "mlflow"])
 def test_helm_lint(chart: str, repo: Path, tools: kv.Tools) -> None:
-    out = kv.helm_lint(tools, repo / "charts" / chart)
+    values = {"model.uri": MODEL_URI} if chart == "clinrisk-serving" else None
+    out = kv.helm_lint(tools, repo / "charts" / chart, set_values=values)
     assert "0 chart(s) failed" in out
 
 
@@ -139,7 +154,7 @@ def test_serving_chart_rejects_bad_values(
     values: dict[str, str], message: str, repo: Path, tools: kv.Tools
 ) -> None:
     with pytest.raises(kv.K8sValidationError, match=message):
-        kv.render_helm(tools, repo / "charts" / "clinrisk-serving", set_values=values)
+        _render_serving(tools, repo, values)
 
 
 def _kind_objects(repo: Path, tools: kv.Tools) -> list[dict[str, Any]]:
