@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
-import numpy as np
 import polars as pl
 import pytest
 
@@ -46,7 +45,9 @@ def test_streamed_dataset_trains_the_same_model_as_in_memory(tmp_path: Path, sam
     # LightGBM's Sequence path draws its bin sample with ``data_random_seed`` as given (default 1); its
     # matrix path derives it from ``seed``. Stating it makes both draw the same sample rows.
     mat_params = {**params, "data_random_seed": 1}
-    in_memory = lgb.Dataset(X, y, weight=w, feature_name=names, categorical_feature=categorical, params=mat_params)
+    in_memory = lgb.Dataset(
+        X, y, weight=w, feature_name=names, categorical_feature=categorical, params=mat_params
+    )
     models = [lgb.train(params, ds, num_boost_round=30).model_to_string() for ds in (streamed, in_memory)]
     # Identical trees, bin edges and feature infos; only the echoed parameter list differs (data_random_seed).
     trees = [m.split("\nparameters:\n")[0] for m in models]
