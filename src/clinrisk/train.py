@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -62,12 +63,29 @@ REFERENCE_QUANTILES = tuple(round(q, 2) for q in np.linspace(0.1, 0.9, 9))
 # ---------------------------------------------------------------------------------- out-of-core reading
 
 
+_SEQUENCE_TOKENS = itertools.count()  # tells sequences apart in a shared cache (ids can be reused)
+
+
+@dataclass
+class DecodedRowGroup:
+    """The one decoded row group that a split's ShardSequences share.
+
+    LightGBM reads the sequences of a Dataset one after another (bin sample in increasing row order, then
+    batches), and prediction and statistics walk them in order too, so one slot per split is enough. A cache
+    per sequence would keep every shard's last row group alive: feature shards are written as one row group,
+    so that is the whole selected feature matrix again, growing with the number of shards.
+    """
+
+    key: tuple[int, int] | None = None  # (sequence token, row group)
+    X: F32Array | None = None
+
+
 @dataclass
 class ShardSequence:
     """``lgb.Sequence``-compatible view of the selected rows of one shard, read row group by row group.
 
     LightGBM samples rows with increasing indices and then reads contiguous batches, so a one-row-group
-    cache means every row group is decoded about twice in all.
+    cache (``cache``, shared by the split's sequences) means every row group is decoded about twice in all.
     """
 
     path: Path
@@ -75,8 +93,9 @@ class ShardSequence:
     categories: dict[str, list[str]]
     rg_rows: list[npt.NDArray[np.int32]]  # selected local row indices per row group (may be empty)
     batch_size: int = 4096
+    cache: DecodedRowGroup = field(default_factory=DecodedRowGroup, repr=False)
     _offsets: list[int] = field(default_factory=list, init=False)
-    _cache: tuple[int, F32Array] | None = field(default=None, init=False, repr=False)
+    _token: int = field(default_factory=lambda: next(_SEQUENCE_TOKENS), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._offsets = [0]
@@ -87,15 +106,18 @@ class ShardSequence:
         return self._offsets[-1]
 
     def _group(self, rg: int) -> F32Array:
-        if self._cache is not None and self._cache[0] == rg:
-            return self._cache[1]
+        key = (self._token, rg)
+        if self.cache.key == key and self.cache.X is not None:
+            return self.cache.X
         import pyarrow.parquet as pq
 
+        self.cache.key, self.cache.X = None, None  # free the previous group before decoding the next
         table = pq.ParquetFile(self.path).read_row_group(rg, columns=self.feature_names)
         df = pl.from_arrow(table)
         assert isinstance(df, pl.DataFrame)
         X = features_to_matrix(df, self.feature_names, self.categories)[self.rg_rows[rg]]
-        self._cache = (rg, X)
+        del table, df
+        self.cache.key, self.cache.X = key, X
         return X
 
     def _locate(self, i: int) -> tuple[int, int]:
@@ -211,6 +233,7 @@ def scan_splits(
 
     names = (TRAIN, VALIDATION, CALIBRATION)
     out = {n: SplitRows(keep_ids=n != TRAIN) for n in names}
+    slots = {n: DecodedRowGroup() for n in names}
     need = ["split", "label", "sample_weight"]
     for f in shards:
         pf = pq.ParquetFile(f)
@@ -252,7 +275,9 @@ def scan_splits(
                     out[name].patient_id.append(pid[rows])
         for name in names:
             if any(len(r) for r in per_split[name]):
-                out[name].sequences.append(ShardSequence(Path(f), feature_names, categories, per_split[name]))
+                out[name].sequences.append(
+                    ShardSequence(Path(f), feature_names, categories, per_split[name], cache=slots[name])
+                )
     for split_rows in out.values():
         split_rows.finish()
     return out

@@ -78,16 +78,20 @@ def _traced_peak_of_build(features: Path, streamed: bool) -> tuple[int, int, int
     return peak, matrix_bytes, train.n
 
 
-def test_streamed_dataset_build_memory_does_not_grow_with_rows(tmp_path: Path):
-    small = write_features_dataset(synth_frame(1500, 1), tmp_path / "small", row_group_size=1000)
-    large = write_features_dataset(synth_frame(6000, 1), tmp_path / "large", row_group_size=1000)
+@pytest.mark.parametrize("layout", ["row groups", "one row group per shard"])
+def test_streamed_dataset_build_memory_does_not_grow_with_rows(tmp_path: Path, layout: str):
+    # 4x the rows as 4x the shards of the same size; the pipeline writes each feature shard as one row group
+    # (no sequence may keep its shard decoded once LightGBM has moved on to the next one).
+    rg = 1000 if layout == "row groups" else 1_000_000
+    small = write_features_dataset(synth_frame(1500, 1), tmp_path / "small", n_shards=3, row_group_size=rg)
+    large = write_features_dataset(synth_frame(6000, 1), tmp_path / "large", n_shards=12, row_group_size=rg)
     _traced_peak_of_build(small, streamed=True)  # first use imports Parquet readers: not part of the build
     peak_small, _, n_small = _traced_peak_of_build(small, streamed=True)
     peak_large, matrix_large, n_large = _traced_peak_of_build(large, streamed=True)
     assert n_large > 3.5 * n_small
-    # The streamed peak is the bin sample + one decoded row group per shard + one batch; what grows with
-    # rows is LightGBM's Python copy of the label (4 bytes a row) and a weight check (1 byte), never the
-    # features (4 bytes x 10 features a row as float32).
+    # The streamed peak is the bin sample + one decoded row group + one batch; what grows with rows is
+    # LightGBM's Python copy of the label (4 bytes a row) and a weight check (1 byte), never the features
+    # (4 bytes x 10 features a row as float32).
     per_row = (peak_large - peak_small) / (n_large - n_small)
     assert per_row < 8, (peak_small, peak_large, per_row)
     assert peak_large < 0.5 * matrix_large
