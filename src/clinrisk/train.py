@@ -115,8 +115,11 @@ class ShardSequence:
         table = pq.ParquetFile(self.path).read_row_group(rg, columns=self.feature_names)
         df = pl.from_arrow(table)
         assert isinstance(df, pl.DataFrame)
-        X = features_to_matrix(df, self.feature_names, self.categories)[self.rg_rows[rg]]
-        del table, df
+        del table
+        # Select the rows before encoding: the encoded matrix then exists only for them (rows encode
+        # independently, so the values are the same as selecting after).
+        X = features_to_matrix(df[self.rg_rows[rg]], self.feature_names, self.categories)
+        del df
         self.cache.key, self.cache.X = key, X
         return X
 
