@@ -5,6 +5,10 @@ then ``lgb.Dataset`` from numpy) on the same data and parameters.
     .venv/bin/python benchmarks/bench_train.py --features outputs/default/features
     .venv/bin/python benchmarks/bench_train.py --rows 1000000 --n-features 150 --compare-inmemory
     .venv/bin/python benchmarks/bench_train.py --rows 200000 --n-features 60 --rounds 50    # quick
+    .venv/bin/python benchmarks/bench_train.py --rows 500000 --n-features 40 --rounds 30 --scale 1,4
+
+``--scale`` trains on fresh synthetic datasets of ``--rows`` × each factor and prints peak RSS against
+training rows: the fixed part, the bytes per training row (slope) and the extrapolation to 200M raw rows.
 
 Without ``--features`` a wide synthetic features dataset in the contract layout is written to a temp dir
 (Float32 lab-like columns with missingness, two Enum categoricals, a label driven by a few of them).
@@ -149,6 +153,65 @@ def run(mode: str, features: Path, rounds: int) -> dict[str, object]:
     return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
+def scale(rows: int, n_features: int, rounds: int, factors: list[float], plot: Path | None = None) -> None:
+    """Train at rows × each factor (fresh data each), fit peak RSS = fixed + slope × training rows."""
+    import numpy as np
+
+    points = []
+    for k in factors:
+        n = int(rows * k)
+        with tempfile.TemporaryDirectory() as tmp:
+            features = make_wide_features(Path(tmp) / "features", n, n_features)
+            r = run("clinrisk", features, rounds)
+        train_rows = int(r["n_train_rows"])  # type: ignore[call-overload]
+        points.append((n, train_rows, float(r["wall_s"]), float(r["peak_rss_mb"])))  # type: ignore[arg-type]
+        print(
+            f"rows {n:>11,}  train rows {train_rows:>11,}  wall {r['wall_s']:>7} s  "
+            f"train rows/s {train_rows / float(r['wall_s']):>10,.0f}  peak RSS {r['peak_rss_mb']:>8} MB",  # type: ignore[arg-type]
+            flush=True,
+        )
+    x = np.array([p[1] for p in points], dtype=float)
+    y = np.array([p[3] for p in points], dtype=float) * 2**20
+    slope, fixed = np.polyfit(x, y, 1)
+    share = points[-1][1] / points[-1][0]
+    at = 200e6
+    print(
+        f"peak RSS = {fixed / 2**20:,.0f} MB + {slope:,.1f} bytes x training row "
+        f"({n_features} features, {slope / n_features:.2f} bytes per row and feature); "
+        f"a float32 matrix would be {4 * n_features} bytes a row"
+    )
+    print(
+        f"extrapolated to 200M raw rows ({share:.0%} training rows): "
+        f"{(fixed + slope * at * share) / 2**30:,.1f} GiB in one process"
+    )
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(x / 1e6, y / 2**20, "o", label="measured peak RSS")
+        grid = np.linspace(0, x.max() * 1.1, 50)
+        ax.plot(
+            grid / 1e6,
+            (fixed + slope * grid) / 2**20,
+            "-",
+            label=f"{slope:.0f} B/row + {fixed / 2**20:.0f} MB",
+        )
+        ax.plot(
+            grid / 1e6, (fixed + 4 * n_features * grid) / 2**20, ":", label="+ a float32 matrix (for scale)"
+        )
+        ax.set_xlabel("training rows (millions)")
+        ax.set_ylabel("train peak RSS (MB)")
+        ax.set_title(f"train step memory vs rows ({n_features} features, {rounds} rounds)")
+        ax.legend()
+        fig.tight_layout()
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=100)
+        print(f"plot: {plot}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -158,10 +221,21 @@ def main() -> None:
     ap.add_argument("--n-features", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=200, help="boosting rounds (early stopping disabled)")
     ap.add_argument("--compare-inmemory", action="store_true", help="also run the in-memory baseline")
+    ap.add_argument("--scale", help="comma-separated row factors (e.g. 1,4): peak RSS against rows")
+    ap.add_argument("--plot", type=Path, help="with --scale: write the peak-RSS-vs-rows plot (png) here")
     ap.add_argument("--child", choices=["clinrisk", "inmemory"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child, str(args.features), args.rounds)
+        return
+    if args.scale:
+        try:
+            factors = sorted({float(f) for f in args.scale.split(",")})
+        except ValueError:
+            ap.error(f"--scale: expected comma-separated numbers, got {args.scale!r}")
+        if len(factors) < 2 or factors[0] <= 0:
+            ap.error("--scale: give at least two positive factors")
+        scale(args.rows, args.n_features, args.rounds, factors, args.plot)
         return
     with tempfile.TemporaryDirectory() as tmp:
         features = args.features

@@ -47,14 +47,23 @@ ContribFn = Callable[[pl.DataFrame], tuple[npt.NDArray[np.float64], list[str]]]
 # ------------------------------------------------------------------------------------------------ input
 
 
-def load_test_frame(features_dir: Path, split: str = "test") -> pl.DataFrame:
-    """Rows of ``split`` from every feature shard; missing label/eval columns are a DataError naming them."""
+def load_test_frame(
+    features_dir: Path, split: str = "test", keep: Callable[[list[str]], list[str]] | None = None
+) -> pl.DataFrame:
+    """Rows of ``split`` from every feature shard; missing label/eval columns are a DataError naming them.
+
+    ``keep`` picks the columns to read from the dataset's column names (e.g. :func:`evaluation_columns`);
+    the others are never read (the scan pushes the projection and the split filter into the Parquet reader).
+    """
     shards = check_feature_shards(Path(features_dir))  # whole Parquet, typed as the spec says
     lf = pl.scan_parquet([str(s) for s in shards])
     names = lf.collect_schema().names()
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise DataError(f"{features_dir}: features dataset lacks column(s) {missing}")
+    if keep is not None:
+        chosen = set(keep(names)) | set(REQUIRED)
+        lf = lf.select([c for c in names if c in chosen])
     df = lf.filter(pl.col("split").cast(pl.String) == split).collect()
     if df.height == 0:
         raise DataError(f"{features_dir}: no rows with split == {split!r}")
@@ -64,6 +73,22 @@ def load_test_frame(features_dir: Path, split: str = "test") -> pl.DataFrame:
                 f"{features_dir}: column {c} has {df[c].null_count()} null values in {split} rows"
             )
     return df
+
+
+def evaluation_columns(
+    cfg: EvaluateConfig, model_features: Sequence[str]
+) -> Callable[[list[str]], list[str]]:
+    """What evaluation reads of a features dataset (a ``keep`` for :func:`load_test_frame`): ids, labels,
+    ``eval_*``, slice and error-analysis columns (the configured ones and every column a role pattern could
+    pick, so detection is unchanged) and the model's features (scoring, SHAP of the listed errors). The
+    dataset's other feature columns (those selection dropped) are not loaded."""
+    want = {*REQUIRED, *EVAL_COLUMNS, *cfg.slice_columns, "age", *model_features, *cfg.error_columns.values()}
+    patterns = [re.compile(p) for ps in ERROR_ROLE_PATTERNS.values() for p in ps]
+
+    def keep(names: list[str]) -> list[str]:
+        return [c for c in names if c in want or any(p.search(c) for p in patterns)]
+
+    return keep
 
 
 def dataset_categories(features_dir: Path) -> dict[str, list[str]]:
@@ -647,10 +672,25 @@ def evaluate_model(
     from clinrisk.bundle import load_bundle
 
     bundle = load_bundle(Path(bundle_dir))
-    df = load_test_frame(Path(features_dir))
+    df = load_test_frame(Path(features_dir), keep=evaluation_columns(cfg.evaluate, bundle.feature_names))
     result, p = evaluate_bundle(cfg, bundle, df, dataset_categories(Path(features_dir)))
     result["bundle_dir"] = str(bundle_dir)
     return write_outputs(result, df, p, Path(out_dir))
+
+
+PREDICT_BATCH_ROWS = 262_144  # one batch's float32 model matrix: 1 MiB per feature
+
+
+def predict_in_batches(
+    bundle: Any, df: pl.DataFrame, rows: int = PREDICT_BATCH_ROWS
+) -> npt.NDArray[np.float64]:
+    """``bundle.predict_proba`` over ``df`` a batch of rows at a time, so only one batch's model matrix
+    exists; rows are scored independently, so the numbers equal one call's."""
+    parts = [
+        np.asarray(bundle.predict_proba(df.slice(i, rows)), dtype=np.float64).reshape(-1)
+        for i in range(0, df.height, rows)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
 
 def evaluate_bundle(
@@ -659,7 +699,7 @@ def evaluate_bundle(
     """The evaluate stage's core: score the test frame ``df`` with ``bundle`` and evaluate; returns the
     result and the probabilities. ``categories`` are the features dataset's (the bundle's spec if empty)."""
     categories = categories or dict(bundle.spec.get("categories") or {})
-    p = np.asarray(bundle.predict_proba(df), dtype=np.float64).reshape(-1)
+    p = predict_in_batches(bundle, df)
     # The bundle is the only truth after training: τ, the p_t it was chosen for, and the feature window.
     thr: dict[str, Any] = dict(bundle.threshold_info)
     tau = bundle.threshold

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -62,21 +63,39 @@ REFERENCE_QUANTILES = tuple(round(q, 2) for q in np.linspace(0.1, 0.9, 9))
 # ---------------------------------------------------------------------------------- out-of-core reading
 
 
+_SEQUENCE_TOKENS = itertools.count()  # tells sequences apart in a shared cache (ids can be reused)
+
+
+@dataclass
+class DecodedRowGroup:
+    """The one decoded row group that a split's ShardSequences share.
+
+    LightGBM reads the sequences of a Dataset one after another (bin sample in increasing row order, then
+    batches), and prediction and statistics walk them in order too, so one slot per split is enough. A cache
+    per sequence would keep every shard's last row group alive: feature shards are written as one row group,
+    so that is the whole selected feature matrix again, growing with the number of shards.
+    """
+
+    key: tuple[int, int] | None = None  # (sequence token, row group)
+    X: F32Array | None = None
+
+
 @dataclass
 class ShardSequence:
     """``lgb.Sequence``-compatible view of the selected rows of one shard, read row group by row group.
 
     LightGBM samples rows with increasing indices and then reads contiguous batches, so a one-row-group
-    cache means every row group is decoded about twice in all.
+    cache (``cache``, shared by the split's sequences) means every row group is decoded about twice in all.
     """
 
     path: Path
     feature_names: list[str]
     categories: dict[str, list[str]]
-    rg_rows: list[npt.NDArray[np.int64]]  # selected local row indices per row group (may be empty)
+    rg_rows: list[npt.NDArray[np.int32]]  # selected local row indices per row group (may be empty)
     batch_size: int = 4096
+    cache: DecodedRowGroup = field(default_factory=DecodedRowGroup, repr=False)
     _offsets: list[int] = field(default_factory=list, init=False)
-    _cache: tuple[int, F32Array] | None = field(default=None, init=False, repr=False)
+    _token: int = field(default_factory=lambda: next(_SEQUENCE_TOKENS), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._offsets = [0]
@@ -87,15 +106,21 @@ class ShardSequence:
         return self._offsets[-1]
 
     def _group(self, rg: int) -> F32Array:
-        if self._cache is not None and self._cache[0] == rg:
-            return self._cache[1]
+        key = (self._token, rg)
+        if self.cache.key == key and self.cache.X is not None:
+            return self.cache.X
         import pyarrow.parquet as pq
 
+        self.cache.key, self.cache.X = None, None  # free the previous group before decoding the next
         table = pq.ParquetFile(self.path).read_row_group(rg, columns=self.feature_names)
         df = pl.from_arrow(table)
         assert isinstance(df, pl.DataFrame)
-        X = features_to_matrix(df, self.feature_names, self.categories)[self.rg_rows[rg]]
-        self._cache = (rg, X)
+        del table
+        # Select the rows before encoding: the encoded matrix then exists only for them (rows encode
+        # independently, so the values are the same as selecting after).
+        X = features_to_matrix(df[self.rg_rows[rg]], self.feature_names, self.categories)
+        del df
+        self.cache.key, self.cache.X = key, X
         return X
 
     def _locate(self, i: int) -> tuple[int, int]:
@@ -154,19 +179,43 @@ def _as_lgb_sequence(seq: ShardSequence) -> Any:
 
 @dataclass
 class SplitRows:
-    """Per-split labels, weights and recorded labels gathered in one cheap pass over the id columns."""
+    """Per-split labels and weights gathered in one cheap pass over the id columns.
 
+    Memory per selected row is what training needs and no more: a float32 label and weight and an int32
+    row index (in the ShardSequence). Recorded labels and patient ids are kept only for the two validation
+    parts (``keep_ids``), where calibration and its patient-grouped choice need them; the training split,
+    the largest by far, carries neither.
+    """
+
+    keep_ids: bool = True
     sequences: list[ShardSequence] = field(default_factory=list)
     label: list[F32Array] = field(default_factory=list)
     weight: list[F32Array] = field(default_factory=list)
     label_rec: list[F32Array] = field(default_factory=list)
     patient_id: list[npt.NDArray[np.int64]] = field(default_factory=list)
 
+    def finish(self) -> None:
+        """Concatenate the per-row-group parts into one array each (the parts are then freed)."""
+        for name in ("label", "weight", "label_rec", "patient_id"):
+            parts = getattr(self, name)
+            if len(parts) > 1:
+                setattr(self, name, [np.concatenate(parts)])
+
     def patient_ids(self) -> npt.NDArray[np.int64]:
-        """Patient id per row (groups for the held-out calibration choice); empty if the shards lack them."""
+        """Patient id per row (groups for the held-out calibration choice); empty if not kept."""
         return np.concatenate(self.patient_id) if self.patient_id else np.zeros(0, dtype=np.int64)
 
+    def labels_weights(self) -> tuple[F32Array, F32Array]:
+        """(label, weight) as float32, no copy after :meth:`finish`."""
+
+        def cat(parts: list[F32Array]) -> F32Array:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+        return cat(self.label), cat(self.weight)
+
     def arrays(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """(label, weight, recorded label) as float64 (the validation parts; label_rec needs ``keep_ids``)."""
+
         def cat(parts: list[F32Array]) -> FloatArray:
             return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
@@ -186,7 +235,8 @@ def scan_splits(
     from clinrisk.calibration import patient_fold
 
     names = (TRAIN, VALIDATION, CALIBRATION)
-    out = {n: SplitRows() for n in names}
+    out = {n: SplitRows(keep_ids=n != TRAIN) for n in names}
+    slots = {n: DecodedRowGroup() for n in names}
     need = ["split", "label", "sample_weight"]
     for f in shards:
         pf = pq.ParquetFile(f)
@@ -197,7 +247,7 @@ def scan_splits(
         has_rec = "label_rec" in have
         if "patient_id" not in have:
             raise DataError(f"{f}: missing column patient_id (needed to cut validation by patient)")
-        per_split: dict[str, list[npt.NDArray[np.int64]]] = {n: [] for n in names}
+        per_split: dict[str, list[npt.NDArray[np.int32]]] = {n: [] for n in names}
         for rg in range(pf.num_row_groups):
             cols = [*need, "patient_id", *(["label_rec"] if has_rec else [])]
             df = pl.from_arrow(pf.read_row_group(rg, columns=cols))
@@ -214,7 +264,7 @@ def scan_splits(
                     in_split = in_split & (part == (0 if name == VALIDATION else 1))
                 if np.any(in_split & ~np.isfinite(wt)):
                     raise DataError(f"{f}: column sample_weight has null/NaN values in {name} rows")
-                rows = np.flatnonzero(in_split & (wt > 0)).astype(np.int64)
+                rows = np.flatnonzero(in_split & (wt > 0)).astype(np.int32)  # row-group local
                 per_split[name].append(rows)
                 if len(rows) == 0:
                     continue
@@ -223,11 +273,16 @@ def scan_splits(
                     raise DataError(f"{f}: column label has null/NaN or values outside [0, 1] in {name} rows")
                 out[name].label.append(y)
                 out[name].weight.append(wt[rows])
-                out[name].label_rec.append(np.nan_to_num(rec[rows], nan=0.0))
-                out[name].patient_id.append(pid[rows])
+                if out[name].keep_ids:
+                    out[name].label_rec.append(np.nan_to_num(rec[rows], nan=0.0))
+                    out[name].patient_id.append(pid[rows])
         for name in names:
             if any(len(r) for r in per_split[name]):
-                out[name].sequences.append(ShardSequence(Path(f), feature_names, categories, per_split[name]))
+                out[name].sequences.append(
+                    ShardSequence(Path(f), feature_names, categories, per_split[name], cache=slots[name])
+                )
+    for split_rows in out.values():
+        split_rows.finish()
     return out
 
 
@@ -245,7 +300,16 @@ def class_weighted(
     return c * y / mass, w * mass
 
 
-def is_soft(y: FloatArray) -> bool:
+def lgb_label_weight(y: F32Array, w: F32Array, positive_class_weight: float) -> tuple[F32Array, F32Array]:
+    """:func:`class_weighted` for float32 rows, computed in float64 and rounded to float32 as LightGBM would
+    (it stores labels and weights as float32); no copy at class weight 1."""
+    if positive_class_weight == 1.0:
+        return y, w
+    ly, lw = class_weighted(y.astype(np.float64), w.astype(np.float64), positive_class_weight)
+    return ly.astype(np.float32), lw.astype(np.float32)
+
+
+def is_soft(y: npt.NDArray[np.floating[Any]]) -> bool:
     """True if any label is strictly between 0 and 1 (E2 expected labels)."""
     return bool(np.any((y > 0) & (y < 1)))
 
@@ -455,12 +519,43 @@ def data_hash(features_dir: Path, shards: list[Path]) -> dict[str, str]:
     return out
 
 
+def sequence_dataset(
+    rows: SplitRows,
+    label: npt.NDArray[np.floating[Any]],
+    weight: npt.NDArray[np.floating[Any]],
+    feature_names: list[str],
+    categorical: list[str],
+    *,
+    params: dict[str, Any] | None = None,
+    reference: lgb.Dataset | None = None,
+) -> lgb.Dataset:
+    """The ``lgb.Dataset`` of one split's rows, streamed from its shards: one ``lgb.Sequence`` per shard.
+
+    LightGBM draws its bin-construction sample (``bin_construct_sample_cnt`` rows, the same indices as for
+    an in-memory matrix of the same rows) and then pushes the rows in ``ShardSequence.batch_size`` batches,
+    binning as it goes; with ``free_raw_data`` only the binned store (about one byte per row and feature)
+    remains. ``reference`` bins a validation set with the training set's bin edges.
+    """
+    import lightgbm as lgb
+
+    return lgb.Dataset(
+        [_as_lgb_sequence(s) for s in rows.sequences],
+        label=label,
+        weight=weight,
+        reference=reference,
+        feature_name=feature_names,
+        categorical_feature=categorical,
+        params=params,
+        free_raw_data=True,
+    )
+
+
 def _fit_local(
     cfg: ClinriskConfig,
     params: dict[str, Any],
     train: SplitRows,
     stop: SplitRows,
-    train_yw: tuple[FloatArray, FloatArray],
+    train_yw: tuple[F32Array, F32Array],
     stop_yw: tuple[FloatArray, FloatArray],
     feature_names: list[str],
     categorical: list[str],
@@ -468,25 +563,8 @@ def _fit_local(
     """One process, out-of-core: lgb.Sequence per shard, early stopping on the early-stopping part."""
     import lightgbm as lgb
 
-    (ly_tr, lw_tr), (ly_st, lw_st) = train_yw, stop_yw
-    train_ds = lgb.Dataset(
-        [_as_lgb_sequence(s) for s in train.sequences],
-        label=ly_tr,
-        weight=lw_tr,
-        feature_name=feature_names,
-        categorical_feature=categorical,
-        params=params,
-        free_raw_data=True,
-    )
-    val_ds = lgb.Dataset(
-        [_as_lgb_sequence(s) for s in stop.sequences],
-        label=ly_st,
-        weight=lw_st,
-        reference=train_ds,
-        feature_name=feature_names,
-        categorical_feature=categorical,
-        free_raw_data=True,
-    )
+    train_ds = sequence_dataset(train, *train_yw, feature_names, categorical, params=params)
+    val_ds = sequence_dataset(stop, *stop_yw, feature_names, categorical, reference=train_ds)
     booster = lgb.train(
         params,
         train_ds,
@@ -509,7 +587,7 @@ def _fit_dask(
     params: dict[str, Any],
     train: SplitRows,
     stop: SplitRows,
-    train_yw: tuple[FloatArray, FloatArray],
+    train_yw: tuple[F32Array, F32Array],
     stop_yw: tuple[FloatArray, FloatArray],
     feature_names: list[str],
     categorical: list[str],
@@ -591,16 +669,20 @@ def fit_bundle(
             f"{where}: no validation-split rows in one of its two patient-grouped parts "
             f"(early stopping: {stop.n}, calibration: {val.n}; both are needed)"
         )
-    y_tr, w_tr, _ = train.arrays()
     y_st, w_st, _ = stop.arrays()
     y_va, w_va, rec_va = val.arrays()
+    cw = float(cfg.train.positive_class_weight)
+    # The training split's label and weight stay float32 (what LightGBM stores); float64 copies exist only
+    # for the few summary numbers below, which keep their float64 values (bundle parity).
+    y_tr, w_tr = (a.astype(np.float64) for a in train.labels_weights())
     if y_tr.sum() <= 0 or y_tr.sum() >= y_tr.size:
         raise DataError(f"{where}: training labels have a single class")
     soft = is_soft(y_tr) or is_soft(y_st) or is_soft(y_va)
+    train_label_mean = float(np.average(y_tr, weights=w_tr))
+    del y_tr, w_tr
     objective = "cross_entropy" if soft or cfg.labels.strategy == "E2" else "binary"
-    cw = float(cfg.train.positive_class_weight)
     params = lgb_params(cfg, objective)
-    ly_tr, lw_tr = class_weighted(y_tr, w_tr, cw)
+    ly_tr, lw_tr = lgb_label_weight(*train.labels_weights(), cw)
     ly_st, lw_st = class_weighted(y_st, w_st, cw)
 
     if cfg.train.engine == "dask":
@@ -659,7 +741,7 @@ def fit_bundle(
         "validation_parts": "validation split cut by patient hash (patient_fold salt "
         f"{VALIDATION_PART_SALT}): early stopping on one part; calibration choice/fit, threshold check and "
         "the bundle's validation metrics on the other",
-        "train_label_mean": float(np.average(y_tr, weights=w_tr)),
+        "train_label_mean": train_label_mean,
         "best_iteration": int(best),
         "num_trees": int(final.num_trees()),
         "categorical_features": categorical,

@@ -93,8 +93,8 @@ def best_iteration(
 def fit_dask(
     params: dict[str, Any],
     train_seqs: list[ShardSequence],
-    label: FloatArray,
-    weight: FloatArray,
+    label: npt.NDArray[np.floating[Any]],
+    weight: npt.NDArray[np.floating[Any]],
     feature_names: list[str],
     categorical: list[str],
     num_boost_round: int,

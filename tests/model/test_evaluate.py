@@ -318,3 +318,27 @@ def test_failure_publishes_nothing(tmp_path: Path) -> None:
     )
     assert r.exit_code == 2 and "error:" in r.output
     assert not out.exists()
+
+
+def test_evaluation_reads_only_its_columns_and_scores_in_batches(tmp_path: Path) -> None:
+    """Columns selection dropped stay on disk; the result is the one evaluating every column gives, and
+    batched scoring returns exactly one call's numbers."""
+    from clinrisk.bundle import load_bundle
+    from clinrisk.evaluate import evaluate_bundle, evaluation_columns, predict_in_batches
+
+    train_df, _ = synth_test_frame(n_patients=600, seed=6)
+    test_df, _ = synth_test_frame(n_patients=400, seed=7)
+    feats = _write_dataset(tmp_path, test_df.with_columns(pl.lit(1.5, pl.Float32).alias("unselected_lab_3y")))
+    bundle = load_bundle(_write_bundle(tmp_path, train_df))
+    cfg = load_config(None, ["evaluate.bootstrap_replicates=10", "evaluate.top_k_errors=3"])
+    full = load_test_frame(feats)
+    lean = load_test_frame(feats, keep=evaluation_columns(cfg.evaluate, bundle.feature_names))
+    assert "unselected_lab_3y" in full.columns and "unselected_lab_3y" not in lean.columns
+    assert {*FEATURES, "patient_id", "eval_oracle_risk", "eval_onset_year"} <= set(lean.columns)
+    assert lean.height == full.height
+    p_one = np.asarray(bundle.predict_proba(full), dtype=np.float64)
+    np.testing.assert_array_equal(predict_in_batches(bundle, lean, rows=7), p_one)
+    cats = {"insurance": ["commercial", "medicaid", "medicare", "uninsured", "__OTHER__"]}
+    res_full, _ = evaluate_bundle(cfg, bundle, full, cats)
+    res_lean, _ = evaluate_bundle(cfg, bundle, lean, cats)
+    assert json.dumps(res_lean, default=str) == json.dumps(res_full, default=str)

@@ -17,6 +17,7 @@ from clinrisk.evaluate import (
     classification_metrics_data,
     dataset_categories,
     evaluate_bundle,
+    evaluation_columns,
     load_test_frame,
     write_outputs,
 )
@@ -29,7 +30,7 @@ def run(cfg: ClinriskConfig, io: Catalog) -> dict[str, Any]:
     bundle_dir, features = io.path("model_bundle"), io.path("features")
     out_dir = io.path("evaluation")
     bundle = load_bundle(bundle_dir)
-    df = load_test_frame(features)
+    df = load_test_frame(features, keep=evaluation_columns(cfg.evaluate, bundle.feature_names))
     result, p = evaluate_bundle(cfg, bundle, df, dataset_categories(features))
     result["bundle_dir"] = str(bundle_dir)
     result = write_outputs(result, df, p, out_dir)
