@@ -199,6 +199,22 @@ def patient_fold(groups: Any, folds: int, salt: int = 0) -> npt.NDArray[np.int64
     return (h % np.uint64(folds)).astype(np.int64)
 
 
+# The validation split is cut into an early-stopping part (fold 0) and a calibration part (fold 1) by
+# patient_fold(patient_id, 2, salt=VALIDATION_PART_SALT); clinrisk.train cuts it, clinrisk.labels labels it.
+VALIDATION_PART_SALT = 1
+
+
+def patient_fold_expr(folds: int, salt: int = 0, col: str = "patient_id") -> Any:
+    """:func:`patient_fold` as a polars expression on the Int64 column ``col`` (same fold per patient)."""
+    import polars as pl
+
+    from clinrisk.splits import splitmix64_expr
+
+    g = pl.col(col).cast(pl.Int64).reinterpret(signed=False)
+    h = splitmix64_expr(splitmix64_expr(g) + pl.lit(salt, dtype=pl.UInt64))
+    return (h % pl.lit(folds, dtype=pl.UInt64)).cast(pl.Int64)
+
+
 def select_calibration(
     z: Any,
     y: Any,

@@ -50,7 +50,7 @@ def test_summary_statistics_and_rule(tmp_path: Path) -> None:
         # expectation of the squared bias part; it must be large, with a CI above 0
         assert 0.7 < f["fraction_closed"] < 1.1, (s, f)
         assert f["lo"] > 0 and f["lo"] <= f["fraction_closed"] <= f["hi"]
-        assert f["delta_hi"] < 0
+        assert f["delta_excess_brier_hi"] < 0 and f["delta_brier_hi"] < 0 and f["gap_resolved"]
     assert out["winner"] == "E2" and out["wins"] == 5
     assert out["goals"]["e2_closes_gap"]["met"]
     a = out["arms"]["A"]
@@ -65,6 +65,18 @@ def test_rule_keeps_e0_when_e2_does_not_help(tmp_path: Path) -> None:
     out = summarise(tmp_path, _settings())
     assert out["winner"] == "E0"
     assert not out["goals"]["e2_closes_gap"]["met"]
+
+
+def test_unresolved_gap_reports_no_share_and_rule_uses_paired_difference(tmp_path: Path) -> None:
+    """Tier C no better than E0 (the seed-13 case): the share's denominator is noise, so no share is
+    reported, while the paired excess-Brier difference still decides the seed."""
+    _write_seed(tmp_path, 3)
+    arms = load_predictions(tmp_path)[3]
+    arms["C"] = [f.clone() for f in arms["E0"]]
+    f = gap_closed(arms, n_boot=200, seed=1, ci_level=0.95)
+    assert not f["gap_resolved"] and np.isnan(f["fraction_closed"]) and np.isnan(f["lo"])
+    assert f["gap_lo"] <= 0 <= f["gap_hi"]
+    assert f["delta_excess_brier_hi"] < 0  # E2 still better than E0: a win under the rule
 
 
 def test_gap_closed_ci_covers_point(tmp_path: Path) -> None:
