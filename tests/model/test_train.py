@@ -82,7 +82,9 @@ def test_minimum_functionality_clear_cases(trained_bundle_dir: Path):
     b = load_bundle(trained_bundle_dir)
     high = b.predict_proba(_profile(hba1c_last=7.8, hba1c_mean_3y=7.6, glucose_last=150.0, bmi=37.0, age=68))
     low = b.predict_proba(_profile(hba1c_last=4.9, hba1c_mean_3y=4.9, glucose_last=82.0, bmi=21.0, age=30))
-    assert high[0] >= b.threshold and high[0] > 0.4
+    # > 3x the threshold: select now picks beta here (held-out Brier 0.0714 vs 0.0723 for none; the per-fold AP
+    # check no longer rejects it), which pulls this extreme profile from ~0.45 to ~0.39
+    assert high[0] >= b.threshold and high[0] > 0.3
     assert low[0] < b.threshold and low[0] < 0.03
 
 
