@@ -391,6 +391,7 @@ def _first_prediction_year(cfg: Any) -> int:
 
 def features_lazy(raw: pl.LazyFrame, spec: FeatureSpec, cfg: Any, truth: pl.LazyFrame | None) -> pl.LazyFrame:
     """Eligible rows of ``raw``: ids + split, features, labels (+ eval_* from ``truth``)."""
+    from clinrisk.calibration import VALIDATION_PART_SALT, patient_fold_expr
     from clinrisk.labels import EVAL_COLUMNS, build_labels, eval_columns
     from clinrisk.splits import assign_split, label_known_through_expr, split_expr
 
@@ -405,6 +406,9 @@ def features_lazy(raw: pl.LazyFrame, spec: FeatureSpec, cfg: Any, truth: pl.Lazy
         last_year=last_year,
         known_through=label_known_through_expr(cfg.split, h, last_year),
         reweight_rows=split_expr(cfg.split, h) == "train",  # E1b drops training rows only
+        # the rows clinrisk.train fits the calibration map on (labels.calibration_target)
+        calibration_rows=(split_expr(cfg.split, h) == "validation")
+        & (patient_fold_expr(2, salt=VALIDATION_PART_SALT) == 1),
     )
     feats = build_feature_frame(raw, spec)
     lf = assign_split(labels.join(feats, on=["patient_id", "year"], how="left"), cfg.split, h)

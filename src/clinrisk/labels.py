@@ -16,8 +16,19 @@ Strategies (``labels.strategy``):
 
 Every strategy sees only what was known at the row's label cutoff (``known_through``: the split's cutoff
 for train and validation rows), never a diagnosis recorded after it.
-- E2: expected (soft) label ``P(T* <= t+H | data)`` under the assumed delay pmf. At pmf = delta_0 it is
-  exactly the E0 label.
+- E2: expected (soft) label ``P(T* <= t+H | data)`` under the assumed delay model. At pmf = delta_0 and no
+  coding drift it is exactly the E0 label.
+
+The assumed delay model is year-aware (:func:`total_delay_pmf`): the clinical delay pmf describes the last
+calendar year E, and under ``labels.assumed_coding_drift_per_year`` = r the code then lands each later year
+with probability ``min(1, (1+r)^(year-E))``, as the generator's coding drift does, so earlier onsets wait
+longer for their code.
+
+Calibration target (``labels.calibration_target``): on the calibration part of validation
+(``calibration_rows``) the ``label`` column is the expected true label under the assumed delay model when
+the target is ``expected`` (default), whatever the strategy: the calibration map then estimates
+``P(Y_true = 1 | score)``, which recorded labels understate (a recorded-label map learns their bias: E0's
+true-label O/E 1.33). The map is monotone, so the ranking is the strategy's own.
 """
 
 from __future__ import annotations
@@ -48,6 +59,46 @@ def delay_support(cfg: LabelsConfig) -> list[tuple[int, float]]:
     return [(cfg.delay_support_min + i, float(p)) for i, p in enumerate(cfg.assumed_delay_pmf)]
 
 
+# Coding misses beyond this many years are folded into the last one: at r = 0.02 a 2005 diagnosis is still
+# uncoded after 8 years with probability ≈ 1e-5 (the cap only bounds the soft label's support).
+MAX_CODING_MISS_YEARS = 8
+
+
+def coding_miss_pmf(cfg: LabelsConfig, dx_year: int, last_year: int) -> list[float]:
+    """P(M = m), m = 0..MAX_CODING_MISS_YEARS: years the code lags a clinical diagnosis in ``dx_year``.
+
+    Each year y from ``dx_year`` on the code lands with probability ``s(y) = min(1, (1+r)^(y-E))``
+    (E = ``last_year``), the generator's coding-drift model (docs/science.md §1.5); r = 0 gives M = 0."""
+    r = cfg.assumed_coding_drift_per_year
+    out = [0.0] * (MAX_CODING_MISS_YEARS + 1)
+    surv = 1.0
+    for m in range(MAX_CODING_MISS_YEARS):
+        s = min(1.0, (1.0 + r) ** (dx_year + m - last_year)) if r > 0 else 1.0
+        out[m] = surv * s
+        surv *= 1.0 - s
+    out[MAX_CODING_MISS_YEARS] = surv
+    return out
+
+
+def total_delay_pmf(cfg: LabelsConfig, onset_year: int, last_year: int) -> dict[int, float]:
+    """P(T_rec - T* = d | T* = onset_year): the clinical delay pmf convolved with the coding lag of the
+    diagnosis year (year-aware under coding drift; the clinical pmf itself at r = 0)."""
+    out: dict[int, float] = {}
+    for d, p in delay_support(cfg):
+        if p <= 0:
+            continue
+        for m, q in enumerate(coding_miss_pmf(cfg, onset_year + d, last_year)):
+            if q > 0:
+                out[d + m] = out.get(d + m, 0.0) + p * q
+    return out
+
+
+def _by_onset_year(prob: dict[int, float], onset: pl.Expr, lo: int, hi: int) -> pl.Expr:
+    """Expression looking up a per-onset-year probability; years outside [lo, hi] take the nearest end."""
+    years = list(range(lo, hi + 1))
+    return onset.clip(lo, hi).replace_strict(years, [prob[y] for y in years], return_dtype=pl.Float64)
+
+
 def delay_bounds(cfg: LabelsConfig) -> tuple[int, int]:
     """(d_min, d_max) over delays with positive probability."""
     ds = [d for d, p in delay_support(cfg) if p > 0]
@@ -74,6 +125,7 @@ def build_labels(
     last_year: int,
     known_through: pl.Expr | None = None,
     reweight_rows: pl.Expr | None = None,
+    calibration_rows: pl.Expr | None = None,
 ) -> pl.LazyFrame:
     """Eligible prediction rows with ``label``, ``label_rec`` and ``sample_weight`` (see module doc).
 
@@ -136,10 +188,13 @@ def build_labels(
         label = pl.col("label_rec").cast(pl.Float32)
         weight = pl.when(neg & (buffer | band) & pl.col("_reweight")).then(0.0).otherwise(1.0)
     elif cfg.strategy == "E2":
-        label = soft_label_expr(cfg, first_prediction_year=first_prediction_year)
+        label = soft_label_expr(cfg, first_prediction_year=first_prediction_year, last_year=last_year)
         weight = pl.lit(1.0)
     else:  # pragma: no cover - pydantic restricts the literal
         raise DataError(f"labels.strategy: unknown strategy {cfg.strategy!r}")
+    if cfg.calibration_target == "expected" and calibration_rows is not None and cfg.strategy != "E2":
+        expected = soft_label_expr(cfg, first_prediction_year=first_prediction_year, last_year=last_year)
+        label = pl.when(calibration_rows).then(expected).otherwise(label)
     return rows.select(
         "patient_id",
         "year",
@@ -149,32 +204,36 @@ def build_labels(
     )
 
 
-def soft_label_expr(cfg: LabelsConfig, *, first_prediction_year: int) -> pl.Expr:
+def soft_label_expr(cfg: LabelsConfig, *, first_prediction_year: int, last_year: int) -> pl.Expr:
     """E2 expected label ỹ (docs/science.md §2.2) on rows carrying year, t_rec and last_obs.
 
-    Recorded cases: ``sum_d w_d 1{r-d <= t+H}`` with ``w_d ∝ pi(d) 1{r-d >= first_prediction_year}``
-    (onsets before the first prediction year were excluded as prevalent). Never recorded:
-    ``h_bar * sum_{d>0} pi(d) max(0, t+H-(L-d))`` with L the last observed year; P(T_rec > L) ≈ 1 at
-    these incidences, so it is not divided out.
+    With ``P_s(d)`` the total-delay pmf of onset year s (:func:`total_delay_pmf`, year-aware under coding
+    drift, relative to ``labels.assumed_delay_year`` or else ``last_year``). Recorded cases: ``sum_d w_d 1{r-d <= t+H}`` with ``w_d ∝ P_{r-d}(d) 1{r-d >= first_prediction_year}``
+    (onsets before the first prediction year were excluded as prevalent; incidence locally flat).
+    Never recorded: ``h_bar * sum_{k>=0} P_{L-k}(D > k) 1{L-k <= t+H}``, the onsets in years ``L-k`` up to
+    t+H whose code would still be pending at L, the last observed year; P(T_rec > L) ≈ 1 at these
+    incidences, so it is not divided out. At r = 0 both are the clinical pmf's formulas of §2.2.
     """
     h = cfg.horizon_years
     t = pl.col("year").cast(pl.Int32)
     r = pl.col("t_rec").cast(pl.Int32)
     big_l = pl.col("last_obs").cast(pl.Int32)
-    support = delay_support(cfg)
+    ref = cfg.assumed_delay_year if cfg.assumed_delay_year is not None else last_year
+    lo, hi = first_prediction_year - MAX_CODING_MISS_YEARS - 10, max(last_year, ref) + 1
+    pmfs = {y: total_delay_pmf(cfg, y, ref) for y in range(lo, hi + 1)}
+    support = sorted({d for pmf in pmfs.values() for d in pmf})
     num: pl.Expr = pl.lit(0.0)
     den: pl.Expr = pl.lit(0.0)
-    for d, p in support:
-        if p <= 0:
-            continue
-        adm = (r - d >= first_prediction_year).cast(pl.Float64) * p
+    for d in support:
+        p_d = _by_onset_year({y: pmf.get(d, 0.0) for y, pmf in pmfs.items()}, r - d, lo, hi)
+        adm = (r - d >= first_prediction_year).cast(pl.Float64) * p_d
         den = den + adm
         num = num + adm * (r - d <= t + h).cast(pl.Float64)
     recorded_soft = pl.when(den > 0).then(num / den).otherwise((r <= t + h).cast(pl.Float64))
     never: pl.Expr = pl.lit(0.0)
-    for d, p in support:
-        if d > 0 and p > 0:
-            never = never + p * pl.max_horizontal(pl.lit(0), t + h - (big_l - d)).cast(pl.Float64)
+    for k in range(max(support)):
+        tail = {y: sum(p for d, p in pmf.items() if d > k) for y, pmf in pmfs.items()}
+        never = never + _by_onset_year(tail, big_l - k, lo, hi) * (big_l - k <= t + h).cast(pl.Float64)
     never_soft = (never * cfg.assumed_annual_incidence).clip(0.0, 1.0)
     return pl.when(pl.col("t_rec").is_not_null()).then(recorded_soft).otherwise(never_soft)
 

@@ -168,7 +168,8 @@ def recommendations(result: dict[str, Any]) -> list[str]:
     # O/E = observed/expected: < 1 means more risk predicted than observed, > 1 under-prediction.
     if _ok(oe_t) and _ok(noise) and oe_t > 1 / OE_UNDER and noise >= NOISE_FP_HIGH:
         recs.append(
-            f"Train with E2 soft labels (labels.strategy=E2): true-label O/E is {_f(oe_t, 2)} (> "
+            f"Fit the calibration map to expected true labels (labels.calibration_target=expected) or train "
+            f"with E2 soft labels (labels.strategy=E2): true-label O/E is {_f(oe_t, 2)} (> "
             f"{_f(1 / OE_UNDER, 2)}, risk under-predicted) and {_pct(noise)} of recorded FPs are label noise "
             f"(≥ {_pct(NOISE_FP_HIGH, 0)})."
         )
@@ -179,7 +180,8 @@ def recommendations(result: dict[str, Any]) -> list[str]:
         )
     if _ok(oe_t) and oe_t < OE_UNDER:
         recs.append(
-            f"Recalibrate on validation (train.calibration=logistic/isotonic): true-label O/E {_f(oe_t, 2)} < "
+            f"Recalibrate on validation (train.calibration=select chooses among none, logistic, beta and "
+            f"isotonic on held-out data; or name one): true-label O/E {_f(oe_t, 2)} < "
             f"{OE_UNDER} means risk is over-predicted."
         )
     dom = hba1c_fn_dominance(result)

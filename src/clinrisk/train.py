@@ -37,6 +37,7 @@ from clinrisk.bundle import (
     odds_correct_logit,
     write_bundle,
 )
+from clinrisk.calibration import VALIDATION_PART_SALT  # the early-stopping / calibration cut's salt
 from clinrisk.errors import DataError
 from clinrisk.feature_table import check_feature_names
 
@@ -54,7 +55,6 @@ TRAIN, VALIDATION = "train", "validation"
 # stopping; CALIBRATION rows (the other patients) fit and choose the calibration map and check τ, so the
 # map is never fitted on the rows that picked the number of trees.
 CALIBRATION = "calibration"
-VALIDATION_PART_SALT = 1  # patient_fold salt of the early-stopping / calibration cut
 # Rows drawn from the training split for the reference quantiles (OOD checks, PSI drift).
 REFERENCE_SAMPLE_ROWS = 100_000
 REFERENCE_QUANTILES = tuple(round(q, 2) for q in np.linspace(0.1, 0.9, 9))
@@ -677,7 +677,8 @@ def fit_bundle(
     y_tr, w_tr = (a.astype(np.float64) for a in train.labels_weights())
     if y_tr.sum() <= 0 or y_tr.sum() >= y_tr.size:
         raise DataError(f"{where}: training labels have a single class")
-    soft = is_soft(y_tr) or is_soft(y_st) or is_soft(y_va)
+    # the objective follows the fitted labels; calibration-part labels may be expected (soft) true labels
+    soft = is_soft(y_tr) or is_soft(y_st)
     train_label_mean = float(np.average(y_tr, weights=w_tr))
     del y_tr, w_tr
     objective = "cross_entropy" if soft or cfg.labels.strategy == "E2" else "binary"

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from clinrisk.config import LabelsConfig
-from clinrisk.labels import build_labels, eval_columns
+from clinrisk.labels import build_labels, coding_miss_pmf, delay_support, eval_columns, total_delay_pmf
 from tests.features.synth import frame, row
 
 FPY, E = 2005, 2023
@@ -95,7 +95,7 @@ def test_e1b_reweights_only_the_given_rows() -> None:
 
 def test_e2_soft_labels() -> None:
     rows = _patient(1, range(2000, 2024), t_rec=2015) + _patient(2, range(2000, 2024))
-    df = _labels(rows, strategy="E2")
+    df = _labels(rows, strategy="E2", assumed_coding_drift_per_year=0.0)
     p1 = {r["year"]: r["label"] for r in df.filter(pl.col("patient_id") == 1).to_dicts()}
     pmf = dict(zip([-1, 0, 1, 2, 3], [0.05, 0.40, 0.30, 0.15, 0.10], strict=True))
     # t=2011: T* <= 2014 iff d >= 1 -> 0.55; t=2012 (recorded positive, r = t+H): d >= 0 -> 0.95
@@ -118,11 +118,79 @@ def test_e2_equals_e0_at_delta_zero() -> None:
         + _patient(4, range(2002, 2017))
     )
     delta0 = [0.0, 1.0, 0.0, 0.0, 0.0]
-    e0 = _labels(rows, strategy="E0", assumed_delay_pmf=delta0)
-    e2 = _labels(rows, strategy="E2", assumed_delay_pmf=delta0)
+    kw = {"assumed_delay_pmf": delta0, "assumed_coding_drift_per_year": 0.0}
+    e0 = _labels(rows, strategy="E0", **kw)
+    e2 = _labels(rows, strategy="E2", **kw)
     assert e0.equals(e2)
-    e1b = _labels(rows, strategy="E1b", assumed_delay_pmf=delta0)
+    e1b = _labels(rows, strategy="E1b", **kw)
     assert e0.equals(e1b)  # no buffer without delay
+
+
+def test_total_delay_pmf_is_year_aware_under_coding_drift() -> None:
+    cfg = LabelsConfig(assumed_coding_drift_per_year=0.02)
+    clinical = dict(delay_support(cfg))
+    # at r = 0 the total delay is the clinical pmf in every year
+    flat = LabelsConfig(assumed_coding_drift_per_year=0.0)
+    for y in (2005, 2015, 2023):
+        assert total_delay_pmf(flat, y, E) == {d: p for d, p in clinical.items() if p > 0}
+    mean = {y: sum(d * p for d, p in total_delay_pmf(cfg, y, E).items()) for y in (2006, 2014, 2022)}
+    for y in mean:
+        assert sum(total_delay_pmf(cfg, y, E).values()) == pytest.approx(1.0, abs=1e-12)
+    # coding sensitivity (1.02)^(y-E): earlier onsets wait longer for their code; at E it is the clinical pmf
+    assert mean[2006] > mean[2014] > mean[2022] > sum(d * p for d, p in clinical.items())
+    # the coding lag of a 2015 diagnosis: P(M = 0) = 1.02^-8, then the remainder codes the next year(s)
+    miss = coding_miss_pmf(cfg, 2015, E)
+    assert miss[0] == pytest.approx(1.02**-8) and sum(miss) == pytest.approx(1.0)
+    assert total_delay_pmf(cfg, 2030, E) == {d: p for d, p in clinical.items() if p > 0}
+
+
+def test_e2_soft_labels_under_coding_drift_shift_onset_earlier() -> None:
+    """A case recorded in 2015 under coding drift had, in expectation, a longer delay than the clinical pmf
+    says, so its onset is more likely early: the soft label of a row 4 years before is higher than at r = 0."""
+    rows = _patient(1, range(2000, 2024), t_rec=2015) + _patient(2, range(2000, 2024))
+    flat = _labels(rows, strategy="E2", assumed_coding_drift_per_year=0.0)
+    drift = _labels(rows, strategy="E2", assumed_coding_drift_per_year=0.02)
+    f1, d1 = (x.filter(pl.col("patient_id") == 1)["label"].to_numpy() for x in (flat, drift))
+    assert (d1 >= f1 - 1e-7).all() and (d1 > f1 + 1e-3).any()
+    # the recorded-case rows stay a monotone step in t
+    assert (d1[1:] >= d1[:-1] - 1e-7).all()
+    # never recorded: longer pending codes near L raise the expected label of the last rows
+    f2, d2 = (x.filter(pl.col("patient_id") == 2)["label"].to_numpy() for x in (flat, drift))
+    assert d2[-1] >= f2[-1] and ((d2 >= 0) & (d2 <= 1)).all()
+
+
+@pytest.mark.parametrize("strategy", ["E0", "E1b", "E2"])
+def test_calibration_rows_get_expected_true_labels(strategy: str) -> None:
+    """labels.calibration_target=expected: the calibration rows' label is the E2 expected label whatever the
+    strategy (the map then estimates true risk); other rows keep the strategy's label; recorded keeps all."""
+    rows = _patient(1, range(2000, 2024), t_rec=2015) + _patient(2, range(2000, 2024))
+    cal_rows = pl.col("patient_id") == 1
+    cfg = LabelsConfig(strategy=strategy)
+    expected = _labels(rows, strategy="E2")
+    own = _labels(rows, strategy=strategy)
+    got = (
+        build_labels(
+            frame(rows).lazy(), cfg, first_prediction_year=FPY, last_year=E, calibration_rows=cal_rows
+        )
+        .collect()
+        .sort("patient_id", "year")
+    )
+    p1 = pl.col("patient_id") == 1
+    assert got.filter(p1)["label"].equals(expected.filter(p1)["label"])
+    assert got.filter(~p1)["label"].equals(own.filter(~p1)["label"])
+    assert got["label_rec"].equals(own["label_rec"]) and got["sample_weight"].equals(own["sample_weight"])
+    rec = (
+        build_labels(
+            frame(rows).lazy(),
+            cfg.model_copy(update={"calibration_target": "recorded"}),
+            first_prediction_year=FPY,
+            last_year=E,
+            calibration_rows=cal_rows,
+        )
+        .collect()
+        .sort("patient_id", "year")
+    )
+    assert rec.equals(own)
 
 
 def test_eval_columns_from_truth() -> None:
@@ -174,7 +242,8 @@ def test_train_and_validation_labels_use_only_data_known_at_the_cutoff(strategy:
     from clinrisk.splits import assign_split, label_cutoff, label_known_through_expr
 
     split = SplitConfig()  # temporal: train 2005-2013, validation 2014-2015, test from 2019
-    cfg = LabelsConfig(strategy=strategy)
+    # the year the assumed delay pmf describes is a config fact (the truncated data's last year is not)
+    cfg = LabelsConfig(strategy=strategy, assumed_delay_year=E)
     cutoff = label_cutoff(split, E)
     assert cutoff == 2018
     raw = frame(_cutoff_cohort())
@@ -205,7 +274,7 @@ def test_known_through_drops_later_diagnoses_from_soft_labels() -> None:
     # recorded in 2020, after a 2018 cutoff: with the cutoff the 2015 row is a never-recorded patient
     # observed to 2018 (small soft label); without it the row sees the 2020 diagnosis.
     rows = _patient(1, range(2000, 2024), t_rec=2020)
-    cfg = LabelsConfig(strategy="E2")
+    cfg = LabelsConfig(strategy="E2", assumed_coding_drift_per_year=0.0)  # the clinical pmf's formulas
     lf = build_labels(frame(rows).lazy(), cfg, first_prediction_year=FPY, last_year=E)
     cut = build_labels(
         frame(rows).lazy(), cfg, first_prediction_year=FPY, last_year=E, known_through=pl.lit(2018)

@@ -115,3 +115,18 @@ def test_beta_is_frozen_in_the_bundle(synthetic_features_dir: Path, tmp_path: Pa
     X = features_to_matrix(frame, bundle.feature_names, bundle.categories)
     z = bundle.predict_raw(frame) - np.log(bundle.positive_class_weight)
     np.testing.assert_allclose(bundle.predict_proba(X), apply_calibration(stored, z), rtol=0, atol=0)
+
+
+def test_patient_fold_expr_matches_patient_fold() -> None:
+    """The labels' calibration rows (polars) and clinrisk.train's calibration part (numpy) are the same cut."""
+    import polars as pl
+
+    from clinrisk.calibration import VALIDATION_PART_SALT, patient_fold, patient_fold_expr
+
+    ids = np.concatenate(
+        [np.arange(-50, 5000, dtype=np.int64), np.array([2**62, -(2**63) + 1, 2**63 - 1], dtype=np.int64)]
+    )
+    for folds, salt in ((2, VALIDATION_PART_SALT), (5, 0), (3, 7)):
+        want = patient_fold(ids, folds, salt=salt)
+        got = pl.DataFrame({"patient_id": ids}).select(patient_fold_expr(folds, salt=salt)).to_series()
+        assert np.array_equal(got.to_numpy(), want), (folds, salt)

@@ -9,6 +9,7 @@ from clinrisk.calibration import (
     METHODS,
     SELECT_AP_TOLERANCE,
     apply_calibration,
+    fit_calibration,
     select_calibration,
     sigmoid,
 )
@@ -80,3 +81,29 @@ def test_length_mismatch_is_a_data_error() -> None:
     z, y, pid = _cohort(100, 0.0, seed=1)
     with pytest.raises(DataError, match="patient ids"):
         select_calibration(z, y, None, pid[:50])
+
+
+def test_monotone_maps_lose_no_held_out_ap_when_the_folds_fit_different_maps() -> None:
+    """The AP check is made within each held-out fold: pooled over folds, two different logistic fits
+    reorder rows across folds and a monotone map was charged AP it cannot lose (40k suite, seed 14: E0
+    shipped uncalibrated). Here the folds' calibrations differ on purpose (labels shifted by fold)."""
+    from clinrisk.calibration import patient_fold
+
+    rng = np.random.default_rng(5)
+    pid = np.repeat(np.arange(4000), 3)
+    z = rng.normal(-2.5, 1.2, pid.size)
+    fold = patient_fold(pid, 2)
+    y = (rng.random(pid.size) < 1 / (1 + np.exp(-(z + np.where(fold == 0, 1.2, -0.3))))).astype(float)
+    sel = select_calibration(z, y, None, pid)["selection"]
+    held = sel["held_out"]
+    assert held["logistic"]["ap"] == held["none"]["ap"] and held["beta"]["ap"] == pytest.approx(
+        held["none"]["ap"], abs=1e-12
+    )
+    assert {"none", "logistic", "beta"} <= set(sel["passed_ap_check"])
+    # pooled over the folds the two fits' different scales would have cost AP
+    pooled = np.empty_like(z)
+    for k in (0, 1):
+        te = fold == k
+        cal = fit_calibration(z[~te], y[~te], method="logistic")
+        pooled[te] = apply_calibration(cal, z[te])
+    assert average_precision(y, pooled) < held["none"]["ap"] - 0.002

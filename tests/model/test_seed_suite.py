@@ -50,12 +50,16 @@ def test_summary_statistics_and_rule(tmp_path: Path) -> None:
         # expectation of the squared bias part; it must be large, with a CI above 0
         assert 0.7 < f["fraction_closed"] < 1.1, (s, f)
         assert f["lo"] > 0 and f["lo"] <= f["fraction_closed"] <= f["hi"]
-        assert f["delta_hi"] < 0
+        assert f["delta_excess_brier_hi"] < 0 and f["delta_brier_hi"] < 0 and f["gap_resolved"]
     assert out["winner"] == "E2" and out["wins"] == 5
     assert out["goals"]["e2_closes_gap"]["met"]
     a = out["arms"]["A"]
     assert a["excess_brier"]["mean"] == 0.0  # tier A against itself
     assert out["arms"]["E0"]["oe"]["mean"] > 1.8  # under-prediction shows as O/E > 1
+    # against tier A's risk (no label draw): E0 = 0.5·C, so Σp/Σp̂ ≈ 2; tier A is 1 by definition
+    assert out["arms"]["E0"]["oe_expected"]["mean"] == pytest.approx(2.0, rel=0.05)
+    assert out["arms"]["A"]["oe_expected"]["mean"] == pytest.approx(1.0)
+    assert not out["goals"]["oe_in_band"]["met_by_winner"] or out["winner"] != "E0"
     assert out["arms"]["E0"]["auc"]["sd"] > 0  # between-seed SD over 5 seeds
 
 
@@ -65,6 +69,18 @@ def test_rule_keeps_e0_when_e2_does_not_help(tmp_path: Path) -> None:
     out = summarise(tmp_path, _settings())
     assert out["winner"] == "E0"
     assert not out["goals"]["e2_closes_gap"]["met"]
+
+
+def test_unresolved_gap_reports_no_share_and_rule_uses_paired_difference(tmp_path: Path) -> None:
+    """Tier C no better than E0 (the seed-13 case): the share's denominator is noise, so no share is
+    reported, while the paired excess-Brier difference still decides the seed."""
+    _write_seed(tmp_path, 3)
+    arms = load_predictions(tmp_path)[3]
+    arms["C"] = [f.clone() for f in arms["E0"]]
+    f = gap_closed(arms, n_boot=200, seed=1, ci_level=0.95)
+    assert not f["gap_resolved"] and np.isnan(f["fraction_closed"]) and np.isnan(f["lo"])
+    assert f["gap_lo"] <= 0 <= f["gap_hi"]
+    assert f["delta_excess_brier_hi"] < 0  # E2 still better than E0: a win under the rule
 
 
 def test_gap_closed_ci_covers_point(tmp_path: Path) -> None:
@@ -161,6 +177,16 @@ def test_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert {"none", "logistic", "beta"} <= set(per_method)
         assert per_method["beta"]["max_abs_auc_change_vs_none"] < 1e-9  # monotone: ranking kept
         assert per_method["none"]["ap_change_vs_none"] == 0.0
+    # --resume reuses a seed finished with the same settings (no retraining) and reruns it otherwise
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "seed=3").glob("*.parquet")}
+    argv = ["--seeds", "3", "--lgb-seeds", "1", "--patients", "600", "--boot", "20", "--min-seeds", "1",
+            "--min-wins", "1", "--out", str(out), "--set", "generate.calibration_patients=600",
+            "--set", "generate.n_shards=1", "--set", "train.num_boost_round=25", "--resume"]  # fmt: skip
+    assert main(argv) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "seed=3").glob("*.parquet")} == before
+    assert main([*argv[:-2], "train.num_boost_round=20", "--resume"]) == 0
+    assert (out / "seed=3" / "E0_lgb1.parquet").stat().st_mtime_ns != before["E0_lgb1.parquet"]
+    capsys.readouterr()
 
 
 def test_calibration_comparison_on_synthetic_maps(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ BASE = [
     "generate.chunk_patients=2000",
     "generate.calibration_patients=4000",
     "generate.delay_severity=none",
+    "labels.assumed_coding_drift_per_year=0",  # with no assumed delay at all, E2 is algebraically E0
     "split.temporal=false",
     "select.enabled=false",
     "train.num_boost_round=60",

@@ -38,6 +38,26 @@ class LabelsConfig(Section):
         lt=1.0,
         description="h-bar for E2 soft labels of never-recorded patients (science §2.2)",
     )
+    assumed_coding_drift_per_year: float = Field(
+        0.02,
+        ge=0.0,
+        le=0.2,
+        description="r of the assumed coding drift: the delay pmf describes the last year E, a diagnosis in "
+        "year y is coded that year with probability min(1, (1+r)^(y-E)), so expected labels are year-aware",
+    )
+    assumed_delay_year: int | None = Field(
+        None,
+        ge=1900,
+        le=2200,
+        description="calendar year the assumed delay pmf describes (coding drift is relative to it); "
+        "None: generate.last_year. A config fact, never derived from the data, so truncating the data at a "
+        "label cutoff leaves every expected label unchanged",
+    )
+    calibration_target: Literal["expected", "recorded"] = Field(
+        "expected",
+        description="labels the calibration map is fitted to on the calibration part: the expected true label "
+        "under the assumed delay model (true risk) or the recorded label (its bias included)",
+    )
 
     @model_validator(mode="after")
     def _pmf_is_a_distribution(self) -> LabelsConfig:
