@@ -419,7 +419,7 @@ def test_merge_data_refuses_a_patient_in_two_shards_and_publishes_nothing(tmp_pa
     parts = [work / "raw-0", work / "raw-1"]
     for s in (0, 1):
         validate_shard_step(config_dir, parts[s], s, work / f"val-{s}")
-    with pytest.raises(DataError, match="patient ids overlap|appears in several shards"):
+    with pytest.raises(DataError, match=r"patient ids overlap|appears in several shards"):
         merge_data_step(
             config_dir, work / "plan", parts, [work / "val-0", work / "val-1"],
             work / "raw", work / "validated", work / "report.md",
@@ -518,7 +518,7 @@ def test_register_cli_and_kfp_step_have_the_same_registry_effect(tmp_path: Path)
     )
     reset_state()
     assert res.exit_code == 2 and res.output.startswith("error: ") and str(broken) in res.output
-    with pytest.raises(DataError, match=str(broken)):
+    with pytest.raises(DataError, match=re.escape(str(broken))):
         register_step(kfp_dir, broken, tmp_path / "e", tmp_path / "report.md", run_id)
     # nothing changed in either registry (one version, the same aliases, tags and run)
     assert _registry_effect(cfg_cli, cli_run_id) == _registry_effect(cfg_kfp, run_id) == kfp_effect
