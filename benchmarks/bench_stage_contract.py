@@ -42,11 +42,13 @@ def outputs(out: Path) -> dict[str, str]:
     model = sorted(out.rglob("train/bundle/model.txt"))
     metrics = sorted(out.rglob("evaluate/evaluation/metrics.json"))
     if not model or not metrics:
-        return {"model_sha256": "?", "headline": "?"}
+        return {"model_sha256": "?", "headline": "?", "data_hash": "?"}
     headline = json.loads(metrics[-1].read_text()).get("headline", {})
+    metadata = json.loads((model[-1].parent / "metadata.json").read_text())
     return {
         "model_sha256": hashlib.sha256(model[-1].read_bytes()).hexdigest()[:16],
         "headline": json.dumps(headline, sort_keys=True),
+        "data_hash": str(metadata.get("data_hash", "?"))[:16],
     }
 
 
@@ -59,7 +61,7 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra config override")
     args = ap.parse_args()
     walls: dict[str, list[float]] = {"before": [], "after": []}
-    seen: dict[str, set[str]] = {"model": set(), "headline": set()}
+    seen: dict[str, set[str]] = {"model": set(), "headline": set(), "data_hash": set()}
     with tempfile.TemporaryDirectory(prefix="bench-stage-contract-") as tmp:
         for i in range(args.repeats):
             for arm, tree in (("before", args.before), ("after", args.after)):
@@ -67,15 +69,20 @@ def main() -> None:
                 got = outputs(out)
                 seen["model"].add(got["model_sha256"])
                 seen["headline"].add(got["headline"])
+                seen["data_hash"].add(got["data_hash"])
                 walls[arm].append(wall)
-                print(f"run {i + 1} {arm:<6} {wall:7.1f} s  model {got['model_sha256']}", flush=True)
+                print(
+                    f"run {i + 1} {arm:<6} {wall:7.1f} s  model {got['model_sha256']}  "
+                    f"data hash {got['data_hash']}",
+                    flush=True,
+                )
     med = {arm: statistics.median(w) for arm, w in walls.items()}
     print(
         f"median before {med['before']:.1f} s, after {med['after']:.1f} s, "
         f"ratio after/before {med['after'] / med['before']:.3f} ({args.repeats} runs each, interleaved)"
     )
-    same = len(seen["model"]) == 1 and len(seen["headline"]) == 1
-    print(f"same model bytes and test metrics in every run: {'yes' if same else 'NO'}")
+    same = all(len(v) == 1 for v in seen.values())
+    print(f"same model bytes, data hash and test metrics in every run: {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ from clinrisk.config import ClinriskConfig, load_config, save_config
 from clinrisk.errors import ConfigError, DataError
 from clinrisk.io import atomic_output_dir, read_json, write_json
 from clinrisk.stages.catalog import Catalog, MetricLogger, log_numeric
-from clinrisk.stages.generate import plan_shards
-from clinrisk.stages.shards import copy_shards
+from clinrisk.stages.shards import copy_shards, plan_shards
 from clinrisk.usecases.base import UseCase
 
 CONFIG_FILE = "config.yaml"

@@ -20,7 +20,7 @@ from clinrisk.config import ClinriskConfig
 from clinrisk.errors import DataError
 from clinrisk.io import atomic_output_dir, read_json, write_json
 from clinrisk.stages.catalog import Catalog
-from clinrisk.stages.shards import copy_shards
+from clinrisk.stages.shards import copy_shards, plan_shards
 from clinrisk.usecase_io import finish_raw, generate_raw, ingest_raw, write_raw_shard
 from clinrisk.usecases.base import TRUTH_TABLE, UseCase
 
@@ -29,15 +29,6 @@ def _usecase(cfg: ClinriskConfig) -> UseCase:
     from clinrisk.usecases import get
 
     return get(cfg.run.usecase)
-
-
-def plan_shards(plan: dict[str, Any]) -> list[int]:
-    """The shard indices every per-shard task fans out over: the plan's, never the config's (the plan may
-    make fewer shards than ``generate.n_shards``, e.g. when there are fewer patient blocks)."""
-    n = plan.get("n_shards")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise DataError(f"plan.json: n_shards must be an integer >= 1, got {n!r}")
-    return list(range(n))
 
 
 def write_plan(cfg: ClinriskConfig, io: Catalog) -> dict[str, Any]:
