@@ -523,6 +523,14 @@ def test_register_cli_and_kfp_step_have_the_same_registry_effect(tmp_path: Path)
     # nothing changed in either registry (one version, the same aliases, tags and run)
     assert _registry_effect(cfg_cli, cli_run_id) == _registry_effect(cfg_kfp, run_id) == kfp_effect
 
+    # tracking off: the step's rule for both (nothing registered, the model is the bundle's path)
+    off = small_config(tmp_path / "off", "tracking.enabled=false")
+    out = _cli(
+        "register", "--config", _config_dir(off, tmp_path / "off-config") / CONFIG_FILE, "--bundle", bundle
+    )
+    assert f"nothing registered; the model is {bundle}" in out
+    assert not Catalog.for_config(off).path("mlflow").exists()
+
 
 def test_deploy_cli_and_kfp_step_patch_the_same_canary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -573,3 +581,15 @@ def test_deploy_cli_and_kfp_step_patch_the_same_canary(
     with pytest.raises((ConfigError, ro.RolloutError, ValueError)):
         deploy_canary_step(config_dir, V2, "", "", 120, api=step_api)
     assert len(apis) == 1 and len(step_api.patches) == 1  # nothing patched by either refusal
+
+    # a registry URI is resolved first; with no registry there, one line and no store created
+    reset_state()
+    res = CliRunner().invoke(
+        build_app(),
+        ["rollout", "canary", "--config", str(config_dir / CONFIG_FILE), "--model-uri", "models:/clinical/1",
+         "--percent", "10"],
+    )  # fmt: skip
+    reset_state()
+    store = Catalog.for_config(_tiny(tmp_path)).path("mlflow")
+    assert res.exit_code == 2 and res.output.startswith("error: no MLflow store at "), res.output
+    assert not store.exists() and len(apis) == 1

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, existing_store, handle_errors, load
 
 if TYPE_CHECKING:
     from clinrisk.rollout import Rollout
@@ -84,6 +84,8 @@ def canary(
 
     validate_percent(percent)  # fail before touching the registry or the cluster
     cfg = load(config, sets)
+    if model_uri is not None and model_uri.startswith("models:/"):
+        existing_store(cfg)  # resolving reads the registry: never create an empty local store for it
     state = deploy_stage.run(
         cfg,
         Catalog.for_config(cfg),
