@@ -10,13 +10,21 @@ def train(
     config: dsl.Input[dsl.Artifact],
     features: dsl.Input[dsl.Dataset],
     selection: dsl.Input[dsl.Artifact],
+    raw: dsl.Input[dsl.Dataset],
     mlflow_run_id: str,
     bundle: dsl.Output[dsl.Model],
     train_metrics: dsl.Output[dsl.Metrics],
 ) -> None:
-    """Fit on the training split, calibrate on validation, choose the threshold, write the bundle."""
+    """Fit on the training split, calibrate on validation, choose the threshold, write the bundle (``raw``:
+    its manifest is the bundle's data hash)."""
     from clinrisk.steps import train_step
 
     train_step(
-        config.path, features.path, selection.path, mlflow_run_id, bundle.path, train_metrics.log_metric
+        config.path,
+        features.path,
+        selection.path,
+        mlflow_run_id,
+        bundle.path,
+        train_metrics.log_metric,
+        raw_dir=raw.path,
     )

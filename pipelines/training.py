@@ -171,6 +171,7 @@ def build_training_pipeline(
                     config=config,
                     features=features.outputs["features"],
                     selection=selection.outputs["selection"],
+                    raw=data.outputs["raw"],
                     mlflow_run_id=tracking.output,
                 ),
                 "train",

@@ -1,4 +1,5 @@
-"""Where a run's stages read and write under ``<output_dir>/<name>`` (CLI side only)."""
+"""Where a run's stages read and write under ``<output_dir>/<name>``: a named view of the stage catalog's
+run layout (:data:`clinrisk.stages.catalog.RUN_LAYOUT`, the one owner of these paths)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clinrisk.config import ClinriskConfig
+from clinrisk.stages.catalog import RUN_LAYOUT
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The folders of one run; library functions take these as explicit arguments."""
+    """The folders of one run (attribute names for code that wants a folder, not a catalog)."""
 
     root: Path
 
@@ -18,38 +20,41 @@ class RunPaths:
     def for_config(cls, cfg: ClinriskConfig) -> RunPaths:
         return cls(Path(cfg.run.output_dir) / cfg.run.name)
 
+    def _at(self, name: str) -> Path:
+        return self.root / RUN_LAYOUT[name]
+
     @property
     def raw(self) -> Path:
-        return self.root / "raw"
+        return self._at("raw")
 
     @property
     def validated(self) -> Path:
-        return self.root / "validated"
+        return self._at("validated")
 
     @property
     def quarantine(self) -> Path:
-        return self.root / "quarantine"
+        return self._at("quarantine")
 
     @property
     def validation(self) -> Path:
-        return self.root / "validation"
+        return self._at("validation")
 
     @property
     def features(self) -> Path:
-        return self.root / "features"
+        return self._at("features")
 
     @property
     def selection(self) -> Path:
-        return self.root / "selection"
+        return self._at("selection")
 
     @property
     def bundle(self) -> Path:
-        return self.root / "bundle"
+        return self._at("model_bundle")
 
     @property
     def evaluation(self) -> Path:
-        return self.root / "evaluation"
+        return self._at("evaluation")
 
     @property
     def mlflow(self) -> Path:
-        return self.root / "mlflow"
+        return self._at("mlflow")

@@ -1,10 +1,12 @@
 """Path-level entry points of every pipeline step: what the KFP components call.
 
-Each function takes directories (KFP artifact paths) and loads the run's config artifact. The converted
-stages (select, train, evaluate) are thin adapters: they build the stage's :class:`~clinrisk.stages.Catalog`
-from the task's artifact paths and call ``clinrisk.stages.<stage>.run`` -- the same ``run`` the CLI command
-calls. The others (generate, validate, features, register, deploy) still orchestrate here. Per-shard steps
-let ``dsl.ParallelFor`` fan out one pod per shard; the merge steps collect shards back into one dataset.
+Each function takes directories (KFP artifact paths) and loads the run's config artifact. The stage steps
+are thin adapters: they build the stage's :class:`~clinrisk.stages.Catalog` from the task's artifact paths
+and call ``clinrisk.stages.<stage>`` -- its ``run`` (select, train, evaluate, register, deploy: the same
+``run`` the CLI command calls) or, for the sharded stages (generate, validate, features), the per-shard and
+collect pieces that the stage's ``run`` is made of on one machine. Per-shard steps let ``dsl.ParallelFor``
+fan out one pod per shard; the merge steps collect shards back into one dataset. What stays here is
+KFP-only: the config artifact, the MLflow run of the DAG, the data cache, the UI's Markdown and metrics.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from clinrisk.config import ClinriskConfig, load_config, save_config
 from clinrisk.errors import ConfigError, DataError
 from clinrisk.io import atomic_output_dir, read_json, write_json
 from clinrisk.stages.catalog import Catalog, MetricLogger, log_numeric
-from clinrisk.stages.shards import copy_shards
+from clinrisk.stages.shards import copy_shards, plan_shards
 from clinrisk.usecases.base import UseCase
 
 CONFIG_FILE = "config.yaml"
+PLAN_FILE = "plan.json"  # inside the plan artefact (also KFP_OUTPUTS["plan"])
+MANIFEST_FILE = "manifest.json"  # inside the raw artefact
 
 
 def _load(config_dir: str | Path) -> ClinriskConfig:
@@ -134,21 +138,14 @@ def finalize_tracking_step(params: Any, kfp_run_id: str, pipeline_state: str, er
     return model_uri
 
 
-def plan_shards(plan: dict[str, Any]) -> list[int]:
-    """The shard indices every per-shard task fans out over: the plan's, never the config's (the plan may
-    make fewer shards than ``generate.n_shards``, e.g. when there are fewer patient blocks)."""
-    n = plan.get("n_shards")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise DataError(f"plan.json: n_shards must be an integer >= 1, got {n!r}")
-    return list(range(n))
-
-
 def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> list[int]:
     """Calibrate α by bisection and fix each shard's patient blocks (plan.json); returns the shard indices
-    the pipeline fans out over (the plan owns the fan-out)."""
+    the pipeline fans out over (the plan owns the fan-out; :mod:`clinrisk.stages.generate`)."""
     from clinrisk import datacache
+    from clinrisk.stages import generate
 
     cfg = _load(config_dir)
+    io = _catalog({"plan": Path(out_dir) / PLAN_FILE})
     # With experiments.data_cache_dir set, the reuse decision is made once, here, and travels in the plan.
     hit = datacache.lookup(cfg)
     if hit is not None:
@@ -157,28 +154,26 @@ def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> list[in
         plan = _usecase(cfg).source.plan(cfg)
         if cfg.experiments.data_cache_dir is not None:
             plan["data_cache"] = {"key": datacache.data_key(cfg), "reused_from": None}
-    with atomic_output_dir(Path(out_dir)) as tmp:
-        write_json(tmp / "plan.json", plan)
+    generate.publish_plan(plan, io)
     return plan_shards(plan)
 
 
 def generate_shard_step(
     config_dir: str | Path, plan_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
-    """Generate one shard's observed tables + truth (the use case's generator; the framework writes them)."""
+    """Generate one shard's observed tables + truth (:func:`clinrisk.stages.generate.generate_shard`)."""
     from clinrisk import datacache
-    from clinrisk.usecase_io import write_raw_shard
+    from clinrisk.stages import generate
 
     cfg = _load(config_dir)
-    plan = read_json(Path(plan_dir) / "plan.json")
-    if shard not in plan_shards(plan):
-        raise DataError(f"shard {shard}: the plan has shards 0..{plan['n_shards'] - 1}")
-    with atomic_output_dir(Path(out_dir)) as tmp:
-        if (reuse := datacache.reused(plan)) is not None:
+    plan = generate.read_plan(_catalog({"plan": Path(plan_dir) / PLAN_FILE}))
+    if (reuse := datacache.reused(plan)) is not None:
+        if shard not in plan_shards(plan):
+            raise DataError(f"shard {shard}: the plan has shards 0..{plan['n_shards'] - 1}")
+        with atomic_output_dir(Path(out_dir)) as tmp:
             write_json(tmp / datacache.REUSED_MARKER, reuse)  # merge-data links the cached data instead
-        else:
-            usecase = _usecase(cfg)
-            write_raw_shard(usecase.source.generate_shard(cfg, plan, shard), usecase, tmp, shard)
+        return
+    generate.generate_shard(cfg, _catalog({"raw_shard": out_dir}), plan, shard)
 
 
 def merge_data_step(
@@ -191,27 +186,20 @@ def merge_data_step(
     report_file: str | Path,
     log_metric: MetricLogger | None = None,
 ) -> dict[str, Any]:
-    """Collect raw and validated shards; write the manifest (content hash) and the validation report.
+    """Collect raw and validated shards into the two datasets (:func:`clinrisk.stages.generate.collect`,
+    :func:`clinrisk.stages.validate.collect`): the raw manifest (content hash) and the validation report.
 
-    The same checks as ``clinrisk validate`` apply (row counts vs manifest, quarantine share), so a run
-    with too much bad data stops here and publishes neither dataset.
+    The same gates as ``clinrisk validate`` apply (shards and row counts vs manifest, no entity in two
+    shards, quarantine share), so a run with too much bad data stops here and publishes neither dataset.
+    The validated artefact holds the quarantine and the report too (``quarantine/``, ``validation/``).
     """
     from clinrisk import datacache
-    from clinrisk.generate import CONFIG_FILE as RAW_CONFIG_FILE
-    from clinrisk.generate import MANIFEST
-    from clinrisk.usecase_io import raw_files_sha256, read_raw_shard, validated_dir
-    from clinrisk.usecases.base import TRUTH_TABLE
-    from clinrisk.validate import (
-        build_report,
-        check_report,
-        read_raw_manifest,
-        render_report_md,
-        verify_raw_files,
-        write_report,
-    )
+    from clinrisk.stages import generate
+    from clinrisk.stages import validate as validate_stage
+    from clinrisk.validate import checked_raw_manifest, render_report_md
 
     cfg = _load(config_dir)
-    plan = read_json(Path(plan_dir) / "plan.json")
+    plan = generate.read_plan(_catalog({"plan": Path(plan_dir) / PLAN_FILE}))
     if (reuse := datacache.reused(plan)) is not None:
         # Copy-free reuse: this run's raw/validated outputs are links to the source run's directories.
         datacache.link_dir(Path(reuse["raw_dir"]), Path(raw_out))
@@ -220,37 +208,30 @@ def merge_data_step(
         note = f"> Data reused from run `{reuse['reused_from']}` (data cache key `{reuse['key'][:16]}`).\n\n"
         Path(report_file).parent.mkdir(parents=True, exist_ok=True)
         Path(report_file).write_text(note + render_report_md(report))
-        keys = ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
-        if log_metric is not None:
-            log_numeric(log_metric, {k: report[k] for k in keys if k in report})
+        _log_validation_metrics(report, log_metric)
         return dict(report)
-    usecase = _usecase(cfg)
     with atomic_output_dir(Path(raw_out)) as raw_tmp, atomic_output_dir(Path(validated_out)) as val_tmp:
-        for table in (*usecase.source.tables, TRUTH_TABLE):
-            copy_shards(raw_parts, table, raw_tmp / table)
-        manifest_doc = usecase.source.manifest(cfg, plan, lambda s: read_raw_shard(usecase, raw_tmp, s))
-        manifest_doc["files_sha256"] = raw_files_sha256(raw_tmp)  # what `clinrisk validate` checks
-        save_config(cfg, raw_tmp / RAW_CONFIG_FILE)
-        write_json(raw_tmp / MANIFEST, manifest_doc)
-        manifest = read_raw_manifest(raw_tmp)
-        manifest["files_verified"] = verify_raw_files(raw_tmp, manifest)
-        for table in usecase.source.tables:
-            copy_shards(validated_parts, f"validated/{table}", validated_dir(usecase, val_tmp, table))
-            copy_shards(
-                validated_parts, f"quarantine/{table}", validated_dir(usecase, val_tmp / "quarantine", table)
-            )
-        stats = [read_json(Path(p) / "stats.json") for p in validated_parts]
-        report = build_report(cfg, stats, manifest)
-        check_report(cfg, report, manifest, raw_tmp / usecase.source.tables[0])
-        write_report(report, val_tmp / "validation")
+        generate.collect(cfg, plan, raw_parts, raw_tmp)
+        report = validate_stage.collect(
+            cfg,
+            checked_raw_manifest(raw_tmp),
+            validated_parts,
+            val_tmp,
+            val_tmp / "quarantine",
+            val_tmp / "validation",
+        )
     if plan.get("data_cache") is not None:
         datacache.publish(cfg, plan, Path(raw_out), Path(validated_out), report)
     Path(report_file).parent.mkdir(parents=True, exist_ok=True)
     Path(report_file).write_text(render_report_md(report))
+    _log_validation_metrics(report, log_metric)
+    return dict(report)
+
+
+def _log_validation_metrics(report: dict[str, Any], log_metric: MetricLogger | None) -> None:
     if log_metric is not None:
         keys = ("rows_in", "rows_valid", "rows_quarantined", "quarantine_fraction")
         log_numeric(log_metric, {k: report[k] for k in keys if k in report})
-    return dict(report)
 
 
 # --------------------------------------------------------------------------- validation
@@ -259,11 +240,10 @@ def merge_data_step(
 def validate_shard_step(
     config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
-    """Validate one generated shard (the use case's schema) into
+    """Validate one generated shard (:func:`clinrisk.stages.validate.validate_shard`) into
     ``out_dir/{validated,quarantine}/<table>/shard=NNN`` + ``stats.json``."""
     from clinrisk import datacache
-    from clinrisk.io import shard_file
-    from clinrisk.usecase_io import read_raw_shard, write_validated_shard
+    from clinrisk.stages import validate as validate_stage
 
     cfg = _load(config_dir)
     marker = Path(raw_shard_dir) / datacache.REUSED_MARKER
@@ -271,16 +251,7 @@ def validate_shard_step(
         with atomic_output_dir(Path(out_dir)) as tmp:
             write_json(tmp / datacache.REUSED_MARKER, read_json(marker))
         return
-    usecase = _usecase(cfg)
-    raw = read_raw_shard(usecase, Path(raw_shard_dir), shard, truth=False)
-    result = usecase.schema.validate(cfg, raw, shard)
-    with atomic_output_dir(Path(out_dir)) as tmp:
-        # one sub-directory per table here (merge-data lays them out; see clinrisk.usecase_io)
-        stats = write_validated_shard(
-            result, usecase, tmp / "validated", tmp / "quarantine", shard, per_table=True
-        )
-        stats["file"] = str(shard_file(Path(raw_shard_dir) / usecase.source.tables[0], shard))
-        write_json(tmp / "stats.json", stats)
+    validate_stage.validate_shard(cfg, _catalog({"raw": raw_shard_dir, "validated_shard": out_dir}), shard)
 
 
 # --------------------------------------------------------------------------- features
@@ -363,13 +334,20 @@ def train_step(
     mlflow_run_id: str,
     out_dir: str | Path,
     log_metric: MetricLogger | None = None,
+    raw_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on the selected features, calibrate, choose τ, write the bundle; log validation metrics
-    (:mod:`clinrisk.stages.train`)."""
+    (:mod:`clinrisk.stages.train`). ``raw_dir`` is the raw dataset, whose manifest gives the bundle's data
+    hash (as in the CLI's run folder)."""
     from clinrisk.stages import train
 
     io = _catalog(
-        {"features": features_dir, "selection": selection_dir, "model_bundle": out_dir},
+        {
+            "features": features_dir,
+            "selection": selection_dir,
+            "model_bundle": out_dir,
+            "raw_manifest": Path(raw_dir) / MANIFEST_FILE if raw_dir is not None else None,
+        },
         mlflow_run_id,
         log_metric,
     )
@@ -420,48 +398,25 @@ def register_step(
     mlflow_run_id: str,
     validated_dir: str | Path | None = None,
 ) -> str:
-    """Log the small reports to the run, register the bundle (alias ``challenger``; an identical bundle
-    reuses its version), make it ``champion`` when there is none yet; returns ``models:/name/version``.
+    """Register the bundle in the pipeline's MLflow run (:mod:`clinrisk.stages.register`: alias
+    ``challenger``, an identical bundle reuses its version, ``champion`` when there is none yet, the run's
+    small reports, the run ended); returns ``models:/name/version`` (the bundle's path with tracking off).
 
-    The run gets only small artefacts: the validation report (``validated_dir/validation``: JSON and
-    Markdown; else the Markdown ``validation_report``), the config and the registered model (the evaluation
-    report and plots come from the evaluate step). Never the data folders beside them (raw data, truth,
-    quarantine).
-    """
-    from clinrisk.promotion import bootstrap_champion
-    from clinrisk.registry import register_bundle
-    from clinrisk.tracking import (
-        CHALLENGER,
-        configure,
-        end_run,
-        headline_description,
-        log_file,
-        log_report_files,
-        model_uri,
-        set_description,
+    The validation report is ``validated_dir/validation`` (JSON and Markdown), else the Markdown
+    ``validation_report``."""
+    from clinrisk.stages import register
+
+    io = _catalog(
+        {
+            "model_bundle": bundle_dir,
+            "evaluation": evaluation_dir,
+            "validation": Path(validated_dir) / "validation" if validated_dir is not None else None,
+            "validation_report_md": validation_report,
+            "config_file": Path(config_dir) / CONFIG_FILE,
+        },
+        mlflow_run_id,
     )
-
-    cfg = _load(config_dir)
-    if not mlflow_run_id:
-        return str(Path(bundle_dir))
-    configure(cfg)
-    report_dir = Path(validated_dir) / "validation" if validated_dir is not None else None
-    if report_dir is not None and report_dir.is_dir():
-        log_report_files(report_dir, "validation", mlflow_run_id, suffixes=(".json", ".md"))
-    else:
-        log_file(Path(validation_report), "validation", mlflow_run_id)
-    log_file(Path(config_dir) / CONFIG_FILE, "config", mlflow_run_id)
-    version = register_bundle(cfg, Path(bundle_dir), mlflow_run_id)
-    name = cfg.tracking.registered_model_name
-    aliases = f"@{CHALLENGER}"
-    record = bootstrap_champion(cfg)
-    if record is not None and record.get("champion_after") == version:
-        aliases += " and @champion, the first model to pass the gate"
-    metrics_file = Path(evaluation_dir) / "metrics.json"
-    headline = read_json(metrics_file).get("headline", {}) if metrics_file.is_file() else {}
-    set_description(mlflow_run_id, headline_description(cfg, headline, f"`{name}` v{version} ({aliases})"))
-    end_run(mlflow_run_id)
-    return model_uri(cfg, version)
+    return str(register.run(_load(config_dir), io)["model_uri"])
 
 
 def deploy_canary_step(
@@ -472,22 +427,19 @@ def deploy_canary_step(
     percent: int,
     api: Any = None,
 ) -> str:
-    """Start (or shift) a canary of ``model_uri`` on the InferenceService through the Kubernetes API.
+    """Start (or shift) a canary of ``model_uri`` on the InferenceService through the Kubernetes API
+    (:mod:`clinrisk.stages.deploy`: a ``models:/`` URI is resolved to the bundle's storage URI first)."""
+    from clinrisk.stages import deploy
 
-    A registry URI (``models:/name/version`` or ``models:/name@alias``, what ``register`` returns) is
-    resolved to the bundle's storage location first: KServe's storage initializer cannot read ``models:/``.
-    """
-    from clinrisk.rollout import KubernetesIsvcApi, Rollout
-    from clinrisk.tracking import resolve_storage_uri
-
-    cfg = _load(config_dir)
-    storage_uri = resolve_storage_uri(cfg, model_uri)
-    rollout = Rollout(
-        api if api is not None else KubernetesIsvcApi(),
-        namespace=namespace or cfg.serving.namespace,
-        name=inference_service or cfg.serving.model_name,
+    state = deploy.run(
+        _load(config_dir),
+        _catalog({}),
+        model_uri,
+        percent,
+        api=api,
+        namespace=namespace or None,
+        name=inference_service or None,
     )
-    state = rollout.canary(model_uri=storage_uri, percent=percent)
     return str(state)
 
 
@@ -495,6 +447,7 @@ __all__ = [
     "CONFIG_FILE",
     "atomic_output_dir",
     "copy_shards",
+    "plan_shards",
     "read_json",
     "resolve_config_step",
     "write_json",

@@ -497,14 +497,16 @@ def reference_stats(
     }
 
 
-def data_hash(features_dir: Path, shards: list[Path]) -> dict[str, str]:
-    """Provenance hashes: the features manifest/raw manifest if present, and sha256 of the shards used."""
+def data_hash(features_dir: Path, shards: list[Path], raw_manifest: Path | None = None) -> dict[str, str]:
+    """Provenance hashes: the features manifest/raw manifest if present, and sha256 of the shards used.
+    ``raw_manifest`` is the raw dataset's manifest.json (the stage catalog's ``raw_manifest``; without it,
+    the run folder's ``raw/`` beside the features)."""
     from clinrisk.io import read_json, sha256_file
 
     out: dict[str, str] = {}
     for key, path in (
         ("features", features_dir / "manifest.json"),
-        ("raw", features_dir.parent / "raw" / "manifest.json"),
+        ("raw", raw_manifest if raw_manifest is not None else features_dir.parent / "raw" / "manifest.json"),
     ):
         if path.is_file():
             m = read_json(path)
@@ -628,15 +630,17 @@ def train_model(
     return publish_bundle(cfg, parts, Path(out_dir))
 
 
-def load_training_inputs(features_dir: Path) -> tuple[FeatureSpec, list[Path], dict[str, str]]:
+def load_training_inputs(
+    features_dir: Path, raw_manifest: Path | None = None
+) -> tuple[FeatureSpec, list[Path], dict[str, str]]:
     """The frozen spec, the checked shard files (whole Parquet, typed as the spec says, else DataError) and
-    the provenance hashes of a features dataset."""
+    the provenance hashes of a features dataset (:func:`data_hash`)."""
     from clinrisk.feature_table import FeatureSpec
     from clinrisk.io import check_feature_shards
 
     spec = FeatureSpec.from_json(features_dir / SPEC_FILE)
     shards = check_feature_shards(features_dir)
-    return spec, shards, data_hash(features_dir, shards)
+    return spec, shards, data_hash(features_dir, shards, raw_manifest)
 
 
 def fit_bundle(

@@ -199,8 +199,7 @@ def generate_raw(
 
     from tqdm import tqdm
 
-    from clinrisk.config import save_config
-    from clinrisk.io import atomic_output_dir, write_json
+    from clinrisk.io import atomic_output_dir
     from clinrisk.usecases import get
 
     usecase = get(cfg.run.usecase)
@@ -228,15 +227,24 @@ def generate_raw(
                         bar.update(1)
         finally:
             bar.close()
-        manifest = usecase.source.manifest(cfg, plan, lambda s: read_raw_shard(usecase, tmp, s))
-        if int(manifest.get("rows", 1)) == 0:
-            raise DataError(
-                "generate: the configuration produced 0 rows; nothing published (check generate.*)"
-            )
-        manifest["files_sha256"] = raw_files_sha256(tmp)
-        save_config(cfg, tmp / "config.yaml")
-        write_json(tmp / "manifest.json", manifest)
+        manifest = finish_raw(cfg, usecase, plan, tmp)
     manifest["path"] = str(Path(out_dir))
+    return manifest
+
+
+def finish_raw(cfg: Any, usecase: UseCase, plan: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Complete a generated raw dataset whose shards are all under ``root`` (not yet published): the
+    manifest (the use case's, plus every shard file's sha256, what validation checks) and the config.
+    The one finishing step of ``clinrisk generate`` and of the DAG's merge-data; 0 rows is a DataError."""
+    from clinrisk.config import save_config
+    from clinrisk.io import write_json
+
+    manifest = usecase.source.manifest(cfg, plan, lambda s: read_raw_shard(usecase, root, s))
+    if int(manifest.get("rows", 1)) == 0:
+        raise DataError("generate: the configuration produced 0 rows; nothing published (check generate.*)")
+    manifest["files_sha256"] = raw_files_sha256(root)
+    save_config(cfg, root / "config.yaml")
+    write_json(root / "manifest.json", manifest)
     return manifest
 
 

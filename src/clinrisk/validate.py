@@ -61,12 +61,18 @@ __all__ = [
     "build_report",
     "cast_to_schema",
     "check_report",
+    "check_shards",
+    "checked_raw_manifest",
+    "finish_report",
     "read_raw_manifest",
     "render_report_md",
+    "shard_entities",
     "validate_dataset",
     "validate_frame",
+    "validate_raw_shard",
     "validate_shard",
     "validate_shard_to_dir",
+    "validate_to",
     "verify_raw_files",
     "write_report",
 ]
@@ -589,27 +595,79 @@ def _check_patients_disjoint(shard_ids: dict[int, pl.Series]) -> None:
         )
 
 
-def _job(args: tuple[ClinriskConfig, Path, int, Path, Path]) -> tuple[dict[str, Any], pl.Series]:
-    """One shard through the use case's schema (``run.usecase``); the same per-shard path as the KFP
-    validate step (``clinrisk.usecase_io.write_validated_shard``)."""
-    from clinrisk.usecase_io import read_raw_shard, validated_dir, write_validated_shard
+def validate_raw_shard(
+    cfg: ClinriskConfig, raw_dir: Path, shard: int, vroot: Path, qroot: Path, *, per_table: bool = False
+) -> dict[str, Any]:
+    """One raw shard (``raw_dir/<table>/shard=NNN``: a raw dataset or one shard task's output) through the
+    use case's schema (``run.usecase``) into ``vroot``/``qroot``; returns its stats. A schema DataError is
+    prefixed with the shard file. The per-shard unit of ``clinrisk validate`` and of the DAG's validate
+    step (``per_table``: the task's ``<root>/<table>/`` layout)."""
+    from clinrisk.usecase_io import read_raw_shard, write_validated_shard
     from clinrisk.usecases import get
 
-    cfg, raw_dir, shard, vroot, qroot = args
     usecase = get(cfg.run.usecase)
-    first = usecase.source.tables[0]
-    path = shard_file(raw_dir / first, shard)
-    raw = read_raw_shard(usecase, raw_dir, shard, truth=False)
+    path = shard_file(Path(raw_dir) / usecase.source.tables[0], shard)
+    raw = read_raw_shard(usecase, Path(raw_dir), shard, truth=False)
     try:
         result = usecase.schema.validate(cfg, raw, shard)
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
-    stats = write_validated_shard(result, usecase, vroot, qroot, shard)
+    stats = write_validated_shard(result, usecase, vroot, qroot, shard, per_table=per_table)
     stats["file"] = str(path)
+    return stats
+
+
+def shard_entities(cfg: ClinriskConfig, vroot: Path, shard: int) -> pl.Series:
+    """The distinct entity ids of one validated shard (its first table), for the disjointness check."""
+    from clinrisk.usecase_io import validated_dir
+    from clinrisk.usecases import get
+
+    usecase = get(cfg.run.usecase)
+    first = usecase.source.tables[0]
     entity = usecase.source.entity_column(first)
     table = shard_file(validated_dir(usecase, vroot, first), shard)
-    ids = pl.read_parquet(table, columns=[entity]).get_column(entity).unique().rename("patient_id")
-    return stats, ids
+    return pl.read_parquet(table, columns=[entity]).get_column(entity).unique().rename("patient_id")
+
+
+def _job(args: tuple[ClinriskConfig, Path, int, Path, Path]) -> tuple[dict[str, Any], pl.Series]:
+    cfg, raw_dir, shard, vroot, qroot = args
+    return validate_raw_shard(cfg, raw_dir, shard, vroot, qroot), shard_entities(cfg, vroot, shard)
+
+
+def check_shards(manifest: dict[str, Any], indices: list[int], where: Path) -> None:
+    """The shards found (``indices``) are exactly those the raw manifest promises, else a DataError."""
+    expected = _expected_shards(manifest["content"])
+    if expected is not None and expected != sorted(indices):
+        missing = sorted(set(expected) - set(indices))
+        extra = sorted(set(indices) - set(expected))
+        raise DataError(
+            f"{where}: shards do not match {manifest['path']} "
+            f"(missing: {[f'shard={i:03d}' for i in missing]}, unexpected: {[f'shard={i:03d}' for i in extra]})"
+        )
+
+
+def finish_report(
+    cfg: ClinriskConfig,
+    manifest: dict[str, Any],
+    where: Path,
+    shard_stats: Sequence[dict[str, Any]],
+    entities: dict[int, pl.Series],
+) -> dict[str, Any]:
+    """The dataset's report from its shards' stats, after the dataset gates (shards as the manifest says, no
+    entity in two shards, row count, quarantine share): the one finishing step of ``clinrisk validate``
+    and of the DAG's merge-data. A DataError publishes nothing."""
+    check_shards(manifest, [int(s["shard"]) for s in shard_stats], where)
+    _check_patients_disjoint(entities)
+    report = build_report(cfg, shard_stats, manifest)
+    check_report(cfg, report, manifest, where)
+    return report
+
+
+def checked_raw_manifest(raw_dir: Path) -> dict[str, Any]:
+    """The raw manifest with its shard files verified against it (:func:`verify_raw_files`)."""
+    manifest = read_raw_manifest(Path(raw_dir))
+    manifest["files_verified"] = verify_raw_files(Path(raw_dir), manifest)
+    return manifest
 
 
 def validate_dataset(
@@ -623,27 +681,34 @@ def validate_dataset(
     when ``out_dir`` is the run root). Nothing is published if any shard fails or the quarantined share
     exceeds ``validate.max_quarantine_fraction``. Returns the report dict.
     """
+    out_dir = Path(out_dir)
+    return validate_to(
+        cfg, raw_dir, out_dir / VALIDATED_DIR, out_dir / QUARANTINE_DIR, out_dir / REPORT_DIR, workers
+    )
+
+
+def validate_to(
+    cfg: ClinriskConfig,
+    raw_dir: Path,
+    validated: Path,
+    quarantine: Path,
+    report_dir: Path,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """:func:`validate_dataset` into three given folders (each published atomically, all or none)."""
     from clinrisk.usecases import get
 
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    manifest = read_raw_manifest(raw_dir)
-    manifest["files_verified"] = verify_raw_files(raw_dir, manifest)
+    raw_dir = Path(raw_dir)
+    manifest = checked_raw_manifest(raw_dir)
     first = get(cfg.run.usecase).source.tables[0]
     files = list_shards(raw_dir / first)
     indices = [_shard_index(f) for f in files]
-    expected = _expected_shards(manifest["content"])
-    if expected is not None and expected != indices:
-        missing = sorted(set(expected) - set(indices))
-        extra = sorted(set(indices) - set(expected))
-        raise DataError(
-            f"{raw_dir / first}: shards do not match {manifest['path']} "
-            f"(missing: {[f'shard={i:03d}' for i in missing]}, unexpected: {[f'shard={i:03d}' for i in extra]})"
-        )
+    check_shards(manifest, indices, raw_dir / first)
     n_workers = max(1, min(workers or cfg.run.workers, len(files)))
     with ExitStack() as stack:
-        vroot = stack.enter_context(atomic_output_dir(out_dir / VALIDATED_DIR))
-        qroot = stack.enter_context(atomic_output_dir(out_dir / QUARANTINE_DIR))
-        rroot = stack.enter_context(atomic_output_dir(out_dir / REPORT_DIR))
+        vroot = stack.enter_context(atomic_output_dir(Path(validated)))
+        qroot = stack.enter_context(atomic_output_dir(Path(quarantine)))
+        rroot = stack.enter_context(atomic_output_dir(Path(report_dir)))
         jobs = [(cfg, raw_dir, i, vroot, qroot) for i in indices]
         if n_workers == 1:
             results = [_job(j) for j in jobs]
@@ -652,10 +717,9 @@ def validate_dataset(
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
                 results = list(pool.map(_job, jobs))
-        shard_stats = [r[0] for r in results]
-        _check_patients_disjoint({s["shard"]: ids for s, ids in results})
-        report = build_report(cfg, shard_stats, manifest)
-        check_report(cfg, report, manifest, raw_dir / first)
+        report = finish_report(
+            cfg, manifest, raw_dir / first, [r[0] for r in results], {s["shard"]: ids for s, ids in results}
+        )
         write_report(report, rroot)
     return report
 

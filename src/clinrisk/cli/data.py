@@ -1,4 +1,4 @@
-"""`clinrisk` commands for this area; each is a thin wrapper over library functions."""
+"""`clinrisk generate` and `clinrisk ingest`: the run folder's catalog + :mod:`clinrisk.stages.generate`."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def generate(
     usecase: UsecaseOption = None,
 ) -> None:
     """Generate the use case's synthetic dataset (observed tables + truth + manifest)."""
-    from clinrisk.paths import RunPaths
-    from clinrisk.usecase_io import generate_raw
+    from clinrisk.stages import Catalog
+    from clinrisk.stages import generate as generate_stage
 
     extra = []
     if patients is not None:
@@ -36,8 +36,9 @@ def generate(
     if workers is not None:
         extra.append(f"run.workers={workers}")
     cfg = load(config, sets, extra, usecase=usecase)
-    target = output_dir(out if out is not None else RunPaths.for_config(cfg).raw)
-    m = generate_raw(cfg, target, progress=progress)
+    io = Catalog.for_config(cfg, raw=out)
+    output_dir(io.path("raw"))
+    m = generate_stage.run(cfg, io, progress=progress)
     prev = m.get("prevalence")
     if not isinstance(prev, dict):  # another use case (leads: a plain share): its manifest's own fields
         typer.echo(f"generated {m['rows']:,} rows in {m['n_shards']} shards (use case {cfg.run.usecase})")
@@ -64,12 +65,13 @@ def ingest(
     usecase: UsecaseOption = None,
 ) -> None:
     """Ingest a real export in the use case's file format into the raw layout (then `clinrisk validate`)."""
-    from clinrisk.paths import RunPaths
-    from clinrisk.usecase_io import ingest_raw
+    from clinrisk.stages import Catalog
+    from clinrisk.stages import generate as generate_stage
 
     cfg = load(config, sets, usecase=usecase)
-    target = output_dir(out if out is not None else RunPaths.for_config(cfg).raw)
-    m = ingest_raw(cfg, source, target, shards)
+    io = Catalog.for_config(cfg, raw=out)
+    output_dir(io.path("raw"))
+    m = generate_stage.ingest(cfg, io, source, shards)
     typer.echo(
         f"ingested {m['rows']:,} rows of use case {m['usecase']} into {m['n_shards']} shard(s): {m['path']}"
     )

@@ -41,15 +41,16 @@ def train(
 ) -> None:
     """Train LightGBM on the training split, calibrate and pick τ on validation, write the model bundle."""
     from clinrisk.errors import DataError
-    from clinrisk.paths import RunPaths
     from clinrisk.stages import Catalog
     from clinrisk.stages import train as train_stage
 
     cfg = load(config, sets)
     if selected is not None and not selected.exists():
         raise DataError(f"{selected}: not found")
-    io = Catalog.for_run(
-        RunPaths.for_config(cfg).root, features=features, selection=selected, model_bundle=out
+    # the raw dataset beside given features is theirs (its manifest: the bundle's data hash), else the run's
+    raw_manifest = features.parent / "raw" / "manifest.json" if features is not None else None
+    io = Catalog.for_config(
+        cfg, features=features, selection=selected, model_bundle=out, raw_manifest=raw_manifest
     )
     out_dir = output_dir(io.path("model_bundle"))
     io = io.with_paths(model_bundle=out_dir)
@@ -74,29 +75,25 @@ def register_model(
     bundle: BundleOption = None,
     alias: AliasOption = "challenger",
 ) -> None:
-    """Log the bundle to MLflow (params, metrics, pyfunc model), register it and set the alias."""
-    from clinrisk.bundle import load_bundle
-    from clinrisk.paths import RunPaths
-    from clinrisk.registry import register_bundle
-    from clinrisk.tracking import end_run, log_config, log_metrics, start_run, tracking_uri
+    """Log the bundle to MLflow (params, metrics, pyfunc model), register it and set the alias; the run's
+    validation report, config and test headline go with it, and the first challenger through the gate
+    becomes champion (:mod:`clinrisk.stages.register`, as the pipeline's register step)."""
+    from clinrisk.stages import Catalog
+    from clinrisk.stages import register as register_stage
+    from clinrisk.tracking import tracking_uri
 
     cfg = load(config, sets)
-    paths = RunPaths.for_config(cfg)
-    bundle_dir = bundle or paths.bundle
-    b = load_bundle(bundle_dir)
-    check_local_store(cfg, paths.root)  # a missing store is created; a corrupt one is named
-    run_id = start_run(cfg, paths.root, tags={"clinrisk.bundle_version": b.version})
-    try:
-        log_config(cfg, run_id)
-        log_metrics(b.metrics, run_id)
-        version = register_bundle(cfg, bundle_dir, run_id, alias=alias, run_dir=paths.root)
-    except BaseException:
-        end_run(run_id, "FAILED")
-        raise
-    end_run(run_id)
+    io = Catalog.for_config(cfg, model_bundle=bundle)
+    root = io.path("run_root")
+    check_local_store(cfg, root)  # a missing store is created; a corrupt one is named
+    res = register_stage.run(cfg, io, alias=alias)
+    if res["version"] is None:
+        typer.echo(f"tracking.enabled is false: nothing registered; the model is {res['model_uri']}")
+        return
+    champion = " and @champion (the first model to pass the gate)" if res["champion"] else ""
     typer.echo(
-        f"registered {cfg.tracking.registered_model_name} version {version} (@{alias}), "
-        f"bundle {b.version}, run {run_id}, store {tracking_uri(cfg, paths.root)}"
+        f"registered {cfg.tracking.registered_model_name} version {res['version']} (@{alias}{champion}), "
+        f"run {res['run_id']}, store {tracking_uri(cfg, root)}"
     )
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from clinrisk.cli.common import ConfigOption, SetOption, handle_errors, load
+from clinrisk.cli.common import ConfigOption, SetOption, existing_store, handle_errors, load
 
 if TYPE_CHECKING:
     from clinrisk.rollout import Rollout
@@ -76,12 +76,28 @@ def canary(
     config: ConfigOption = None,
     sets: SetOption = None,
 ) -> None:
-    """Start a canary of --model-uri at --percent %, or shift the running canary's traffic."""
-    from clinrisk.rollout import validate_percent
+    """Start a canary of --model-uri at --percent %, or shift the running canary's traffic (a models:/ URI
+    is resolved to its bundle's storage URI first, as the pipeline's deploy step does)."""
+    from clinrisk.rollout import KubernetesIsvcApi, validate_percent
+    from clinrisk.stages import Catalog
+    from clinrisk.stages import deploy as deploy_stage
 
-    validate_percent(percent)  # fail before touching the cluster
-    r = _rollout(namespace, name, context, config, sets)
-    typer.echo(r.canary(model_uri, percent, wait=wait, timeout_s=timeout).summary())
+    validate_percent(percent)  # fail before touching the registry or the cluster
+    cfg = load(config, sets)
+    if model_uri is not None and model_uri.startswith("models:/"):
+        existing_store(cfg)  # resolving reads the registry: never create an empty local store for it
+    state = deploy_stage.run(
+        cfg,
+        Catalog.for_config(cfg),
+        model_uri,
+        percent,
+        api=KubernetesIsvcApi(context=context),
+        namespace=namespace,
+        name=name,
+        wait=wait,
+        timeout_s=timeout,
+    )
+    typer.echo(state.summary())
 
 
 @rollout_app.command("promote")

@@ -30,14 +30,16 @@ def validate_cmd(
 ) -> None:
     """Validate raw shards with the use case's schema; passing rows -> validated/, failing rows ->
     quarantine/ with reasons."""
-    from clinrisk.paths import RunPaths
-    from clinrisk.validate import validate_dataset
+    from clinrisk.stages import Catalog
+    from clinrisk.stages import validate as validate_stage
 
     cfg = load(config, sets, usecase=usecase)
-    paths = RunPaths.for_config(cfg)
-    out_dir = out if out is not None else paths.root
-    output_dir(out_dir / "validated")
-    report = validate_dataset(cfg, raw if raw is not None else paths.raw, out_dir, workers=workers)
+    io = Catalog.for_config(cfg)
+    if out is not None:  # --out moves the three outputs, not the input
+        io = Catalog.for_run(out).with_paths(raw=io.path("raw"))
+    io = io.with_paths(raw=raw)
+    output_dir(io.path("validated"))
+    report = validate_stage.run(cfg, io, workers=workers)
     typer.echo(
         f"validated {report['rows_in']:,} rows in {report['n_shards']} shard(s): "
         f"{report['rows_valid']:,} valid, {report['rows_quarantined']:,} quarantined "
@@ -45,7 +47,7 @@ def validate_cmd(
     )
     for f in sorted(report["failures_by_check"], key=lambda f: -f["rows"])[:10]:
         typer.echo(f"  {f['check']:<24} {f['column']:<28} {f['rows']:>10,}")
-    typer.echo(f"report: {out_dir / 'validation' / 'report.md'}")
+    typer.echo(f"report: {io.path('validation') / 'report.md'}")
 
 
 def register(app: typer.Typer) -> None:

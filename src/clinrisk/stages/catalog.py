@@ -23,9 +23,13 @@ MetricLogger = Callable[[str, float], None]
 
 # logical name -> location under a run folder (CLI). The artefacts the stages exchange.
 RUN_LAYOUT: dict[str, str] = {
+    "run_root": ".",  # the run folder itself (its local MLflow store: mlflow/)
     "raw": "raw",
+    "raw_manifest": "raw/manifest.json",
     "truth": "raw/truth",
     "validated": "validated",
+    "quarantine": "quarantine",
+    "validation": "validation",
     "features": "features",
     "feature_spec": "features/feature_spec.json",
     "selection": "selection",
@@ -33,6 +37,7 @@ RUN_LAYOUT: dict[str, str] = {
     "model_bundle": "bundle",
     "evaluation": "evaluation",
     "predictions": "evaluation/predictions.parquet",
+    "mlflow": "mlflow",  # the run's local MLflow store (tracking.tracking_uri empty)
 }
 
 # logical name -> (task, output) of the training DAG (pipelines/training.py); a file inside an output
@@ -40,7 +45,13 @@ RUN_LAYOUT: dict[str, str] = {
 KFP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "plan": ("plan-generation", "plan", "plan.json"),
     "raw": ("merge-data", "raw"),
+    "raw_manifest": ("merge-data", "raw", "manifest.json"),
+    "truth": ("merge-data", "raw", "truth"),
     "validated": ("merge-data", "validated"),
+    # the validated artefact carries its quarantine and report (one KFP output, published together)
+    "quarantine": ("merge-data", "validated", "quarantine"),
+    "validation": ("merge-data", "validated", "validation"),
+    "validation_report_md": ("merge-data", "validation_report"),
     "features": ("merge-features", "features"),
     "feature_spec": ("merge-features", "features", "feature_spec.json"),
     "selection": ("select-features", "selection"),
@@ -70,6 +81,11 @@ class Catalog:
         """The run folder's layout (:data:`RUN_LAYOUT`); ``overrides`` (not None) replace single entries."""
         base = Path(root)
         return cls({name: base / rel for name, rel in RUN_LAYOUT.items()}).with_paths(**overrides)
+
+    @classmethod
+    def for_config(cls, cfg: Any, **overrides: str | Path | None) -> Catalog:
+        """:meth:`for_run` of the config's run folder, ``<run.output_dir>/<run.name>``."""
+        return cls.for_run(Path(cfg.run.output_dir) / cfg.run.name, **overrides)
 
     @classmethod
     def for_kfp_run(cls, pipeline_dir: str | Path) -> Catalog:

@@ -1,9 +1,10 @@
-"""Collecting shard folders: what every merge step does with the outputs of its per-shard tasks."""
+"""The shards of a sharded stage: which ones the plan makes, and collecting their task folders."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from clinrisk.errors import DataError
 from clinrisk.io import SHARD_DIR_RE
@@ -29,3 +30,12 @@ def copy_shards(part_dirs: list[str | Path], subdir: str, dest: Path) -> int:
             shutil.copytree(child, target)
             n += 1
     return n
+
+
+def plan_shards(plan: dict[str, Any]) -> list[int]:
+    """The shard indices every per-shard task fans out over: the plan's, never the config's (the plan may
+    make fewer shards than ``generate.n_shards``, e.g. when there are fewer patient blocks)."""
+    n = plan.get("n_shards")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise DataError(f"plan.json: n_shards must be an integer >= 1, got {n!r}")
+    return list(range(n))

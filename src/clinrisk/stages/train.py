@@ -1,8 +1,10 @@
 """The train stage: LightGBM on the selected features, calibration and τ on validation, the model bundle.
 
 Core: :func:`clinrisk.train.fit_bundle` (the frozen spec and the feature shards in, the bundle's parts out;
-it reads shards out of core, writes nothing). ``run`` reads ``features`` and ``selection`` (when it exists),
-writes ``model_bundle``, and logs the validation metrics to KFP and the pipeline's MLflow run.
+it reads shards out of core, writes nothing). ``run`` reads ``features``, ``selection`` (when it exists)
+and ``raw_manifest`` (the raw dataset's manifest: the bundle's ``data_hash`` is its content hash, the same
+under the CLI and KFP), writes ``model_bundle``, and logs the validation metrics to KFP and the pipeline's
+MLflow run.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def run(cfg: ClinriskConfig, io: Catalog) -> dict[str, Any]:
     "threshold", "bundle_dir"}``."""
     features = io.path("features")
     names = selected_features(cfg, io.existing("selection"))
-    spec, shards, provenance = load_training_inputs(features)
+    spec, shards, provenance = load_training_inputs(features, io.get("raw_manifest"))
     parts = fit_bundle(cfg, spec, shards, provenance, names, where=str(features))
     bundle_dir = io.path("model_bundle")
     result = publish_bundle(cfg, parts, bundle_dir)
