@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the clinrisk pipeline, serving and mlflow images with plain `docker build` (no buildx, no registry).
 #   images/build.sh [pipeline|serving|mlflow|all]      (mlflow is built FROM the pipeline image)
+#   images/build.sh segmentation    the segmentation use case's two images, FROM the pipeline and serving
+#                                   images (built first; cached) plus the JAX stack the others leave out
 # Env: BASE_IMAGE (default python:3.11-slim if it can be found locally or pulled, else a local
 #      debootstrap base from images/build-base.sh), TAG (default: package version), PYTHON (host python
 #      used to build the wheelhouse; default .venv/bin/python).
@@ -14,6 +16,8 @@ TAG="${TAG:-$("$PYTHON" -c 'import clinrisk; print(clinrisk.__version__)')}"
 PIPELINE_IMAGE="${PIPELINE_IMAGE:-clinrisk/pipeline:$TAG}"
 SERVING_IMAGE="${SERVING_IMAGE:-clinrisk/serving:$TAG}"
 MLFLOW_IMAGE="${MLFLOW_IMAGE:-clinrisk/mlflow:$TAG}"
+SEGMENTATION_IMAGE="${CLINRISK_SEGMENTATION_IMAGE:-clinrisk/segmentation:$TAG}"
+SEGMENTATION_SERVING_IMAGE="${CLINRISK_SEGMENTATION_SERVING_IMAGE:-clinrisk/segmentation-serving:$TAG}"
 LOCAL_BASE="clinrisk/base:3.11-bookworm"
 CTX=".whl/context"
 
@@ -62,11 +66,31 @@ rm -f "$CTX"/wheels/clinrisk/*.whl
 "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation . -w "$CTX/wheels/clinrisk" \
   2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
+# 1c. the segmentation images' JAX stack: what each lacks of its base image's pins (jax + optax for the
+# pipeline image, jax + pillow for the serving image), one wheelhouse for both.
+segmentation_wheels() {
+  "$PYTHON" images/segmentation_requirements.py "$CTX/requirements-image.txt" jax optax \
+    > "$CTX/requirements-segmentation.txt"
+  "$PYTHON" images/segmentation_requirements.py "$CTX/requirements-serving.txt" jax pillow \
+    > "$CTX/requirements-segmentation-serving.txt"
+  sort -u "$CTX/requirements-segmentation.txt" "$CTX/requirements-segmentation-serving.txt" \
+    > "$CTX/requirements-segmentation-all.txt"
+  local sum
+  sum="$(sha256sum "$CTX/requirements-segmentation-all.txt" | cut -d' ' -f1)"
+  if [[ "$(cat "$CTX/wheels/segmentation/.sha256" 2>/dev/null || true)" != "$sum" ]]; then
+    echo "building wheelhouse for the segmentation images ($(tr '\n' ' ' < "$CTX/requirements-segmentation-all.txt"))"
+    rm -rf "$CTX/wheels/segmentation" && mkdir -p "$CTX/wheels/segmentation"
+    "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps \
+      -r "$CTX/requirements-segmentation-all.txt" -w "$CTX/wheels/segmentation"
+    echo "$sum" > "$CTX/wheels/segmentation/.sha256"
+  fi
+}
+
 build() {
   local dockerfile="$1" image="$2"
   echo "docker build $image (base $BASE_IMAGE)"
   docker build -q -f "$dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PIPELINE_IMAGE=$PIPELINE_IMAGE" \
-    --label "org.opencontainers.image.version=$TAG" -t "$image" "$CTX"
+    --build-arg "SERVING_IMAGE=$SERVING_IMAGE" --label "org.opencontainers.image.version=$TAG" -t "$image" "$CTX"
   echo "$image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 case "$WHAT" in
@@ -78,5 +102,12 @@ case "$WHAT" in
     build images/serving.Dockerfile "$SERVING_IMAGE"
     build images/mlflow.Dockerfile "$MLFLOW_IMAGE"
     ;;
-  *) echo "usage: $0 [pipeline|serving|mlflow|all]" >&2; exit 2 ;;
+  segmentation)
+    segmentation_wheels
+    build images/pipeline.Dockerfile "$PIPELINE_IMAGE"
+    build images/serving.Dockerfile "$SERVING_IMAGE"
+    build images/segmentation.Dockerfile "$SEGMENTATION_IMAGE"
+    build images/segmentation-serving.Dockerfile "$SEGMENTATION_SERVING_IMAGE"
+    ;;
+  *) echo "usage: $0 [pipeline|serving|mlflow|all|segmentation]" >&2; exit 2 ;;
 esac

@@ -10,7 +10,9 @@ left RUNNING. This module only wires inputs to outputs; the steps live in
 
 The model steps need the JAX stack, which the shared pipeline image leaves out
 (images/exclude-from-image.txt): they name :func:`segmentation_image` (``CLINRISK_SEGMENTATION_IMAGE``), the
-pipeline image plus jax, jaxlib and optax. kfp.local's SubprocessRunner runs every step in this interpreter.
+pipeline image plus jax, jaxlib and optax (images/segmentation.Dockerfile, ``images/build.sh segmentation``).
+kfp.local's SubprocessRunner runs every step in this interpreter; its DockerRunner (``--runner docker``) runs
+each step in its component's image.
 """
 
 import os
@@ -30,8 +32,16 @@ _LOCAL_NOOP_WARNING = r"Task '.*': settings \[.*\] have no effect in the current
 
 
 def segmentation_image() -> str:
-    """Image of the model steps: the pipeline image plus the JAX stack (not built by images/build.sh)."""
+    """Image of the model steps: the pipeline image plus the JAX stack (``images/build.sh segmentation``)."""
     return os.environ.get("CLINRISK_SEGMENTATION_IMAGE", f"{IMAGE_REPOSITORY}/segmentation:{__version__}")
+
+
+def docker_images() -> dict[str, str]:
+    """The images this DAG's tasks run in (checked before a ``--runner docker`` run), with how to build them."""
+    return {
+        pipeline_image(): "build it with `make images` or set CLINRISK_PIPELINE_IMAGE",
+        segmentation_image(): "build it with `images/build.sh segmentation` or set CLINRISK_SEGMENTATION_IMAGE",
+    }
 
 
 @dsl.component(base_image=segmentation_image(), install_kfp_package=False)

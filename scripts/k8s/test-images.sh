@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make test-images` (also run by .ci/run): make sure a Docker engine runs, build both images, then run the
 # docker-marked tests: image hygiene, a pipeline step in the pipeline image, the serving image answering V1
-# on a freshly trained bundle, and the whole pipeline through kfp.local's DockerRunner (tier 2).
+# on a freshly trained bundle, and the whole pipeline through kfp.local's DockerRunner (tier 2); then the
+# segmentation images (images/build.sh segmentation): its pipeline through the DockerRunner, model steps in
+# the JAX image, and its predictor image answering V1 with the in-process masks.
 #
 # With no engine running and root, it installs Debian's docker.io (+ debootstrap for the local base image)
 # and starts `dockerd --bridge=none --iptables=false` (no bridge, NAT or iptables changes on the host; the
@@ -87,7 +89,10 @@ phase "engine ready"
 
 nice -n 10 images/build.sh all
 phase "images built"
+# The segmentation use case's two images (the pipeline and serving images plus the JAX stack).
+nice -n 10 images/build.sh segmentation
+phase "segmentation images built"
 CLINRISK_SKIP_IMAGE_BUILD=1 CLINRISK_REQUIRE_DOCKER=1 \
   "$PYTEST" -q -m docker -p no:cacheprovider -s tests/k8s/test_images.py tests/pipeline/test_docker_runner.py \
-  tests/platform/test_images_platform.py
+  tests/platform/test_images_platform.py tests/usecases/segmentation/test_images.py
 phase "done: make test-images took $(($(date +%s) - T0))s"

@@ -114,7 +114,9 @@ def server_client_env() -> dict[str, str]:
     return {k: os.environ[k] for k in SERVER_CLIENT_ENV if os.environ.get(k)}
 
 
-def ensure_docker_image(image: str) -> None:
+def ensure_docker_image(
+    image: str, how_to_build: str = "build it with `make images` or set CLINRISK_PIPELINE_IMAGE"
+) -> None:
     """Fail early, naming the fix, when no Docker engine answers or the pipeline image is absent."""
     try:
         import docker
@@ -133,7 +135,7 @@ def ensure_docker_image(image: str) -> None:
         except DockerException as exc:
             raise StageError(
                 f"--runner docker: pipeline image {image!r} is not present and could not be pulled ({exc}); "
-                "build it with `make images` or set CLINRISK_PIPELINE_IMAGE"
+                f"{how_to_build}"
             ) from exc
     finally:
         client.close()
@@ -161,6 +163,19 @@ def pipeline_for(cfg: ClinriskConfig | None) -> tuple[str, Any]:
     from pipelines.training import build_training_pipeline
 
     return PIPELINE_NAME, build_training_pipeline
+
+
+def docker_images(cfg: ClinriskConfig) -> dict[str, str]:
+    """Images the config's pipeline runs its tasks in, each with how to build it: the pipeline image, plus
+    what a use case's own pipeline module lists in ``docker_images()`` (e.g. segmentation's JAX image)."""
+    import importlib
+
+    images = {pipeline_image(): "build it with `make images` or set CLINRISK_PIPELINE_IMAGE"}
+    name, _ = pipeline_for(cfg)
+    if name != PIPELINE_NAME:
+        module = importlib.import_module(f"pipelines.{cfg.run.usecase}")
+        images.update(getattr(module, "docker_images", dict)())
+    return images
 
 
 def pipeline_arguments(cfg: ClinriskConfig, deploy: bool = False) -> dict[str, Any]:
@@ -225,7 +240,8 @@ def run_local(
         if runner == "subprocess":
             kfp_runner: Any = kfp.local.SubprocessRunner(use_venv=False)
         else:
-            ensure_docker_image(pipeline_image())
+            for image, how_to_build in docker_images(cfg).items():
+                ensure_docker_image(image, how_to_build)
             docker_args = docker_run_args(cfg, run_root)
             _add_env(docker_args, run_env(run_root, run_id))
             kfp_runner = kfp.local.DockerRunner(**docker_args)

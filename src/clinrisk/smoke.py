@@ -47,6 +47,9 @@ def serving_smoke_test(
 
     Returns ``{"url", "bundle", "request", "response"}``; any failure raises StageError with the server log.
     """
+    own_test = get(cfg.run.usecase).serving_smoke_test
+    if own_test is not None:  # a use case serving its own model (e.g. segmentation's UNet predictor)
+        return own_test(cfg, model_uri, Path(validated_dir))
     from clinrisk.io import list_shards
     from clinrisk.serving.client import example_request, predict, wait_ready
     from clinrisk.tracking import resolve_model

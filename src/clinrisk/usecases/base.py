@@ -248,6 +248,10 @@ class UseCase:
     # serves its own model (e.g. segmentation's UNet over images); only its DataSource and RawSchema are
     # shared, and its ``features``/``serving`` parts refuse the tabular steps with a ConfigError.
     model_family: Literal["tabular", "own"] = "tabular"
+    # The main job's end-of-run serving smoke test (`clinrisk run`) for a use case that serves its own model:
+    # (config, registered model URI, the run's validated dataset folder) -> {"url", "bundle", "request",
+    # "response"}, raising StageError when the served model does not answer. None: the platform's tabular one.
+    serving_smoke_test: Callable[[ClinriskConfig, str, Path], dict[str, Any]] | None = None
 
     def params(self, cfg: ClinriskConfig) -> Any:
         """``cfg.params`` validated by :attr:`config_model` (defaults filled in)."""

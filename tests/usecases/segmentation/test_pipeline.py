@@ -1,6 +1,7 @@
-"""The segmentation KFP DAG through kfp.local: `clinrisk pipeline run --usecase segmentation` on the tiny
+"""The segmentation KFP DAG through kfp.local: the main job `clinrisk run --usecase segmentation` on the tiny
 config, fed a real image/mask folder with bad files (ingest → validate with quarantine → train → evaluate →
-register with the promotion margin), compiled for the cluster, and its canary deploy step."""
+register with the promotion margin → the serving smoke test: the real ModelServer answering a V1 request),
+compiled for the cluster, and its canary deploy step."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         f"params.data.source={src}",
         "validate.max_quarantine_fraction=0.2",  # 2 of 18 files are bad on purpose
     ]
-    args = ["pipeline", "run", "--usecase", "segmentation", "-c", str(TINY)]
+    # The README's main job (`clinrisk run`): the pipeline, then the serving smoke test of what it registered.
+    args = ["run", "--usecase", "segmentation", "-c", str(TINY)]
     for s in sets:
         args += ["-s", s]
     result = CliRunner().invoke(build_app(), args)
@@ -192,3 +194,64 @@ def test_a_use_case_with_its_own_model_but_no_pipeline_is_a_config_error(
     monkeypatch.setattr(importlib, "import_module", without_segmentation_pipeline)
     with pytest.raises(ConfigError, match="trains its own model and has no pipeline"):
         pipeline_for(cfg)
+
+
+@pytest.mark.slow  # one whole pipeline run (11 task processes), shared by the module
+def test_the_main_job_serves_what_it_registered_and_sends_it_validation_images(
+    pipeline_run: dict[str, Any],
+) -> None:
+    out = pipeline_run["output"]
+    (post,) = [line for line in out.splitlines() if line.startswith("serving smoke test: POST")]
+    assert post.endswith("/v1/models/segmentation:predict"), post
+    (response,) = [line for line in out.splitlines() if line.startswith("response")]
+    assert '"mask_png_b64"' in response and '"confidence"' in response, response
+    assert "probability" not in out  # not the tabular smoke test
+
+
+def test_the_smoke_test_resolves_the_registered_checkpoint_and_checks_the_masks(
+    pipeline_run: dict[str, Any],
+) -> None:
+    from clinrisk.errors import DataError, StageError
+    from clinrisk.usecases.segmentation.plugin import patient_key
+    from clinrisk.usecases.segmentation.smoke import check_answer, checkpoint_of, validation_request
+
+    d = pipeline_run["dir"]
+    cfg = load_config(d / "resolve-config" / "config" / "config.yaml")
+    ckpt = checkpoint_of(cfg, "models:/segmentation@champion", d / "smoke-test-download")
+    assert ckpt.read_bytes() == (d / "train-segmentation" / "model" / "best.npz").read_bytes()
+    with pytest.raises(DataError, match="models:/segmentation/9: cannot resolve registered model"):
+        checkpoint_of(cfg, "models:/segmentation/9", d / "smoke-test-download")
+    request = validation_request(cfg, d / "merge-data" / "validated")
+    ids = [i["id"] for i in request["instances"]]
+    split = json.loads((d / "train-segmentation" / "model" / "split.json").read_text())
+    assert len(ids) == 2 and {patient_key(i.split("_")[0]) for i in ids} <= set(split["validation_patients"])
+    # A wrong answer is a StageError: a mask of another size than its image.
+    wrong = {"predictions": [{"id": i, "mask_png_b64": encode_b64(np.zeros((8, 8), np.uint8)), "confidence": 0.5}
+                             for i in ids]}  # fmt: skip
+    with pytest.raises(StageError, match="mask 8x8"):
+        check_answer(request, wrong)
+
+
+def encode_b64(mask: np.ndarray) -> str:
+    import base64
+
+    return base64.b64encode(encode_png(mask)).decode()
+
+
+def test_a_checkpoint_the_server_cannot_load_fails_the_smoke_test_fast_with_its_log(
+    pipeline_run: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    from clinrisk.errors import StageError
+    from clinrisk.usecases.segmentation.smoke import serving_smoke_test
+
+    d = pipeline_run["dir"]
+    cfg = load_config(d / "resolve-config" / "config" / "config.yaml")
+    model = tmp_path / "model"
+    shutil.copytree(d / "train-segmentation" / "model", model)
+    (model / "best.npz").write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(StageError, match="exited with code 2 before it was ready") as err:
+        serving_smoke_test(cfg, str(model), d / "merge-data" / "validated", timeout_s=170)
+    # "exited ... before it was ready": it stopped waiting when the server exited (not after the timeout)
+    assert "error: " in str(err.value) and "best.npz" in str(err.value)  # the server's own one-line error

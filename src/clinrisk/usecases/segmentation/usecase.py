@@ -12,6 +12,7 @@ from clinrisk.usecases.segmentation.plugin import (
     SegmentationSchema,
     SegmentationSource,
 )
+from clinrisk.usecases.segmentation.smoke import serving_smoke_test
 
 USECASE = UseCase(
     names=UseCaseNames(
@@ -26,6 +27,7 @@ USECASE = UseCase(
     configs={"default": "configs/segmentation/default.yaml", "tiny": "configs/segmentation/tiny.yaml"},
     config_model=SegmentationParams,
     model_family="own",
+    serving_smoke_test=serving_smoke_test,
 )
 
 __all__ = ["USECASE"]
