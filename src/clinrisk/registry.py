@@ -207,6 +207,19 @@ def check_stored_model(root: str, bundle: Any, context: str = "") -> None:
         raise DataError(f"{where}: {context}the bundle's files are missing ({shown})")
 
 
+def run_upload_error(
+    cfg: ClinriskConfig, run_id: str, what: str, exc: BaseException, run_dir: Path | None = None
+) -> DataError:
+    """The error for a registration whose run could not upload ``what`` (its config, its reports): worded as
+    a failed registration, naming the server and the artifact store, like a model upload the store refused."""
+    store = tracking_uri(cfg, run_dir)
+    where = _experiment_artifact_location(mlflow_client(), run_id) or store
+    name = cfg.tracking.registered_model_name
+    return DataError(
+        f"{store}: cannot register {name} (artifact store {where}: cannot log {what} ({store_error(exc)}))"
+    )
+
+
 def store_error(exc: BaseException) -> str:
     """A store failure in a few words. Through a proxying server the client only sees the HTTP status after
     its retries, buried in a long retry message: the store's own error (S3's InvalidAccessKeyId, a missing

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clinrisk.config import ClinriskConfig, save_config
+from clinrisk.errors import DataError
 from clinrisk.io import read_json
 from clinrisk.stages.catalog import Catalog
 from clinrisk.tracking import CHALLENGER
@@ -33,7 +34,7 @@ def run(cfg: ClinriskConfig, io: Catalog, alias: str = CHALLENGER) -> dict[str, 
     FAILED and no alias moved (register_bundle's all-or-nothing)."""
     from clinrisk.bundle import load_bundle
     from clinrisk.promotion import bootstrap_champion
-    from clinrisk.registry import register_bundle
+    from clinrisk.registry import register_bundle, run_upload_error
     from clinrisk.tracking import configure, end_run, log_config, log_metrics, model_uri, start_run
 
     bundle_dir = io.path("model_bundle")
@@ -47,10 +48,15 @@ def run(cfg: ClinriskConfig, io: Catalog, alias: str = CHALLENGER) -> dict[str, 
     if own_run:
         run_id = start_run(cfg, run_dir, tags={"clinrisk.bundle_version": bundle.version})
     try:
-        if own_run:
-            log_config(cfg, run_id)
-            log_metrics(bundle.metrics, run_id)
-        _log_reports(cfg, io, run_id)
+        try:
+            if own_run:
+                log_config(cfg, run_id)
+                log_metrics(bundle.metrics, run_id)
+            _log_reports(cfg, io, run_id)
+        except DataError:
+            raise
+        except Exception as exc:  # the run's artefacts go to the same store as the model: same refusal
+            raise run_upload_error(cfg, run_id, "the run's config and reports", exc, run_dir) from None
         version = register_bundle(cfg, bundle_dir, run_id, alias=alias, run_dir=run_dir)
         record = bootstrap_champion(cfg, run_dir) if alias == CHALLENGER else None
         champion = record is not None and record.get("champion_after") == version
