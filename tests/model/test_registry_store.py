@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +142,36 @@ def _register(stores: Stores, server: Server, bundle: Path) -> subprocess.Comple
     )  # fmt: skip
 
 
+# The registry core alone, as the register stage calls it once the run's config and reports are uploaded:
+# through a store that refuses every upload the stage stops at those uploads (see the test), so the core's
+# own checks (the reused version's files, the model upload) are driven here directly.
+_REGISTER_CORE = """
+import sys
+from pathlib import Path
+from clinrisk.config import load_config
+from clinrisk.errors import DataError
+from clinrisk.registry import register_bundle
+from clinrisk.tracking import configure, end_run, start_run
+cfg = load_config(None, ["tracking.tracking_uri=" + sys.argv[1]])
+configure(cfg)
+run_id = start_run(cfg)
+try:
+    register_bundle(cfg, Path(sys.argv[2]), run_id)
+except DataError as exc:
+    end_run(run_id, "FAILED")
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2)
+end_run(run_id)
+"""
+
+
+def _register_core(stores: Stores, server: Server, bundle: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _REGISTER_CORE, server.url, str(bundle)],
+        capture_output=True, text=True, timeout=600, cwd=stores.work, env={**os.environ, **FAST_FAIL},
+    )  # fmt: skip
+
+
 def _registry(stores: Stores) -> tuple[list[str], str | None]:
     """(every version of the model, the version @challenger points at)."""
     from mlflow.exceptions import MlflowException
@@ -173,11 +203,15 @@ def _one_error_line(out: subprocess.CompletedProcess[str]) -> str:
 
 
 def _assert_refused(
-    stores: Stores, server: Server, bundle: Path, before: tuple[list[str], str | None]
+    stores: Stores,
+    server: Server,
+    bundle: Path,
+    before: tuple[list[str], str | None],
+    register: Callable[[Stores, Server, Path], subprocess.CompletedProcess[str]] = _register,
 ) -> str:
     runs_before = len(_run_states(stores))
     t0 = time.monotonic()
-    line = _one_error_line(_register(stores, server, bundle))
+    line = _one_error_line(register(stores, server, bundle))
     print(f"\nREFUSED in {time.monotonic() - t0:.0f}s: {line}")
     assert f"{server.url}: cannot register {MODEL}" in line, line
     assert "artifact store " in line, line  # names the store, not just the server
@@ -197,13 +231,19 @@ def test_a_broken_store_registers_nothing(
     before = _registry(stores)
     assert before == (["1"], "1")
 
+    # `clinrisk register` through that server: the run's config and reports are refused first (the same
+    # store), so nothing reaches the registry, for a registered bundle and a new one alike.
+    for bundle in (trained_bundle_dir, other_bundle_dir):
+        line = _assert_refused(stores, stores.broken, bundle, before)
+        assert "artifact store mlflow-artifacts:/1: cannot log the run's config and reports (" in line, line
+
     # Reuse (the regression): the bundle is registered as v1, whose files this server cannot read.
-    line = _assert_refused(stores, stores.broken, trained_bundle_dir, before)
+    line = _assert_refused(stores, stores.broken, trained_bundle_dir, before, _register_core)
     assert "mlflow-artifacts:/1/models/m-" in line and "v1 holds this bundle" in line, line
     assert re.search(r"HTTP [45]\d\d", line), line
 
     # A new bundle: its upload fails on the server; no version, and MLflow marks the logged model FAILED.
-    line = _assert_refused(stores, stores.broken, other_bundle_dir, before)
+    line = _assert_refused(stores, stores.broken, other_bundle_dir, before, _register_core)
     assert "artifact store mlflow-artifacts:/1: cannot log the model (the tracking server " in line, line
     from mlflow.tracking import MlflowClient
 
