@@ -67,7 +67,8 @@ def main() -> None:
     if leaked:
         raise SystemExit(f"error: serving closure pulls training-only packages: {sorted(leaked)}")
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
-        raise SystemExit("error: usage: serving_requirements.py <requirements file> (an existing file)")
+        print("error: usage: serving_requirements.py <requirements file> (an existing file)", file=sys.stderr)
+        raise SystemExit(2)
     for line in Path(sys.argv[1]).read_text().splitlines():
         name = line.split("==")[0].strip()
         if name and not name.startswith("#") and canon(name) in keep:
