@@ -37,8 +37,8 @@ test-ui: venv ## browser tier: Debian's chromium (installed if missing, root) op
 	rc=0; $(BIN)/pytest -q -m ui tests/ui || rc=$$?; if [[ $$rc == 5 ]]; then echo "test-ui: no tests collected"; exit 0; fi; exit $$rc
 
 lint: venv ## ruff + mypy
-	$(BIN)/ruff check src tests components pipelines benchmarks
-	$(BIN)/ruff format --check src tests components pipelines benchmarks
+	$(BIN)/ruff check src tests components pipelines benchmarks images
+	$(BIN)/ruff format --check src tests components pipelines benchmarks images
 	$(BIN)/mypy
 
 bench: venv ## the default 2M pipeline per step: wall, peak RSS, rows/s, ratios to the goals (+ polars vs pandas features)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -19,7 +20,16 @@ from packaging.requirements import Requirement
 ROOTS = ["kserve", "lightgbm", "polars", "pyarrow", "pandas", "pandera[polars]", "numpy", "pydantic", "pyyaml",
          "typer", "tqdm", "httpx", "prometheus-client", "setuptools"]  # fmt: skip
 # Training/tracking only — must not end up in the serving image (checked by tests/k8s/test_images.py).
-TRAINING_ONLY = {"kfp", "mlflow", "mlflow-skinny", "matplotlib", "scikit-learn", "docker", "dask", "distributed"}
+TRAINING_ONLY = {
+    "kfp",
+    "mlflow",
+    "mlflow-skinny",
+    "matplotlib",
+    "scikit-learn",
+    "docker",
+    "dask",
+    "distributed",
+}
 
 
 def canon(name: str) -> str:
@@ -56,7 +66,10 @@ def main() -> None:
     leaked = keep & TRAINING_ONLY
     if leaked:
         raise SystemExit(f"error: serving closure pulls training-only packages: {sorted(leaked)}")
-    for line in open(sys.argv[1]).read().splitlines():
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
+        print("error: usage: serving_requirements.py <requirements file> (an existing file)", file=sys.stderr)
+        raise SystemExit(2)
+    for line in Path(sys.argv[1]).read_text().splitlines():
         name = line.split("==")[0].strip()
         if name and not name.startswith("#") and canon(name) in keep:
             print(line)

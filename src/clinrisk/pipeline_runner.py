@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -270,7 +272,7 @@ def run_local(
         try:
             with (
                 signal_handlers(stop),
-                _task_environment(run_root, run_id),
+                _task_environment(run_root, run_id, own_tmpdir=runner == "subprocess"),
                 _quiet_runner(router),
             ):
                 try:
@@ -336,14 +338,24 @@ def run_env(run_root: Path, run_id: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _task_environment(run_root: Path, run_id: str) -> Iterator[None]:
-    """Put :func:`run_env` into os.environ for the run (kfp.local's SubprocessRunner passes it on)."""
+def _task_environment(run_root: Path, run_id: str, own_tmpdir: bool = False) -> Iterator[None]:
+    """Put :func:`run_env` into os.environ for the run (kfp.local's SubprocessRunner passes it on).
+
+    With ``own_tmpdir``, the tasks also get a TMPDIR of their own that is removed when the run ends, however
+    it ends: every KFP lightweight component starts with ``mktemp -d`` for its source file and never removes
+    it, which in a container vanishes with the container but on this machine leaves one folder per task run
+    in /tmp. It sits in the system temp folder (not the run folder) to keep socket paths short."""
     env = run_env(run_root, run_id)
+    scratch = Path(tempfile.mkdtemp(prefix=f"clinrisk-run-{run_id}-")) if own_tmpdir else None
+    if scratch is not None:
+        env["TMPDIR"] = str(scratch)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         yield
     finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -34,9 +34,17 @@ TASKS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def task_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The TMPDIR the run inherits: what the tasks leave there outlives the run."""
+    return tmp_path_factory.mktemp("tmpdir")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, task_tmpdir: Path):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("pipeline")
-    return run_local(REPO / "configs" / "tiny.yaml", [f"run.output_dir={out}", *TINY])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(task_tmpdir))
+        return run_local(REPO / "configs" / "tiny.yaml", [f"run.output_dir={out}", *TINY])
 
 
 def test_every_task_ran_and_artifacts_are_valid(tiny_run) -> None:  # type: ignore[no-untyped-def]
@@ -66,6 +74,13 @@ def test_every_task_ran_and_artifacts_are_valid(tiny_run) -> None:  # type: igno
     assert (d / "evaluate" / "report").read_text().startswith("#")
     assert tiny_run.model_uri == "models:/clinrisk/1"
     assert (tiny_run.run_root / "latest").resolve() == d
+
+
+def test_tasks_leave_nothing_in_the_temp_folder(tiny_run, task_tmpdir: Path) -> None:  # type: ignore[no-untyped-def]
+    # every KFP lightweight component runs `mktemp -d` for its source file and never removes it; the runner
+    # gives the tasks a TMPDIR of their own and removes it at the end of the run
+    assert tiny_run.pipeline_dir.is_dir()
+    assert sorted(p.name for p in task_tmpdir.iterdir()) == []
 
 
 def test_same_config_same_data_hash(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
