@@ -112,11 +112,19 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=5)
 
 
+def _ensure_namespace(cluster: Cluster) -> None:
+    """The pipeline namespace, restricted as the overlays make it; left as is when another test made it (a
+    server-side apply here would drop the labels the platform fixture applied under the same manager)."""
+    if cluster.kubectl("get", "namespace", NS, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", NS)
+        cluster.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce=restricted")
+
+
 def test_missing_crd_is_one_line_and_leaves_nothing(cluster: Cluster, tmp_path: Path) -> None:
     """Before manifests/dask is applied: the step names the missing CRD (and creates nothing)."""
     if cluster.kubectl("get", "crd", CRD, check=False).returncode == 0:
         pytest.skip("the DaskCluster CRD is already installed in this session")
-    cluster.kubectl("create", "namespace", NS, check=False)
+    _ensure_namespace(cluster)
     cfg = small_config(
         None,
         "train.engine=dask",
@@ -138,9 +146,8 @@ def dask_plane(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
     assert {c["metadata"]["name"] for c in crds} == {
         f"dask{k}.kubernetes.dask.org" for k in ("clusters", "workergroups", "jobs", "autoscalers")
     }
-    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted"}}}  # fmt: skip
-    refused = cluster.apply_objects([ns, *crds], "manifests/dask CRDs")
+    _ensure_namespace(cluster)
+    refused = cluster.apply_objects(crds, "manifests/dask CRDs")
     cluster.kubectl("wait", "--for", "condition=established", "--timeout=120s",
                     *[f"crd/{c['metadata']['name']}" for c in crds])  # fmt: skip
     refused += cluster.apply_objects(rest, "manifests/dask")
@@ -275,8 +282,9 @@ def test_train_step_creates_daskcluster_trains_and_tears_down(
     # What the operator made from the CR (and the controllers from that), all observed while the fit ran.
     assert {"DaskCluster", "DaskWorkerGroup", "Deployment", "Service", "Pod"} <= kinds, obs.seen
     assert "Running" in obs.phases, obs.phases
-    workers = [p for p in obs.running_pods if "-worker-" in p]
-    assert len(workers) == 2 and any("-scheduler-" in p for p in obs.running_pods), obs.running_pods
+    pods = {s.split("/", 1)[1] for s in obs.seen if s.startswith("Pod/")}
+    assert len([p for p in pods if "-worker-" in p]) == 2 and any("-scheduler-" in p for p in pods), pods
+    assert obs.running_pods, "KWOK never reported a DaskCluster pod Running"
     # Torn down: the CR and everything made from it are gone when train_model returns.
     assert dask_plane.leftovers() == ""
 
@@ -312,4 +320,26 @@ def test_sigterm_during_startup_tears_down(dask_plane: DaskPlane, features: Path
         os.killpg(dask_plane.procs[0].pid, signal.SIGCONT)
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr
+    assert dask_plane.leftovers() == ""
+
+
+def test_forbidden_namespace_is_one_line(dask_plane: DaskPlane, features: Path, tmp_path: Path) -> None:
+    """The train account's Role is in clinrisk only: elsewhere the create is refused, named, nothing made."""
+    with pytest.raises(StageError) as err:
+        train_model(_k8s_cfg(dask_plane, "train.dask.namespace=default"), features, tmp_path / "out")
+    msg = str(err.value)
+    assert "\n" not in msg and "forbidden" in msg and "create DaskCluster default/" in msg, msg
+    assert dask_plane.cluster.kubectl("get", "daskclusters", "-n", "default", "-o", "name").stdout == ""
+
+
+def test_no_operator_times_out_and_tears_down(dask_plane: DaskPlane, features: Path, tmp_path: Path) -> None:
+    """Nobody reconciles the DaskCluster (operator paused): the timeout names that, and the CR is deleted."""
+    os.killpg(dask_plane.procs[0].pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(StageError) as err:
+            train_model(_k8s_cfg(dask_plane, "train.dask.timeout_s=5"), features, tmp_path / "out")
+    finally:
+        os.killpg(dask_plane.procs[0].pid, signal.SIGCONT)
+    msg = str(err.value)
+    assert "\n" not in msg and "not Running after 5s" in msg and "no operator reported" in msg, msg
     assert dask_plane.leftovers() == ""
