@@ -1,8 +1,8 @@
 """A DaskCluster on Kubernetes for the length of one fit (``train.engine: dask``, ``train.dask.cluster: kubernetes``).
 
 The train step creates a ``DaskCluster`` custom resource (the Dask Kubernetes operator, dask-kubernetes
-2025.4.3, manifests/dask/), waits until the operator reports ``status.phase: Running`` and the scheduler
-Service it made exists, yields the scheduler's address, and deletes the DaskCluster when the fit ends: on
+2025.4.3, manifests/dask/), waits until the operator has made the scheduler Service and reports the cluster
+``Pending`` or ``Running`` (see :func:`_wait_running`), yields the scheduler's address, and deletes the DaskCluster when the fit ends: on
 success, on an error, on a timeout and on SIGINT/SIGTERM (clinrisk.interrupts turns those into an exception,
 so this ``finally`` runs). The deletion is a foreground cascade: the API server keeps the DaskCluster until the
 garbage collector has removed what the operator created from it (scheduler Deployment and Service, worker group,
@@ -10,7 +10,7 @@ worker Deployments, their pods), and the step waits for that, so "gone" means ev
 
 Every failure is a :class:`StageError` with one line: an API server that cannot be reached, a missing
 DaskCluster CRD, a missing namespace, a forbidden call (the step runs as ``clinrisk-train-dask``,
-manifests/dask/train-rbac.yaml), or an operator that never reports the cluster Running.
+manifests/dask/train-rbac.yaml), or an operator that never brings the cluster up.
 
 Only the calls that RBAC grants are made: create/get/delete daskclusters, get services, list pods.
 """
@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -260,7 +262,11 @@ def _wait_running(api: _Api, cfg: DaskConfig, name: str) -> None:
         phase = (obj.get("status") or {}).get("phase")
         if phase == "Error":
             raise StageError(f"train.dask: the operator marked DaskCluster {cfg.namespace}/{name} as Error")
-        if phase == "Running" and _scheduler_service(api, cfg, name) is not None:
+        # "Pending" is set after the operator created the scheduler Service and the worker group; "Running"
+        # when it saw that Service's status. Both count: the operator's Pending write can land after its
+        # Running one and the cluster then stays "Pending" while up (dask/dask-kubernetes#968, seen here on
+        # the local control plane). The real readiness is the Client's wait for the workers that follows.
+        if phase in ("Pending", "Running") and _scheduler_service(api, cfg, name) is not None:
             return
         if time.monotonic() > deadline:
             hint = (
@@ -269,7 +275,7 @@ def _wait_running(api: _Api, cfg: DaskConfig, name: str) -> None:
                 else f"phase {phase}; {_pod_phases(api, cfg, name)}"
             )
             raise StageError(
-                f"train.dask.timeout_s: DaskCluster {cfg.namespace}/{name} not Running after "
+                f"train.dask.timeout_s: DaskCluster {cfg.namespace}/{name} not up after "
                 f"{cfg.timeout_s:g}s: {hint}"
             )
         time.sleep(POLL_S)
@@ -298,21 +304,39 @@ def _delete(api: _Api, cfg: DaskConfig, name: str) -> None:
 
 
 @contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises (so the deletion in ``finally`` runs) also where nothing else handles it: a KFP task
+    process has Python's default SIGTERM, which ends the interpreter without running ``finally``. Where a
+    handler is already installed (the clinrisk CLI's), that one stays."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_DFL,
+        None,
+    ):
+        yield
+        return
+    from clinrisk.interrupts import raise_interrupted, signal_handlers
+
+    with signal_handlers(raise_interrupted):
+        yield
+
+
+@contextmanager
 def kubernetes_dask_cluster(cfg: DaskConfig, n_workers: int) -> Iterator[str]:
     """A DaskCluster for the ``with`` block; yields the scheduler address. Deleted on every way out."""
     api = _Api(cfg)
     name = cluster_name(cfg.name_prefix)
-    _create(api, cfg, daskcluster_manifest(name, cfg, n_workers))  # a refused create leaves nothing
-    failed = True
-    try:
-        _wait_running(api, cfg, name)
-        yield cfg.scheduler_address or f"tcp://{name}-scheduler.{cfg.namespace}.svc:{SCHEDULER_PORT}"
-        failed = False
-    finally:
+    with _sigterm_unwinds():
+        _create(api, cfg, daskcluster_manifest(name, cfg, n_workers))  # a refused create leaves nothing
+        failed = True
         try:
-            _delete(api, cfg, name)
-        except StageError as exc:
-            if not failed:
-                raise
-            # The fit's own error is the one to report; the leftover is named, not hidden.
-            print(f"warning: {exc}", file=sys.stderr)
+            _wait_running(api, cfg, name)
+            yield cfg.scheduler_address or f"tcp://{name}-scheduler.{cfg.namespace}.svc:{SCHEDULER_PORT}"
+            failed = False
+        finally:
+            try:
+                _delete(api, cfg, name)
+            except StageError as exc:
+                if not failed:
+                    raise
+                # The fit's own error is the one to report; the leftover is named, not hidden.
+                print(f"warning: {exc}", file=sys.stderr)

@@ -281,7 +281,9 @@ def test_train_step_creates_daskcluster_trains_and_tears_down(
     kinds = {s.split("/")[0] for s in obs.seen}
     # What the operator made from the CR (and the controllers from that), all observed while the fit ran.
     assert {"DaskCluster", "DaskWorkerGroup", "Deployment", "Service", "Pod"} <= kinds, obs.seen
-    assert "Running" in obs.phases, obs.phases
+    # Pending: components created; Running: the operator saw the scheduler Service (it may stay Pending:
+    # dask/dask-kubernetes#968, a race in the operator's own status writes).
+    assert obs.phases & {"Pending", "Running"}, obs.phases
     pods = {s.split("/", 1)[1] for s in obs.seen if s.startswith("Pod/")}
     assert len([p for p in pods if "-worker-" in p]) == 2 and any("-scheduler-" in p for p in pods), pods
     assert obs.running_pods, "KWOK never reported a DaskCluster pod Running"
@@ -293,23 +295,37 @@ def test_failed_fit_still_tears_down(dask_plane: DaskPlane, features: Path, tmp_
     """The cluster comes up, but the scheduler cannot be reached: one-line error, nothing left behind."""
     dead = f"tcp://127.0.0.1:{_free_port()}"
     with pytest.raises(StageError) as err:
-        train_model(_k8s_cfg(dask_plane, f"train.dask.scheduler_address={dead}", "train.dask.timeout_s=20"),
+        train_model(_k8s_cfg(dask_plane, f"train.dask.scheduler_address={dead}", "train.dask.timeout_s=12"),
                     features, tmp_path / "out")  # fmt: skip
     assert "\n" not in str(err.value) and dead in str(err.value), err.value
     assert dask_plane.leftovers() == ""
 
 
-def test_sigterm_during_startup_tears_down(dask_plane: DaskPlane, features: Path, tmp_path: Path) -> None:
-    """`clinrisk train` killed with SIGTERM while waiting for its DaskCluster: exit 143, CR gone."""
+# The train step as a KFP task runs it: a bare Python process whose SIGTERM is Python's default (no handler).
+BARE_TRAIN = (
+    "import sys; from pathlib import Path; from clinrisk.config import load_config; "
+    "from clinrisk.train import train_model; "
+    "train_model(load_config(None, sys.argv[3:]), Path(sys.argv[1]), Path(sys.argv[2]))"
+)
+
+
+@pytest.mark.parametrize("how", ["cli", "bare-process"])
+def test_sigterm_during_startup_tears_down(
+    dask_plane: DaskPlane, features: Path, tmp_path: Path, how: str
+) -> None:
+    """SIGTERM while the step waits for its DaskCluster: the CR is deleted. `clinrisk train` exits 143 with no
+    traceback; a bare process (a KFP task's default SIGTERM) also runs the deletion before it dies."""
     # The operator is paused so the cluster stays un-Running: the step is in its wait when the signal comes.
     os.killpg(dask_plane.procs[0].pid, signal.SIGSTOP)
     try:
-        sets = [a for s in _k8s_sets(dask_plane, "split.temporal=false") for a in ("--set", s)]
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "clinrisk"), "train", *sets,
-             "--features", str(features), "--out", str(tmp_path / "out")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        sets = _k8s_sets(dask_plane, "split.temporal=false")
+        out = str(tmp_path / "out")
+        if how == "cli":
+            argv = [str(Path(sys.executable).parent / "clinrisk"), "train", *[a for s in sets for a in ("--set", s)],
+                    "--features", str(features), "--out", out]  # fmt: skip
+        else:
+            argv = [sys.executable, "-c", BARE_TRAIN, str(features), out, *sets]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while "daskcluster" not in dask_plane.leftovers().lower():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -318,8 +334,11 @@ def test_sigterm_during_startup_tears_down(dask_plane: DaskPlane, features: Path
         _, stderr = proc.communicate(timeout=120)
     finally:
         os.killpg(dask_plane.procs[0].pid, signal.SIGCONT)
-    assert proc.returncode == 143, stderr
-    assert "Traceback" not in stderr
+    if how == "cli":
+        assert proc.returncode == 143, stderr
+        assert "Traceback" not in stderr
+    else:
+        assert proc.returncode != 0 and "Interrupted: SIGTERM" in stderr, stderr
     assert dask_plane.leftovers() == ""
 
 
@@ -341,5 +360,5 @@ def test_no_operator_times_out_and_tears_down(dask_plane: DaskPlane, features: P
     finally:
         os.killpg(dask_plane.procs[0].pid, signal.SIGCONT)
     msg = str(err.value)
-    assert "\n" not in msg and "not Running after 5s" in msg and "no operator reported" in msg, msg
+    assert "\n" not in msg and "not up after 5s" in msg and "no operator reported" in msg, msg
     assert dask_plane.leftovers() == ""

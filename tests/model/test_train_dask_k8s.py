@@ -5,6 +5,7 @@ tier (tests/cluster/test_dask.py) runs the same code against a real API server a
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
 import subprocess
 import sys
@@ -144,3 +145,32 @@ def test_vendored_operator_manifests_match_their_checksums() -> None:
     assert sorted(d["spec"]["names"]["kind"] for d in crds) == [
         "DaskAutoscaler", "DaskCluster", "DaskJob", "DaskWorkerGroup"
     ]  # fmt: skip
+
+
+SIGTERM_PROBE = """
+import sys, time
+from clinrisk.dask_k8s import _sigterm_unwinds
+with _sigterm_unwinds():
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    finally:
+        open(sys.argv[1], "w").write("cleaned up")
+"""
+
+
+def test_sigterm_runs_the_teardown_in_a_process_without_a_handler(tmp_path: Path) -> None:
+    """A KFP task process has Python's default SIGTERM (no ``finally``); inside the DaskCluster's lifetime the
+    signal unwinds instead, so the deletion in ``finally`` runs."""
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_PROBE, str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert marker.read_text() == "cleaned up", stderr
+    assert "Interrupted: SIGTERM" in stderr

@@ -86,7 +86,7 @@ class DaskConfig(Section):
     scheduler_cpu: str = Field("1", pattern=_CPU)
     scheduler_memory: str = Field("1Gi", pattern=_MEMORY)
     timeout_s: float = Field(
-        300.0, gt=0, le=3600, description="for the operator to report the cluster Running (and for teardown)"
+        300.0, gt=0, le=3600, description="for the cluster to come up, for its workers to join, for teardown"
     )
     kubeconfig: str | None = Field(
         None, description="kubeconfig file; unset: the pod's service account, else ~/.kube/config"
