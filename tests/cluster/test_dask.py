@@ -295,7 +295,7 @@ def test_failed_fit_still_tears_down(dask_plane: DaskPlane, features: Path, tmp_
     """The cluster comes up, but the scheduler cannot be reached: one-line error, nothing left behind."""
     dead = f"tcp://127.0.0.1:{_free_port()}"
     with pytest.raises(StageError) as err:
-        train_model(_k8s_cfg(dask_plane, f"train.dask.scheduler_address={dead}", "train.dask.timeout_s=12"),
+        train_model(_k8s_cfg(dask_plane, f"train.dask.scheduler_address={dead}", "train.dask.timeout_s=20"),
                     features, tmp_path / "out")  # fmt: skip
     assert "\n" not in str(err.value) and dead in str(err.value), err.value
     assert dask_plane.leftovers() == ""
