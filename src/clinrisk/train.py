@@ -606,6 +606,7 @@ def _fit_dask(
         categorical,
         cfg.train.num_boost_round,
         cfg.train.dask_workers,
+        cfg.train.dask,
     )
     best = best_iteration(booster, stop.sequences, stop_yw[0], stop_yw[1], cfg.train.early_stopping_rounds)
     return booster.model_to_string(num_iteration=best), best

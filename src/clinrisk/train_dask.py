@@ -1,7 +1,8 @@
 """``train.engine: dask``: the LightGBM booster trained by ``lightgbm.dask`` on a ``dask.distributed`` cluster.
 
 The cluster is a ``LocalCluster`` of ``train.dask_workers`` worker processes over loopback, started for the
-fit and closed after it (in tests and on one machine; the same code takes any ``distributed.Client``).
+fit and closed after it (``train.dask.cluster: local``), or a DaskCluster created through the Dask Kubernetes
+operator for the fit and deleted after it (``kubernetes``, clinrisk.dask_k8s).
 Each worker reads its own shards' selected rows (``ShardSequence`` slices as delayed chunks), so the
 driver never holds the training matrix.
 
@@ -15,7 +16,8 @@ would have chosen from that curve. The extra trees are the engine's cost, report
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from clinrisk.errors import StageError
 if TYPE_CHECKING:
     import lightgbm as lgb
 
+    from clinrisk.config.modeling import DaskConfig
     from clinrisk.train import ShardSequence
 
 FloatArray = npt.NDArray[np.float64]
@@ -90,25 +93,13 @@ def best_iteration(
     return early_stopping_iteration(score, booster.num_trees(), rounds)
 
 
-def fit_dask(
-    params: dict[str, Any],
-    train_seqs: list[ShardSequence],
-    label: npt.NDArray[np.floating[Any]],
-    weight: npt.NDArray[np.floating[Any]],
-    feature_names: list[str],
-    categorical: list[str],
-    num_boost_round: int,
-    n_workers: int,
-) -> lgb.Booster:
-    """Grow ``num_boost_round`` trees with ``lightgbm.dask`` on a fresh local cluster; the booster."""
-    import dask.array as da
-    import lightgbm as lgb
+@contextmanager
+def dask_client(n_workers: int, threads: int, cluster_cfg: DaskConfig | None) -> Iterator[Any]:
+    """A ``distributed.Client`` on the cluster ``train.dask.cluster`` names, closed (and the cluster torn
+    down) when the block ends: a LocalCluster over loopback, or a DaskCluster on Kubernetes (dask_k8s)."""
     from distributed import Client, LocalCluster
 
-    # Each worker's LightGBM uses its worker's threads (lightgbm.dask sets num_threads from them).
-    threads = max(1, int(params.get("num_threads", 1)) // n_workers)
-    model_params = {k: v for k, v in params.items() if k not in _WRAPPER_OWNED}
-    try:
+    if cluster_cfg is None or cluster_cfg.cluster == "local":
         with (
             LocalCluster(
                 n_workers=n_workers,
@@ -119,6 +110,49 @@ def fit_dask(
             ) as cluster,
             Client(cluster) as client,
         ):
+            yield client
+        return
+    from clinrisk.dask_k8s import kubernetes_dask_cluster
+
+    with kubernetes_dask_cluster(cluster_cfg, n_workers) as address:
+        try:
+            client = Client(address, timeout=f"{cluster_cfg.timeout_s}s")
+        except (OSError, TimeoutError) as exc:
+            raise StageError(
+                f"train.dask: cannot connect to the dask scheduler at {address} ({exc})"
+            ) from exc
+        with client:
+            try:
+                client.wait_for_workers(n_workers, timeout=cluster_cfg.timeout_s)
+            except (OSError, TimeoutError) as exc:
+                raise StageError(
+                    f"train.dask.timeout_s: {n_workers} dask workers did not join {address} within "
+                    f"{cluster_cfg.timeout_s:g}s"
+                ) from exc
+            yield client
+
+
+def fit_dask(
+    params: dict[str, Any],
+    train_seqs: list[ShardSequence],
+    label: npt.NDArray[np.floating[Any]],
+    weight: npt.NDArray[np.floating[Any]],
+    feature_names: list[str],
+    categorical: list[str],
+    num_boost_round: int,
+    n_workers: int,
+    cluster_cfg: DaskConfig | None = None,
+) -> lgb.Booster:
+    """Grow ``num_boost_round`` trees with ``lightgbm.dask`` on a fresh dask cluster; the booster."""
+    import dask.array as da
+    import lightgbm as lgb
+
+    # Each worker's LightGBM uses its worker's threads (lightgbm.dask sets num_threads from them).
+    threads = max(1, int(params.get("num_threads", 1)) // n_workers)
+    model_params = {k: v for k, v in params.items() if k not in _WRAPPER_OWNED}
+    kind = "local" if cluster_cfg is None else cluster_cfg.cluster
+    try:
+        with dask_client(n_workers, threads, cluster_cfg) as client:
             X = _stack(train_seqs, len(feature_names))
             chunks = X.chunks[0]
             y = da.from_array(label, chunks=(chunks,))
@@ -132,4 +166,4 @@ def fit_dask(
             model.fit(X, y, sample_weight=w, feature_name=feature_names, categorical_feature=categorical)
             return model.booster_
     except (OSError, TimeoutError) as exc:
-        raise StageError(f"train.engine=dask: the local dask cluster failed ({exc})") from exc
+        raise StageError(f"train.engine=dask: the {kind} dask cluster failed ({exc})") from exc

@@ -49,6 +49,56 @@ class SelectConfig(Section):
 CALIBRATION_METHODS: tuple[str, ...] = ("select", "logistic", "beta", "isotonic", "auto", "none")
 
 
+# Kubernetes quantities as the API accepts them for cpu/memory (e.g. "1", "500m", "2Gi", "1500M").
+_CPU = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"
+_MEMORY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$"
+# RFC 1123 label: a DaskCluster name prefix and a namespace.
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class DaskConfig(Section):
+    """Where ``train.engine: dask`` gets its dask cluster (src/clinrisk/dask_k8s.py, docs/scaling.md)."""
+
+    cluster: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="local: a LocalCluster of train.dask_workers processes over loopback | kubernetes: a "
+        "DaskCluster created through the Dask Kubernetes operator for the fit and deleted after it",
+    )
+    namespace: str = Field("clinrisk", pattern=_DNS_LABEL, max_length=63, description="of the DaskCluster")
+    name_prefix: str = Field(
+        "clinrisk-train", pattern=_DNS_LABEL, max_length=40, description="DaskCluster name = prefix-<random>"
+    )
+    image: str = Field(
+        "clinrisk/pipeline:0.1.0",
+        pattern=r"^[^\s]+$",
+        description="scheduler and worker image: the pipeline image (workers unpickle clinrisk's shard readers "
+        "and need the same dask, distributed and lightgbm)",
+    )
+    data_volume_claim: str | None = Field(
+        None,
+        pattern=_DNS_LABEL,
+        description="PVC holding the pipeline's artifacts, mounted in every worker at data_mount_path (the "
+        "workers read the feature shards themselves; the train pod must see them at the same path)",
+    )
+    data_mount_path: str = Field("/data", pattern=r"^/[^\s]*$")
+    worker_cpu: str = Field("1", pattern=_CPU, description="each worker's CPU request and limit")
+    worker_memory: str = Field("2Gi", pattern=_MEMORY, description="each worker's memory request and limit")
+    scheduler_cpu: str = Field("1", pattern=_CPU)
+    scheduler_memory: str = Field("1Gi", pattern=_MEMORY)
+    timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="for the cluster to come up, for its workers to join, for teardown"
+    )
+    kubeconfig: str | None = Field(
+        None, description="kubeconfig file; unset: the pod's service account, else ~/.kube/config"
+    )
+    scheduler_address: str | None = Field(
+        None,
+        pattern=r"^(tcp|tls)://[^\s/]+:[0-9]+$",
+        description="connect here instead of the scheduler Service's cluster DNS name (a driver outside the "
+        "cluster through kubectl port-forward; the cluster tests' local data plane)",
+    )
+
+
 class TrainConfig(Section):
     """LightGBM settings; imbalance handled by calibration + threshold, not resampling."""
 
@@ -72,9 +122,10 @@ class TrainConfig(Section):
     engine: Literal["lightgbm", "dask"] = Field(
         "lightgbm",
         description="lightgbm: one process, out-of-core lgb.Sequence | dask: lightgbm.dask on a local "
-        "dask.distributed cluster (train.dask_workers workers over loopback)",
+        "dask.distributed cluster (train.dask_workers workers; train.dask.cluster says where)",
     )
     dask_workers: int = Field(2, ge=1, le=64, description="worker processes of the dask engine's cluster")
+    dask: DaskConfig = Field(default_factory=DaskConfig)
 
     @field_validator("calibration")
     @classmethod
