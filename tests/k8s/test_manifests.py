@@ -353,3 +353,50 @@ def test_skaffold_references_existing_files(repo: Path) -> None:
     for profile in doc["profiles"]:
         for path in (profile.get("manifests") or {}).get("kustomize", {}).get("paths", []):
             assert (repo / path / "kustomization.yaml").is_file()
+
+
+@pytest.mark.parametrize("usecase", ["clinical", "leads"])
+def test_deploy_script_applies_the_usecases_overlay_with_the_model_uri(
+    usecase: str, repo: Path, tools: kv.Tools, tmp_path: Path
+) -> None:
+    """scripts/k8s/deploy.sh renders the use case's overlay with MODEL_URI patched into its InferenceService
+    and applies that (kubectl stands in as a recorder for everything but `kustomize`)."""
+    import os
+    import subprocess
+
+    from clinrisk.usecases import get
+
+    names = get(usecase).names
+    recorder = tmp_path / "kubectl"
+    recorder.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [[ "$1" == kustomize ]]; then exec {tools.kubectl} "$@"; fi\n'
+        f'echo "$*" >> {tmp_path}/calls\n'
+        'if [[ "$1 $2" == "apply --server-side" ]]; then cp "$4" ' + f"{tmp_path}/applied.yaml; fi\n"
+    )
+    recorder.chmod(0o755)
+    env = {**os.environ, "KUBECTL": str(recorder), "MODEL_URI": MODEL_URI, "USECASE": usecase, "TAG": "0.1.0"}
+    proc = subprocess.run(
+        ["bash", str(repo / "scripts" / "k8s" / "deploy.sh"), "kind"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    objs = [o for o in yaml.safe_load_all((tmp_path / "applied.yaml").read_text()) if o]
+    (isvc,) = [o for o in objs if o["kind"] == "InferenceService"]
+    assert (isvc["metadata"]["namespace"], isvc["metadata"]["name"]) == (names.namespace, names.model_name)
+    env_vars = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert env_vars["STORAGE_URI"] == isvc["metadata"]["annotations"]["clinrisk.io/model-uri"] == MODEL_URI
+    assert f"-n {names.namespace} get inferenceservice {names.model_name}" in (tmp_path / "calls").read_text()
+
+
+def test_deploy_script_refuses_an_unknown_usecase(repo: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "KUBECTL": "/bin/false", "MODEL_URI": MODEL_URI, "USECASE": "nope"}
+    proc = subprocess.run(
+        ["bash", str(repo / "scripts" / "k8s" / "deploy.sh"), "kind"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: USECASE: unknown use case 'nope'; known:")
