@@ -134,7 +134,6 @@ def test_both_pipelines_share_one_data_half(tmp_path: Path) -> None:
     """pipelines.data_half adds the same tasks, with the same inputs, caching and resources, to the training
     and the segmentation DAG (flat: no nested pipeline component); only the model half differs."""
     from kfp import compiler
-
     from pipelines.segmentation import build_pipeline
     from pipelines.training import build_training_pipeline
 
