@@ -1,8 +1,9 @@
 """The segmentation pipeline: the same DAG shape as the training pipeline, for kfp.local and Kubeflow.
 
-The data half is the platform's own components (resolve config → plan → generate or ingest, then validate,
-per shard under ``dsl.ParallelFor`` → merge with the validation report; bad files are quarantined with
-reasons there). The model half is this use case's: train the UNet → evaluate on the validation patients →
+The data half is the platform's own, shared with the training pipeline
+(:func:`pipelines.data_half.add_data_half`: resolve config → plan → generate or ingest, then validate, per
+shard under ``dsl.ParallelFor`` → merge with the validation report; bad files are quarantined with reasons
+there). The model half is this use case's: train the UNet → evaluate on the validation patients →
 register (``@champion`` moves past the promotion margin) (→ canary deploy when ``deploy`` is true). The
 whole DAG sits in a ``dsl.ExitHandler`` whose exit task (the platform's) closes the MLflow run a failed step
 left RUNNING. This module only wires inputs to outputs; the steps live in
@@ -20,15 +21,14 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import components as c
 from kfp import dsl
 
 from clinrisk import __version__
 from clinrisk.config import PipelineConfig, StepResources
 from clinrisk.images import IMAGE_REPOSITORY, pipeline_image
+from pipelines.data_half import LOCAL_NOOP_WARNING, StepLook, add_data_half, close_run_on_exit, run_form
 
 PIPELINE_NAME = "clinrisk-segmentation"
-_LOCAL_NOOP_WARNING = r"Task '.*': settings \[.*\] have no effect in the current local runner"
 
 
 def segmentation_image() -> str:
@@ -126,21 +126,12 @@ GROUP_NAMES = {
 }
 
 
-def _ui(task: Any, step: str, resources: Mapping[str, StepResources]) -> Any:
-    res = resources[step]
-    cpu_limit, memory_limit = res.limits()
-    task.set_display_name(DISPLAY_NAMES[step])
-    task.set_cpu_request(res.cpu).set_cpu_limit(cpu_limit)
-    task.set_memory_request(res.memory).set_memory_limit(memory_limit)
-    return task
-
-
 def build_pipeline(
     parallelism: int = 2, resources: Mapping[str, StepResources] | None = None
 ) -> Callable[..., Any]:
     """The pipeline function (same parameters as the training pipeline's, so one runner drives both)."""
-    res = dict(resources) if resources is not None else PipelineConfig().resources
-    warnings.filterwarnings("ignore", message=_LOCAL_NOOP_WARNING, category=UserWarning)
+    look = StepLook(DISPLAY_NAMES, dict(resources) if resources is not None else PipelineConfig().resources)
+    warnings.filterwarnings("ignore", message=LOCAL_NOOP_WARNING, category=UserWarning)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -159,56 +150,19 @@ def build_pipeline(
         namespace: str = "",  # "" = the config's serving.namespace
         canary_percent: int = 10,
     ) -> str:
-        form = {
-            "usecase": usecase,
-            "config_name": config_name,
-            "config_yaml": config_yaml,
-            "overrides": overrides,
-            "n_patients": n_patients,
-            "seed": seed,
-            "run_name": run_name,
-        }
-        run_key = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        finalize = _ui(c.finalize_tracking(**form, kfp_run_id=run_key), "finalize_tracking", res)
-        finalize.set_caching_options(False)
+        form = run_form(usecase, config_name, config_yaml, overrides, n_patients, seed, run_name)
+        finalize = close_run_on_exit(form, look)
 
         with dsl.ExitHandler(finalize, name=GROUP_NAMES["exit_handler"]):
-            config = _ui(c.resolve_config(**form), "resolve_config", res).outputs["config"]
-            tracking = _ui(c.start_tracking(config=config, kfp_run_id=run_key), "start_tracking", res)
-            tracking.set_caching_options(False)
-            plan = _ui(c.plan_generation(config=config), "plan_generation", res)
-            with dsl.ParallelFor(
-                plan.outputs["Output"], parallelism=parallelism, name=GROUP_NAMES["generate_loop"]
-            ) as shard:
-                gen = _ui(
-                    c.generate_shard(config=config, plan=plan.outputs["plan"], shard=shard),
-                    "generate_shard",
-                    res,
-                )
-                val = _ui(
-                    c.validate_shard(config=config, raw_shard=gen.outputs["raw_shard"], shard=shard),
-                    "validate_shard",
-                    res,
-                )
-            data = _ui(
-                c.merge_data(
-                    config=config,
-                    plan=plan.outputs["plan"],
-                    raw_shards=dsl.Collected(gen.outputs["raw_shard"]),
-                    validated_shards=dsl.Collected(val.outputs["validated_shard"]),
-                ),
-                "merge_data",
-                res,
-            )
+            half = add_data_half(form, look, parallelism, GROUP_NAMES["generate_loop"])
+            config, tracking, data = half.config, half.tracking, half.data
             validated = data.outputs["validated"]
-            trained = _ui(
-                train_segmentation(config=config, validated=validated, mlflow_run_id=tracking.output),
-                "train",
-                res,
+            trained = look(
+                train_segmentation(config=config, validated=validated, mlflow_run_id=tracking.output), "train"
             )
             # Training logs into the MLflow run: a cached result would leave the run without its epochs.
             trained.set_caching_options(False)
-            evaluated = _ui(
+            evaluated = look(
                 evaluate_segmentation(
                     config=config,
                     validated=validated,
@@ -216,10 +170,9 @@ def build_pipeline(
                     mlflow_run_id=tracking.output,
                 ),
                 "evaluate",
-                res,
             )
             evaluated.set_caching_options(False)
-            registered = _ui(
+            registered = look(
                 register_segmentation(
                     config=config,
                     model=trained.outputs["model"],
@@ -228,11 +181,10 @@ def build_pipeline(
                     mlflow_run_id=tracking.output,
                 ),
                 "register",
-                res,
             )
             registered.set_caching_options(False)
             with dsl.If(deploy == True, name=GROUP_NAMES["deploy_condition"]):  # noqa: E712
-                _ui(
+                look(
                     deploy_segmentation_canary(
                         config=config,
                         model_uri=registered.output,
@@ -241,7 +193,6 @@ def build_pipeline(
                         percent=canary_percent,
                     ),
                     "deploy_canary",
-                    res,
                 ).set_caching_options(False)
         return finalize.output
 

@@ -5,7 +5,8 @@ and are collected with ``dsl.Collected``; then select → train → evaluate →
 ``deploy`` is true). The whole DAG sits in a ``dsl.ExitHandler`` whose exit task closes the MLflow run a
 failed step left RUNNING. Every task, loop and condition has a display name for the
 Kubeflow UI, and every task the CPU/memory of ``pipeline.resources.<step>`` (fixed at compile time). This
-module only wires inputs to outputs.
+module only wires inputs to outputs; the data half (config, MLflow run, plan, generate + validate per
+shard, merge) is :func:`pipelines.data_half.add_data_half`, shared with every use case's pipeline.
 """
 
 import warnings
@@ -16,9 +17,9 @@ import components as c
 from kfp import dsl
 
 from clinrisk.config import PipelineConfig, StepResources
+from pipelines.data_half import LOCAL_NOOP_WARNING, StepLook, add_data_half, close_run_on_exit, run_form
 
 PIPELINE_NAME = "clinrisk-training"
-_LOCAL_NOOP_WARNING = r"Task '.*': settings \[.*\] have no effect in the current local runner"
 
 # What the Kubeflow UI shows for each task (keyed by the component's name).
 DISPLAY_NAMES = {
@@ -46,25 +47,13 @@ GROUP_NAMES = {
 }
 
 
-def _ui(task: Any, step: str, resources: Mapping[str, StepResources]) -> Any:
-    """Give ``task`` its display name and the step's requests and limits; returns the task."""
-    res = resources[step]
-    cpu_limit, memory_limit = res.limits()
-    task.set_display_name(DISPLAY_NAMES[step])
-    task.set_cpu_request(res.cpu).set_cpu_limit(cpu_limit)
-    task.set_memory_request(res.memory).set_memory_limit(memory_limit)
-    return task
-
-
 def build_training_pipeline(
     parallelism: int = 2, resources: Mapping[str, StepResources] | None = None
 ) -> Callable[..., Any]:
     """Return the pipeline function; ``parallelism`` caps concurrent shard tasks and ``resources`` sets
     each step's pod resources (both compile-time in KFP; ``resources`` defaults to the config's defaults)."""
-    res = dict(resources) if resources is not None else PipelineConfig().resources
-    # Display names and resources are for the Kubeflow UI and the cluster; kfp.local ignores them and would
-    # say so once per task.
-    warnings.filterwarnings("ignore", message=_LOCAL_NOOP_WARNING, category=UserWarning)
+    look = StepLook(DISPLAY_NAMES, dict(resources) if resources is not None else PipelineConfig().resources)
+    warnings.filterwarnings("ignore", message=LOCAL_NOOP_WARNING, category=UserWarning)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -83,64 +72,20 @@ def build_training_pipeline(
         namespace: str = "",  # "" = the config's serving.namespace
         canary_percent: int = 10,
     ) -> str:
-        form = {
-            "usecase": usecase,
-            "config_name": config_name,
-            "config_yaml": config_yaml,
-            "overrides": overrides,
-            "n_patients": n_patients,
-            "seed": seed,
-            "run_name": run_name,
-        }
-        # The one key that ties this DAG run to its MLflow run (start_tracking tags it, the exit task
-        # finds it): an exit task may depend on no other task, only on pipeline parameters.
-        run_key = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        finalize = _ui(c.finalize_tracking(**form, kfp_run_id=run_key), "finalize_tracking", res)
-        finalize.set_caching_options(False)
+        form = run_form(usecase, config_name, config_yaml, overrides, n_patients, seed, run_name)
+        finalize = close_run_on_exit(form, look)
 
         with dsl.ExitHandler(finalize, name=GROUP_NAMES["exit_handler"]):
-            config = _ui(c.resolve_config(**form), "resolve_config", res).outputs["config"]
-            tracking = _ui(c.start_tracking(config=config, kfp_run_id=run_key), "start_tracking", res)
-            # Steps with side effects outside their outputs (MLflow run, registry, InferenceService) are
-            # never served from the cache; the deterministic data/feature/model steps are.
-            tracking.set_caching_options(False)
-            # The plan owns the fan-out: both ParallelFors iterate over the shard indices it returns.
-            plan = _ui(c.plan_generation(config=config), "plan_generation", res)
-
-            with dsl.ParallelFor(
-                plan.outputs["Output"], parallelism=parallelism, name=GROUP_NAMES["generate_loop"]
-            ) as shard:
-                gen = _ui(
-                    c.generate_shard(config=config, plan=plan.outputs["plan"], shard=shard),
-                    "generate_shard",
-                    res,
-                )
-                val = _ui(
-                    c.validate_shard(config=config, raw_shard=gen.outputs["raw_shard"], shard=shard),
-                    "validate_shard",
-                    res,
-                )
-
-            data = _ui(
-                c.merge_data(
-                    config=config,
-                    plan=plan.outputs["plan"],
-                    raw_shards=dsl.Collected(gen.outputs["raw_shard"]),
-                    validated_shards=dsl.Collected(val.outputs["validated_shard"]),
-                ),
-                "merge_data",
-                res,
-            )
-            spec = _ui(
-                c.fit_feature_spec(config=config, validated=data.outputs["validated"]),
-                "fit_feature_spec",
-                res,
+            half = add_data_half(form, look, parallelism, GROUP_NAMES["generate_loop"])
+            config, tracking, plan, data = half.config, half.tracking, half.plan, half.data
+            spec = look(
+                c.fit_feature_spec(config=config, validated=data.outputs["validated"]), "fit_feature_spec"
             )
 
             with dsl.ParallelFor(
                 plan.outputs["Output"], parallelism=parallelism, name=GROUP_NAMES["features_loop"]
             ) as shard:
-                feat = _ui(
+                feat = look(
                     c.build_features_shard(
                         config=config,
                         feature_spec=spec.outputs["feature_spec"],
@@ -149,24 +94,20 @@ def build_training_pipeline(
                         shard=shard,
                     ),
                     "build_features_shard",
-                    res,
                 )
 
-            features = _ui(
+            features = look(
                 c.merge_features(
                     config=config,
                     feature_spec=spec.outputs["feature_spec"],
                     features_shards=dsl.Collected(feat.outputs["features_shard"]),
                 ),
                 "merge_features",
-                res,
             )
-            selection = _ui(
-                c.select_features(config=config, features=features.outputs["features"]),
-                "select_features",
-                res,
+            selection = look(
+                c.select_features(config=config, features=features.outputs["features"]), "select_features"
             )
-            trained = _ui(
+            trained = look(
                 c.train(
                     config=config,
                     features=features.outputs["features"],
@@ -175,9 +116,8 @@ def build_training_pipeline(
                     mlflow_run_id=tracking.output,
                 ),
                 "train",
-                res,
             )
-            evaluated = _ui(
+            evaluated = look(
                 c.evaluate(
                     config=config,
                     bundle=trained.outputs["bundle"],
@@ -185,9 +125,8 @@ def build_training_pipeline(
                     mlflow_run_id=tracking.output,
                 ),
                 "evaluate",
-                res,
             )
-            registered = _ui(
+            registered = look(
                 c.register(
                     config=config,
                     bundle=trained.outputs["bundle"],
@@ -197,12 +136,11 @@ def build_training_pipeline(
                     mlflow_run_id=tracking.output,
                 ),
                 "register",
-                res,
             )
             registered.set_caching_options(False)
             # KFP condition expression, not a Python comparison.
             with dsl.If(deploy == True, name=GROUP_NAMES["deploy_condition"]):  # noqa: E712
-                _ui(
+                look(
                     c.deploy_canary(
                         config=config,
                         model_uri=registered.output,
@@ -211,7 +149,6 @@ def build_training_pipeline(
                         percent=canary_percent,
                     ),
                     "deploy_canary",
-                    res,
                 ).set_caching_options(False)
         # Outputs may only come from the top level, where the exit task alone is: it returns the model URI
         # register recorded on the MLflow run.

@@ -1,10 +1,13 @@
-"""The import graph of the clinrisk package: no import cycles (function-level imports count, they only hide
-a cycle) and no module using another module's private names.
+"""The project's import graph: no import cycles (function-level imports count, they only hide a cycle), no
+module using another module's private names, and layers that point one way (the library never imports the
+KFP components or pipeline definitions).
 
-Read statically with ``ast`` (nothing is imported). A module's edges are every ``import clinrisk.x`` /
+Read statically with ``ast`` (nothing is imported). The graph covers the ``clinrisk`` package and the
+top-level ``components`` and ``pipelines`` packages. A module's edges are every ``import clinrisk.x`` /
 ``from clinrisk.x import y`` anywhere in its body (``if TYPE_CHECKING:`` blocks excepted: they never run).
 ``from clinrisk import x`` is an edge to ``clinrisk.x`` when that is a module. A package's ``__init__`` is
 the package's node; importing ``clinrisk.a.b`` also runs ``clinrisk.a`` (its ``__init__``), an edge too.
+There is no allow-list: a cycle fails the test.
 """
 
 from __future__ import annotations
@@ -15,19 +18,29 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
 PACKAGE = "clinrisk"
+# Top-level package -> its folder: the library and the two layers above it.
+ROOTS = {PACKAGE: SRC / PACKAGE, "components": REPO / "components", "pipelines": REPO / "pipelines"}
 
 
-def module_files() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of the package."""
+def module_files(roots: dict[str, Path] = ROOTS) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the packages in ``roots``."""
     out: dict[str, Path] = {}
-    for f in sorted((SRC / PACKAGE).rglob("*.py")):
-        parts = list(f.relative_to(SRC).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = f
+    for pkg, root in roots.items():
+        for f in sorted(root.rglob("*.py")):
+            parts = [pkg, *f.relative_to(root).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = f
     return out
+
+
+def _ours(name: str, modules: dict[str, Path]) -> bool:
+    """Whether ``name`` is one of the graph's packages or inside one."""
+    top = name.split(".", 1)[0]
+    return top in modules or any(m.startswith(top + ".") for m in modules)
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -77,13 +90,13 @@ def import_edges(modules: dict[str, Path]) -> tuple[dict[str, set[str]], list[st
         for node in _runtime_nodes(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
-                    if a.name.startswith(PACKAGE + "."):
+                    if a.name != PACKAGE and _ours(a.name, modules):
                         edges[mod].update(_with_parents(a.name, modules, mod))
                         if a.asname:
                             aliases[a.asname] = a.name
             elif isinstance(node, ast.ImportFrom):
                 target = _resolve(mod, is_pkg, node.level, node.module)
-                if target != PACKAGE and not target.startswith(PACKAGE + "."):
+                if not target or not _ours(target, modules):
                     continue
                 for a in node.names:
                     sub = f"{target}.{a.name}"
@@ -146,18 +159,42 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(out)
 
 
-# Known, owned elsewhere: the segmentation use case's CLI imports clinrisk.cli.common, whose package
-# (clinrisk.cli) registers that CLI. The fix (the shared CLI options outside the app's package, or the app
-# built outside clinrisk/cli/__init__.py) touches the segmentation plugin; this entry must go then.
-KNOWN_CYCLES = [["clinrisk.cli", "clinrisk.usecases.segmentation.cli"]]
+def test_the_graph_covers_the_layers() -> None:
+    modules = module_files()
+    assert {"clinrisk.cli.app", "components", "pipelines.training", "pipelines.segmentation"} <= set(modules)
+    edges, _ = import_edges(modules)
+    assert "clinrisk.datacache" in edges["clinrisk.steps"]  # imported inside step functions only
+    assert "components" in edges["pipelines.training"]
 
 
 def test_no_import_cycles() -> None:
     edges, _ = import_edges(module_files())
-    found = [c for c in cycles(edges) if c not in KNOWN_CYCLES]
+    found = cycles(edges)
     assert found == [], "import cycles (function-level imports included):\n" + "\n".join(
         " <-> ".join(c) for c in found
     )
+
+
+def test_layers_point_one_way() -> None:
+    """The library never imports the KFP components or the pipeline definitions; only the runner does (it
+    compiles and runs a pipeline)."""
+    edges, _ = import_edges(module_files())
+    upward = {
+        m: sorted(t for t in targets if t.split(".", 1)[0] in ("components", "pipelines"))
+        for m, targets in edges.items()
+        if m.split(".", 1)[0] == PACKAGE and m != "clinrisk.pipeline_runner"
+    }
+    assert {m: t for m, t in upward.items() if t} == {}
+
+
+def test_the_cli_package_init_assembles_nothing() -> None:
+    """Use-case CLIs import ``clinrisk.cli.common``, which runs ``clinrisk.cli``'s ``__init__`` first: the
+    app that mounts them lives in ``clinrisk.cli.app``, and the shared CLI names no plugin module."""
+    edges, _ = import_edges(module_files())
+    assert edges["clinrisk.cli"] == set()
+    assert not {
+        t for t in edges["clinrisk.cli.app"] if t.startswith("clinrisk.usecases.") and t.count(".") > 2
+    }
 
 
 def test_no_private_names_across_modules() -> None:
@@ -190,6 +227,10 @@ def test_checker_sees_cycles_also_inside_functions(tmp_path: Path, a_src: str) -
         {"clinrisk.__init__": "", "clinrisk.a": a_src, "clinrisk.b": "from clinrisk.a import x\n"},
     )
     assert cycles(edges) == [["clinrisk.a", "clinrisk.b"]]
+
+
+def test_the_cycle_finder_finds_a_longer_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_checker_ignores_type_checking_imports(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_locate_outputs_reads_the_binding(tmp_path: Path) -> None:
 def _cli(*args: object) -> str:
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
     from clinrisk.cli.common import reset_state
 
     reset_state()
@@ -198,7 +198,7 @@ def test_features_cli_and_kfp_steps_write_the_same_dataset(tmp_path: Path) -> No
 def test_features_cli_names_a_missing_truth_folder(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
 
     res = CliRunner().invoke(
         build_app(),
@@ -370,7 +370,7 @@ def test_validate_bad_input_is_one_line_and_publishes_nothing(tmp_path: Path) ->
     the same DataError; neither publishes anything."""
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
     from clinrisk.cli.common import reset_state
     from clinrisk.errors import DataError
     from clinrisk.steps import CONFIG_FILE, validate_shard_step
@@ -472,7 +472,7 @@ def test_register_cli_and_kfp_step_have_the_same_registry_effect(tmp_path: Path)
     (exit 2) on the CLI, the same DataError in the step, and registers nothing in either store."""
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
     from clinrisk.cli.common import reset_state
     from clinrisk.errors import DataError
     from clinrisk.steps import CONFIG_FILE, register_step, start_tracking_step, train_step
@@ -559,7 +559,7 @@ def test_deploy_cli_and_kfp_step_patch_the_same_canary(
 
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
     from clinrisk.cli.common import reset_state
 
     reset_state()

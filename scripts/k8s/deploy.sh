@@ -2,6 +2,8 @@
 # Apply the clinrisk namespace, RBAC, NetworkPolicies and the InferenceService for a profile.
 #   deploy.sh kind                       manifests/overlays/kind as is
 #   deploy.sh gke                        overlays/gke with REGISTRY, MODEL_URI, GSA substituted
+#   USECASE=leads deploy.sh kind|gke     another use case: manifests/overlays/<usecase>-<profile>, under
+#                                        the use case's namespace and InferenceService name
 # MODEL_URI (required): the registered bundle's storage URI (`clinrisk storage-uri` prints it); the
 # overlays' own storageUri is a placeholder that nothing has uploaded.
 set -euo pipefail
@@ -12,12 +14,30 @@ fi
 # shellcheck source=scripts/k8s/lib.sh
 source "$(dirname "$0")/lib.sh"
 PROFILE="${1:-kind}"
+USECASE="${USECASE:-clinical}"
+# The use case's namespace and InferenceService name (UseCaseNames); an unknown one lists the known ones.
+read -r NAMESPACE ISVC < <("$REPO_ROOT/.venv/bin/python" -c 'import sys
+from clinrisk.errors import ConfigError
+from clinrisk.usecases import get
+try:
+    names = get(sys.argv[1]).names
+except ConfigError as exc:
+    sys.exit(f"error: USECASE: {exc}")
+print(names.namespace, names.model_name)' "$USECASE") || exit 2
+OVERLAY="$PROFILE"
+if [[ "$USECASE" != clinical ]]; then
+  OVERLAY="$USECASE-$PROFILE"
+fi
+if [[ ! -d "$REPO_ROOT/manifests/overlays/$OVERLAY" ]]; then
+  echo "error: manifests/overlays/$OVERLAY: no such overlay (profiles: kind, gke)" >&2
+  exit 2
+fi
 TAG="${TAG:-$("$REPO_ROOT/.venv/bin/python" -c 'import clinrisk; print(clinrisk.__version__)')}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 # A generated kustomization wraps the overlay, so the checked-in files never carry site values.
-overlay_rel="$(realpath --relative-to="$WORK" "$REPO_ROOT/manifests/overlays/$PROFILE")"
+overlay_rel="$(realpath --relative-to="$WORK" "$REPO_ROOT/manifests/overlays/$OVERLAY")"
 {
   echo "apiVersion: kustomize.config.k8s.io/v1beta1"
   echo "kind: Kustomization"
@@ -34,7 +54,7 @@ overlay_rel="$(realpath --relative-to="$WORK" "$REPO_ROOT/manifests/overlays/$PR
     echo "patches:"
   fi
   if [[ -n "${MODEL_URI:-}" ]]; then
-    echo "  - target: {kind: InferenceService, name: clinrisk}"
+    echo "  - target: {kind: InferenceService, name: $ISVC}"
     echo "    patch: |-"
     echo "      - {op: replace, path: /spec/predictor/containers/0/env/0/value, value: \"$MODEL_URI\"}"
     echo "      - {op: replace, path: /metadata/annotations/clinrisk.io~1model-uri, value: \"$MODEL_URI\"}"
@@ -46,7 +66,7 @@ overlay_rel="$(realpath --relative-to="$WORK" "$REPO_ROOT/manifests/overlays/$PR
   fi
 } >"$WORK/kustomization.yaml"
 
-log "applying overlay $PROFILE"
+log "applying overlay $OVERLAY"
 "$KUBECTL" kustomize "$WORK" >"$WORK/rendered.yaml"
 "$KUBECTL" apply --server-side -f "$WORK/rendered.yaml"
-"$KUBECTL" -n "$NAMESPACE" get inferenceservice clinrisk
+"$KUBECTL" -n "$NAMESPACE" get inferenceservice "$ISVC"

@@ -1,3 +1,3 @@
-from clinrisk.cli import main
+from clinrisk.cli.app import main
 
 main()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,40 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_server(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the server command ``cmd`` (stdout and stderr to ``log``) for the ``with`` block; then stop it
+    (SIGTERM, SIGKILL after 20 s) and reap it, so no server outlives the smoke test."""
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_serving(proc: subprocess.Popen[bytes], base: str, model_name: str, timeout_s: float) -> None:
+    """Until the model answers ready at ``base``; a server that exits first (a corrupt model: exit 2) ends the
+    wait at once with StageError instead of after ``timeout_s``."""
+    from clinrisk.serving.client import ServingUnavailable, wait_ready
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise StageError(f"the server exited with code {proc.returncode} before it was ready")
+        try:
+            wait_ready(base, model_name, timeout_s=1.0)
+            return
+        except ServingUnavailable:
+            if time.monotonic() > deadline:
+                raise
 
 
 @contextlib.contextmanager
@@ -51,7 +86,7 @@ def serving_smoke_test(
     if own_test is not None:  # a use case serving its own model (e.g. segmentation's UNet predictor)
         return own_test(cfg, model_uri, Path(validated_dir))
     from clinrisk.io import list_shards
-    from clinrisk.serving.client import example_request, predict, wait_ready
+    from clinrisk.serving.client import example_request, predict
     from clinrisk.tracking import resolve_model
 
     # MLflow's download progress bar would be the only non-step output of `make run` (quiet runs, issue 19).
@@ -70,20 +105,13 @@ def serving_smoke_test(
         sys.executable, "-m", "clinrisk", "--usecase", cfg.run.usecase, "serve", "--bundle", str(bundle),
         "--set", f"serving.host={host}", "--set", f"serving.http_port={port}",
     ]  # fmt: skip
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     base = f"http://{host}:{port}"
-    try:
-        wait_ready(base, cfg.serving.model_name, timeout_s=timeout_s)
-        response = predict(base, request["instances"], cfg.serving.model_name)
-    except Exception as exc:
-        raise StageError(
-            f"serving smoke test failed: {exc}\n--- server log ---\n{log.read_text()[-3000:]}"
-        ) from exc
-    finally:
-        proc.terminate()
+    with local_server(cmd, log) as proc:
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            wait_serving(proc, base, cfg.serving.model_name, timeout_s)
+            response = predict(base, request["instances"], cfg.serving.model_name)
+        except Exception as exc:
+            raise StageError(
+                f"serving smoke test failed: {exc}\n--- server log ---\n{log.read_text()[-3000:]}"
+            ) from exc
     return {"url": base, "bundle": str(bundle), "request": request, "response": response}

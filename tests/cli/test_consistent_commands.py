@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
-from clinrisk.cli import build_app
+from clinrisk.cli.app import build_app
 from clinrisk.errors import describe_failure
 from tests.cli.conftest import REPO
 from tests.cli.test_error_path import assert_one_error, invoke

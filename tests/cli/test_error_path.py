@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from clinrisk.cli import build_app
+from clinrisk.cli.app import build_app
 from clinrisk.io import list_shards
 from tests.cli.conftest import REPO, TINY
 

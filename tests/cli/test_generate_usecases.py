@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from clinrisk.cli import build_app
+from clinrisk.cli.app import build_app
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,6 @@ re-addressed to the use case's names (namespace ``leads``, InferenceService ``le
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -23,8 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
+from clinrisk import k8s_validate as kv
 from clinrisk.usecases import get
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import REPO, Cluster
 from tests.cluster.stack import ServingStack, StackError
 
 NS = "clinrisk"
@@ -80,35 +80,17 @@ def first_revision(stack: ServingStack) -> str:
     return _wait_isvc_ready(stack, NS, "clinrisk")
 
 
-def readdress(objs: list[dict[str, Any]], namespace: str, name: str) -> list[dict[str, Any]]:
-    """The kind overlay's objects for another use case: namespace ``clinrisk`` → ``namespace`` (objects and
-    RoleBinding subjects) and the InferenceService ``clinrisk`` → ``name``; everything else as shipped."""
-    out = []
-    for obj in copy.deepcopy(objs):
-        meta = obj["metadata"]
-        if obj["kind"] == "Namespace" and meta["name"] == NS:
-            meta["name"] = namespace
-            meta.get("labels", {}).update({"kubernetes.io/metadata.name": namespace})
-        elif meta.get("namespace") == NS:
-            meta["namespace"] = namespace
-        elif "namespace" in meta:
-            continue  # objects the overlay puts elsewhere (e.g. kubeflow) are shared, already there
-        if obj["kind"] == "InferenceService" and meta["name"] == "clinrisk":
-            meta["name"] = name
-        for subject in obj.get("subjects", []):
-            if subject.get("namespace") == NS:
-                subject["namespace"] = namespace
-        out.append(obj)
-    return out
-
-
 @pytest.fixture(scope="module")
 def leads_revision(stack: ServingStack, platform: dict[str, list[dict[str, Any]]]) -> str:
-    """The leads use case's InferenceService (the shared overlay under its names), reconciled until Ready."""
+    """The leads use case's InferenceService (its kustomize overlay, manifests/overlays/leads-kind: the kind
+    overlay plus the use case's component), reconciled until Ready."""
     names = get("leads").names
-    objs = readdress(platform["manifests/overlays/kind"], names.namespace, names.model_name)
+    cluster = stack.cluster
+    objs = kv.render_kustomize(
+        kv.Tools(cluster.helm_bin, cluster.kubectl_bin), REPO / "manifests" / "overlays" / "leads-kind"
+    )
     assert any(o["kind"] == "InferenceService" and o["metadata"]["name"] == names.model_name for o in objs)
-    refused = stack.cluster.apply_objects(objs, f"manifests/overlays/kind as {names.namespace}")
+    refused = cluster.apply_objects(objs, "manifests/overlays/leads-kind")
     assert not refused, "refused by the API server:\n" + "\n".join(refused)
     return _wait_isvc_ready(stack, names.namespace, names.model_name)
 

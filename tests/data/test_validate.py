@@ -413,7 +413,7 @@ def test_patient_spanning_shards_fails(tmp_path: Path) -> None:
 
 
 def test_cli_validate(tmp_path: Path) -> None:
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
 
     raw = write_raw(tmp_path / "raw", [_set(clean_frame(10, 4), 1, "sex", "?", pl.String)])
     out = tmp_path / "run"

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from clinrisk.cli import build_app
+from clinrisk.cli.app import build_app
 from clinrisk.config import load_config
 from clinrisk.errors import DataError
 from clinrisk.feature_schema import build_feature_schema, validate_features

@@ -386,7 +386,7 @@ def test_family_map_matches_real_feature_names() -> None:
 def test_cli_select(features_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
 
     args = ["select", "--features", str(features_dir), "--out", str(tmp_path / "sel")]
     for s in [*FAST, "select.rounds=2"]:

@@ -10,8 +10,17 @@ import pytest
 import yaml
 
 from clinrisk import k8s_validate as kv
+from clinrisk.rollout import ANNOTATION_PREVIOUS_URI
+from clinrisk.usecases import DEFAULT_USECASE
 
-OVERLAYS = ["kind", "gke"]
+# Overlay -> (use case, environment). The clinical overlays are the base's own names; another use case's
+# overlay is an environment overlay plus the use case's component (manifests/usecases/<name>).
+OVERLAYS = {
+    "kind": ("clinical", "kind"),
+    "gke": ("clinical", "gke"),
+    "leads-kind": ("leads", "kind"),
+    "leads-gke": ("leads", "gke"),
+}
 # The chart has no default model URI (it would deploy something nothing uploaded): every render names one.
 MODEL_URI = "s3://mlflow/1/models/m-abc/artifacts/artifacts/bundle"
 SERVING_VALUES: list[dict[str, str]] = [
@@ -34,8 +43,23 @@ def _assert_clean(findings: list[kv.Finding]) -> None:
     assert not findings, "\n".join(map(str, findings))
 
 
+def _server_config(container: dict[str, Any]) -> Any:
+    """The server's own config from the args it is given (as `clinrisk serve` parses them)."""
+    from clinrisk.config import load_config
+
+    args = container["args"]
+    return load_config(None, [args[i + 1] for i, a in enumerate(args) if a == "--set"])
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_and_validates(overlay: str, repo: Path, tools: kv.Tools) -> None:
+    """Every object under the use case's names (UseCaseNames, what `clinrisk --usecase X rollout|monitor`
+    and the deploy step look for): namespace, InferenceService, the server's use case and V1 model name,
+    readiness path, the predictor policies' selectors, RoleBinding subjects; the model URI per environment."""
+    from clinrisk.usecases import get
+
+    usecase, env = OVERLAYS[overlay]
+    names = get(usecase).names
     objs = kv.render_kustomize(tools, repo / "manifests" / "overlays" / overlay)
     _assert_clean(kv.validate_rendered(objs, repo, overlay))
     kinds = {o["kind"] for o in objs}
@@ -47,14 +71,72 @@ def test_overlay_renders_and_validates(overlay: str, repo: Path, tools: kv.Tools
         "NetworkPolicy",
         "InferenceService",
     } <= kinds
-    isvc = next(o for o in objs if o["kind"] == "InferenceService")
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "Namespace"] == [names.namespace]
+    assert all(o["metadata"].get("namespace") == names.namespace for o in objs if o["kind"] != "Namespace")
+    (isvc,) = [o for o in objs if o["kind"] == "InferenceService"]
+    assert isvc["metadata"]["name"] == names.model_name
     container = isvc["spec"]["predictor"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/clinrisk"
+    assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{names.model_name}"
+    cfg = _server_config(container)
+    assert (cfg.run.usecase, cfg.serving.model_name) == (usecase, names.model_name)
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
     uri = next(e["value"] for e in container["env"] if e["name"] == "STORAGE_URI")
-    assert uri.startswith({"kind": "s3://", "gke": "gs://"}[overlay])
+    assert uri.startswith({"kind": "s3://", "gke": "gs://"}[env])
+    assert f"/{names.model_name}/" in uri
     assert isvc["metadata"]["annotations"]["clinrisk.io/model-uri"] == uri
-    assert all(o["metadata"].get("namespace") == "clinrisk" for o in objs if o["kind"] != "Namespace")
+    predictor_policies = {
+        o["metadata"]["name"]: o["spec"]["podSelector"]["matchLabels"]["serving.kserve.io/inferenceservice"]
+        for o in objs
+        if o["kind"] == "NetworkPolicy"
+        and "serving.kserve.io/inferenceservice" in o["spec"]["podSelector"].get("matchLabels", {})
+    }
+    assert len(predictor_policies) >= 2  # ingress and the model store's egress
+    assert set(predictor_policies.values()) == {names.model_name}, predictor_policies
+    own_subjects = [
+        s["namespace"]
+        for o in objs
+        if o["kind"] == "RoleBinding"
+        for s in o["subjects"]
+        if s["name"].startswith("clinrisk-")
+    ]
+    assert own_subjects and set(own_subjects) == {names.namespace}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_takes_a_canary(overlay: str, repo: Path, tools: kv.Tools) -> None:
+    """The rollout's canary patch applies to the rendered InferenceService as the controller reports it
+    (Ready, one rolled-out revision): the new URI in STORAGE_URI and the annotation, the overlay's URI kept
+    as the previous one, and the traffic split."""
+    from clinrisk.rollout import Phase, plan_canary, read_state
+
+    (isvc,) = [
+        o
+        for o in kv.render_kustomize(tools, repo / "manifests" / "overlays" / overlay)
+        if o["kind"] == "InferenceService"
+    ]
+    shipped = isvc["metadata"]["annotations"]["clinrisk.io/model-uri"]
+    isvc = {
+        **isvc,
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": "r1",
+                    "latestReadyRevision": "r1",
+                    "latestRolledoutRevision": "r1",
+                    "traffic": [{"revisionName": "r1", "percent": 100, "latestRevision": True}],
+                }
+            },
+        },
+    }
+    assert read_state(isvc).phase is Phase.STABLE
+    patch = plan_canary(isvc, MODEL_URI, 25)
+    assert patch["spec"]["predictor"]["canaryTrafficPercent"] == 25
+    env = {e["name"]: e.get("value") for e in patch["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["STORAGE_URI"] == MODEL_URI
+    annotations = patch["metadata"]["annotations"]
+    assert annotations["clinrisk.io/model-uri"] == MODEL_URI
+    assert annotations[ANNOTATION_PREVIOUS_URI] == shipped  # what a rollback restores
 
 
 @pytest.mark.parametrize("values", SERVING_VALUES, ids=lambda v: ",".join(v) or "defaults")
@@ -81,6 +163,14 @@ def _tabular_usecases() -> list[str]:
     from clinrisk.usecases import get, known
 
     return sorted(n for n in known() if get(n).model_family == "tabular")
+
+
+@pytest.mark.parametrize("usecase", [u for u in _tabular_usecases() if u != DEFAULT_USECASE])
+def test_every_tabular_usecase_has_overlays(usecase: str, repo: Path) -> None:
+    """A tabular use case deploys through kustomize too: its component and one overlay per environment."""
+    assert (repo / "manifests" / "usecases" / usecase / "kustomization.yaml").is_file()
+    for env in ("kind", "gke"):
+        assert OVERLAYS[f"{usecase}-{env}"] == (usecase, env)
 
 
 @pytest.mark.parametrize("usecase", _tabular_usecases())
@@ -263,3 +353,50 @@ def test_skaffold_references_existing_files(repo: Path) -> None:
     for profile in doc["profiles"]:
         for path in (profile.get("manifests") or {}).get("kustomize", {}).get("paths", []):
             assert (repo / path / "kustomization.yaml").is_file()
+
+
+@pytest.mark.parametrize("usecase", ["clinical", "leads"])
+def test_deploy_script_applies_the_usecases_overlay_with_the_model_uri(
+    usecase: str, repo: Path, tools: kv.Tools, tmp_path: Path
+) -> None:
+    """scripts/k8s/deploy.sh renders the use case's overlay with MODEL_URI patched into its InferenceService
+    and applies that (kubectl stands in as a recorder for everything but `kustomize`)."""
+    import os
+    import subprocess
+
+    from clinrisk.usecases import get
+
+    names = get(usecase).names
+    recorder = tmp_path / "kubectl"
+    recorder.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [[ "$1" == kustomize ]]; then exec {tools.kubectl} "$@"; fi\n'
+        f'echo "$*" >> {tmp_path}/calls\n'
+        'if [[ "$1 $2" == "apply --server-side" ]]; then cp "$4" ' + f"{tmp_path}/applied.yaml; fi\n"
+    )
+    recorder.chmod(0o755)
+    env = {**os.environ, "KUBECTL": str(recorder), "MODEL_URI": MODEL_URI, "USECASE": usecase, "TAG": "0.1.0"}
+    proc = subprocess.run(
+        ["bash", str(repo / "scripts" / "k8s" / "deploy.sh"), "kind"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    objs = [o for o in yaml.safe_load_all((tmp_path / "applied.yaml").read_text()) if o]
+    (isvc,) = [o for o in objs if o["kind"] == "InferenceService"]
+    assert (isvc["metadata"]["namespace"], isvc["metadata"]["name"]) == (names.namespace, names.model_name)
+    env_vars = {e["name"]: e.get("value") for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
+    assert env_vars["STORAGE_URI"] == isvc["metadata"]["annotations"]["clinrisk.io/model-uri"] == MODEL_URI
+    assert f"-n {names.namespace} get inferenceservice {names.model_name}" in (tmp_path / "calls").read_text()
+
+
+def test_deploy_script_refuses_an_unknown_usecase(repo: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "KUBECTL": "/bin/false", "MODEL_URI": MODEL_URI, "USECASE": "nope"}
+    proc = subprocess.run(
+        ["bash", str(repo / "scripts" / "k8s" / "deploy.sh"), "kind"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: USECASE: unknown use case 'nope'; known:")

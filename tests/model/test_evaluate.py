@@ -283,7 +283,7 @@ def test_evaluate_model_end_to_end_and_cli(tmp_path: Path) -> None:
     assert len(top) == 5 and {c["feature"] for c in top} <= set(FEATURES)
     assert "insurance" in (out / "report.md").read_text()
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
 
     cli_out = tmp_path / "cli_eval"
     r = CliRunner().invoke(
@@ -309,7 +309,7 @@ def test_failure_publishes_nothing(tmp_path: Path) -> None:
     feats = _write_dataset(tmp_path, df.drop("eval_oracle_risk"))
     with pytest.raises(DataError, match="eval_oracle_risk"):
         load_test_frame(feats)
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
 
     out = tmp_path / "evaluation"
     r = CliRunner().invoke(

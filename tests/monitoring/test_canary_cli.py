@@ -45,7 +45,7 @@ def test_canary_ab_scores_and_outcomes(tmp_path: Path) -> None:
 
 def test_drift_cli_exit_codes(trained_bundle_dir: Path, synthetic_features_dir: Path, tmp_path: Path) -> None:
     from clinrisk.bundle import load_bundle
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
     from clinrisk.evaluate import load_test_frame
 
     bundle = load_bundle(trained_bundle_dir)

@@ -118,3 +118,40 @@ def test_ui_parameters_have_defaults_so_a_form_needs_none(tmp_path: Path) -> Non
     assert all(p.get("isOptional") for p in params.values())
     assert params["usecase"]["defaultValue"] == "clinical"
     assert params["config_name"]["defaultValue"] == "default"
+
+
+DATA_HALF = (
+    "resolve-config",
+    "start-tracking",
+    "plan-generation",
+    "generate-shard",
+    "validate-shard",
+    "merge-data",
+)
+
+
+def test_both_pipelines_share_one_data_half(tmp_path: Path) -> None:
+    """pipelines.data_half adds the same tasks, with the same inputs, caching and resources, to the training
+    and the segmentation DAG (flat: no nested pipeline component); only the model half differs."""
+    from kfp import compiler
+    from pipelines.segmentation import build_pipeline
+    from pipelines.training import build_training_pipeline
+
+    irs = []
+    for name, build in (("training", build_training_pipeline), ("segmentation", build_pipeline)):
+        out = tmp_path / f"{name}.yaml"
+        compiler.Compiler().compile(build(2), str(out))
+        irs.append(yaml.safe_load(out.read_text()))
+    training, segmentation = (_dag_tasks(ir) for ir in irs)
+
+    def data_half(tasks: dict[str, dict[str, object]]) -> dict[str, object]:
+        return {n: {k: v for k, v in tasks[n].items() if k != "taskInfo"} for n in DATA_HALF}
+
+    assert data_half(training) == data_half(segmentation)
+    assert "finalize-tracking" in training and "finalize-tracking" in segmentation
+    for ir in irs:
+        executors = ir["deploymentSpec"]["executors"]
+        for task in DATA_HALF:
+            assert f"exec-{task}" in executors, task  # each a plain container task, not a sub-pipeline
+    assert {"fit-feature-spec", "select-features"} <= set(training)
+    assert not {"fit-feature-spec", "select-features"} & set(segmentation)

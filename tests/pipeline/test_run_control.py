@@ -306,7 +306,7 @@ def test_metrics_artifacts_get_a_file_so_their_task_can_be_reused(tmp_path: Path
 def test_check_store_command(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
 
     root = tmp_path / "tiny"
     dirs = rc.RunDirs(root, "20260101-000000-aaaaaa")

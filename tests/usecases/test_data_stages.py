@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from clinrisk.cli import build_app
+from clinrisk.cli.app import build_app
 from clinrisk.cli.common import SELECTION
 from clinrisk.config import load_config
 from clinrisk.io import list_shards, read_json

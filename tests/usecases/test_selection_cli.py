@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from clinrisk.cli import build_app
+from clinrisk.cli.app import build_app
 from clinrisk.cli.common import SELECTION
 from clinrisk.config import load_config
 from clinrisk.usecases import get, known

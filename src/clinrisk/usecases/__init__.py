@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
+from typing import Any
 
 from clinrisk.errors import ConfigError
 from clinrisk.usecases.base import UseCase
@@ -19,6 +21,13 @@ REGISTRY: dict[str, str] = {
     "clinical": "clinrisk.usecases.clinical:USECASE",
     "leads": "clinrisk.usecases.leads:USECASE",
     "segmentation": "clinrisk.usecases.segmentation.usecase:USECASE",
+}
+
+# A use case whose model is not the shared one may bring its own commands: name -> ``"module:function"``, the
+# function taking the root Typer app and mounting a sub-app on it (``clinrisk <name> ...``). The root app
+# (clinrisk.cli.app) reads this by module name, so the shared CLI never imports a plugin module itself.
+CLI_REGISTRY: dict[str, str] = {
+    "segmentation": "clinrisk.usecases.segmentation.cli:register",
 }
 
 _loaded: dict[str, UseCase] = {}
@@ -66,4 +75,26 @@ def get(name: str) -> UseCase:
     return usecase
 
 
-__all__ = ["DEFAULT_USECASE", "REGISTRY", "UseCase", "get", "known", "register", "unregister"]
+def plugin_clis() -> list[Callable[[Any], None]]:
+    """The CLI registrars of :data:`CLI_REGISTRY` whose module is installed, in registration order."""
+    out = []
+    for name, target in CLI_REGISTRY.items():
+        if ":" not in target:
+            raise ConfigError(f"use case {name!r}: CLI target {target!r} must be 'module:function'")
+        if _module_present(target):
+            module, attr = target.split(":", 1)
+            out.append(getattr(importlib.import_module(module), attr))
+    return out
+
+
+__all__ = [
+    "CLI_REGISTRY",
+    "DEFAULT_USECASE",
+    "REGISTRY",
+    "UseCase",
+    "get",
+    "known",
+    "plugin_clis",
+    "register",
+    "unregister",
+]

@@ -204,7 +204,7 @@ def test_bad_params_are_config_errors(tmp_path: Path) -> None:
 def test_the_platform_data_commands_generate_and_validate_segmentation(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
     from tests.usecases.segmentation.conftest import TINY
 
     runner, app = CliRunner(), build_app()

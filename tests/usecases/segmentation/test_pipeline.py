@@ -51,7 +51,7 @@ def _export_folder(root: Path) -> Path:
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
 
     root = tmp_path_factory.mktemp("seg-pipeline")
     src = _export_folder(root)

@@ -136,7 +136,7 @@ def test_infer_cli_writes_masks_and_refuses_a_non_image(
     """In this process (the compiled model is reused); the process boundary is the test above's."""
     from typer.testing import CliRunner
 
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
     from clinrisk.usecases.segmentation.imaging import decode_gray, encode_png
 
     _, _, ckpt = trained

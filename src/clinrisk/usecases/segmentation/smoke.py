@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -109,24 +108,6 @@ def check_answer(request: dict[str, Any], response: dict[str, Any]) -> None:
             )
 
 
-def _wait_serving(proc: subprocess.Popen[bytes], base: str, model_name: str, timeout_s: float) -> None:
-    """Until the model answers ready; a server that exits (a corrupt checkpoint: exit 2) ends the wait."""
-    import time
-
-    from clinrisk.serving.client import ServingUnavailable, wait_ready
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise StageError(f"the server exited with code {proc.returncode} before it was ready")
-        try:
-            wait_ready(base, model_name, timeout_s=1.0)
-            return
-        except ServingUnavailable:
-            if time.monotonic() > deadline:
-                raise
-
-
 def serving_smoke_test(
     cfg: ClinriskConfig, model_uri: str, validated_dir: Path, timeout_s: float = 180.0
 ) -> dict[str, Any]:
@@ -137,7 +118,7 @@ def serving_smoke_test(
     import yaml
 
     from clinrisk.serving.client import predict
-    from clinrisk.smoke import free_port
+    from clinrisk.smoke import free_port, local_server, wait_serving
 
     request = validation_request(cfg, validated_dir)
     workdir = Path(tempfile.mkdtemp(prefix="clinrisk-seg-smoke-"))
@@ -150,23 +131,15 @@ def serving_smoke_test(
         sys.executable, "-m", "clinrisk", "segmentation", "serve", "--ckpt", str(ckpt),
         "--config", str(config_file), "--set", f"serving.host={host}", "--set", f"serving.http_port={port}",
     ]  # fmt: skip
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     base = f"http://{host}:{port}"
-    try:
-        _wait_serving(proc, base, cfg.serving.model_name, timeout_s)
-        response = predict(base, request["instances"], cfg.serving.model_name, timeout_s=60.0)
-        check_answer(request, response)
-    except Exception as exc:
-        raise StageError(
-            f"serving smoke test failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            f"\n--- server log ---\n{log.read_text()[-3000:]}"
-        ) from exc
-    finally:
-        proc.terminate()
+    with local_server(cmd, log) as proc:
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            wait_serving(proc, base, cfg.serving.model_name, timeout_s)
+            response = predict(base, request["instances"], cfg.serving.model_name, timeout_s=60.0)
+            check_answer(request, response)
+        except Exception as exc:
+            raise StageError(
+                f"serving smoke test failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                f"\n--- server log ---\n{log.read_text()[-3000:]}"
+            ) from exc
     return {"url": base, "bundle": str(ckpt), "request": request, "response": response}
