@@ -196,3 +196,19 @@ def test_runs_not_paired_on_the_same_images_are_one_error_line(
     moved.write_bytes(b"not parquet")
     line = _error_line(_cli("experiments", "compare", str(work)))
     assert "unreadable per-image scores" in line
+
+
+def test_the_shared_experiments_package_never_imports_the_segmentation_plugin() -> None:
+    """The plugin is found through the use-case registry at run time; no import path leads to it."""
+    from tests.test_import_graph import import_edges, module_files
+
+    edges, _ = import_edges(module_files())
+    seen: set[str] = set()
+    todo = [m for m in edges if m == "clinrisk.experiments" or m.startswith("clinrisk.experiments.")]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(edges.get(m, ()))
+    assert "clinrisk.experiments.units" in seen
+    assert sorted(m for m in seen if m.startswith("clinrisk.usecases.segmentation")) == []
