@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the clinrisk pipeline, serving and mlflow images with plain `docker build` (no buildx, no registry).
 #   images/build.sh [pipeline|serving|mlflow|all]      (mlflow is built FROM the pipeline image)
-#   images/build.sh segmentation    the segmentation use case's two images, FROM the pipeline and serving
-#                                   images (built first; cached) plus the JAX stack the others leave out
+#   images/build.sh segmentation    the segmentation use case's two images: the pipeline and serving
+#                                   images' dependency layers (built first; shared through the cache), the
+#                                   JAX stack the others leave out, then the clinrisk wheel on top
 # Env: BASE_IMAGE (default python:3.11-slim if it can be found locally or pulled, else a local
 #      debootstrap base from images/build-base.sh), TAG (default: package version), PYTHON (host python
 #      used to build the wheelhouse; default .venv/bin/python).

@@ -30,9 +30,15 @@ baseline, then applies the stated winner rule:
 Local suites reuse generated+validated data across arms with identical generate/validate sections and
 seed (:mod:`clinrisk.datacache`).
 
+A use case whose runs are not (patient_id, year) predictions (segmentation: Dice per validation image)
+declares :class:`clinrisk.usecases.base.ExperimentHooks` on its plugin: how to run one config and how to read a
+run's per-unit scores and their group. ``run_suite`` then runs each arm through the hook (in-process, one MLflow
+store for the suite), and ``compare_runs`` pairs the runs on the unit, bootstraps by group and writes the same
+three report files (:mod:`.units`).
+
 Modules by job: :mod:`.suite` (the suite model and its runs), :mod:`.running` (running them),
-:mod:`.comparison` (paired comparison and winner rules), :mod:`.render` (the report). Their public names
-are importable from here.
+:mod:`.comparison` (paired comparison and winner rules), :mod:`.units` (the same for a use case's per-unit
+scores), :mod:`.render` (the report). Their public names are importable from here.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ from clinrisk.experiments.suite import (
     resolve_base_config,
     slug,
 )
+from clinrisk.experiments.units import compare_unit_runs, experiment_hooks, paired_mean_diff
 
 __all__ = [
     "COMPARISON_HTML",
@@ -86,14 +93,17 @@ __all__ = [
     "WinnerRule",
     "choose_winner",
     "compare_runs",
+    "compare_unit_runs",
     "data_cache_info",
     "expand_runs",
+    "experiment_hooks",
     "experiments_config",
     "load_suite",
     "locate_outputs",
     "log_comparison",
     "one_se_winner",
     "paired_deltas",
+    "paired_mean_diff",
     "point_metrics",
     "render_comparison",
     "resolve_base_config",

@@ -24,6 +24,7 @@ from clinrisk.experiments.suite import (
     SuiteSpec,
     WinnerRule,
 )
+from clinrisk.experiments.units import compare_unit_runs, experiment_hooks
 from clinrisk.io import json_safe, read_json, write_json
 from clinrisk.report import markdown_to_html
 
@@ -308,6 +309,9 @@ def compare_runs(
     res: dict[str, Any] = (
         suite_result if isinstance(suite_result, dict) else dict(read_json(Path(suite_result)))
     )
+    hooks = experiment_hooks(res.get("usecase"))
+    if hooks is not None:  # per-unit scores of a use case's own model (e.g. Dice per validation image)
+        return compare_unit_runs(res, hooks, out_dir, n_boot=int(n_boot or 200), seed=seed, ci_level=ci_level)
     suite = SuiteSpec.model_validate(res["suite"])
     rule = suite.winner
     p_t = float(res.get("p_t") or 0.10)

@@ -18,6 +18,7 @@ from clinrisk.experiments.suite import (
     resolve_base_config,
     slug,
 )
+from clinrisk.experiments.units import check_rule, experiment_hooks
 from clinrisk.io import read_json, write_json
 
 
@@ -110,6 +111,12 @@ def run_suite(
     extra = list(extra_overrides or [])
     probe = load_config(base, [*suite.base_overrides, *extra])
     ec = experiments_config(probe)
+    # A use case with its own experiment hooks runs each config its own way (e.g. segmentation's UNet).
+    hooks = experiment_hooks(probe.run.usecase)
+    if hooks is not None:
+        check_rule(suite, probe.run.usecase, hooks)
+        if kfp_host:
+            raise ConfigError(f"--kfp-host: use case {probe.run.usecase} runs its experiments locally only")
     suite_dir = Path(out_dir) if out_dir is not None else Path(ec.output_dir) / suite.name
     suite_dir = suite_dir.resolve()
     suite_dir.mkdir(parents=True, exist_ok=True)
@@ -135,12 +142,19 @@ def run_suite(
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": [],
     }
+    if hooks is not None:
+        result["usecase"] = probe.run.usecase
+    if hooks is not None:  # every arm's config is checked before the first one trains
+        for r in runs:
+            load_config(base, r["overrides"])
     previous = reusable_runs(suite_dir / SUITE_RESULT) if resume else {}
     for r in runs:
         run_name = slug(f"{suite.name}-{r['arm']}" + (f"-{r['cell']}" if r["cell"] else ""))
         # before the arm's and caller's overrides, so an explicit --set experiments.data_cache_dir wins
         cache = (
-            [f"experiments.data_cache_dir={suite_dir / 'data_cache'}"] if data_cache and not kfp_host else []
+            [f"experiments.data_cache_dir={suite_dir / 'data_cache'}"]
+            if data_cache and not kfp_host and hooks is None
+            else []
         )
         ov = [
             *cache,
@@ -160,7 +174,9 @@ def run_suite(
         try:
             load_config(base, ov)  # fail fast on a bad override, before any compute
             t0 = time.perf_counter()
-            if kfp_host:
+            if hooks is not None:
+                entry.update(hooks.run(base, ov, runner))
+            elif kfp_host:
                 entry.update(_run_on_kfp(kfp_host, base, ov, run_name, experiment, kfp_timeout_s))
             else:
                 entry.update(_run_locally(base, ov, runner))

@@ -36,6 +36,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def usecase_metrics() -> set[str]:
+    """Metric names declared by the registered use cases' experiment hooks (e.g. segmentation's Dice);
+    which of them a suite may use is checked against its base config's use case when it runs."""
+    from clinrisk.usecases import get, known
+
+    out: set[str] = set()
+    for name in known():
+        hooks = get(name).experiments
+        if hooks is not None:
+            out |= set(hooks.metrics)
+    return out
+
+
 class CellSpec(_Strict):
     """One matrix cell: a name and the overrides every arm gets in it."""
 
@@ -62,7 +75,7 @@ class WinnerRule(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> WinnerRule:
-        if self.metric not in METRIC_DIRECTION:
+        if self.metric not in METRIC_DIRECTION and self.metric not in usecase_metrics():
             raise ValueError(f"winner.metric: unknown {self.metric!r}; known {sorted(METRIC_DIRECTION)}")
         return self
 

@@ -230,6 +230,35 @@ class ServingContract(Protocol):
 
 
 @dataclass(frozen=True)
+class ExperimentHooks:
+    """How the shared experiments machinery (:mod:`clinrisk.experiments`) runs and compares the runs of a use
+    case whose outputs are not the tabular pipeline's (patient_id, year) predictions.
+
+    The use case says how to run ONE config and how to read a finished run's per-unit scores; the shared
+    machinery does the rest: every arm of a suite, one MLflow store for all of them, pairing the runs on
+    ``unit``, the paired bootstrap that resamples ``group`` (units of one group are correlated), deltas vs
+    the baseline with CIs, the winner rule and the Markdown + JSON report.
+
+    - ``run(base_config, overrides, runner)``: train/evaluate one config (the suite's overrides applied)
+      and return the run's entry: at least ``predictions`` (the path of its per-unit scores file); also,
+      when known, ``mlflow_run_id``, ``tracking_uri``, ``model_uri``, ``pipeline_dir`` (the run's output
+      folder) and ``summary`` (JSON-able numbers shown in the report, e.g. best epoch, registry verdict).
+      Raise ConfigError for a runner it does not support.
+    - ``scores(entry)``: the per-unit scores of a finished run (its entry as ``run`` returned it): one row per
+      unit with ``unit``, ``group`` and every column of ``metrics``; DataError when unreadable.
+    - ``metrics``: per-unit score columns and their improving direction (the run's metric is their mean).
+    """
+
+    run: Callable[[Path | None, list[str], str], dict[str, Any]]
+    scores: Callable[[Mapping[str, Any]], pl.DataFrame]
+    unit: str
+    group: str
+    metrics: Mapping[str, Literal["higher", "lower"]]
+    # How the report names the units and the split they come from, e.g. "validation images".
+    unit_label: str = "units"
+
+
+@dataclass(frozen=True)
 class UseCase:
     """A registered use case (see ``clinrisk.usecases.get``)."""
 
@@ -252,6 +281,9 @@ class UseCase:
     # (config, registered model URI, the run's validated dataset folder) -> {"url", "bundle", "request",
     # "response"}, raising StageError when the served model does not answer. None: the platform's tabular one.
     serving_smoke_test: Callable[[ClinriskConfig, str, Path], dict[str, Any]] | None = None
+    # How `clinrisk experiments run|compare` runs and compares this use case's runs, for a use case whose
+    # outputs are not the tabular (patient_id, year) predictions. None: the tabular pipeline path.
+    experiments: ExperimentHooks | None = None
 
     def params(self, cfg: ClinriskConfig) -> Any:
         """``cfg.params`` validated by :attr:`config_model` (defaults filled in)."""

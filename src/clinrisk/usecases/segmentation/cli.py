@@ -2,7 +2,8 @@
 
 Mounted on the root app as a Typer sub-app (its model is not the shared LightGBM, so ``clinrisk train``
 does not apply). Every command takes ``--config`` (default ``configs/segmentation/default.yaml``) and
-``--set section.key=value``; library errors print ``error: ...`` and exit 2.
+``--set section.key=value``; library errors print ``error: ...`` and exit 2. ``experiments`` is an alias of
+the shared ``clinrisk experiments run`` on a suite file (default ``configs/experiments/segmentation.yaml``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 from clinrisk.cli.common import ConfigOption, SetOption, handle_errors
 
 DEFAULT_CONFIG = Path("configs/segmentation/default.yaml")
+DEFAULT_SUITE = Path("configs/experiments/segmentation.yaml")
 CkptOption = Annotated[Path, typer.Option("--ckpt", help="checkpoint file (best.npz of a training run)")]
 
 app = typer.Typer(
@@ -86,14 +88,23 @@ def infer_cmd(
 
 @app.command("experiments")
 @handle_errors
-def experiments_cmd(config: ConfigOption = None, sets: SetOption = None) -> None:
-    """Train every params.experiments entry and write comparison.md/.json (deltas, patient-bootstrap CIs)."""
-    from clinrisk.usecases.segmentation.experiments import render_markdown, run_experiments
+def experiments_cmd(
+    suite: Annotated[Path, typer.Argument(help="suite YAML")] = DEFAULT_SUITE,
+    sets: SetOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="suite output directory")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=10, help="paired bootstrap B")] = 500,
+) -> None:
+    """Alias of `clinrisk experiments run SUITE` for the segmentation suite: train every arm, then write
+    comparison.md/.json (Δ Dice/IoU vs the baseline, CIs bootstrapped by patient)."""
+    from clinrisk.experiments import compare_runs, run_suite
 
-    path = config if config is not None else DEFAULT_CONFIG
-    report = run_experiments(path, list(sets or []))
-    typer.echo(render_markdown(report))
-    typer.echo(f"report: {report['report_dir']}/comparison.md")
+    result = run_suite(suite, "subprocess", list(sets or []), out_dir=out)
+    for r in result["runs"]:
+        typer.echo(f"{r['name']:<24} {r['status']:<7} {r.get('mlflow_run_id') or r.get('error') or ''}")
+    rep = compare_runs(result, n_boot=bootstrap)
+    for w in rep["winners"]:
+        typer.echo(f"winner: {w['winner']} — {w['reason']}")
+    typer.echo(f"comparison: {rep['files']['markdown']}")
 
 
 @app.command("serve")

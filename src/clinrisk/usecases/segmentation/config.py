@@ -64,7 +64,6 @@ class TrainParams(_Section):
     tversky_alpha: float = Field(0.3, ge=0.0, le=1.0, description="false-positive weight (beta = 1 - alpha)")
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="share of PATIENTS in validation")
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    bootstrap_replicates: int = Field(200, ge=10, le=100_000)
 
 
 class ServeParams(_Section):
@@ -86,8 +85,6 @@ class SegmentationParams(_Section):
     train: TrainParams = TrainParams()
     serve: ServeParams = ServeParams()
     promote: PromoteParams = PromoteParams()
-    # Iteration experiments: name -> {key change, dotted params overrides} (the experiments runner).
-    experiments: dict[str, dict[str, str | dict[str, object]]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _sizes(self) -> SegmentationParams:

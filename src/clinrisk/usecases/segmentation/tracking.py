@@ -86,7 +86,7 @@ def log_params(client: Any, run_id: str, cfg: ClinriskConfig) -> None:
     from clinrisk.config import flatten_config
 
     flat = {k: v for k, v in flatten_config(cfg).items() if k.startswith(("params.", "run."))}
-    items = [Param(k, v[:6000]) for k, v in flat.items() if not k.startswith("params.experiments")]
+    items = [Param(k, v[:6000]) for k, v in flat.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
 

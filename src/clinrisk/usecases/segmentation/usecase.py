@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from clinrisk.usecases.base import UseCase, UseCaseNames
 from clinrisk.usecases.segmentation.config import SegmentationParams
+from clinrisk.usecases.segmentation.experiments import EXPERIMENT_HOOKS
 from clinrisk.usecases.segmentation.plugin import (
     LABELS,
     NAME,
@@ -28,6 +29,7 @@ USECASE = UseCase(
     config_model=SegmentationParams,
     model_family="own",
     serving_smoke_test=serving_smoke_test,
+    experiments=EXPERIMENT_HOOKS,
 )
 
 __all__ = ["USECASE"]
