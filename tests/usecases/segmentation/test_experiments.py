@@ -22,7 +22,7 @@ TINY_SUITE = REPO / "configs" / "experiments" / "segmentation-tiny.yaml"
 
 
 def _cli(*args: str) -> Any:
-    from clinrisk.cli import build_app
+    from clinrisk.cli.app import build_app
 
     return CliRunner().invoke(build_app(), list(args))
 
