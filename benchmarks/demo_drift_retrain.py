@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -370,6 +371,83 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+VARIANTS = ("unweighted", "age_standardised", "locf_as_trend", "adjusted")
+
+
+def _ci(d: dict[str, float], digits: int) -> str:
+    return f"{d['diff']:+.{digits}f} [{d['lo']:+.{digits}f}, {d['hi']:+.{digits}f}]"
+
+
+def markdown_tables(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The result tables of docs/experiments/drift_retrain.md from ``{population name: demo_drift.json}``:
+    first retrain year per variant, the per-year replay, and B vs A pooled and per evaluation year."""
+    L = ["| first retrain year | " + " | ".join(VARIANTS) + " |", "|---" * (len(VARIANTS) + 1) + "|"]
+    L += [
+        f"| {name} | " + " | ".join(str(r["first_retrain_year"][v]) for v in VARIANTS) + " |"
+        for name, r in results.items()
+    ]
+    for name, r in results.items():
+        L += [
+            "",
+            f"**{name}** — drifted features (PSI > 0.25; R = the job says retrain), score PSI / KS:",
+            "",
+            "| year | rows | mean age | unweighted | age-standardised | `*_locf` as trend | adjusted (both) "
+            "| score PSI unw / adj | adjusted: ESS, unmatched ref. share | adjusted: drifted features / other reasons |",
+            "|---" * 10 + "|",
+        ]
+        for e in r["replay"]:
+            counts = " | ".join(
+                f"{e[v]['n_drifted_features']}{' R' if e[v]['decision'] == 'retrain' else ''}"
+                for v in VARIANTS
+            )
+            a = e["adjusted"]
+            feats = ", ".join(a["drifted_features"][:4]) + (" …" if len(a["drifted_features"]) > 4 else "")
+            other = [x for x in a["reasons"] if "features with PSI" not in x]
+            why = "; ".join(x for x in (feats, *other) if x)
+            L.append(
+                f"| {e['year']} | {e['rows']} | {e['mean_age']} | {counts} | "
+                f"{e['unweighted']['score_psi']:.3f} / {a['score_psi']:.3f} | "
+                f"{a['effective_rows']:.0f}, {a['unmatched_reference_share']:.2f} | {why} |"
+            )
+    L += [
+        "",
+        "| population | labels | rows / patients | prevalence | A: AP / Brier / mean p | B: AP / Brier / mean p "
+        "| B−A AP [95 % CI] | B−A Brier [95 % CI] | B−A AUC [95 % CI] |",
+        "|---" * 9 + "|",
+    ]
+    for name, r in results.items():
+        for lab in ("recorded", "true"):
+            x = r["comparison"][lab]
+            a, b, d = x["model_a"], x["model_b"], x["b_minus_a"]
+            L.append(
+                f"| {name} | {lab} | {x['rows']} / {x['patients']} | {x['prevalence']:.4f} | "
+                f"{a['ap']:.4f} / {a['brier']:.5f} / {a['mean_p']:.4f} | {b['ap']:.4f} / {b['brier']:.5f} / "
+                f"{b['mean_p']:.4f} | {_ci(d['ap'], 4)} | {_ci(d['brier'], 5)} | {_ci(d['auc'], 4)} |"
+            )
+    L += [
+        "",
+        "| population | labels | year | rows | prevalence | A mean p | B mean p | B−A AP | B−A Brier |",
+        "|---" * 9 + "|",
+    ]
+    for name, r in results.items():
+        for lab in ("recorded", "true"):
+            for year, x in r["comparison"][lab]["per_year"].items():
+                d = x["b_minus_a"]
+                L.append(
+                    f"| {name} | {lab} | {year} | {x['rows']} | {x['prevalence']:.4f} | "
+                    f"{x['model_a']['mean_p']:.4f} | {x['model_b']['mean_p']:.4f} | {_ci(d['ap'], 4)} | "
+                    f"{_ci(d['brier'], 5)} |"
+                )
+    L += ["", "| population | year | vs B: unweighted | vs B: adjusted |", "|---|---|---|---|"]
+    for name, r in results.items():
+        for year, a in r["drift_vs_model_b"].items():
+            L.append(
+                f"| {name} | {year} | {a['unweighted']['n_drifted_features']} ({a['unweighted']['decision']}) | "
+                f"{a['adjusted']['n_drifted_features']} ({a['adjusted']['decision']}) |"
+            )
+    return L
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--patients", type=int, default=40_000)
@@ -389,7 +467,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="comma-separated globs added to monitoring.calendar_trend_features in the adjusted job",
     )
     ap.add_argument("--eval-years", type=int, nargs=2, default=[2018, 2020], metavar=("FIRST", "LAST"))
+    ap.add_argument(
+        "--report",
+        type=Path,
+        nargs=2,
+        metavar=("SECULAR_JSON", "CONTROL_JSON"),
+        help="print the Markdown tables of two finished runs (demo_drift.json) and exit",
+    )
     args = ap.parse_args(argv)
+    if args.report:
+        runs = {"secular drift": args.report[0], "control (`--no-secular-drift`)": args.report[1]}
+        try:
+            loaded = {k: json.loads(Path(v).read_text()) for k, v in runs.items()}
+            print("\n".join(markdown_tables(loaded)))
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: --report: {exc}", file=sys.stderr)
+            raise SystemExit(2) from exc
+        return loaded
     std = [f for f in str(args.standardise_by).split(",") if f.strip()]
     r = run_demo(
         args.out,

@@ -11,8 +11,9 @@ Strategies (``labels.strategy``):
 - E0: hard recorded labels, weight 1.
 - E1b: weight 0 for recorded-NEGATIVE rows in the ambiguity buffer ``t in [r-H-d_max, r-H-1]`` of
   recorded cases and in the end-of-follow-up band ``t > L-H-d_max`` of never-recorded patients, with
-  ``L`` the last year observed by the row's label cutoff; recorded positives are never dropped. Only
-  training rows are reweighted (``reweight_rows``); validation rows keep weight 1.
+  ``L`` the last year observed by the row's label cutoff and ``d_max`` the clinical pmf's (the coding lag is
+  not added: it leaves soft labels ≤ 0.03 outside, docs/science.md §2.3); recorded positives are never
+  dropped. Only training rows are reweighted (``reweight_rows``); validation rows keep weight 1.
 
 Every strategy sees only what was known at the row's label cutoff (``known_through``: the split's cutoff
 for train and validation rows), never a diagnosis recorded after it.

@@ -72,6 +72,37 @@ def test_e1b_zero_weights_buffer_negatives_never_positives() -> None:
     assert (df["label"] == df["label_rec"].cast(pl.Float32)).all()
 
 
+def test_e1b_band_ignores_the_coding_lag() -> None:
+    """E1b's buffer and band use the clinical d_max and the label cutoff, whatever the assumed coding drift
+    (docs/science.md §2.3: the lag leaves ỹ ≤ 0.0003 outside a never-recorded patient's band). The rows the
+    lag makes ambiguous outside the buffer/band carry small soft labels under E2."""
+    rows = _patient(1, range(2000, 2024), t_rec=2014) + _patient(2, range(2000, 2024))
+    cut = pl.lit(2018)
+
+    def zeroed(rate: float) -> list[tuple[int, int]]:
+        cfg = LabelsConfig(strategy="E1b", assumed_coding_drift_per_year=rate, assumed_delay_year=E)
+        df = build_labels(frame(rows).lazy(), cfg, first_prediction_year=FPY, last_year=E, known_through=cut)
+        return (
+            df.filter(pl.col("sample_weight") == 0)
+            .select("patient_id", "year")
+            .collect()
+            .sort("patient_id", "year")
+            .rows()
+        )
+
+    # recorded 2014: buffer 2014 - 3 - 3 = 2008 .. 2010; never recorded, cutoff 2018: band t > 2012
+    expected = [(1, 2008), (1, 2009), (1, 2010), (2, 2013), (2, 2014), (2, 2015)]
+    assert zeroed(0.0) == expected == zeroed(0.02)
+    e2 = LabelsConfig(strategy="E2", assumed_coding_drift_per_year=0.02, assumed_delay_year=E)
+    soft = build_labels(frame(rows).lazy(), e2, first_prediction_year=FPY, last_year=E, known_through=cut)
+    outside = soft.filter(
+        ((pl.col("patient_id") == 1) & (pl.col("year") < 2008))
+        | ((pl.col("patient_id") == 2) & (pl.col("year") <= 2012))
+    ).collect()
+    assert 0 < outside["label"].max() < 0.03  # the recorded case's 2007 row: ỹ ≈ 0.027
+    assert outside.filter(pl.col("patient_id") == 2)["label"].max() < 0.001
+
+
 def test_e1b_reweights_only_the_given_rows() -> None:
     """E1b zeroes training rows only: validation rows near the cutoff are all in the end-of-follow-up
     band, and zeroing them would leave calibration almost only recorded cases (issue 16)."""

@@ -105,3 +105,53 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     assert set(c["rows_by_split"]) <= {"test", "unused"}  # never a training/validation/embargo row
     assert any(e["adjusted"]["effective_rows"] < e["rows"] for e in r["replay"])  # weights were applied
     assert "\n".join(demo.summary_lines(r)).count("\n") > 12
+
+
+def _result(first: int | None) -> dict:
+    entry = {
+        "decision": "retrain",
+        "n_drifted_features": 3,
+        "drifted_features": ["a", "b", "c"],
+        "score_psi": 0.05,
+        "effective_rows": 900.0,
+        "unmatched_reference_share": 0.1,
+        "reasons": ["3 features with PSI > 0.25 (>= 3): a, b, c", "score KS 0.1100 > 0.1"],
+    }
+    one = {"ap": 0.5, "brier": 0.05, "mean_p": 0.09}
+    diff = {k: {"diff": -0.001, "lo": -0.002, "hi": 0.0, "p_value": 0.1} for k in ("ap", "brier", "auc")}
+    cmp_ = {"rows": 10, "patients": 5, "prevalence": 0.1, "model_a": one, "model_b": one, "b_minus_a": diff}
+    variants = ("unweighted", "age_standardised", "locf_as_trend", "adjusted")
+    return {
+        "first_retrain_year": dict.fromkeys(variants, first),
+        "replay": [{"year": 2020, "rows": 1000, "mean_age": 66.0, **dict.fromkeys(variants, entry)}],
+        "comparison": {lab: {**cmp_, "per_year": {"2018": cmp_}} for lab in ("recorded", "true")},
+        "drift_vs_model_b": {"2020": {"unweighted": entry, "adjusted": entry}},
+    }
+
+
+def test_report_tables_from_two_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    demo = _demo()
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_result(2020)))
+    b.write_text(json.dumps(_result(None)))
+    demo.main(["--report", str(a), str(b)])
+    out = capsys.readouterr().out
+    assert "| secular drift | 2020 | 2020 | 2020 | 2020 |" in out
+    assert "| control (`--no-secular-drift`) | None | None | None | None |" in out
+    # the feature reason is the feature list; other reasons (score KS) are kept
+    assert (
+        "| 2020 | 1000 | 66.0 | 3 R | 3 R | 3 R | 3 R | 0.050 / 0.050 | 900, 0.10 | a, b, c; score KS" in out
+    )
+    assert "| secular drift | true | 2018 | 10 | 0.1000 |" in out
+
+
+def test_report_of_a_missing_run_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _demo().main(["--report", str(tmp_path / "none.json"), str(tmp_path / "none2.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --report:")
