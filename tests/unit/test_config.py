@@ -53,6 +53,20 @@ def test_bad_override_names_the_key(override: str, needle: str) -> None:
     assert needle in str(exc.value)
 
 
+def test_several_bad_values_are_one_line_naming_each_key() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["train.calibration=platt", "train.nope=1"])
+    message = str(exc.value)
+    assert "\n" not in message
+    assert "train.calibration: " in message and "platt" in message and "train.nope: unknown key" in message
+
+
+def test_bad_use_case_params_are_one_line() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["run.usecase=leads", "params.nope=1"])
+    assert "\n" not in str(exc.value) and "params.nope: unknown key" in str(exc.value)
+
+
 def test_bad_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")

@@ -123,15 +123,25 @@ class ClinriskConfig(Section):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _problems(err: ValidationError, prefix: str = "") -> list[str]:
+    """Each invalid value as ``<key>: <problem>``."""
     lines = []
     for item in err.errors():
         key = ".".join("validate" if p == "validate_" else str(p) for p in item["loc"]) or "<root>"
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{key}: {msg}")
-    return f"invalid configuration ({source}):\n  " + "\n  ".join(lines)
+        lines.append(f"{prefix}{key}: {msg}")
+    return lines
+
+
+def _invalid(source: str, problems: list[str]) -> str:
+    # One line, however many keys are wrong: the CLI's contract is one `error:` line naming each key.
+    return f"invalid configuration ({source}): " + "; ".join(problems)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    return _invalid(source, _problems(err))
 
 
 class _YamlWithoutDates(yaml.SafeLoader):
@@ -224,17 +234,12 @@ def _check_usecase(cfg: ClinriskConfig, source: str) -> None:
     usecase = get(cfg.run.usecase)
     if usecase.config_model is None:
         if cfg.params:
-            raise ConfigError(
-                f"invalid configuration ({source}):\n  params: use case {usecase.name!r} takes no params"
-            )
+            raise ConfigError(_invalid(source, [f"params: use case {usecase.name!r} takes no params"]))
         return
     try:
         usecase.config_model.model_validate(cfg.params)
     except ValidationError as exc:
-        lines = _format_validation_error(exc, source).split("\n  ")[1:]
-        raise ConfigError(
-            f"invalid configuration ({source}):\n  " + "\n  ".join(f"params.{x}" for x in lines)
-        ) from None
+        raise ConfigError(_invalid(source, _problems(exc, prefix="params."))) from None
 
 
 def save_config(cfg: ClinriskConfig, path: str | Path) -> Path:
