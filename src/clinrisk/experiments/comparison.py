@@ -12,12 +12,9 @@ import numpy as np
 import polars as pl
 
 from clinrisk.errors import DataError
-from clinrisk.experiments.render import log_comparison, render_comparison
+from clinrisk.experiments.render import publish_comparison, render_comparison
 from clinrisk.experiments.running import locate_outputs
 from clinrisk.experiments.suite import (
-    COMPARISON_HTML,
-    COMPARISON_JSON,
-    COMPARISON_MD,
     LABEL_COLUMNS,
     METRIC_DIRECTION,
     TABLE_METRICS,
@@ -25,8 +22,7 @@ from clinrisk.experiments.suite import (
     WinnerRule,
 )
 from clinrisk.experiments.units import compare_unit_runs, experiment_hooks
-from clinrisk.io import json_safe, read_json, write_json
-from clinrisk.report import markdown_to_html
+from clinrisk.io import read_json
 
 
 def _read_predictions(path: str | Path) -> pl.DataFrame:
@@ -391,15 +387,4 @@ def compare_runs(
         "runs": rows,
     }
     dest = Path(out_dir) if out_dir is not None else Path(res.get("suite_dir") or ".")
-
-    write_json(dest / COMPARISON_JSON, json_safe(report))
-    markdown = render_comparison(report)
-    (dest / COMPARISON_MD).write_text(markdown)
-    (dest / COMPARISON_HTML).write_text(markdown_to_html(markdown, f"clinrisk experiment suite {suite.name}"))
-    report["files"] = {
-        "json": str(dest / COMPARISON_JSON),
-        "markdown": str(dest / COMPARISON_MD),
-        "html": str(dest / COMPARISON_HTML),
-    }
-    report["mlflow_comparison_run_id"] = log_comparison(report, dest)
-    return report
+    return publish_comparison(report, dest, render_comparison(report), suite.name)

@@ -9,6 +9,24 @@ from typing import Any
 from clinrisk.experiments.suite import COMPARISON_HTML, COMPARISON_JSON, COMPARISON_MD, TABLE_METRICS
 
 
+def publish_comparison(report: dict[str, Any], dest: Path, markdown: str, suite_name: str) -> dict[str, Any]:
+    """Write the report as JSON, Markdown and HTML under ``dest``, log them to MLflow, and record both in it."""
+    from clinrisk.io import json_safe, write_json
+    from clinrisk.report import markdown_to_html
+
+    dest.mkdir(parents=True, exist_ok=True)
+    write_json(dest / COMPARISON_JSON, json_safe(report))
+    (dest / COMPARISON_MD).write_text(markdown)
+    (dest / COMPARISON_HTML).write_text(markdown_to_html(markdown, f"clinrisk experiment suite {suite_name}"))
+    report["files"] = {
+        "json": str(dest / COMPARISON_JSON),
+        "markdown": str(dest / COMPARISON_MD),
+        "html": str(dest / COMPARISON_HTML),
+    }
+    report["mlflow_comparison_run_id"] = log_comparison(report, dest)
+    return report
+
+
 def log_comparison(report: dict[str, Any], dest: Path) -> str | None:
     """Log the comparison (JSON, Markdown, HTML) as its own finished MLflow run in the suite's experiment, so
     users find it beside the runs it compares; None when the suite tracked into no store we know."""

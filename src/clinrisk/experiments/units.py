@@ -18,8 +18,7 @@ import numpy as np
 import polars as pl
 
 from clinrisk.errors import ConfigError, DataError
-from clinrisk.experiments.suite import COMPARISON_HTML, COMPARISON_JSON, COMPARISON_MD, SuiteSpec
-from clinrisk.io import json_safe, write_json
+from clinrisk.experiments.suite import SuiteSpec
 
 if TYPE_CHECKING:
     from clinrisk.usecases.base import ExperimentHooks
@@ -117,8 +116,7 @@ def compare_unit_runs(
     ci_level: float,
 ) -> dict[str, Any]:
     """The comparison report of a suite result whose use case has experiment hooks (see the module doc)."""
-    from clinrisk.experiments.render import log_comparison
-    from clinrisk.report import markdown_to_html
+    from clinrisk.experiments.render import publish_comparison
 
     suite = SuiteSpec.model_validate(res["suite"])
     usecase = str(res["usecase"])
@@ -177,18 +175,7 @@ def compare_unit_runs(
         "runs": rows,
     }
     dest = Path(out_dir) if out_dir is not None else Path(res.get("suite_dir") or ".")
-    dest.mkdir(parents=True, exist_ok=True)
-    write_json(dest / COMPARISON_JSON, json_safe(report))
-    markdown = render_unit_comparison(report)
-    (dest / COMPARISON_MD).write_text(markdown)
-    (dest / COMPARISON_HTML).write_text(markdown_to_html(markdown, f"clinrisk experiment suite {suite.name}"))
-    report["files"] = {
-        "json": str(dest / COMPARISON_JSON),
-        "markdown": str(dest / COMPARISON_MD),
-        "html": str(dest / COMPARISON_HTML),
-    }
-    report["mlflow_comparison_run_id"] = log_comparison(report, dest)
-    return report
+    return publish_comparison(report, dest, render_unit_comparison(report), suite.name)
 
 
 def _statement(suite: SuiteSpec, hooks: ExperimentHooks) -> str:
