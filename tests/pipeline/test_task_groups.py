@@ -160,3 +160,27 @@ def test_expand_parts_keeps_ungrouped_parts(tmp_path: Path) -> None:
     (tmp_path / "g" / GROUP_PARTS_FILE).write_text(json.dumps({"shards": [1], "parts": ["part-001"]}))
     (tmp_path / "one").mkdir()
     assert expand_parts([tmp_path / "one", tmp_path / "g"]) == [tmp_path / "one", tmp_path / "g" / "part-001"]
+
+
+def _plan_task_groups(ir: dict[str, Any]) -> int:
+    """The task_groups constant the compiled DAG passes to plan-generation."""
+    for comp in [ir["root"], *ir["components"].values()]:
+        task = ((comp.get("dag") or {}).get("tasks") or {}).get("plan-generation")
+        if task is not None:
+            return int(task["inputs"]["parameters"]["task_groups"]["runtimeValue"]["constant"])
+    raise AssertionError("no plan-generation task in the compiled DAG")
+
+
+def test_a_compiled_pipeline_keeps_one_task_per_shard(tmp_path: Path) -> None:
+    """On a cluster every shard gets its own pod (maximum parallelism) unless the pipeline is built with
+    task groups."""
+    import yaml
+    from kfp import compiler
+
+    from clinrisk.pipeline_runner import compile_pipeline
+    from pipelines.training import build_training_pipeline
+
+    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", parallelism=3).read_text())
+    assert _plan_task_groups(ir) == 0
+    compiler.Compiler().compile(build_training_pipeline(3, task_groups=4), str(tmp_path / "g.yaml"))
+    assert _plan_task_groups(yaml.safe_load((tmp_path / "g.yaml").read_text())) == 4
