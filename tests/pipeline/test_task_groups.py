@@ -176,9 +176,9 @@ def test_a_compiled_pipeline_keeps_one_task_per_shard(tmp_path: Path) -> None:
     task groups."""
     import yaml
     from kfp import compiler
+    from pipelines.training import build_training_pipeline
 
     from clinrisk.pipeline_runner import compile_pipeline
-    from pipelines.training import build_training_pipeline
 
     ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", parallelism=3).read_text())
     assert _plan_task_groups(ir) == 0
