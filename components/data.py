@@ -6,12 +6,14 @@ from clinrisk.images import pipeline_image
 
 
 @dsl.component(base_image=pipeline_image(), install_kfp_package=False)
-def plan_generation(config: dsl.Input[dsl.Artifact], plan: dsl.Output[dsl.Artifact]) -> list[int]:
-    """Calibrate the onset intercept and fix the patient blocks of every shard; return the shard indices
-    (the plan owns the fan-out)."""
+def plan_generation(
+    config: dsl.Input[dsl.Artifact], plan: dsl.Output[dsl.Artifact], task_groups: int = 0
+) -> list[int]:
+    """Calibrate the onset intercept and fix the patient blocks of every shard; return the fan-out indices
+    (the plan owns the fan-out): the shards, or with ``task_groups`` N > 0 at most N groups of shards."""
     from clinrisk.steps import plan_generation_step
 
-    return plan_generation_step(config.path, plan.path)
+    return plan_generation_step(config.path, plan.path, int(task_groups))
 
 
 @dsl.component(base_image=pipeline_image(), install_kfp_package=False)

@@ -23,6 +23,7 @@ def build_features_shard(
     feature_spec: dsl.Input[dsl.Artifact],
     validated: dsl.Input[dsl.Dataset],
     raw: dsl.Input[dsl.Dataset],
+    plan: dsl.Input[dsl.Artifact],
     shard: int,
     features_shard: dsl.Output[dsl.Dataset],
 ) -> None:
@@ -30,7 +31,7 @@ def build_features_shard(
     from clinrisk.steps import build_features_shard_step
 
     build_features_shard_step(
-        config.path, feature_spec.path, validated.path, raw.path, int(shard), features_shard.path
+        config.path, feature_spec.path, validated.path, raw.path, int(shard), features_shard.path, plan.path
     )
 
 

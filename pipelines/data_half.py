@@ -84,8 +84,13 @@ class DataHalf:
     data: Any  # merge_data; outputs ``raw``, ``validated`` and ``validation_report``
 
 
-def add_data_half(form: Mapping[str, Any], look: StepLook, parallelism: int, loop_name: str) -> DataHalf:
-    """Add the shared data tasks to the pipeline being defined (call it inside the ``dsl.ExitHandler``)."""
+def add_data_half(
+    form: Mapping[str, Any], look: StepLook, parallelism: int, loop_name: str, task_groups: int = 0
+) -> DataHalf:
+    """Add the shared data tasks to the pipeline being defined (call it inside the ``dsl.ExitHandler``).
+
+    ``task_groups`` 0 fans out one task per shard (a cluster's default); N > 0 lets the plan group the
+    shards into at most N tasks (the local runner, where every task is a fresh Python process)."""
     config = look(c.resolve_config(**form), "resolve_config").outputs["config"]
     tracking = look(
         c.start_tracking(config=config, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "start_tracking"
@@ -94,7 +99,7 @@ def add_data_half(form: Mapping[str, Any], look: StepLook, parallelism: int, loo
     # served from the cache; the deterministic data/feature/model steps are.
     tracking.set_caching_options(False)
     # The plan owns the fan-out: every ParallelFor iterates over the shard indices it returns.
-    plan = look(c.plan_generation(config=config), "plan_generation")
+    plan = look(c.plan_generation(config=config, task_groups=task_groups), "plan_generation")
     with dsl.ParallelFor(plan.outputs["Output"], parallelism=parallelism, name=loop_name) as shard:
         gen = look(c.generate_shard(config=config, plan=plan.outputs["plan"], shard=shard), "generate_shard")
         val = look(

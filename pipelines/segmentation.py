@@ -127,7 +127,7 @@ GROUP_NAMES = {
 
 
 def build_pipeline(
-    parallelism: int = 2, resources: Mapping[str, StepResources] | None = None
+    parallelism: int = 2, resources: Mapping[str, StepResources] | None = None, task_groups: int = 0
 ) -> Callable[..., Any]:
     """The pipeline function (same parameters as the training pipeline's, so one runner drives both)."""
     look = StepLook(DISPLAY_NAMES, dict(resources) if resources is not None else PipelineConfig().resources)
@@ -154,7 +154,7 @@ def build_pipeline(
         finalize = close_run_on_exit(form, look)
 
         with dsl.ExitHandler(finalize, name=GROUP_NAMES["exit_handler"]):
-            half = add_data_half(form, look, parallelism, GROUP_NAMES["generate_loop"])
+            half = add_data_half(form, look, parallelism, GROUP_NAMES["generate_loop"], task_groups)
             config, tracking, data = half.config, half.tracking, half.data
             validated = data.outputs["validated"]
             trained = look(

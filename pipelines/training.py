@@ -48,7 +48,7 @@ GROUP_NAMES = {
 
 
 def build_training_pipeline(
-    parallelism: int = 2, resources: Mapping[str, StepResources] | None = None
+    parallelism: int = 2, resources: Mapping[str, StepResources] | None = None, task_groups: int = 0
 ) -> Callable[..., Any]:
     """Return the pipeline function; ``parallelism`` caps concurrent shard tasks and ``resources`` sets
     each step's pod resources (both compile-time in KFP; ``resources`` defaults to the config's defaults)."""
@@ -76,7 +76,7 @@ def build_training_pipeline(
         finalize = close_run_on_exit(form, look)
 
         with dsl.ExitHandler(finalize, name=GROUP_NAMES["exit_handler"]):
-            half = add_data_half(form, look, parallelism, GROUP_NAMES["generate_loop"])
+            half = add_data_half(form, look, parallelism, GROUP_NAMES["generate_loop"], task_groups)
             config, tracking, plan, data = half.config, half.tracking, half.plan, half.data
             spec = look(
                 c.fit_feature_spec(config=config, validated=data.outputs["validated"]), "fit_feature_spec"
@@ -91,6 +91,7 @@ def build_training_pipeline(
                         feature_spec=spec.outputs["feature_spec"],
                         validated=data.outputs["validated"],
                         raw=data.outputs["raw"],
+                        plan=plan.outputs["plan"],
                         shard=shard,
                     ),
                     "build_features_shard",

@@ -32,6 +32,7 @@ from clinrisk.interrupts import DeferredStop, Interrupted, signal_handlers
 from clinrisk.paths import RunPaths
 from clinrisk.run_control import local_store_path
 from clinrisk.run_progress import RootLogToRouter, TaskOutputRouter
+from clinrisk.stages.shards import TASK_GROUPS_FILE
 
 PIPELINE_NAME = "clinrisk-training"  # pipelines.training.PIPELINE_NAME (kfp.local names run folders by it)
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -268,7 +269,11 @@ def run_local(
         )
         failure: str | None = None
         task: Any = None
-        pipeline = build_pipeline(parallelism=cfg.run.workers, resources=cfg.pipeline.resources)
+        # kfp.local starts a fresh Python process per task: the plan groups the shards into at most
+        # run.workers tasks per fan-out (a compiled pipeline keeps one task per shard).
+        pipeline = build_pipeline(
+            parallelism=cfg.run.workers, resources=cfg.pipeline.resources, task_groups=cfg.run.workers
+        )
         try:
             with (
                 signal_handlers(stop),
@@ -412,6 +417,10 @@ def plan_shard_count(dirs: rc.RunDirs, pipeline_name: str = PIPELINE_NAME) -> in
         if uri.endswith("/plan-generation/plan")
     ]
     for plan_dir in candidates:
+        # The progress bars count fan-out tasks: the plan's task groups when it grouped the shards.
+        groups = (_read_json(plan_dir / TASK_GROUPS_FILE) or {}).get("groups")
+        if isinstance(groups, list):
+            return len(groups)
         n = (_read_json(plan_dir / "plan.json") or {}).get("n_shards")
         if isinstance(n, int):
             return n

@@ -190,7 +190,7 @@ class TaskOutputRouter(io.TextIOBase):
                 state.bar = tqdm(
                     total=shown_total,
                     desc=f"  {state.name:<24}",
-                    unit="shard",
+                    unit="task",  # a task runs one shard, or a group of them (local runner)
                     file=self.terminal,
                     leave=True,
                 )
@@ -204,7 +204,7 @@ class TaskOutputRouter(io.TextIOBase):
         bar = "#" * filled + "-" * (width - filled)
         mark = "✓" if complete else " "
         self._echo(
-            f"  {mark} {state.name:<22} {elapsed:6.1f} s  [{bar}] {state.done}/{shown_total} shards{cached}"
+            f"  {mark} {state.name:<22} {elapsed:6.1f} s  [{bar}] {state.done}/{shown_total} tasks{cached}"
         )
 
 

@@ -12,6 +12,7 @@ KFP-only: the config artifact, the MLflow run of the DAG, the data cache, the UI
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from clinrisk.config import ClinriskConfig, load_config, save_config
 from clinrisk.errors import ConfigError, DataError
 from clinrisk.io import atomic_output_dir, read_json, write_json
 from clinrisk.stages.catalog import Catalog, MetricLogger, log_numeric
-from clinrisk.stages.shards import copy_shards, plan_shards
+from clinrisk.stages.shards import (
+    GROUP_PARTS_FILE,
+    TASK_GROUPS_FILE,
+    copy_shards,
+    expand_parts,
+    group_part_name,
+    group_shards,
+    plan_shards,
+)
 from clinrisk.usecases.base import UseCase
 
 CONFIG_FILE = "config.yaml"
@@ -138,9 +147,14 @@ def finalize_tracking_step(params: Any, kfp_run_id: str, pipeline_state: str, er
     return model_uri
 
 
-def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> list[int]:
-    """Calibrate α by bisection and fix each shard's patient blocks (plan.json); returns the shard indices
-    the pipeline fans out over (the plan owns the fan-out; :mod:`clinrisk.stages.generate`)."""
+def plan_generation_step(config_dir: str | Path, out_dir: str | Path, task_groups: int = 0) -> list[int]:
+    """Calibrate α by bisection and fix each shard's patient blocks (plan.json); returns the indices the
+    pipeline fans out over (the plan owns the fan-out; :mod:`clinrisk.stages.generate`).
+
+    ``task_groups`` 0: one task per shard, the indices are the shard indices. ``task_groups`` N > 0 (the
+    local runner: N = ``run.workers``): the shards form at most N contiguous groups (task_groups.json beside
+    plan.json) and the indices are the group indices; each fan-out task runs its group's shards in one
+    process (:func:`_run_group`)."""
     from clinrisk import datacache
     from clinrisk.stages import generate
 
@@ -154,14 +168,50 @@ def plan_generation_step(config_dir: str | Path, out_dir: str | Path) -> list[in
         plan = _usecase(cfg).source.plan(cfg)
         if cfg.experiments.data_cache_dir is not None:
             plan["data_cache"] = {"key": datacache.data_key(cfg), "reused_from": None}
-    generate.publish_plan(plan, io)
-    return plan_shards(plan)
+    shards = plan_shards(plan)
+    if task_groups == 0:
+        generate.publish_plan(plan, io)
+        return shards
+    groups = group_shards(shards, task_groups)
+    generate.publish_plan(plan, io, extra={TASK_GROUPS_FILE: {"groups": groups}})
+    return list(range(len(groups)))
+
+
+def _task_shards(plan_dir: str | Path, task: int) -> list[int] | None:
+    """The shards of fan-out task ``task`` when the plan grouped them, else None (the task is one shard)."""
+    groups_file = Path(plan_dir) / TASK_GROUPS_FILE
+    if not groups_file.is_file():
+        return None
+    groups = read_json(groups_file)["groups"]
+    if not 0 <= task < len(groups):
+        raise DataError(f"task group {task}: the plan has task groups 0..{len(groups) - 1}")
+    return [int(s) for s in groups[task]]
+
+
+def _run_group(out_dir: str | Path, shards: list[int], one: Callable[[int, Path], None]) -> None:
+    """Run ``one(shard, part_dir)`` for each shard of a task group, one after another in this process,
+    into per-shard subfolders of ``out_dir`` listed in group_parts.json; published together or not at all
+    (a failure or a signal mid-group leaves no partial group). The merge steps expand the listing back into
+    the per-shard parts (:func:`~clinrisk.stages.shards.expand_parts`)."""
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        for shard in shards:
+            one(shard, tmp / group_part_name(shard))
+        write_json(tmp / GROUP_PARTS_FILE, {"shards": shards, "parts": [group_part_name(s) for s in shards]})
 
 
 def generate_shard_step(
     config_dir: str | Path, plan_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
-    """Generate one shard's observed tables + truth (:func:`clinrisk.stages.generate.generate_shard`)."""
+    """Generate one shard's observed tables + truth (:func:`clinrisk.stages.generate.generate_shard`); with
+    a grouped plan ``shard`` is the task group and each of its shards is generated in turn."""
+    group = _task_shards(plan_dir, shard)
+    if group is not None:
+        _run_group(out_dir, group, lambda s, part: _generate_one(config_dir, plan_dir, s, part))
+        return
+    _generate_one(config_dir, plan_dir, shard, out_dir)
+
+
+def _generate_one(config_dir: str | Path, plan_dir: str | Path, shard: int, out_dir: str | Path) -> None:
     from clinrisk import datacache
     from clinrisk.stages import generate
 
@@ -198,6 +248,7 @@ def merge_data_step(
     from clinrisk.stages import validate as validate_stage
     from clinrisk.validate import checked_raw_manifest, render_report_md
 
+    raw_parts, validated_parts = list(expand_parts(raw_parts)), list(expand_parts(validated_parts))
     cfg = _load(config_dir)
     plan = generate.read_plan(_catalog({"plan": Path(plan_dir) / PLAN_FILE}))
     if (reuse := datacache.reused(plan)) is not None:
@@ -241,7 +292,21 @@ def validate_shard_step(
     config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
     """Validate one generated shard (:func:`clinrisk.stages.validate.validate_shard`) into
-    ``out_dir/{validated,quarantine}/<table>/shard=NNN`` + ``stats.json``."""
+    ``out_dir/{validated,quarantine}/<table>/shard=NNN`` + ``stats.json``. The output of a grouped
+    generate task is validated shard by shard into a grouped output (``shard`` is then the group's index)."""
+    listing = Path(raw_shard_dir) / GROUP_PARTS_FILE
+    if listing.is_file():
+        shards = [int(s) for s in read_json(listing)["shards"]]
+        _run_group(
+            out_dir,
+            shards,
+            lambda s, part: _validate_one(config_dir, Path(raw_shard_dir) / group_part_name(s), s, part),
+        )
+        return
+    _validate_one(config_dir, raw_shard_dir, shard, out_dir)
+
+
+def _validate_one(config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path) -> None:
     from clinrisk import datacache
     from clinrisk.stages import validate as validate_stage
 
@@ -272,9 +337,30 @@ def build_features_shard_step(
     raw_dir: str | Path,
     shard: int,
     out_dir: str | Path,
+    plan_dir: str | Path | None = None,
 ) -> None:
     """The feature table of one shard (:func:`clinrisk.stages.features.build_shard`; the truth shards are
-    the raw dataset's, when it has them)."""
+    the raw dataset's, when it has them); with a grouped plan (``plan_dir``) ``shard`` is the task group
+    and each of its shards is built in turn."""
+    group = _task_shards(plan_dir, shard) if plan_dir is not None else None
+    if group is not None:
+        _run_group(
+            out_dir,
+            group,
+            lambda s, part: _features_one(config_dir, spec_dir, validated_dir, raw_dir, s, part),
+        )
+        return
+    _features_one(config_dir, spec_dir, validated_dir, raw_dir, shard, out_dir)
+
+
+def _features_one(
+    config_dir: str | Path,
+    spec_dir: str | Path,
+    validated_dir: str | Path,
+    raw_dir: str | Path,
+    shard: int,
+    out_dir: str | Path,
+) -> None:
     from clinrisk.stages import features
     from clinrisk.usecases.base import TRUTH_TABLE
 
@@ -296,7 +382,7 @@ def merge_features_step(
     from clinrisk.stages import features
 
     io = _catalog({"feature_spec": Path(spec_dir) / features.SPEC_FILE, "features": out_dir})
-    return features.merge(_load(config_dir), io, [Path(p) for p in part_dirs])
+    return features.merge(_load(config_dir), io, expand_parts(part_dirs))
 
 
 # --------------------------------------------------------------------------- selection + training

@@ -32,9 +32,12 @@ TINY_CONFIG = REPO / "configs" / "tiny.yaml"
 # The plan owns the fan-out: TINY asks for 8 shards, but 3,000 patients are 3 blocks of 1,000 (one shard each).
 _TINY_GENERATE = load_config(TINY_CONFIG, TINY).generate
 SHARDS = min(_TINY_GENERATE.n_shards, -(-_TINY_GENERATE.n_patients // _TINY_GENERATE.block_size))
+# The local runners group the shards into at most run.workers tasks per fan-out.
+FANOUT_TASKS = min(SHARDS, load_config(TINY_CONFIG, TINY).run.workers)
 EXIT_TASK = "finalize-tracking"  # the DAG's exit handler: runs once, after every other task
-# generate + validate per shard, build-features per shard, plus the tasks that run once and the exit task.
-TASK_COUNT = len(TASKS) + 1 + 3 * SHARDS
+# generate + validate per task group, build-features per task group, plus the tasks that run once and the
+# exit task.
+TASK_COUNT = len(TASKS) + 1 + 3 * FANOUT_TASKS
 
 
 def test_docker_run_args_mirror_a_restricted_pod(tmp_path: Path) -> None:
@@ -154,7 +157,7 @@ def test_outputs_are_valid_and_owned_by_the_caller(docker_run: dict[str, Any]) -
     for task in TASKS:
         assert (d / task).is_dir(), task
     for loop in ("for-loop-2", "for-loop-3"):  # group 1 is the exit handler around the DAG
-        assert len(list(d.glob(f"{loop}-iteration-*"))) == SHARDS
+        assert len(list(d.glob(f"{loop}-iteration-*"))) == FANOUT_TASKS
     assert len(list_shards(d / "merge-features" / "features")) == SHARDS
     bundle = load_bundle(d / "train" / "bundle")
     assert bundle.feature_names

@@ -147,7 +147,7 @@ def test_router_files_each_task_and_prints_one_line_per_step(tmp_path: Path) -> 
     out = term.getvalue()
     assert "config_yaml" not in out
     assert "✓ train" in out
-    assert "2/2 shards" in out
+    assert "2/2 tasks" in out
     assert "x evaluate" in out and "FAILED" in out and "ValueError: boom" in out
     assert "config_yaml" in (tmp_path / "logs" / "train.log").read_text()
     assert (tmp_path / "logs" / "generate-shard-1.log").is_file()
@@ -286,6 +286,9 @@ def test_shard_total_of_a_resumed_run_comes_from_the_cached_plan(tmp_path: Path)
     assert plan_shard_count(dirs) is None
     _cache_entry(dirs.cache, "k_plan", old_plan)
     assert plan_shard_count(dirs) == 3
+    # a plan that grouped its shards: the progress bars count the fan-out tasks, one per group
+    (old_plan / "task_groups.json").write_text(json.dumps({"groups": [[0, 1], [2]]}))
+    assert plan_shard_count(dirs) == 2
 
 
 def test_metrics_artifacts_get_a_file_so_their_task_can_be_reused(tmp_path: Path) -> None:

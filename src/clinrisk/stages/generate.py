@@ -38,11 +38,14 @@ def write_plan(cfg: ClinriskConfig, io: Catalog) -> dict[str, Any]:
     return plan
 
 
-def publish_plan(plan: dict[str, Any], io: Catalog) -> None:
-    """Write ``plan`` as the file ``io["plan"]`` (its folder published atomically)."""
+def publish_plan(plan: dict[str, Any], io: Catalog, extra: dict[str, Any] | None = None) -> None:
+    """Write ``plan`` as the file ``io["plan"]`` (its folder published atomically), with the JSON files
+    ``extra`` (name → content) beside it."""
     target = io.path("plan")
     with atomic_output_dir(target.parent) as tmp:
         write_json(tmp / target.name, plan)
+        for name, content in (extra or {}).items():
+            write_json(tmp / name, content)
 
 
 def read_plan(io: Catalog) -> dict[str, Any]:
