@@ -49,8 +49,12 @@ def test_every_task_ran_and_artifacts_are_valid(leads_run) -> None:  # type: ign
     assert n == 3
     for task in TASKS:
         assert (d / task).is_dir(), task
+    # The local runner groups the shards into at most run.workers tasks per fan-out (the plan owns that too).
+    groups = read_json(d / "plan-generation" / "plan" / "task_groups.json")["groups"]
+    assert sorted(s for g in groups for s in g) == list(range(n))
+    assert len(groups) == min(n, cfg.run.workers)
     for loop in ("for-loop-2", "for-loop-3"):  # group 1 is the exit handler around the DAG
-        assert len(list(d.glob(f"{loop}-iteration-*"))) == n
+        assert len(list(d.glob(f"{loop}-iteration-*"))) == len(groups)
     manifest = read_json(d / "merge-data" / "raw" / "manifest.json")
     assert manifest["n_shards"] == n and manifest["rows"] == sum(manifest["rows_per_shard"])
     for table in LEADS.source.tables:
