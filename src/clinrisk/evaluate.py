@@ -34,6 +34,9 @@ EVAL_COLUMNS = (
     "eval_undiagnosed",
 )
 SLICE_METRICS = ("auc", "ap", "ap_lift", "oe", "cal_slope", "sensitivity", "ppv", "alert_rate", "net_benefit")
+SLICE_PANEL = ("prevalence", *SLICE_METRICS)  # what a slice's bootstrap computes (metric_panel's ``only``)
+# The oracle p^A scored against the true labels: the ceiling the report shows beside the model.
+ORACLE_PANEL = ("auc", "ap", "brier", "net_benefit")
 # Column-name patterns used when EvaluateConfig.error_columns does not name the feature for a role.
 ERROR_ROLE_PATTERNS: dict[str, tuple[str, ...]] = {
     "hba1c_count": (r"^hba1c_n_\d+y$", r"^hba1c_(n|count)_?\d*y?$"),
@@ -309,7 +312,7 @@ def plan_slices(
 def slice_analysis(
     df: pl.DataFrame,
     p: npt.NDArray[np.float64],
-    overall: dict[str, dict[str, dict[str, float]]],
+    overall_auc: dict[str, tuple[float, npt.NDArray[np.float64]]],
     cfg: EvaluateConfig,
     *,
     tau: float,
@@ -321,17 +324,15 @@ def slice_analysis(
     plan: list[SliceMask] | None = None,
 ) -> list[dict[str, Any]]:
     """Per slice level: sizes, prevalences, bootstrap metrics vs both label sets, the AUC difference to the
-    whole test set with a paired bootstrap CI, and absolute flags (docs/science.md §7)."""
+    whole test set with a paired bootstrap CI, and absolute flags (docs/science.md §7).
+
+    ``overall_auc``: per label set, the whole test set's AUC and its replicates under the same ``counts``
+    (absent for a label set with one class)."""
     alpha = 1 - cfg.ci_level
     if plan is None:
         plan = plan_slices(df, cfg, categories)[0]
     out: list[dict[str, Any]] = []
     ys = {name: df[col_y].cast(pl.Float64).to_numpy() for name, col_y in LABELS.items()}
-    overall_auc: dict[str, tuple[float, npt.NDArray[np.float64]]] = {}
-    for name, y_all in ys.items():
-        if 0 < y_all.sum() < y_all.size:
-            pt, reps = M.bootstrap_replicates(y_all, p, None, tau=tau, p_t=p_t, counts=counts, codes=codes)
-            overall_auc[name] = (pt["auc"], reps["auc"])
     for col, level, m in plan:
         entry: dict[str, Any] = {
             "slice": col,
@@ -346,7 +347,7 @@ def slice_analysis(
                 entry[name] = {"prevalence": {"value": float(y.mean())}}
                 continue
             point, reps = M.bootstrap_replicates(
-                y, p[m], None, tau=tau, p_t=p_t, counts=counts, codes=codes[m]
+                y, p[m], None, tau=tau, p_t=p_t, counts=counts, codes=codes[m], only=SLICE_PANEL
             )
             panel = {k: M.percentile_ci(point[k], reps[k], alpha) for k in ("prevalence", *SLICE_METRICS)}
             if name in overall_auc:
@@ -466,14 +467,25 @@ def evaluate_predictions(
         if not np.isin(y, (0.0, 1.0)).all():
             raise DataError(f"{LABELS[k]}: labels must be 0/1")
 
-    overall = {
-        name: M.bootstrap_panel(
-            y, p, None, tau=tau, p_t=p_t, alpha=alpha, counts=counts, codes=codes, p_oracle=po
+    overall: dict[str, dict[str, dict[str, float]]] = {}
+    overall_auc: dict[str, tuple[float, npt.NDArray[np.float64]]] = {}  # reused by the slices' AUC deltas
+    for name, y in ys.items():
+        point, reps = M.bootstrap_replicates(
+            y, p, None, tau=tau, p_t=p_t, counts=counts, codes=codes, p_oracle=po
         )
-        for name, y in ys.items()
-    }
+        overall[name] = {k: M.percentile_ci(point[k], reps[k], alpha) for k in point}
+        if 0 < y.sum() < y.size:
+            overall_auc[name] = (point["auc"], reps["auc"])
     oracle_panel = M.bootstrap_panel(
-        ys["true"], np.clip(po, 0, 1), None, tau=tau, p_t=p_t, alpha=alpha, counts=counts, codes=codes
+        ys["true"],
+        np.clip(po, 0, 1),
+        None,
+        tau=tau,
+        p_t=p_t,
+        alpha=alpha,
+        counts=counts,
+        codes=codes,
+        only=ORACLE_PANEL,
     )
     nb_lo, nb_hi = cfg.net_benefit_range
     result: dict[str, Any] = {
@@ -490,7 +502,7 @@ def evaluate_predictions(
         "net_benefit_curve": {name: M.net_benefit_curve(y, p, lo=nb_lo, hi=nb_hi) for name, y in ys.items()},
         "oracle": {
             **M.oracle_summary(ys["true"], p, po),
-            "true_label_panel": {k: oracle_panel[k] for k in ("auc", "ap", "brier", "net_benefit")},
+            "true_label_panel": {k: oracle_panel[k] for k in ORACLE_PANEL},
             "net_benefit_curve": M.net_benefit_curve(ys["true"], np.clip(po, 0, 1), lo=nb_lo, hi=nb_hi),
         },
         "kfp": {
@@ -523,7 +535,7 @@ def evaluate_predictions(
     result["slices"] = slice_analysis(
         df,
         p,
-        overall,
+        overall_auc,
         cfg,
         tau=tau,
         p_t=p_t,

@@ -76,6 +76,10 @@ def _check(y: Any, p: Any, *, y_name: str = "y", p_name: str = "p") -> tuple[Flo
     return yy, pp
 
 
+def _is_binary(y: FloatArray) -> bool:
+    return bool(np.all((y == 0.0) | (y == 1.0)))
+
+
 def _weights(w: Any, n: int) -> FloatArray:
     if w is None:
         return np.ones((1, n))
@@ -135,10 +139,14 @@ def _pairwise_auc(ranked: _Ranked, pos: FloatArray, neg: FloatArray, W: FloatArr
     """
     pg = ranked.group(ranked.take(W, pos))
     ng = ranked.group(ranked.take(W, neg))
+    return _auc_of_groups(pg, ng, W @ (pos * neg))
+
+
+def _auc_of_groups(pg: FloatArray, ng: FloatArray, self_pairs: FloatArray) -> FloatArray:
+    """:func:`_pairwise_auc` from the grouped positive and negative weights."""
     n_tot = ng.sum(axis=1)
     # Σ_g P_g·(N strictly below g) = Σ_g P_g·(N_tot − cumN_g); the ½ tie term corrects the inclusive cumsum.
     n_cum = np.cumsum(ng, axis=1)
-    self_pairs = W @ (pos * neg)
     num = pg.sum(axis=1) * n_tot - np.einsum("ij,ij->i", pg, n_cum)
     num += 0.5 * np.einsum("ij,ij->i", pg, ng) - 0.5 * self_pairs
     den = pg.sum(axis=1) * n_tot - self_pairs
@@ -149,11 +157,25 @@ def _ap_sorted(ranked: _Ranked, y: FloatArray, W: FloatArray) -> FloatArray:
     """Average precision Σ ΔRecall·Precision at each distinct threshold (sklearn's definition)."""
     pg = ranked.group(ranked.take(W, y))
     allg = ranked.group(W if ranked.identity else W[:, ranked.order])
+    return _ap_of_groups(pg, allg)
+
+
+def _ap_of_groups(pg: FloatArray, allg: FloatArray) -> FloatArray:
+    """:func:`_ap_sorted` from the grouped positive and total weights."""
     tp = np.cumsum(pg, axis=1)
     alerts = np.cumsum(allg, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         prec = np.where(alerts > 0, tp / np.where(alerts > 0, alerts, 1.0), 0.0)
     return _div(np.einsum("ij,ij->i", pg, prec), pg.sum(axis=1))
+
+
+def _auc_and_ap_counts(ranked: _Ranked, y: FloatArray, W: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """ROC-AUC and AP together, for 0/1 labels and integer weights (bootstrap counts): every grouped sum is
+    then an exact integer, so the negatives' groups are all − positives (one grouping pass fewer) and the
+    values are bit-identical to :func:`_pairwise_auc` and :func:`_ap_sorted`."""
+    pg = ranked.group(ranked.take(W, y))
+    allg = ranked.group(W if ranked.identity else W[:, ranked.order])
+    return _auc_of_groups(pg, allg - pg, W @ (y * (1.0 - y))), _ap_of_groups(pg, allg)
 
 
 def _logistic_fit(
@@ -174,11 +196,20 @@ def _logistic_fit(
     a = np.full(nb, init[0])
     b = np.full(nb, 1.0 if fix_slope else init[1])
     wy, wyx, x2 = W @ y, W @ (y * x), x * x
+    # Two (b, n) work buffers reused across iterations: the same operations as the textbook expressions
+    # (μ = 1/(1 + exp(−(a + b·x))), s = wμ·(1 − μ)), in place, so the results are bit-identical.
+    mu, wmu = np.empty(W.shape), np.empty(W.shape)
     for _ in range(iters):
-        mu = 1.0 / (1.0 + np.exp(-(a[:, None] + b[:, None] * x)))
-        wmu = W * mu
+        np.multiply(b[:, None], x, out=mu)
+        mu += a[:, None]
+        np.negative(mu, out=mu)
+        np.exp(mu, out=mu)
+        mu += 1.0
+        np.divide(1.0, mu, out=mu)
+        np.multiply(W, mu, out=wmu)
         g0 = wy - wmu.sum(axis=1)
-        s = wmu * (1.0 - mu)
+        s = np.subtract(1.0, mu, out=mu)  # μ is not needed again this iteration
+        s *= wmu
         h00 = s.sum(axis=1)
         if fix_slope:
             da = np.clip(np.nan_to_num(_div(g0, h00)), -5, 5)
@@ -207,6 +238,14 @@ def logit(p: Any) -> FloatArray:
 # -------------------------------------------------------------------------------------------- the panel
 
 
+# Every metric metric_panel can give (``_slope_intercept`` is the slope fit's intercept, kept for warm starts).
+PANEL_METRICS = (
+    "prevalence", "mean_predicted", "auc", "ap", "ap_lift", "brier", "scaled_brier", "log_loss", "oe",
+    "cal_intercept", "_slope_intercept", "cal_slope", "net_benefit", "sensitivity", "specificity", "ppv", "npv",
+    "alert_rate", "expected_auc", "oracle_brier", "excess_brier",
+)  # fmt: skip
+
+
 def metric_panel(
     y: Any,
     p: Any,
@@ -217,14 +256,24 @@ def metric_panel(
     p_oracle: Any = None,
     ranked: _Ranked | None = None,
     init: dict[str, float] | None = None,
+    only: Sequence[str] | None = None,
+    integer_weights: bool = False,
 ) -> dict[str, FloatArray]:
     """All row-level metrics of §4.3 for each weight row of ``W`` (shape (b, n); None = unweighted).
 
     ``tau`` is the operating threshold (Se, Sp, PPV, NPV, alert rate); ``p_t`` the net-benefit threshold
     probability. With ``p_oracle`` (p^A) it adds expected AUC vs p^A, oracle Brier E[p^A(1 − p^A)] and
-    excess Brier mean (p̂ − p^A)².
+    excess Brier mean (p̂ − p^A)². ``only`` limits the panel to those metrics (each is computed exactly as
+    in the full panel: a bootstrap that reports a few metrics skips the cost of the rest, e.g. the
+    calibration-in-the-large fit). ``integer_weights``: every weight is a whole number (bootstrap counts;
+    None is all ones), which lets AUC and AP share their grouping pass exactly.
     """
     yy, pp = _check(y, p)
+    if only is not None and (unknown := sorted(set(only) - set(PANEL_METRICS))):
+        raise DataError(f"metric panel: unknown metrics {unknown}")
+    want = set(PANEL_METRICS if only is None else only)
+    if "cal_slope" in want:
+        want.add("_slope_intercept")
     Wm = _weights(W, yy.size)
     rk = ranked if ranked is not None else _Ranked.of(pp)
     sw = Wm.sum(axis=1)
@@ -234,45 +283,58 @@ def metric_panel(
     out["prevalence"] = prev
     exp_sum = Wm @ pp
     out["mean_predicted"] = _div(exp_sum, sw)
-    out["auc"] = _pairwise_auc(rk, yy, 1.0 - yy, Wm)
-    out["ap"] = _ap_sorted(rk, yy, Wm)
-    out["ap_lift"] = _div(out["ap"], prev)
-    brier = _div(Wm @ ((pp - yy) ** 2), sw)
-    out["brier"] = brier
-    out["scaled_brier"] = 1.0 - _div(brier, prev * (1.0 - prev))
-    pc = np.clip(pp, _EPS, 1 - _EPS)
-    ll = -(yy * np.log(pc) + (1 - yy) * np.log1p(-pc))
-    out["log_loss"] = _div(Wm @ ll, sw)
+    if want & {"auc"} and want & {"ap", "ap_lift"} and integer_weights and _is_binary(yy):
+        out["auc"], out["ap"] = _auc_and_ap_counts(rk, yy, Wm)
+    else:
+        if "auc" in want:
+            out["auc"] = _pairwise_auc(rk, yy, 1.0 - yy, Wm)
+        if want & {"ap", "ap_lift"}:
+            out["ap"] = _ap_sorted(rk, yy, Wm)
+    if "ap" in out:
+        out["ap_lift"] = _div(out["ap"], prev)
+    if want & {"brier", "scaled_brier"}:
+        brier = _div(Wm @ ((pp - yy) ** 2), sw)
+        out["brier"] = brier
+        out["scaled_brier"] = 1.0 - _div(brier, prev * (1.0 - prev))
+    if "log_loss" in want:
+        pc = np.clip(pp, _EPS, 1 - _EPS)
+        ll = -(yy * np.log(pc) + (1 - yy) * np.log1p(-pc))
+        out["log_loss"] = _div(Wm @ ll, sw)
     out["oe"] = _div(pos, exp_sum)
-    x = logit(pp)
+    x = logit(pp) if want & {"cal_intercept", "cal_slope"} else pp
     ini = init or {}
-    out["cal_intercept"], _ = _logistic_fit(
-        x, yy, Wm, fix_slope=True, init=(ini.get("cal_intercept", 0.0), 1.0)
-    )
-    a0, b0 = ini.get("_slope_intercept", 0.0), ini.get("cal_slope", 1.0)
-    out["_slope_intercept"], out["cal_slope"] = _logistic_fit(x, yy, Wm, fix_slope=False, init=(a0, b0))
-    nb_alert = (pp >= p_t).astype(np.float64)
-    tp_t = Wm @ (yy * nb_alert)
-    fp_t = Wm @ ((1 - yy) * nb_alert)
-    out["net_benefit"] = _div(tp_t - fp_t * p_t / (1 - p_t), sw)
-    alert = (pp >= tau).astype(np.float64)
-    tp = Wm @ (yy * alert)
-    fp = Wm @ ((1 - yy) * alert)
-    fn = pos - tp
-    tn = sw - pos - fp
-    out["sensitivity"] = _div(tp, tp + fn)
-    out["specificity"] = _div(tn, tn + fp)
-    out["ppv"] = _div(tp, tp + fp)
-    out["npv"] = _div(tn, tn + fn)
-    out["alert_rate"] = _div(tp + fp, sw)
-    if p_oracle is not None:
+    if "cal_intercept" in want:
+        out["cal_intercept"], _ = _logistic_fit(
+            x, yy, Wm, fix_slope=True, init=(ini.get("cal_intercept", 0.0), 1.0)
+        )
+    if "cal_slope" in want:
+        a0, b0 = ini.get("_slope_intercept", 0.0), ini.get("cal_slope", 1.0)
+        out["_slope_intercept"], out["cal_slope"] = _logistic_fit(x, yy, Wm, fix_slope=False, init=(a0, b0))
+    if "net_benefit" in want:
+        nb_alert = (pp >= p_t).astype(np.float64)
+        tp_t = Wm @ (yy * nb_alert)
+        fp_t = Wm @ ((1 - yy) * nb_alert)
+        out["net_benefit"] = _div(tp_t - fp_t * p_t / (1 - p_t), sw)
+    if want & {"sensitivity", "specificity", "ppv", "npv", "alert_rate"}:
+        alert = (pp >= tau).astype(np.float64)
+        tp = Wm @ (yy * alert)
+        fp = Wm @ ((1 - yy) * alert)
+        fn = pos - tp
+        tn = sw - pos - fp
+        out["sensitivity"] = _div(tp, tp + fn)
+        out["specificity"] = _div(tn, tn + fp)
+        out["ppv"] = _div(tp, tp + fp)
+        out["npv"] = _div(tn, tn + fn)
+        out["alert_rate"] = _div(tp + fp, sw)
+    if p_oracle is not None and want & {"expected_auc", "oracle_brier", "excess_brier"}:
         po = _vec(p_oracle, "p_oracle")
         if po.shape != pp.shape:
             raise DataError("p_oracle: length mismatch with predictions")
         out["expected_auc"] = _pairwise_auc(rk, po, 1.0 - po, Wm)
         out["oracle_brier"] = _div(Wm @ (po * (1 - po)), sw)
         out["excess_brier"] = _div(Wm @ ((pp - po) ** 2), sw)
-    return out
+    # Cheap by-products of a shared pass stay out when not asked for, so a panel has the keys it was asked.
+    return {k: v for k, v in out.items() if only is None or k in want}
 
 
 def _scalar(a: FloatArray) -> float:
@@ -566,6 +628,7 @@ def bootstrap_panel(
     p_oracle: Any = None,
     counts: IntArray | None = None,
     codes: IntArray | None = None,
+    only: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Point estimate + patient-cluster bootstrap percentile CI for every :func:`metric_panel` metric.
 
@@ -584,6 +647,7 @@ def bootstrap_panel(
         p_oracle=p_oracle,
         counts=counts,
         codes=codes,
+        only=only,
     )
     return {k: _summarise(point[k], reps[k], alpha) for k in point}
 
@@ -600,11 +664,13 @@ def bootstrap_replicates(
     p_oracle: Any = None,
     counts: IntArray | None = None,
     codes: IntArray | None = None,
+    only: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], dict[str, FloatArray]]:
     """Point estimates and the per-replicate values behind :func:`bootstrap_panel` (same arguments).
 
     With shared ``counts``/``codes`` replicate b of a slice and of the whole population resample the same
-    patients, so their difference per replicate gives a paired CI for slice − overall.
+    patients, so their difference per replicate gives a paired CI for slice − overall. ``only``: as in
+    :func:`metric_panel`.
     """
     yy, pp = _check(y, p)
     if codes is None:
@@ -620,11 +686,15 @@ def bootstrap_replicates(
     yy, pp, codes = yy[o], pp[o], codes[o]
     po = None if p_oracle is None else _vec(p_oracle, "p_oracle")[o]
     rk = _Ranked.of(pp)
-    point = metric_panel(yy, pp, None, tau=tau, p_t=p_t, p_oracle=po, ranked=rk)
+    point = metric_panel(
+        yy, pp, None, tau=tau, p_t=p_t, p_oracle=po, ranked=rk, only=only, integer_weights=True
+    )
     init = {k: _scalar(v) for k, v in point.items()}
     reps: dict[str, list[FloatArray]] = {k: [] for k in point}
     for W in _chunks(counts, codes):
-        chunk = metric_panel(yy, pp, W, tau=tau, p_t=p_t, p_oracle=po, ranked=rk, init=init)
+        chunk = metric_panel(
+            yy, pp, W, tau=tau, p_t=p_t, p_oracle=po, ranked=rk, init=init, only=only, integer_weights=True
+        )
         for k, v in chunk.items():
             reps[k].append(v)
     keys = [k for k in point if k[0] != "_"]

@@ -53,12 +53,12 @@ def _stack(seqs: list[ShardSequence], n_features: int) -> Any:
     return da.concatenate(parts, axis=0)
 
 
-def _logloss(y: FloatArray, w: FloatArray, z: FloatArray) -> float:
-    """Weighted binary log loss / cross-entropy of logits ``z`` (LightGBM's binary_logloss and
-    cross_entropy metrics are this formula; soft labels allowed)."""
+def _weighted_logloss_sum(y: FloatArray, w: FloatArray, z: FloatArray) -> float:
+    """Σ w·(binary log loss of logits ``z``): LightGBM's binary_logloss and cross_entropy metrics are this sum
+    over Σ w (soft labels allowed)."""
     log_p = -np.logaddexp(0.0, -z)
     log_1p = -np.logaddexp(0.0, z)
-    return float(-np.sum(w * (y * log_p + (1 - y) * log_1p)) / np.sum(w))
+    return float(-np.sum(w * (y * log_p + (1 - y) * log_1p)))
 
 
 def early_stopping_iteration(scores: Callable[[int], float], n_trees: int, rounds: int) -> int:
@@ -74,23 +74,53 @@ def early_stopping_iteration(scores: Callable[[int], float], n_trees: int, round
     return best_i + 1
 
 
+# Trees scored per pass over the early-stopping shards: the driver holds one shard's rows at a time, so its
+# memory does not grow with the early-stopping rows; the passes stop once the callback would have stopped.
+STOP_TREES_PER_PASS = 64
+
+
 def best_iteration(
     booster: lgb.Booster,
     stop_seqs: list[ShardSequence],
     y: FloatArray,
     w: FloatArray,
     rounds: int,
+    trees_per_pass: int = STOP_TREES_PER_PASS,
 ) -> int:
-    """The early-stopping iteration of ``booster`` on the early-stopping rows (tree-by-tree raw scores)."""
-    X = np.concatenate([_all_rows(s) for s in stop_seqs if len(s)])
-    z = np.zeros(X.shape[0])
+    """The early-stopping iteration of ``booster`` on the early-stopping rows (tree-by-tree raw scores).
+
+    ``y`` and ``w`` are the early-stopping rows in ``stop_seqs`` order. The rows are read shard by shard,
+    ``trees_per_pass`` trees at a time: only the raw-score vector (8 bytes a row) lives across shards, never
+    the feature matrix."""
+    seqs = [s for s in stop_seqs if len(s)]
+    bounds = np.cumsum([0] + [len(s) for s in seqs])
+    if bounds[-1] != len(y) or len(w) != len(y):
+        raise StageError(
+            f"early-stopping rows: {bounds[-1]} in the shards, {len(y)} labels, {len(w)} weights"
+        )
+    n_trees = booster.num_trees()
+    z = np.zeros(len(y))
+    curve: list[float] = []  # the metric after each tree, filled a pass at a time
+
+    def next_pass() -> None:
+        first, last = len(curve), min(len(curve) + trees_per_pass, n_trees)
+        loss = np.zeros(last - first)
+        for k, seq in enumerate(seqs):
+            X = _all_rows(seq)
+            lo, hi = bounds[k], bounds[k + 1]
+            zs, ys, ws = z[lo:hi], y[lo:hi], w[lo:hi]
+            for i in range(first, last):
+                zs += np.asarray(booster.predict(X, start_iteration=i, num_iteration=1, raw_score=True))
+                loss[i - first] += _weighted_logloss_sum(ys, ws, zs)
+            del X
+        curve.extend((loss / np.sum(w)).tolist())
 
     def score(i: int) -> float:
-        nonlocal z
-        z = z + np.asarray(booster.predict(X, start_iteration=i, num_iteration=1, raw_score=True))
-        return _logloss(y, w, z)
+        while len(curve) <= i:
+            next_pass()
+        return curve[i]
 
-    return early_stopping_iteration(score, booster.num_trees(), rounds)
+    return early_stopping_iteration(score, n_trees, rounds)
 
 
 @contextmanager

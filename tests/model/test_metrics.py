@@ -204,3 +204,86 @@ def test_bad_inputs_raise_named_errors() -> None:
     with pytest.raises(DataError, match="p_t"):
         M.net_benefit([0, 1], [0.1, 0.2], 1.0)
     assert np.isnan(M.roc_auc([0, 0], [0.1, 0.2]))
+
+
+def _tied_clustered(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, scores with many ties (as a calibrated LightGBM gives) and bootstrap count weights."""
+    rng = np.random.default_rng(seed)
+    n_pat = 600
+    codes = np.repeat(np.arange(n_pat), 3)
+    p = np.round(rng.beta(1, 6, codes.size), 2).clip(0.01, 0.99)
+    y = (rng.random(codes.size) < p).astype(float)
+    W = M.cluster_counts(n_pat, 7, seed=seed)[:, codes].astype(float)
+    return y, p, W
+
+
+def _reference_logistic_fit(x, y, W, *, fix_slope, init=(0.0, 1.0), iters=30):  # type: ignore[no-untyped-def]
+    """The textbook Newton step the in-place fit must reproduce bit for bit."""
+    nb = W.shape[0]
+    a = np.full(nb, init[0])
+    b = np.full(nb, 1.0 if fix_slope else init[1])
+    wy, wyx, x2 = W @ y, W @ (y * x), x * x
+    for _ in range(iters):
+        mu = 1.0 / (1.0 + np.exp(-(a[:, None] + b[:, None] * x)))
+        wmu = W * mu
+        g0 = wy - wmu.sum(axis=1)
+        s = wmu * (1.0 - mu)
+        h00 = s.sum(axis=1)
+        if fix_slope:
+            da = np.clip(np.nan_to_num(M._div(g0, h00)), -5, 5)
+            a = a + da
+            if np.max(np.abs(da)) < 1e-9:
+                break
+            continue
+        g1 = wyx - wmu @ x
+        h01, h11 = s @ x, s @ x2
+        det = h00 * h11 - h01 * h01
+        da = np.clip(np.nan_to_num(M._div(h11 * g0 - h01 * g1, det)), -5, 5)
+        db = np.clip(np.nan_to_num(M._div(h00 * g1 - h01 * g0, det)), -5, 5)
+        a, b = a + da, b + db
+        if max(np.max(np.abs(da)), np.max(np.abs(db))) < 1e-9:
+            break
+    return a, b
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_in_place_calibration_fit_is_bit_identical_to_the_textbook_step(seed: int) -> None:
+    y, p, W = _tied_clustered(seed)
+    x = M.logit(p)
+    for fix_slope in (True, False):
+        got = M._logistic_fit(x, y, W, fix_slope=fix_slope, init=(0.1, 0.9))
+        want = _reference_logistic_fit(x, y, W, fix_slope=fix_slope, init=(0.1, 0.9))
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_panel_subsets_and_shared_auc_ap_pass_are_bit_identical_to_the_full_panel(seed: int) -> None:
+    y, p, W = _tied_clustered(seed)
+    full = M.metric_panel(y, p, W, tau=0.2, p_t=0.1, p_oracle=p)
+    assert set(full) == set(M.PANEL_METRICS)
+    fast = M.metric_panel(y, p, W, tau=0.2, p_t=0.1, p_oracle=p, integer_weights=True)
+    assert all(np.array_equal(fast[k], full[k], equal_nan=True) for k in full)
+    assert list(fast) == list(full)  # same key order: the JSON report keeps its layout
+    subset = ("prevalence", "auc", "ap", "cal_slope", "net_benefit", "ppv")
+    part = M.metric_panel(y, p, W, tau=0.2, p_t=0.1, only=subset, integer_weights=True)
+    assert set(part) == {*subset, "_slope_intercept"}  # the slope fit's intercept rides along (warm starts)
+    assert all(np.array_equal(part[k], full[k], equal_nan=True) for k in part)
+    # Fractional weights take the separate AUC and AP passes and still agree with sklearn.
+    frac = W[0] + 0.25
+    one = M.metric_panel(y, p, frac, tau=0.2, p_t=0.1, only=("auc", "ap"))
+    assert one["auc"][0] == pytest.approx(skm.roc_auc_score(y, p, sample_weight=frac))
+    assert one["ap"][0] == pytest.approx(skm.average_precision_score(y, p, sample_weight=frac))
+
+
+def test_bootstrap_with_only_gives_the_full_bootstrap_numbers() -> None:
+    y, p, _ = _tied_clustered(3)
+    pid = np.repeat(np.arange(600), 3)
+    codes, n_pat = M.patient_codes(pid)
+    counts = M.cluster_counts(n_pat, 40, seed=2)
+    pt_full, reps_full = M.bootstrap_replicates(y, p, None, tau=0.2, p_t=0.1, counts=counts, codes=codes)
+    only = ("prevalence", "auc", "oe", "cal_slope")
+    pt, reps = M.bootstrap_replicates(y, p, None, tau=0.2, p_t=0.1, counts=counts, codes=codes, only=only)
+    assert set(pt) == set(reps) == set(only)
+    assert all(pt[k] == pt_full[k] and np.array_equal(reps[k], reps_full[k], equal_nan=True) for k in only)
+    with pytest.raises(DataError, match=r"metric panel: unknown metrics \['auroc'\]"):
+        M.metric_panel(y, p, tau=0.2, p_t=0.1, only=("auc", "auroc"))
