@@ -287,3 +287,18 @@ def test_bootstrap_with_only_gives_the_full_bootstrap_numbers() -> None:
     assert all(pt[k] == pt_full[k] and np.array_equal(reps[k], reps_full[k], equal_nan=True) for k in only)
     with pytest.raises(DataError, match=r"metric panel: unknown metrics \['auroc'\]"):
         M.metric_panel(y, p, tau=0.2, p_t=0.1, only=("auc", "auroc"))
+
+
+def test_cluster_counts_are_the_one_shot_draw_in_a_compact_type() -> None:
+    # More replicates than one chunk holds, so the chunked draw is exercised.
+    n_pat, n_boot = 300_000, 40
+    counts = M.cluster_counts(n_pat, n_boot, seed=4)
+    ref = np.random.default_rng(4).multinomial(n_pat, np.full(n_pat, 1.0 / n_pat), size=n_boot)
+    assert np.array_equal(counts, ref)
+    assert counts.dtype == np.uint8  # 1 byte a cell instead of 8
+    # Patient-level bootstrap shares from the compact counts equal the float64 matrix product.
+    rng = np.random.default_rng(0)
+    member, den = rng.random(n_pat) < 0.2, rng.random(n_pat) < 0.7
+    got = M._count_sums(counts, member & den) / M._count_sums(counts, den)
+    want = (ref.astype(float) @ (member & den).astype(float)) / (ref.astype(float) @ den.astype(float))
+    assert np.array_equal(got, want)
