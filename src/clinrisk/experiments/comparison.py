@@ -20,6 +20,7 @@ from clinrisk.experiments.suite import (
     TABLE_METRICS,
     SuiteSpec,
     WinnerRule,
+    baseline_pairs,
 )
 from clinrisk.experiments.units import compare_unit_runs, experiment_hooks
 from clinrisk.io import read_json
@@ -347,14 +348,7 @@ def compare_runs(
                 row["status"] = "failed"
                 row["error"] = f"predictions unusable: {exc}"
         rows.append(row)
-    by_name = {r["name"]: r for r in rows}
-    for r in rows:
-        if r.get("status") != "ok" or r["is_baseline"]:
-            continue
-        b = by_name.get(r["baseline"])
-        if b is None or b.get("status") != "ok":
-            r["delta"] = {"error": f"baseline {r['baseline']} unavailable"}
-            continue
+    for r, b in baseline_pairs(rows):
         r["delta"] = paired_deltas(frames[b["name"]], frames[r["name"]], p_t, B, seed, alpha)
     ok = [r for r in rows if r.get("status") == "ok"]
     if rule.rule == "best_with_ci":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,3 +198,17 @@ def experiments_config(cfg: Any) -> ExperimentsConfig:
 
 
 # ------------------------------------------------------------------------------------------- running
+
+
+def baseline_pairs(rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(run, its baseline) for every finished non-baseline run of a suite result whose baseline finished
+    too; a finished run whose baseline did not gets ``delta = {"error": ...}`` instead of a comparison."""
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        if r.get("status") != "ok" or r["is_baseline"]:
+            continue
+        b = by_name.get(r["baseline"])
+        if b is None or b.get("status") != "ok":
+            r["delta"] = {"error": f"baseline {r['baseline']} unavailable"}
+            continue
+        yield r, b

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from clinrisk.errors import ConfigError, DataError
-from clinrisk.experiments.suite import SuiteSpec
+from clinrisk.experiments.suite import SuiteSpec, baseline_pairs
 
 if TYPE_CHECKING:
     from clinrisk.usecases.base import ExperimentHooks
@@ -140,14 +140,7 @@ def compare_unit_runs(
             row["n_units"] = f.height
             row["n_groups"] = f[hooks.group].n_unique()
         rows.append(row)
-    by_name = {r["name"]: r for r in rows}
-    for r in rows:
-        if r.get("status") != "ok" or r["is_baseline"]:
-            continue
-        b = by_name.get(r["baseline"])
-        if b is None or b.get("status") != "ok":
-            r["delta"] = {"error": f"baseline {r['baseline']} unavailable"}
-            continue
+    for r, b in baseline_pairs(rows):
         j = _pair(hooks, frames[b["name"]], frames[r["name"]], (b["name"], r["name"]))
         groups = j[hooks.group].to_numpy()
         r["delta"] = {}
