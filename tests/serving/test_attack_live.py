@@ -128,3 +128,29 @@ def test_corrupt_bundle_exits_2_with_one_line(bundle_dir: Path, tmp_path: Path) 
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: bundle file model.txt:"), res.stderr[-2000:]
     assert "Traceback" not in res.stderr and "LightGBM" not in res.stderr
+
+
+def test_sigterm_is_a_graceful_stop_not_an_error(bundle_dir: Path, tmp_path: Path) -> None:
+    """A server's normal stop: uvicorn drains, then re-raises the signal; the command ends with the shell's
+    143 and one informational line, not the "error: … nothing was published" of an interrupted step."""
+    from clinrisk.serving.client import wait_ready
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    cmd = [
+        sys.executable, "-m", "clinrisk", "serve", "--bundle", str(bundle_dir),
+        "--set", f"serving.http_port={port}", "--set", "serving.host=127.0.0.1",
+    ]  # fmt: skip
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout_s=120)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert rc == 143, out[-2000:]
+    assert "serving stopped by SIGTERM (graceful shutdown)" in out, out[-2000:]
+    assert "error:" not in out and "Traceback" not in out, out[-2000:]

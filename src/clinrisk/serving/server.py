@@ -118,7 +118,16 @@ def run_http(app: ASGIApp, cfg: ServingConfig, server: ModelServer) -> None:
         for t in done:
             t.result()
 
-    asyncio.run(run())
+    from clinrisk.interrupts import Interrupted
+
+    try:
+        asyncio.run(run())
+    except Interrupted as exc:
+        # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal (uvicorn.Server.capture_signals): for a
+        # server that is its normal stop, not a failure of a step that publishes, so no "error:" line.
+        sys.stderr.write(f"serving stopped by {exc.signal_name} (graceful shutdown)\n")
+        sys.stderr.flush()
+        raise SystemExit(exc.exit_code) from None
 
 
 def serve(bundle_dir: str | Path, cfg: ServingConfig) -> None:
