@@ -584,14 +584,15 @@ def _check_patients_disjoint(shard_ids: dict[int, pl.Series]) -> None:
     """A patient must never span shards (contract); report the first offender."""
     if len(shard_ids) < 2:
         return
-    all_ids = pl.concat(
-        [s.unique().to_frame("pid").with_columns(shard=pl.lit(k)) for k, s in shard_ids.items()]
-    )
-    clash = all_ids.group_by("pid").agg(pl.col("shard").sort()).filter(pl.col("shard").list.len() > 1)
-    if clash.height:
-        row = clash.sort("pid").row(0)
+    # One sorted column of every shard's distinct ids: a clash is two equal neighbours. (A group-by with a
+    # list of shards per id held ≈ 170 bytes an id: 330 MB at 2M patients, the merge step's peak.)
+    ids = pl.concat([s.unique() for s in shard_ids.values()]).sort()
+    repeated = ids.filter(ids == ids.shift(1))
+    if repeated.len():
+        pid = repeated.min()
+        shards = sorted(k for k, s in shard_ids.items() if (s == pid).any())
         raise DataError(
-            f"patient_id {row[0]} appears in several shards {row[1]} (a patient must never span shards)"
+            f"patient_id {pid} appears in several shards {shards} (a patient must never span shards)"
         )
 
 

@@ -448,3 +448,22 @@ def test_generated_dataset_validates(tmp_path: Path) -> None:
     assert report["quarantine_fraction"] <= 0.005, report["failures_by_check"]
     v = pl.read_parquet(shard_file(tmp_path / "run" / "validated", 0))
     assert v.schema == pl.Schema(OBSERVED_SCHEMA)
+
+
+def test_disjointness_check_names_the_smallest_shared_id_and_every_shard_holding_it() -> None:
+    """The merge step's dataset gate: the first offender is the smallest id found in two shards, listed with
+    every shard that holds it (sorted); ids repeated inside one shard are no clash."""
+    import polars as pl
+
+    from clinrisk.validate import _check_patients_disjoint
+
+    def ids(*v: int) -> pl.Series:
+        return pl.Series("patient_id", list(v), dtype=pl.Int64)
+
+    _check_patients_disjoint({0: ids(1, 1, 2), 1: ids(3, 4), 2: ids(5)})
+    _check_patients_disjoint({0: ids()})
+    with pytest.raises(DataError) as exc:
+        _check_patients_disjoint({2: ids(7, 3, 9), 0: ids(7, 8), 1: ids(3, 3), 4: ids(9)})
+    assert str(exc.value) == (
+        "patient_id 3 appears in several shards [1, 2] (a patient must never span shards)"
+    )
