@@ -1,9 +1,10 @@
 """Evaluation orchestration (docs/science.md §1.9, §2.4, §4.3, §7): test-split metrics against recorded AND true
 labels with patient-cluster bootstrap CIs, oracle ceilings, slices, error analysis, KFP curve data, report.
 
-Layers: :func:`load_test_frame` reads the features dataset; :func:`evaluate_predictions` is pure (frame +
-probabilities in, JSON-able dict out); :func:`evaluate_model` loads the bundle, scores, adds SHAP for the
-listed errors and publishes ``metrics.json``, ``report.md``, ``plots/*.png`` and ``predictions.parquet``
+Layers: :func:`load_test_frame` reads the features dataset (:func:`score_split` reads and scores it one
+shard at a time, keeping no model features); :func:`evaluate_predictions` is pure (frame + probabilities
+in, JSON-able dict out); :func:`evaluate_model` loads the bundle, scores, adds SHAP for the listed errors
+and publishes ``metrics.json``, ``report.md``, ``plots/*.png`` and ``predictions.parquet``
 atomically.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ ERROR_ROLE_PATTERNS: dict[str, tuple[str, ...]] = {
     "bmi": (r"^bmi_locf$", r"^bmi_last_\d+y$", r"^bmi$"),
 }
 ContribFn = Callable[[pl.DataFrame], tuple[npt.NDArray[np.float64], list[str]]]
+RowsFn = Callable[[npt.NDArray[np.intp]], pl.DataFrame]  # rows of the evaluated frame by position
 
 
 # ------------------------------------------------------------------------------------------------ input
@@ -60,14 +63,23 @@ def load_test_frame(
     """
     shards = check_feature_shards(Path(features_dir))  # whole Parquet, typed as the spec says
     lf = pl.scan_parquet([str(s) for s in shards])
-    names = lf.collect_schema().names()
-    missing = [c for c in REQUIRED if c not in names]
-    if missing:
-        raise DataError(f"{features_dir}: features dataset lacks column(s) {missing}")
+    names = _dataset_columns(Path(features_dir), lf)
     if keep is not None:
         chosen = set(keep(names)) | set(REQUIRED)
         lf = lf.select([c for c in names if c in chosen])
     df = lf.filter(pl.col("split").cast(pl.String) == split).collect()
+    return _checked_split(Path(features_dir), df, split)
+
+
+def _dataset_columns(features_dir: Path, lf: pl.LazyFrame) -> list[str]:
+    names = lf.collect_schema().names()
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise DataError(f"{features_dir}: features dataset lacks column(s) {missing}")
+    return names
+
+
+def _checked_split(features_dir: Path, df: pl.DataFrame, split: str) -> pl.DataFrame:
     if df.height == 0:
         raise DataError(f"{features_dir}: no rows with split == {split!r}")
     for c in ("label_rec", "eval_label_true", "eval_oracle_risk"):
@@ -76,6 +88,75 @@ def load_test_frame(
                 f"{features_dir}: column {c} has {df[c].null_count()} null values in {split} rows"
             )
     return df
+
+
+@dataclass(frozen=True)
+class ScoredSplit:
+    """A split scored one feature shard at a time (:func:`score_split`): ``frame`` holds what evaluation
+    uses besides scoring, ``p`` the probabilities, and :meth:`rows` reads rows back with the model's
+    features (the SHAP of the listed errors needs a few of them)."""
+
+    frame: pl.DataFrame
+    p: npt.NDArray[np.float64]
+    shards: tuple[Path, ...]
+    columns: tuple[str, ...]  # what a shard read holds: the frame's columns and the model's features
+    split: str
+    starts: tuple[int, ...]  # the frame's first row of each shard, and its height last
+
+    def read_shard(self, i: int) -> pl.DataFrame:
+        return _read_split(self.shards[i], list(self.columns), self.split)
+
+    def rows(self, idx: npt.NDArray[np.intp]) -> pl.DataFrame:
+        """The rows at positions ``idx`` of ``frame``, in that order, with every column a shard read holds."""
+        idx = np.asarray(idx, dtype=np.int64)
+        shard_of = np.searchsorted(np.asarray(self.starts), idx, side="right") - 1
+        parts, order = [], []
+        for i in np.unique(shard_of):
+            at = np.flatnonzero(shard_of == i)
+            parts.append(self.read_shard(int(i))[idx[at] - self.starts[int(i)]])
+            order.append(at)
+        if not parts:
+            return self.read_shard(0).clear()
+        got = pl.concat(parts, how="vertical")
+        return got[np.argsort(np.concatenate(order), kind="stable")]
+
+
+def _read_split(shard: Path, columns: list[str], split: str) -> pl.DataFrame:
+    return (
+        pl.scan_parquet(str(shard)).select(columns).filter(pl.col("split").cast(pl.String) == split).collect()
+    )
+
+
+def score_split(features_dir: Path, bundle: Any, cfg: EvaluateConfig, split: str = "test") -> ScoredSplit:
+    """Score ``split`` of a features dataset one shard at a time and keep, of each shard, only what
+    evaluation uses besides scoring: :func:`evaluation_columns` without the model's features (those a
+    slice or an error-analysis role names stay). The model's features of the whole split are never held
+    at once; they were most of the step's memory that grew with rows. ``frame`` and ``p`` equal
+    :func:`load_test_frame` + :func:`predict_in_batches` without those columns (tested)."""
+    features_dir = Path(features_dir)
+    shards = check_feature_shards(features_dir)  # whole Parquet, typed as the spec says
+    names = _dataset_columns(features_dir, pl.scan_parquet([str(s) for s in shards]))
+    read = {*evaluation_columns(cfg, bundle.feature_names)(names), *REQUIRED}
+    kept = {*evaluation_columns(cfg, ())(names), *REQUIRED}
+    columns = [c for c in names if c in read]
+    frames: list[pl.DataFrame] = []
+    probs: list[npt.NDArray[np.float64]] = []
+    starts = [0]
+    for shard in shards:
+        part = _read_split(shard, columns, split)
+        probs.append(predict_in_batches(bundle, part))
+        frames.append(part.select([c for c in columns if c in kept]))
+        starts.append(starts[-1] + part.height)
+        del part
+    df = _checked_split(features_dir, pl.concat(frames, how="vertical"), split)
+    return ScoredSplit(
+        frame=df,
+        p=np.concatenate(probs),
+        shards=tuple(shards),
+        columns=tuple(columns),
+        split=split,
+        starts=tuple(starts),
+    )
 
 
 def evaluation_columns(
@@ -401,9 +482,11 @@ def top_errors(
     k: int,
     n_contrib: int,
     contrib: ContribFn | None,
+    rows_of: RowsFn | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Top-k highest-risk FPs and lowest-risk FNs (vs recorded labels), each with Y_true/undiagnosed and
-    its largest |SHAP| contributions (``contrib`` returns (rows × features[+bias]) values and names)."""
+    its largest |SHAP| contributions (``contrib`` returns (rows × features[+bias]) values and names of the
+    rows ``rows_of`` gives for their positions; default ``df``'s own rows)."""
     y_rec = df["label_rec"].cast(pl.Int64).to_numpy()
     out: dict[str, list[dict[str, Any]]] = {}
     fp_idx = np.flatnonzero(alert & (y_rec == 0))
@@ -417,7 +500,7 @@ def top_errors(
         vals: npt.NDArray[np.float64] | None = None
         names: list[str] = []
         if contrib is not None and idx.size:
-            vals, names = contrib(df[idx])
+            vals, names = contrib(rows_of(idx) if rows_of is not None else df[idx])
         for j, i in enumerate(idx):
             r: dict[str, Any] = {
                 "patient_id": int(df["patient_id"][int(i)]),
@@ -451,8 +534,11 @@ def evaluate_predictions(
     categories: dict[str, list[str]] | None = None,
     window_years: int | None = None,
     contrib: ContribFn | None = None,
+    rows_of: RowsFn | None = None,
 ) -> dict[str, Any]:
-    """Every number of the evaluation for test rows ``df`` scored ``p`` (pure; JSON-able result)."""
+    """Every number of the evaluation for test rows ``df`` scored ``p`` (pure; JSON-able result).
+    ``rows_of`` gives the rows whose SHAP values the listed errors show, when ``df`` lacks the model's
+    features (:class:`ScoredSplit`)."""
     p = np.asarray(p, dtype=np.float64)
     if p.shape != (df.height,):
         raise DataError(f"probability: expected {df.height} values, got shape {p.shape}")
@@ -558,7 +644,7 @@ def evaluate_predictions(
     }
     if cfg.top_k_fractions:
         result["top_k"] = top_k(df, p, cfg.top_k_fractions)
-    result["top_errors"] = top_errors(df, p, alert, cfg.top_k_errors, cfg.top_contributions, contrib)
+    result["top_errors"] = top_errors(df, p, alert, cfg.top_k_errors, cfg.top_contributions, contrib, rows_of)
     result["headline"] = headline(result)
     return result
 
@@ -684,10 +770,10 @@ def evaluate_model(
     from clinrisk.bundle import load_bundle
 
     bundle = load_bundle(Path(bundle_dir))
-    df = load_test_frame(Path(features_dir), keep=evaluation_columns(cfg.evaluate, bundle.feature_names))
-    result, p = evaluate_bundle(cfg, bundle, df, dataset_categories(Path(features_dir)))
+    scored = score_split(Path(features_dir), bundle, cfg.evaluate)
+    result = evaluate_scored(cfg, bundle, scored, dataset_categories(Path(features_dir)))
     result["bundle_dir"] = str(bundle_dir)
-    return write_outputs(result, df, p, Path(out_dir))
+    return write_outputs(result, scored.frame, scored.p, Path(out_dir))
 
 
 PREDICT_BATCH_ROWS = 262_144  # one batch's float32 model matrix: 1 MiB per feature
@@ -708,10 +794,30 @@ def predict_in_batches(
 def evaluate_bundle(
     cfg: ClinriskConfig, bundle: Any, df: pl.DataFrame, categories: dict[str, list[str]]
 ) -> tuple[dict[str, Any], npt.NDArray[np.float64]]:
-    """The evaluate stage's core: score the test frame ``df`` with ``bundle`` and evaluate; returns the
-    result and the probabilities. ``categories`` are the features dataset's (the bundle's spec if empty)."""
-    categories = categories or dict(bundle.spec.get("categories") or {})
+    """Score a test frame held whole (``df``, with the model's features) with ``bundle`` and evaluate;
+    returns the result and the probabilities. ``categories`` are the features dataset's (the bundle's spec
+    if empty). The stage uses :func:`evaluate_scored`, which gives the same result."""
     p = predict_in_batches(bundle, df)
+    return _evaluate_scores(cfg, bundle, df, p, categories, None), p
+
+
+def evaluate_scored(
+    cfg: ClinriskConfig, bundle: Any, scored: ScoredSplit, categories: dict[str, list[str]]
+) -> dict[str, Any]:
+    """:func:`evaluate_bundle` on a split :func:`score_split` scored: the same result, without the model's
+    features of every row in memory."""
+    return _evaluate_scores(cfg, bundle, scored.frame, scored.p, categories, scored.rows)
+
+
+def _evaluate_scores(
+    cfg: ClinriskConfig,
+    bundle: Any,
+    df: pl.DataFrame,
+    p: npt.NDArray[np.float64],
+    categories: dict[str, list[str]],
+    rows_of: RowsFn | None,
+) -> dict[str, Any]:
+    categories = categories or dict(bundle.spec.get("categories") or {})
     # The bundle is the only truth after training: τ, the p_t it was chosen for, and the feature window.
     thr: dict[str, Any] = dict(bundle.threshold_info)
     tau = bundle.threshold
@@ -727,6 +833,7 @@ def evaluate_bundle(
         categories=categories,
         window_years=int(window) if window is not None else None,
         contrib=_bundle_contrib(bundle),
+        rows_of=rows_of,
     )
     result["threshold"] = thr
-    return result, p
+    return result

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from typer.testing import CliRunner
 
 from clinrisk import metrics as M
@@ -342,3 +343,39 @@ def test_evaluation_reads_only_its_columns_and_scores_in_batches(tmp_path: Path)
     res_full, _ = evaluate_bundle(cfg, bundle, full, cats)
     res_lean, _ = evaluate_bundle(cfg, bundle, lean, cats)
     assert json.dumps(res_lean, default=str) == json.dumps(res_full, default=str)
+
+
+def test_split_scored_shard_by_shard_keeps_no_model_features_and_gives_the_same_evaluation(
+    tmp_path: Path,
+) -> None:
+    """score_split reads one shard at a time and keeps only what evaluation uses besides scoring: the
+    frame is the whole-frame read without the model-only features, the scores and the whole evaluation
+    (SHAP of the listed errors included, read back by position) are identical, and rows() returns any
+    positions across shards in the order asked."""
+    from clinrisk.bundle import load_bundle
+    from clinrisk.evaluate import evaluate_bundle, evaluate_scored, evaluation_columns, score_split
+
+    train_df, _ = synth_test_frame(n_patients=600, seed=6)
+    test_df, _ = synth_test_frame(n_patients=400, seed=7)
+    feats = _write_dataset(tmp_path, test_df)
+    bundle = load_bundle(_write_bundle(tmp_path, train_df))
+    cfg = load_config(None, ["evaluate.bootstrap_replicates=10", "evaluate.top_k_errors=3"])
+    whole = load_test_frame(feats, keep=evaluation_columns(cfg.evaluate, bundle.feature_names))
+    scored = score_split(feats, bundle, cfg.evaluate)
+
+    model_only = [
+        c for c in bundle.feature_names if c not in evaluation_columns(cfg.evaluate, ())(whole.columns)
+    ]
+    assert model_only, "the synthetic model must have features evaluation does not otherwise read"
+    assert not set(model_only) & set(scored.frame.columns)
+    assert_frame_equal(scored.frame, whole.drop(model_only))
+    np.testing.assert_array_equal(scored.p, np.asarray(bundle.predict_proba(whole), dtype=np.float64))
+
+    cats = {"insurance": ["commercial", "medicaid", "medicare", "uninsured", "__OTHER__"]}
+    res_whole, _ = evaluate_bundle(cfg, bundle, whole, cats)
+    res_scored = evaluate_scored(cfg, bundle, scored, cats)
+    assert any("top_contributions" in r for r in res_scored["top_errors"]["false_positives"])
+    assert json.dumps(res_scored, default=str) == json.dumps(res_whole, default=str)
+
+    idx = np.array([whole.height - 1, 0, 5, whole.height // 2, 1])
+    assert_frame_equal(scored.rows(idx), whole[idx].select(scored.columns))

@@ -1,9 +1,10 @@
 """The evaluate stage: the bundle on the patient-disjoint, time-forward test split.
 
-Core: :func:`clinrisk.evaluate.evaluate_bundle` (a loaded bundle and the test frame in, the result and the
-probabilities out). ``run`` reads ``model_bundle`` and ``features``, writes ``evaluation`` (metrics, report,
-plots, predictions) and, when the catalog has them, the self-contained ``report_md`` / ``report_html``
-files the Kubeflow UI shows; it logs the headline to KFP (+ ROC and confusion matrix) and to MLflow.
+Core: :func:`clinrisk.evaluate.evaluate_scored` (a loaded bundle and the test split
+:func:`clinrisk.evaluate.score_split` scored shard by shard in; the result out). ``run`` reads
+``model_bundle`` and ``features``, writes ``evaluation`` (metrics, report, plots, predictions) and, when
+the catalog has them, the self-contained ``report_md`` / ``report_html`` files the Kubeflow UI shows; it
+logs the headline to KFP (+ ROC and confusion matrix) and to MLflow.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from clinrisk.config import ClinriskConfig
 from clinrisk.evaluate import (
     classification_metrics_data,
     dataset_categories,
-    evaluate_bundle,
-    evaluation_columns,
-    load_test_frame,
+    evaluate_scored,
+    score_split,
     write_outputs,
 )
 from clinrisk.stages.catalog import Catalog
@@ -30,10 +30,11 @@ def run(cfg: ClinriskConfig, io: Catalog) -> dict[str, Any]:
     bundle_dir, features = io.path("model_bundle"), io.path("features")
     out_dir = io.path("evaluation")
     bundle = load_bundle(bundle_dir)
-    df = load_test_frame(features, keep=evaluation_columns(cfg.evaluate, bundle.feature_names))
-    result, p = evaluate_bundle(cfg, bundle, df, dataset_categories(features))
+    scored = score_split(features, bundle, cfg.evaluate)
+    result = evaluate_scored(cfg, bundle, scored, dataset_categories(features))
     result["bundle_dir"] = str(bundle_dir)
-    result = write_outputs(result, df, p, out_dir)
+    result = write_outputs(result, scored.frame, scored.p, out_dir)
+    del scored
     _write_ui_reports(io, out_dir)
     io.log_numeric(result["headline"])
     classification = io.extra.get("classification")
