@@ -589,7 +589,7 @@ def _check_patients_disjoint(shard_ids: dict[int, pl.Series]) -> None:
     ids = pl.concat([s.unique() for s in shard_ids.values()]).sort()
     repeated = ids.filter(ids == ids.shift(1))
     if repeated.len():
-        pid = repeated.min()
+        pid: Any = repeated.min()  # an id of the entity column's type
         shards = sorted(k for k, s in shard_ids.items() if (s == pid).any())
         raise DataError(
             f"patient_id {pid} appears in several shards {shards} (a patient must never span shards)"
