@@ -57,6 +57,8 @@ ldflags() {
 patches() {
   case "$1" in
     knative) cat <<'PATCH'
+# `go list -m` names the module's folder only once it is in the module cache; a fresh machine has none yet.
+"$GO" mod download knative.dev/serving
 src="$("$GO" list -m -f '{{.Dir}}' knative.dev/serving)/cmd/controller/main.go"
 mkdir -p gen/controller
 sed 's|^\tctx := signals.NewContext()$|&\n\tctx = sharedmain.WithHealthProbesDisabled(ctx) // clinrisk: :8080 is the autoscaler stats port here|' \
