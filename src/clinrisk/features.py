@@ -340,17 +340,24 @@ def fit_feature_spec(train_raw: pl.LazyFrame, cfg: Any) -> FeatureSpec:
     rows = assign_split(
         train_raw.select("patient_id", "year", *CATEGORICAL_RAW), cfg.split, cfg.labels.horizon_years
     ).filter(pl.col("split") == "train")
-    counts = rows.select(
-        pl.len().alias("_n"),
-        *[_category_source(c, rollups).value_counts(sort=True).implode().alias(c) for c in CATEGORICAL_RAW],
-    ).collect(engine="streaming")
-    n_rows = int(counts["_n"][0])
+    # One streaming group-by over (column, level) pairs: memory in the number of levels, not of rows (a
+    # value_counts per column inside one select ran in memory: 643 MB at 20M raw rows against 326 at 2M).
+    long = pl.concat(
+        [
+            rows.select(pl.lit(c).alias("_column"), _category_source(c, rollups).alias("_level"))
+            for c in CATEGORICAL_RAW
+        ]
+    )
+    level_counts = (
+        long.group_by("_column", "_level").agg(pl.len().alias("_count")).collect(engine="streaming")
+    )
+    n_rows = int(rows.select(pl.len()).collect(engine="streaming").item())
     if n_rows == 0:
         raise DataError("training raw data: no training-split rows to fit the feature spec on")
     categories: dict[str, list[str]] = {}
     for c in CATEGORICAL_RAW:
-        vc = counts[c][0]
-        pairs = [(r[c], int(r["count"])) for r in vc.to_list() if r[c] is not None]
+        vc = level_counts.filter(pl.col("_column") == c)
+        pairs = [(lvl, int(n)) for lvl, n in zip(vc["_level"], vc["_count"], strict=True) if lvl is not None]
         pairs.sort(key=lambda p: (-p[1], p[0]))
         keep = [lvl for lvl, n in pairs if n / n_rows >= fcfg.min_category_share]
         keep = sorted(keep[: fcfg.max_categories - 1])
