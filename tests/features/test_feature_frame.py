@@ -264,3 +264,25 @@ def test_window_values_depend_on_the_window_rows_only(raw_small, spec: FeatureSp
     cols = [c for c in spec.feature_names if c.endswith(f"_{x}y") and not c.startswith(("weight_", "bmi_"))]
     assert len(cols) > 50
     assert cur_full.select(cols).equals(cur_short.select(cols))
+
+
+def test_spec_levels_are_the_training_rows_value_counts(raw_small, cfg) -> None:
+    """The streaming (column, level) count gives what an eager value_counts of the training rows gives:
+    levels at or above the minimum share, the most frequent max_categories - 1 (ties by level), sorted,
+    then __OTHER__; nulls are never a level."""
+    from clinrisk.splits import assign_split
+
+    spec = fit_feature_spec(raw_small.lazy(), cfg)
+    fcfg = cfg.features
+    train = assign_split(raw_small.lazy(), cfg.split, cfg.labels.horizon_years).filter(
+        pl.col("split") == "train"
+    )
+    rows = train.collect()
+    for c, levels in spec.categories.items():
+        src = pl.col(c).cast(pl.String)
+        if c == "other_dx_code" and fcfg.other_dx_rollup_chars:
+            src = src.str.slice(0, fcfg.other_dx_rollup_chars)
+        vc = rows.select(src.alias("v")).drop_nulls()["v"].value_counts()
+        pairs = sorted(((v, int(n)) for v, n in vc.iter_rows()), key=lambda p: (-p[1], p[0]))
+        keep = [v for v, n in pairs if n / rows.height >= fcfg.min_category_share][: fcfg.max_categories - 1]
+        assert levels == [*sorted(keep), OTHER], c
