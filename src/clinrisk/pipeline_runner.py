@@ -68,6 +68,9 @@ def local_tracking_uri(cfg: ClinriskConfig) -> str:
     return f"sqlite:///{mlflow_dir / 'mlflow.db'}"
 
 
+RUN_LABEL = "io.clinrisk.run-id"  # the Docker label on every task container of a run: its run id
+
+
 def docker_run_args(cfg: ClinriskConfig, run_root: Path) -> dict[str, Any]:
     """``containers.run`` arguments for ``kfp.local.DockerRunner``: each task runs like a restricted pod.
 
@@ -247,6 +250,9 @@ def run_local(
                 ensure_docker_image(image, how_to_build)
             docker_args = docker_run_args(cfg, run_root)
             _add_env(docker_args, run_env(run_root, run_id))
+            # The run's containers can be told apart from any other on the engine
+            # (`docker ps --filter label=io.clinrisk.run-id=<run id>`).
+            docker_args["labels"] = {RUN_LABEL: run_id}
             kfp_runner = kfp.local.DockerRunner(**docker_args)
         kfp.local.init(
             runner=kfp_runner,

@@ -24,7 +24,13 @@ from clinrisk.config import load_config
 from clinrisk.errors import ConfigError, StageError
 from clinrisk.images import pipeline_image
 from clinrisk.io import list_shards, read_json
-from clinrisk.pipeline_runner import docker_run_args, ensure_docker_image, local_store_path, run_local
+from clinrisk.pipeline_runner import (
+    RUN_LABEL,
+    docker_run_args,
+    ensure_docker_image,
+    local_store_path,
+    run_local,
+)
 from tests.pipeline.test_local_pipeline import TASKS, TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,12 +110,15 @@ def _require_engine_and_image() -> None:
         pytest.skip(str(exc))
 
 
-def _container_events(image: str, since: float, until: float) -> list[dict[str, Any]]:
-    """The engine's own record of the containers of ``image`` that died in [since, until]."""
+def _container_events(image: str, since: float, until: float, runs: Path) -> list[dict[str, Any]]:
+    """The engine's own record of the containers of ``image`` that died in [since, until] and belong to the
+    one run under ``runs`` (its label: another test's container stopping in the same second is not
+    counted)."""
+    (run_id,) = [d.name for d in runs.iterdir() if d.is_dir()]
     proc = subprocess.run(
         ["docker", "events", "--since", str(int(since)), "--until", str(int(until) + 1),
          "--filter", "type=container", "--filter", "event=die", "--filter", f"image={image}",
-         "--format", "{{json .}}"],
+         "--filter", f"label={RUN_LABEL}={run_id}", "--format", "{{json .}}"],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
@@ -135,7 +144,8 @@ def docker_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     until = time.time()
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # kfp colours its log lines
     assert proc.returncode == 0, log[-6000:]
-    return {"root": out / "tiny", "log": log, "events": _container_events(pipeline_image(), since, until)}
+    events = _container_events(pipeline_image(), since, until, out / "tiny" / "runs")
+    return {"root": out / "tiny", "log": log, "events": events}
 
 
 @pytest.mark.docker
@@ -187,7 +197,7 @@ def test_failed_step_in_a_container_stops_the_run(tmp_path: Path) -> None:
         )
     exits = [
         e["Actor"]["Attributes"].get("exitCode")
-        for e in _container_events(pipeline_image(), since, time.time())
+        for e in _container_events(pipeline_image(), since, time.time(), tmp_path / "tiny" / "runs")
     ]
     assert len([x for x in exits if x != "0"]) == 1, exits  # the engine saw the failing step's container
     run_dir = next(tmp_path.glob("tiny/runs/*/clinrisk-training-*"))

@@ -32,6 +32,7 @@ pytest.importorskip("jax")
 
 from clinrisk.images import pipeline_image, serving_image
 from clinrisk.io import read_json
+from clinrisk.pipeline_runner import RUN_LABEL
 from tests.usecases.segmentation.conftest import REPO, TINY
 
 pytestmark = pytest.mark.docker
@@ -119,10 +120,13 @@ def test_jax_is_only_in_the_segmentation_images_which_run_non_root_read_only(
     assert "/v1/models/segmentation" in " ".join(serving["Config"]["Healthcheck"]["Test"])
 
 
-def _container_events(image: str, since: float, until: float) -> list[dict[str, Any]]:
+def _container_events(image: str, since: float, until: float, run_id: str) -> list[dict[str, Any]]:
+    """Containers of ``image`` that died in [since, until] and carry the run's label (another test's
+    container stopping in the same second is not counted)."""
     proc = _docker(
         "events", "--since", str(int(since)), "--until", str(int(until) + 1), "--filter", "type=container",
-        "--filter", "event=die", "--filter", f"image={image}", "--format", "{{json .}}", check=True, timeout=60,
+        "--filter", "event=die", "--filter", f"image={image}", "--filter", f"label={RUN_LABEL}={run_id}",
+        "--format", "{{json .}}", check=True, timeout=60,
     )  # fmt: skip
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
@@ -140,12 +144,13 @@ def docker_run(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     until = time.time()
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     assert proc.returncode == 0, log[-6000:]
+    (run_id,) = [d.name for d in (out / "seg-tiny" / "runs").iterdir() if d.is_dir()]
     return {
         "root": out / "seg-tiny",
         "dir": (out / "seg-tiny" / "latest").resolve(),
         "log": log,
         "events": {
-            image: _container_events(image, since, until)
+            image: _container_events(image, since, until, run_id)
             for image in (images["segmentation"], pipeline_image())
         },
     }
