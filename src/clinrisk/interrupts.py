@@ -41,11 +41,33 @@ class Interrupted(BaseException):  # like KeyboardInterrupt: a request to stop, 
 
 
 def descendants(pid: int | None = None) -> list[psutil.Process]:
-    """Every live process below ``pid`` (default: this one), children first."""
+    """Every live process below ``pid`` (default: this one), children first; zombies are not live."""
     try:
-        return list(psutil.Process(pid or os.getpid()).children(recursive=True))
+        return [p for p in psutil.Process(pid or os.getpid()).children(recursive=True) if is_live(p)]
     except psutil.NoSuchProcess:
         return []
+
+
+def is_live(proc: psutil.Process) -> bool:
+    """Still running: not gone and not a zombie (it has exited; only its parent's wait is missing)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` s for ``procs`` to exit; returns those still live.
+
+    Not ``psutil.wait_procs``: it waits for a process to disappear, and where PID 1 does not reap orphans
+    (this project's CI and dev VMs) a task whose shell parent died first stays a zombie for good, so
+    every such wait ran out its whole timeout while kfp.local went on starting tasks unwatched."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if is_live(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if is_live(p)]
+    return alive
 
 
 def stop_descendants(grace_s: float = GRACE_S, pid: int | None = None) -> int:
@@ -60,11 +82,10 @@ def stop_descendants(grace_s: float = GRACE_S, pid: int | None = None) -> int:
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
                 signalled.add(proc.pid)
-        _, alive = psutil.wait_procs(procs, timeout=grace_s)
-        for proc in alive:
+        for proc in wait_gone(procs, grace_s):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-        psutil.wait_procs(alive, timeout=grace_s)
+        wait_gone(procs, grace_s)
     return len(signalled)
 
 

@@ -443,11 +443,14 @@ def _read_json(path: Path) -> Any:
 def _finish_failed(
     dirs: rc.RunDirs, tracking_uri: str | None, status: str, mlflow_status: str, reason: str
 ) -> None:
-    """A failed or interrupted run publishes nothing: temp folders go, its MLflow run is closed."""
+    """A failed or interrupted run publishes nothing: temp folders go, its MLflow run is closed.
+
+    Interrupted: KILLED even if the exit handler got to close it FAILED (it sees only a failed task)."""
     rc.remove_temp_dirs(dirs.dir)
+    replace = ("RUNNING", "FAILED") if status == rc.INTERRUPTED else ("RUNNING",)
     if tracking_uri:
         with contextlib.suppress(Exception):  # the store itself may be what failed
-            rc.terminate_tracking_runs(tracking_uri, dirs.run_id, mlflow_status)
+            rc.terminate_tracking_runs(tracking_uri, dirs.run_id, mlflow_status, replace)
     rc.write_record(dirs, status=status, finished=rc.now_iso(), reason=ANSI.sub("", reason)[:500])
 
 

@@ -257,24 +257,29 @@ def run_processes(run_root: Path, run_id: str | None = None) -> list[Any]:
 def kill_processes(procs: list[Any], grace_s: float = 3.0) -> None:
     import psutil
 
+    from clinrisk.interrupts import wait_gone
+
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
+    for proc in wait_gone(procs, grace_s):
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(alive, timeout=grace_s)
+    wait_gone(procs, grace_s)
 
 
 # --------------------------------------------------------------------------- MLflow runs of a pipeline run
 
 
-def terminate_tracking_runs(tracking_uri: str, run_id: str, status: str) -> list[str]:
-    """Mark every still-RUNNING MLflow run tagged ``kfp.run_id=<run_id>`` as ``status``; returns their ids.
+def terminate_tracking_runs(
+    tracking_uri: str, run_id: str, status: str, replace: tuple[str, ...] = ("RUNNING",)
+) -> list[str]:
+    """Mark every MLflow run tagged ``kfp.run_id=<run_id>`` whose status is in ``replace`` (by default the
+    still-RUNNING ones) as ``status``; returns their ids.
 
     Used when the runner itself is signalled or finds a dead runner's run: the DAG's exit handler cannot
-    run then.
+    run then, or (signalled) may have run while its tasks were being stopped and closed the run FAILED,
+    which the runner, knowing why the DAG failed, corrects with ``replace=("RUNNING", "FAILED")``.
     """
     from mlflow.tracking import MlflowClient
 
@@ -282,9 +287,11 @@ def terminate_tracking_runs(tracking_uri: str, run_id: str, status: str) -> list
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []
-    runs = client.search_runs(
-        experiments, filter_string=f"tags.`kfp.run_id` = '{run_id}' and attributes.status = 'RUNNING'"
-    )
+    runs = [
+        r
+        for r in client.search_runs(experiments, filter_string=f"tags.`kfp.run_id` = '{run_id}'")
+        if r.info.status in replace
+    ]
     for run in runs:
         client.set_terminated(run.info.run_id, status=status)
     return [r.info.run_id for r in runs]

@@ -23,7 +23,7 @@ from clinrisk import run_control as rc
 from clinrisk import task_cache
 from clinrisk.errors import StageError
 from clinrisk.integrity import check_store
-from clinrisk.interrupts import stop_descendants
+from clinrisk.interrupts import descendants, stop_descendants, wait_gone
 from clinrisk.run_progress import TaskOutputRouter
 
 
@@ -181,6 +181,67 @@ def test_stop_descendants_stops_the_whole_tree() -> None:
     proc.wait(timeout=10)
     time.sleep(0.2)
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_zombie_that_nobody_reaps_counts_as_gone() -> None:
+    # A parent that never waits for its child: once the child exits it stays a zombie (as an orphaned task
+    # does under a PID 1 that does not reap). Waiting for it must not run out the timeout, and it is not
+    # among the live descendants (the runner's reaper kept stalling on such zombies while kfp.local
+    # started the DAG's exit handler unwatched; it then closed an interrupted run's MLflow run FAILED).
+    code = textwrap.dedent(
+        """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        print(child.pid, flush=True)
+        time.sleep(120)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        child.kill()
+        deadline = time.monotonic() + 10
+        while child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.status() == psutil.STATUS_ZOMBIE
+        assert child.pid not in {p.pid for p in descendants()}
+        started = time.monotonic()
+        assert wait_gone([child], timeout=60) == []
+        assert time.monotonic() - started < 30  # returned at once, not at the timeout
+        assert stop_descendants(grace_s=60) == 1  # the parent only
+        assert parent.wait(timeout=10) != 0
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_an_interrupted_runs_mlflow_run_is_killed_even_if_the_exit_handler_failed_it(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc.init_store(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    exp = client.create_experiment("e")
+    runs = {}
+    for name, kfp_run, status in [
+        ("failed", "r1", "FAILED"),  # what the exit handler does when it sees a stopped task
+        ("running", "r1", "RUNNING"),
+        ("finished", "r1", "FINISHED"),
+        ("other", "r2", "RUNNING"),
+    ]:
+        run = client.create_run(exp, tags={"kfp.run_id": kfp_run}, run_name=name)
+        if status != "RUNNING":
+            client.set_terminated(run.info.run_id, status=status)
+        runs[name] = run.info.run_id
+    # A dead runner's run (recover_abandoned) or a failed one: only RUNNING runs are closed.
+    assert rc.terminate_tracking_runs(uri, "r1", "FAILED") == [runs["running"]]
+    client.set_terminated(runs["running"], status="RUNNING")
+    # Interrupted: the runner's verdict replaces the exit handler's.
+    closed = rc.terminate_tracking_runs(uri, "r1", "KILLED", replace=("RUNNING", "FAILED"))
+    assert sorted(closed) == sorted([runs["failed"], runs["running"]])
+    status = {n: client.get_run(r).info.status for n, r in runs.items()}
+    assert status == {"failed": "KILLED", "running": "KILLED", "finished": "FINISHED", "other": "RUNNING"}
 
 
 def test_cli_stage_command_sigterm_one_line_exit_143(tmp_path: Path) -> None:

@@ -172,7 +172,8 @@ def test_sigint_then_resume_reuses_verified_steps(store: dict[str, Any]) -> None
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=300) == 130
     assert _err(out, "int") == ["error: interrupted by SIGINT; nothing was published"]
-    assert all(r.info.status == "KILLED" for r in _mlflow_runs(root, rid))
+    statuses = [(r.info.status, r.data.tags.get("kfp.pipeline_state")) for r in _mlflow_runs(root, rid)]
+    assert all(s == "KILLED" for s, _ in statuses), statuses
     _no_orphans(root)
     assert check_store(out) == []
     # Corrupt one finished intermediate: its step (and everything after it) must re-run on resume.
