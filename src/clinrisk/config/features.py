@@ -19,6 +19,13 @@ class FeaturesConfig(Section):
     other_dx_rollup_chars: int = Field(
         3, ge=0, le=10, description="roll other_dx_code up to its first N characters (0 = no roll-up)"
     )
+    block_rows: int = Field(
+        65_536,
+        ge=0,
+        le=2**31 - 1,
+        description="build a shard's features in blocks of whole patients of about this many raw rows (0 = the "
+        "whole shard at once): the same table, less memory (the query's intermediates scale with a block)",
+    )
 
 
 class LabelsConfig(Section):

@@ -36,7 +36,7 @@ from clinrisk.io import (
 from clinrisk.stages.catalog import Catalog
 from clinrisk.stages.shards import copy_shards
 from clinrisk.usecase_io import scan_validated, shard_summary, validated_dir, write_table
-from clinrisk.usecases.base import UseCase
+from clinrisk.usecases.base import TRUTH_TABLE, UseCase
 
 SPEC_FILE = "feature_spec.json"
 
@@ -96,15 +96,16 @@ def build_shard(cfg: ClinriskConfig, io: Catalog, shard: int) -> dict[str, Any]:
     truth = pl.scan_parquet(truth_file) if with_truth and truth_file is not None else None
     out_dir = io.path("features_shard")
     out = shard_file(out_dir, shard)
-    table = usecase.features.build(cfg, tables, spec, truth).collect(engine="streaming")
+    # Optional use-case hooks: extra per-shard outputs + summary fields (clinical: the unit-quarantine table
+    # and unit counts), before the table so that their peaks do not add up; and a stricter check of the
+    # table (clinical: its pandera feature schema).
+    extras = getattr(usecase.features, "shard_extras", None)
+    side, extra_summary = extras(cfg, tables) if extras is not None else ({}, {})
+    table = build_table(cfg, usecase, tables, spec, truth)
     check_feature_table(table.schema, spec, where=str(out))
-    # Optional use-case hooks: a stricter check of the table (clinical: its pandera feature schema) and
-    # extra per-shard outputs + summary fields (clinical: the unit-quarantine table and unit counts).
     check = getattr(usecase.features, "check_table", None)
     if check is not None:
         check(table, spec, str(out))
-    extras = getattr(usecase.features, "shard_extras", None)
-    side, extra_summary = extras(cfg, tables) if extras is not None else ({}, {})
     with atomic_output_dir(out_dir) as tmp:
         write_table(table, shard_file(tmp, shard))
         for name, frame in side.items():
@@ -112,6 +113,51 @@ def build_shard(cfg: ClinriskConfig, io: Catalog, shard: int) -> dict[str, Any]:
         summary = {**shard_summary(table, shard, with_truth), **extra_summary, "with_truth": with_truth}
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def build_table(
+    cfg: ClinriskConfig,
+    usecase: UseCase,
+    tables: dict[str, pl.LazyFrame],
+    spec: FeatureSpec,
+    truth: pl.LazyFrame | None,
+) -> pl.DataFrame:
+    """One shard's feature table: built whole, or, for a feature definition that declares itself
+    ``entity_local``, in blocks of whole entities of about ``features.block_rows`` raw rows, concatenated in
+    entity order (the same table: each entity's rows depend on its own rows only, and the table is sorted by
+    entity first). A block's query needs a block's intermediates (2M-row run, one shard: 650 -> 490 MB)."""
+    blocks = entity_blocks(usecase, tables, cfg.features.block_rows)
+    if len(blocks) <= 1:
+        return usecase.features.build(cfg, tables, spec, truth).collect(engine="streaming")
+
+    def within(column: str, lo: int, hi: int | None) -> pl.Expr:
+        return (pl.col(column) >= lo) & (pl.col(column) < hi) if hi is not None else pl.col(column) >= lo
+
+    entity = usecase.source.entity_column
+    parts = []
+    for lo, hi in zip(blocks, [*blocks[1:], None], strict=True):
+        part_tables = {name: t.filter(within(entity(name), lo, hi)) for name, t in tables.items()}
+        part_truth = truth.filter(within(entity(TRUTH_TABLE), lo, hi)) if truth is not None else None
+        parts.append(usecase.features.build(cfg, part_tables, spec, part_truth).collect(engine="streaming"))
+    return pl.concat(parts, rechunk=False)
+
+
+def entity_blocks(usecase: UseCase, tables: dict[str, pl.LazyFrame], block_rows: int) -> list[int]:
+    """The first entity id of each block (blocks are ``[first, next first)``); ``[]`` = build whole: the
+    feature definition is not ``entity_local``, ``block_rows`` is 0, or an entity id is null."""
+    if block_rows <= 0 or not getattr(usecase.features, "entity_local", False) or not tables:
+        return []
+    ids = pl.concat(
+        [
+            t.select(pl.col(usecase.source.entity_column(name)).cast(pl.Int64).alias("_e"))
+            for name, t in tables.items()
+        ]
+    )
+    counts = ids.group_by("_e").agg(pl.len().alias("_n")).sort("_e").collect(engine="streaming")
+    if counts.height == 0 or counts["_e"].null_count() > 0:
+        return []
+    block = (counts["_n"].cum_sum() - counts["_n"]) // block_rows  # rows before each entity, in blocks
+    return [int(e) for e in counts.filter(block != block.shift(1).fill_null(-1))["_e"]]
 
 
 def merge(cfg: ClinriskConfig, io: Catalog, part_dirs: list[Path]) -> dict[str, Any]:

@@ -181,6 +181,9 @@ class FeatureDefinition(Protocol):
         prediction time."""
         ...
 
+    # Optional attribute: entity_local = True declares that each row of ``build``'s table depends only on
+    #   its own entity's rows and that the table is sorted by entity first; the framework then builds a
+    #   shard in blocks of whole entities (features.block_rows raw rows) and concatenates them (less memory).
     # Optional methods, called by the framework when the object has them:
     #   check_table(table: pl.DataFrame, spec, where: str) -> None      stricter check of a built shard
     #   shard_extras(cfg, tables) -> (dict[name, pl.DataFrame], dict)   side tables written under

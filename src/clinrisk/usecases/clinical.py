@@ -115,6 +115,10 @@ class ClinicalSchema:
 class ClinicalFeatures:
     """The feature function of ``clinrisk.features`` with the labels of ``clinrisk.labels``."""
 
+    # Every row's features, labels and split read only its own patient's rows, and the table is sorted by
+    # (patient_id, year): the framework may build a shard in blocks of whole patients (features.block_rows).
+    entity_local = True
+
     def fit_spec(self, cfg: ClinriskConfig, train: Mapping[str, pl.LazyFrame]) -> FeatureSpec:
         from clinrisk.features import fit_feature_spec
 

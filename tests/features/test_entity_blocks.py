@@ -1,0 +1,91 @@
+"""A shard's features built in blocks of whole patients (``features.block_rows``) are the table built whole,
+byte for byte once written; blocks hold whole entities; only an ``entity_local`` feature definition is
+split, and a null entity id means no split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from clinrisk.config import load_config
+from clinrisk.feature_table import FeatureSpec
+from clinrisk.stages import features as stage
+from clinrisk.stages.catalog import Catalog
+from clinrisk.usecase_io import scan_validated
+from clinrisk.usecases import get
+
+OVERRIDES = ["generate.n_patients=600", "generate.n_shards=2", "generate.block_size=150", "run.seed=5"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from clinrisk.generate import generate_dataset
+    from clinrisk.validate import validate_dataset
+
+    root = tmp_path_factory.mktemp("blocks")
+    cfg = load_config(None, OVERRIDES)
+    generate_dataset(cfg, root / "raw", workers=1, progress=False)
+    validate_dataset(cfg, root / "raw", root, workers=1)
+    io = Catalog(paths={"validated": root / "validated", "feature_spec": root / "spec" / stage.SPEC_FILE})
+    stage.fit_spec(cfg, io)
+    return {"root": root, "validated": root / "validated", "spec": root / "spec" / stage.SPEC_FILE}
+
+
+def _build_shard(data: dict[str, Path], block_rows: int, out: Path) -> Path:
+    cfg = load_config(None, [*OVERRIDES, f"features.block_rows={block_rows}"])
+    io = Catalog(
+        paths={
+            "validated": data["validated"],
+            "feature_spec": data["spec"],
+            "truth": data["root"] / "raw" / "truth",
+            "features_shard": out,
+        }
+    )
+    stage.build_shard(cfg, io, 0)
+    return out
+
+
+def test_blocks_hold_whole_patients_of_about_block_rows(data: dict[str, Path]) -> None:
+    usecase = get("clinical")
+    tables = scan_validated(usecase, data["validated"], 0)
+    rows = tables["observed"].collect()
+    firsts = stage.entity_blocks(usecase, tables, 700)
+    assert len(firsts) > 2 and firsts == sorted(firsts) and firsts[0] == rows["patient_id"].min()
+    bounds = [*firsts[1:], None]
+    sizes = [
+        rows.filter(
+            (pl.col("patient_id") >= lo) & (pl.col("patient_id") < hi if hi is not None else True)
+        ).height
+        for lo, hi in zip(firsts, bounds, strict=True)
+    ]
+    assert sum(sizes) == rows.height
+    longest = int(rows.group_by("patient_id").len()["len"].max())  # type: ignore[arg-type]
+    assert all(s < 700 + longest for s in sizes)  # a block closes at the first patient past block_rows
+    assert stage.entity_blocks(usecase, tables, 0) == []  # 0: the whole shard
+    assert stage.entity_blocks(usecase, tables, 10**9) == [firsts[0]]  # one block
+
+
+def test_a_shard_built_in_blocks_is_the_shard_built_whole(data: dict[str, Path], tmp_path: Path) -> None:
+    whole = _build_shard(data, 0, tmp_path / "whole")
+    blocks = _build_shard(data, 300, tmp_path / "blocks")
+    for rel in ("shard=000/part.parquet", "unit_quarantine/shard=000/part.parquet", "summary.json"):
+        assert (whole / rel).read_bytes() == (blocks / rel).read_bytes(), rel
+    table = pl.read_parquet(blocks / "shard=000" / "part.parquet")
+    assert table.height > 0 and table["eval_label_true"].null_count() == 0  # the truth went through blocks
+    cfg = load_config(None, [*OVERRIDES, "features.block_rows=300"])
+    usecase = get("clinical")
+    tables = scan_validated(usecase, data["validated"], 0)
+    assert len(stage.entity_blocks(usecase, tables, cfg.features.block_rows)) > 3
+
+
+def test_no_blocks_for_a_definition_that_is_not_entity_local_or_a_null_id(data: dict[str, Path]) -> None:
+    tables = scan_validated(get("clinical"), data["validated"], 0)
+    assert stage.entity_blocks(get("leads"), {"customers": tables["observed"]}, 300) == []
+    with_null = {
+        "observed": tables["observed"].with_columns(pl.lit(None, dtype=pl.Int64).alias("patient_id"))
+    }
+    assert stage.entity_blocks(get("clinical"), with_null, 300) == []
+    spec = FeatureSpec.from_json(data["spec"])
+    assert spec.feature_names  # the spec the shard tests built with
