@@ -26,6 +26,7 @@ from typing import Any
 
 import polars as pl
 
+from clinrisk.entity_blocks import within
 from clinrisk.errors import DataError
 
 # IFCC master equation (Hoelzel 2004; docs/science.md §6.1): NGSP % = 0.09148 * IFCC + 2.152.
@@ -355,31 +356,47 @@ def _count_resolved(lf: pl.LazyFrame, analytes: tuple[str, ...]) -> dict[str, di
 
 
 def unit_audit(
-    raw: pl.LazyFrame, analytes: tuple[str, ...] = ANALYTES
+    raw: pl.LazyFrame,
+    analytes: tuple[str, ...] = ANALYTES,
+    blocks: list[tuple[int, int | None]] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
     """``(unit_quarantine(raw).collect(), unit_counts(raw))`` with each value resolved once, not twice.
 
     The resolution (the weight rule's per-patient windows above all) is most of the cost of both, so the
     resolved value/reason/inferred columns are materialised once and the quarantine rows and the counts
-    are both read from them. ``raw`` sorted by (patient_id, year).
+    are both read from them. ``raw`` sorted by (patient_id, year). ``blocks``: patient-id ranges
+    (:func:`clinrisk.entity_blocks.block_bounds`) resolved one at a time, so that only a block is
+    materialised; every rule reads one patient's rows, so the result is the same (the quarantine rows of
+    each analyte stay in patient order, the counts add up).
     """
     cols = []
     for name in analytes:
         value, reason, inferred = _resolution(REGISTRY[name])
         cols += [value.alias(f"_{name}_v"), reason.alias(f"_{name}_r"), inferred.alias(f"_{name}_i")]
-    resolved = raw.with_columns(cols).collect(engine="streaming").lazy()
-    parts = []
-    for name in analytes:
-        a = REGISTRY[name]
-        parts.append(
-            resolved.select(
-                pl.col("patient_id").cast(pl.Int64),
-                pl.col("year").cast(pl.Int16),
-                pl.lit(name).alias("analyte"),
-                pl.col(a.value_col).cast(pl.Float32).alias("raw_value"),
-                pl.col(a.unit_col).cast(pl.String).alias("raw_unit"),
-                pl.col(f"_{name}_r").alias("reason"),
-            ).filter(pl.col("reason").is_not_null())
-        )
-    quarantine = pl.concat(parts, how="vertical").collect()
-    return quarantine, _count_resolved(resolved, analytes)
+    per_analyte: dict[str, list[pl.DataFrame]] = {name: [] for name in analytes}
+    counts: dict[str, dict[str, int]] = {}
+    parts: list[pl.LazyFrame] = (
+        [raw.filter(within("patient_id", lo, hi)) for lo, hi in blocks] if blocks else [raw]
+    )
+    for part in parts:
+        resolved = part.with_columns(cols).collect(engine="streaming").lazy()
+        for name in analytes:
+            a = REGISTRY[name]
+            per_analyte[name].append(
+                resolved.select(
+                    pl.col("patient_id").cast(pl.Int64),
+                    pl.col("year").cast(pl.Int16),
+                    pl.lit(name).alias("analyte"),
+                    pl.col(a.value_col).cast(pl.Float32).alias("raw_value"),
+                    pl.col(a.unit_col).cast(pl.String).alias("raw_unit"),
+                    pl.col(f"_{name}_r").alias("reason"),
+                )
+                .filter(pl.col("reason").is_not_null())
+                .collect()
+            )
+        for name, what in _count_resolved(resolved, analytes).items():
+            for key, n in what.items():
+                counts.setdefault(name, {})[key] = counts.get(name, {}).get(key, 0) + n
+        del resolved
+    quarantine = pl.concat([f for name in analytes for f in per_analyte[name]], how="vertical")
+    return quarantine, counts

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from clinrisk.config import load_config
+from clinrisk.entity_blocks import block_bounds, block_starts
 from clinrisk.feature_table import FeatureSpec
 from clinrisk.stages import features as stage
 from clinrisk.stages.catalog import Catalog
@@ -47,24 +48,28 @@ def _build_shard(data: dict[str, Path], block_rows: int, out: Path) -> Path:
     return out
 
 
-def test_blocks_hold_whole_patients_of_about_block_rows(data: dict[str, Path]) -> None:
-    usecase = get("clinical")
-    tables = scan_validated(usecase, data["validated"], 0)
+def _starts(tables: dict[str, pl.LazyFrame], block_rows: int) -> list[int]:
+    return block_starts(tables, get("clinical").source.entity_column, block_rows)
+
+
+def test_blocks_hold_whole_patients_and_about_equal_rows(data: dict[str, Path]) -> None:
+    tables = scan_validated(get("clinical"), data["validated"], 0)
     rows = tables["observed"].collect()
-    firsts = stage.entity_blocks(usecase, tables, 700)
-    assert len(firsts) > 2 and firsts == sorted(firsts) and firsts[0] == rows["patient_id"].min()
-    bounds = [*firsts[1:], None]
+    firsts = _starts(tables, 700)
+    k = -(-rows.height // 700)
+    assert len(firsts) == k and firsts == sorted(firsts) and firsts[0] == rows["patient_id"].min()
     sizes = [
         rows.filter(
             (pl.col("patient_id") >= lo) & (pl.col("patient_id") < hi if hi is not None else True)
         ).height
-        for lo, hi in zip(firsts, bounds, strict=True)
+        for lo, hi in block_bounds(firsts)
     ]
     assert sum(sizes) == rows.height
     longest = int(rows.group_by("patient_id").len()["len"].max())  # type: ignore[arg-type]
-    assert all(s < 700 + longest for s in sizes)  # a block closes at the first patient past block_rows
-    assert stage.entity_blocks(usecase, tables, 0) == []  # 0: the whole shard
-    assert stage.entity_blocks(usecase, tables, 10**9) == [firsts[0]]  # one block
+    # Even blocks: none is more than one patient away from rows / k (no tiny tail block).
+    assert all(abs(s - rows.height / k) <= longest for s in sizes), sizes
+    assert _starts(tables, 0) == []  # 0: the whole shard
+    assert _starts(tables, 10**9) == [firsts[0]]  # one block
 
 
 def test_a_shard_built_in_blocks_is_the_shard_built_whole(data: dict[str, Path], tmp_path: Path) -> None:
@@ -74,18 +79,21 @@ def test_a_shard_built_in_blocks_is_the_shard_built_whole(data: dict[str, Path],
         assert (whole / rel).read_bytes() == (blocks / rel).read_bytes(), rel
     table = pl.read_parquet(blocks / "shard=000" / "part.parquet")
     assert table.height > 0 and table["eval_label_true"].null_count() == 0  # the truth went through blocks
-    cfg = load_config(None, [*OVERRIDES, "features.block_rows=300"])
-    usecase = get("clinical")
-    tables = scan_validated(usecase, data["validated"], 0)
-    assert len(stage.entity_blocks(usecase, tables, cfg.features.block_rows)) > 3
-
-
-def test_no_blocks_for_a_definition_that_is_not_entity_local_or_a_null_id(data: dict[str, Path]) -> None:
     tables = scan_validated(get("clinical"), data["validated"], 0)
-    assert stage.entity_blocks(get("leads"), {"customers": tables["observed"]}, 300) == []
-    with_null = {
-        "observed": tables["observed"].with_columns(pl.lit(None, dtype=pl.Int64).alias("patient_id"))
-    }
-    assert stage.entity_blocks(get("clinical"), with_null, 300) == []
-    spec = FeatureSpec.from_json(data["spec"])
-    assert spec.feature_names  # the spec the shard tests built with
+    assert len(_starts(tables, 300)) > 3
+    quarantine = pl.read_parquet(blocks / "unit_quarantine" / "shard=000" / "part.parquet")
+    assert quarantine.height > 0  # the unit audit's blocks had rows to agree on
+
+
+def test_only_an_entity_local_definition_is_built_in_blocks() -> None:
+    assert getattr(get("clinical").features, "entity_local", False) is True
+    # leads' table is not built per entity alone (a block can hold usage but no prediction row, which its
+    # feature function reports as an error), so the stage builds its shards whole
+    assert getattr(get("leads").features, "entity_local", False) is False
+
+
+def test_a_null_entity_id_means_no_blocks(data: dict[str, Path]) -> None:
+    tables = scan_validated(get("clinical"), data["validated"], 0)
+    observed = tables["observed"].with_columns(pl.lit(None, dtype=pl.Int64).alias("patient_id"))
+    assert _starts({"observed": observed}, 300) == []
+    assert FeatureSpec.from_json(data["spec"]).feature_names  # the spec the shard tests built with

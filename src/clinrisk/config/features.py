@@ -20,11 +20,11 @@ class FeaturesConfig(Section):
         3, ge=0, le=10, description="roll other_dx_code up to its first N characters (0 = no roll-up)"
     )
     block_rows: int = Field(
-        65_536,
+        131_072,
         ge=0,
         le=2**31 - 1,
-        description="build a shard's features in blocks of whole patients of about this many raw rows (0 = the "
-        "whole shard at once): the same table, less memory (the query's intermediates scale with a block)",
+        description="build a shard's features and unit audit in blocks of whole patients of about this many raw "
+        "rows (0 = the whole shard at once): the same outputs, with a block's intermediates in memory",
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import polars as pl
 
 from clinrisk.config import ClinriskConfig
+from clinrisk.entity_blocks import block_bounds, block_starts, within
 from clinrisk.errors import DataError
 from clinrisk.feature_table import FeatureSpec, check_feature_table
 from clinrisk.features_stage import feature_summary
@@ -123,41 +124,25 @@ def build_table(
     truth: pl.LazyFrame | None,
 ) -> pl.DataFrame:
     """One shard's feature table: built whole, or, for a feature definition that declares itself
-    ``entity_local``, in blocks of whole entities of about ``features.block_rows`` raw rows, concatenated in
-    entity order (the same table: each entity's rows depend on its own rows only, and the table is sorted by
-    entity first). A block's query needs a block's intermediates (2M-row run, one shard: 650 -> 490 MB)."""
-    blocks = entity_blocks(usecase, tables, cfg.features.block_rows)
-    if len(blocks) <= 1:
+    ``entity_local``, in blocks of whole entities of about ``features.block_rows`` rows
+    (:mod:`clinrisk.entity_blocks`), concatenated in entity order: the same table, with a block's
+    intermediates instead of the shard's."""
+    starts = (
+        block_starts(tables, usecase.source.entity_column, cfg.features.block_rows)
+        if getattr(usecase.features, "entity_local", False)
+        else []
+    )
+    if len(starts) <= 1:
         return usecase.features.build(cfg, tables, spec, truth).collect(engine="streaming")
-
-    def within(column: str, lo: int, hi: int | None) -> pl.Expr:
-        return (pl.col(column) >= lo) & (pl.col(column) < hi) if hi is not None else pl.col(column) >= lo
-
     entity = usecase.source.entity_column
     parts = []
-    for lo, hi in zip(blocks, [*blocks[1:], None], strict=True):
+    for lo, hi in block_bounds(starts):
         part_tables = {name: t.filter(within(entity(name), lo, hi)) for name, t in tables.items()}
         part_truth = truth.filter(within(entity(TRUTH_TABLE), lo, hi)) if truth is not None else None
-        parts.append(usecase.features.build(cfg, part_tables, spec, part_truth).collect(engine="streaming"))
+        # A block is small: the in-memory engine sets a query up faster than the streaming one (a 2M run's
+        # 4-shard feature task in 65,536-row blocks: 9.8 s streaming, 7.4 s in memory; the same bytes).
+        parts.append(usecase.features.build(cfg, part_tables, spec, part_truth).collect(engine="in-memory"))
     return pl.concat(parts, rechunk=False)
-
-
-def entity_blocks(usecase: UseCase, tables: dict[str, pl.LazyFrame], block_rows: int) -> list[int]:
-    """The first entity id of each block (blocks are ``[first, next first)``); ``[]`` = build whole: the
-    feature definition is not ``entity_local``, ``block_rows`` is 0, or an entity id is null."""
-    if block_rows <= 0 or not getattr(usecase.features, "entity_local", False) or not tables:
-        return []
-    ids = pl.concat(
-        [
-            t.select(pl.col(usecase.source.entity_column(name)).cast(pl.Int64).alias("_e"))
-            for name, t in tables.items()
-        ]
-    )
-    counts = ids.group_by("_e").agg(pl.len().alias("_n")).sort("_e").collect(engine="streaming")
-    if counts.height == 0 or counts["_e"].null_count() > 0:
-        return []
-    block = (counts["_n"].cum_sum() - counts["_n"]) // block_rows  # rows before each entity, in blocks
-    return [int(e) for e in counts.filter(block != block.shift(1).fill_null(-1))["_e"]]
 
 
 def merge(cfg: ClinriskConfig, io: Catalog, part_dirs: list[Path]) -> dict[str, Any]:

@@ -156,11 +156,16 @@ class ClinicalFeatures:
     def shard_extras(
         self, cfg: ClinriskConfig, tables: Mapping[str, pl.LazyFrame]
     ) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
-        """The values the units layer could not convert (``unit_quarantine/``) and per-analyte counts."""
+        """The values the units layer could not convert (``unit_quarantine/``) and per-analyte counts, resolved
+        in blocks of whole patients (``features.block_rows``) as the features are."""
+        from clinrisk.entity_blocks import block_bounds, block_starts
         from clinrisk.features import cast_raw
         from clinrisk.units import unit_audit
 
-        uq, counts = unit_audit(cast_raw(_observed(tables)).sort("patient_id", "year"))
+        observed = _observed(tables)
+        starts = block_starts({OBSERVED: observed}, lambda _: "patient_id", cfg.features.block_rows)
+        raw = cast_raw(observed).sort("patient_id", "year")
+        uq, counts = unit_audit(raw, blocks=block_bounds(starts) if len(starts) > 1 else None)
         return {"unit_quarantine": uq}, {"units": counts, "unit_quarantine_rows": uq.height}
 
     def schema_document(self, spec: FeatureSpec, with_truth: bool) -> dict[str, Any]:
