@@ -308,19 +308,22 @@ def unit_quarantine(raw: pl.LazyFrame, analytes: tuple[str, ...] = ANALYTES) -> 
     reason). ``raw`` sorted by (patient_id, year)."""
     parts = []
     for name in analytes:
-        a = REGISTRY[name]
-        _, reason, _ = _resolution(a)
-        parts.append(
-            raw.select(
-                pl.col("patient_id").cast(pl.Int64),
-                pl.col("year").cast(pl.Int16),
-                pl.lit(name).alias("analyte"),
-                pl.col(a.value_col).cast(pl.Float32).alias("raw_value"),
-                pl.col(a.unit_col).cast(pl.String).alias("raw_unit"),
-                reason.alias("reason"),
-            ).filter(pl.col("reason").is_not_null())
-        )
+        _, reason, _ = _resolution(REGISTRY[name])
+        parts.append(_refused_rows(raw, name, reason))
     return pl.concat(parts, how="vertical")
+
+
+def _refused_rows(lf: pl.LazyFrame, name: str, reason: pl.Expr) -> pl.LazyFrame:
+    """The rows of ``lf`` whose analyte ``name`` was refused (``reason`` not null), as quarantine rows."""
+    a = REGISTRY[name]
+    return lf.select(
+        pl.col("patient_id").cast(pl.Int64),
+        pl.col("year").cast(pl.Int16),
+        pl.lit(name).alias("analyte"),
+        pl.col(a.value_col).cast(pl.Float32).alias("raw_value"),
+        pl.col(a.unit_col).cast(pl.String).alias("raw_unit"),
+        reason.alias("reason"),
+    ).filter(pl.col("reason").is_not_null())
 
 
 def unit_counts(raw: pl.LazyFrame, analytes: tuple[str, ...] = ANALYTES) -> dict[str, dict[str, int]]:
@@ -381,19 +384,7 @@ def unit_audit(
     for part in parts:
         resolved = part.with_columns(cols).collect(engine="streaming").lazy()
         for name in analytes:
-            a = REGISTRY[name]
-            per_analyte[name].append(
-                resolved.select(
-                    pl.col("patient_id").cast(pl.Int64),
-                    pl.col("year").cast(pl.Int16),
-                    pl.lit(name).alias("analyte"),
-                    pl.col(a.value_col).cast(pl.Float32).alias("raw_value"),
-                    pl.col(a.unit_col).cast(pl.String).alias("raw_unit"),
-                    pl.col(f"_{name}_r").alias("reason"),
-                )
-                .filter(pl.col("reason").is_not_null())
-                .collect()
-            )
+            per_analyte[name].append(_refused_rows(resolved, name, pl.col(f"_{name}_r")).collect())
         for name, what in _count_resolved(resolved, analytes).items():
             for key, n in what.items():
                 counts.setdefault(name, {})[key] = counts.get(name, {}).get(key, 0) + n
