@@ -97,3 +97,13 @@ def test_a_null_entity_id_means_no_blocks(data: dict[str, Path]) -> None:
     observed = tables["observed"].with_columns(pl.lit(None, dtype=pl.Int64).alias("patient_id"))
     assert _starts({"observed": observed}, 300) == []
     assert FeatureSpec.from_json(data["spec"]).feature_names  # the spec the shard tests built with
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"), [("-5", "greater than or equal to 0"), ("abc", "valid integer")]
+)
+def test_a_bad_block_rows_is_a_config_error_naming_the_key(value: str, problem: str) -> None:
+    from clinrisk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"features\.block_rows: .*{problem}"):
+        load_config(None, [f"features.block_rows={value}"])
