@@ -20,10 +20,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from clinrisk import metrics as M
 from clinrisk.config import ClinriskConfig, EvaluateConfig
 from clinrisk.errors import DataError
+from clinrisk.evaluate_bootstrap import (
+    BLAS_THREADS,
+    BootstrapData,
+    BootstrapJob,
+    BootstrapPool,
+    Replicates,
+)
 from clinrisk.io import atomic_output_dir, check_feature_shards, json_safe, read_json, write_json
 
 LABELS = {"recorded": "label_rec", "true": "eval_label_true"}
@@ -390,30 +398,35 @@ def plan_slices(
     return kept, dropped
 
 
+def slice_jobs(plan: list[SliceMask], ys: dict[str, npt.NDArray[np.float64]]) -> list[BootstrapJob]:
+    """The slices' bootstraps, in the order :func:`slice_analysis` reads them: per slice level, per label
+    set with both classes in it (a one-class slice gets sizes only; its ranking metrics are undefined)."""
+    return [
+        BootstrapJob(name, rows=m, only=SLICE_PANEL)
+        for _, _, m in plan
+        for name, y_all in ys.items()
+        if y_all[m].min() != y_all[m].max()
+    ]
+
+
 def slice_analysis(
-    df: pl.DataFrame,
-    p: npt.NDArray[np.float64],
+    plan: list[SliceMask],
+    boots: Sequence[Replicates],
+    ys: dict[str, npt.NDArray[np.float64]],
+    codes: npt.NDArray[np.int64],
     overall_auc: dict[str, tuple[float, npt.NDArray[np.float64]]],
     cfg: EvaluateConfig,
     *,
-    tau: float,
-    p_t: float,
-    counts: npt.NDArray[np.int64],
-    codes: npt.NDArray[np.int64],
-    categories: dict[str, list[str]] | None = None,
     patient_kwargs: dict[str, Any] | None = None,
-    plan: list[SliceMask] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per slice level: sizes, prevalences, bootstrap metrics vs both label sets, the AUC difference to the
-    whole test set with a paired bootstrap CI, and absolute flags (docs/science.md §7).
+    """Per slice level of ``plan``: sizes, prevalences, bootstrap metrics vs both label sets, the AUC
+    difference to the whole test set with a paired bootstrap CI, and absolute flags (docs/science.md §7).
 
-    ``overall_auc``: per label set, the whole test set's AUC and its replicates under the same ``counts``
-    (absent for a label set with one class)."""
+    ``boots``: the results of :func:`slice_jobs` (same order). ``overall_auc``: per label set, the whole
+    test set's AUC and its replicates under the same resamples (absent for a label set with one class)."""
     alpha = 1 - cfg.ci_level
-    if plan is None:
-        plan = plan_slices(df, cfg, categories)[0]
+    boot_iter = iter(boots)
     out: list[dict[str, Any]] = []
-    ys = {name: df[col_y].cast(pl.Float64).to_numpy() for name, col_y in LABELS.items()}
     for col, level, m in plan:
         entry: dict[str, Any] = {
             "slice": col,
@@ -427,9 +440,7 @@ def slice_analysis(
             if y.min() == y.max():  # one class only: ranking metrics undefined, still report sizes
                 entry[name] = {"prevalence": {"value": float(y.mean())}}
                 continue
-            point, reps = M.bootstrap_replicates(
-                y, p[m], None, tau=tau, p_t=p_t, counts=counts, codes=codes[m], only=SLICE_PANEL
-            )
+            point, reps = next(boot_iter)
             panel = {k: M.percentile_ci(point[k], reps[k], alpha) for k in ("prevalence", *SLICE_METRICS)}
             if name in overall_auc:
                 o_pt, o_reps = overall_auc[name]
@@ -535,16 +546,17 @@ def evaluate_predictions(
     window_years: int | None = None,
     contrib: ContribFn | None = None,
     rows_of: RowsFn | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Every number of the evaluation for test rows ``df`` scored ``p`` (pure; JSON-able result).
     ``rows_of`` gives the rows whose SHAP values the listed errors show, when ``df`` lacks the model's
-    features (:class:`ScoredSplit`)."""
+    features (:class:`ScoredSplit`). ``workers``: processes for the bootstraps (this one included; the
+    result is the same for any number)."""
     p = np.asarray(p, dtype=np.float64)
     if p.shape != (df.height,):
         raise DataError(f"probability: expected {df.height} values, got shape {p.shape}")
     if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
         raise DataError("probability: model returned values outside [0, 1] or NaN")
-    alpha = 1 - cfg.ci_level
     codes, n_pat = M.patient_codes(df["patient_id"].to_numpy())
     counts = M.cluster_counts(n_pat, cfg.bootstrap_replicates, seed)
     po = df["eval_oracle_risk"].cast(pl.Float64).to_numpy()
@@ -553,26 +565,44 @@ def evaluate_predictions(
         if not np.isin(y, (0.0, 1.0)).all():
             raise DataError(f"{LABELS[k]}: labels must be 0/1")
 
+    data = BootstrapData(ys=ys, p=p, p_oracle=po, counts=counts, codes=codes, tau=tau, p_t=p_t)
+    with threadpool_limits(BLAS_THREADS, user_api="blas"), BootstrapPool(data, workers) as pool:
+        return _evaluate_with(
+            cfg, df, p, po, ys, pool, n_pat, seed, categories, window_years, contrib, rows_of
+        )
+
+
+def _evaluate_with(
+    cfg: EvaluateConfig,
+    df: pl.DataFrame,
+    p: npt.NDArray[np.float64],
+    po: npt.NDArray[np.float64],
+    ys: dict[str, npt.NDArray[np.float64]],
+    pool: BootstrapPool,
+    n_pat: int,
+    seed: int,
+    categories: dict[str, list[str]] | None,
+    window_years: int | None,
+    contrib: ContribFn | None,
+    rows_of: RowsFn | None,
+) -> dict[str, Any]:
+    """:func:`evaluate_predictions` once the labels, scores and resamples are in ``pool``."""
+    alpha = 1 - cfg.ci_level
+    tau, p_t = pool.data.tau, pool.data.p_t
     overall: dict[str, dict[str, dict[str, float]]] = {}
     overall_auc: dict[str, tuple[float, npt.NDArray[np.float64]]] = {}  # reused by the slices' AUC deltas
-    for name, y in ys.items():
-        point, reps = M.bootstrap_replicates(
-            y, p, None, tau=tau, p_t=p_t, counts=counts, codes=codes, p_oracle=po
-        )
+    # One batch of bootstraps: per label set the model's full panel with the oracle's metrics, the
+    # oracle's own panel, then every slice's (one batch balances the processes best).
+    plan, dropped = plan_slices(df, cfg, categories)
+    jobs = [BootstrapJob(name, with_oracle=True) for name in ys]
+    jobs.append(BootstrapJob("true", only=ORACLE_PANEL, oracle_scores=True))
+    boots = pool.run([*jobs, *slice_jobs(plan, ys)])
+    model_boots, (o_point, o_reps), slice_boots = boots[: len(ys)], boots[len(ys)], boots[len(jobs) :]
+    for (name, y), (point, reps) in zip(ys.items(), model_boots, strict=True):
         overall[name] = {k: M.percentile_ci(point[k], reps[k], alpha) for k in point}
         if 0 < y.sum() < y.size:
             overall_auc[name] = (point["auc"], reps["auc"])
-    oracle_panel = M.bootstrap_panel(
-        ys["true"],
-        np.clip(po, 0, 1),
-        None,
-        tau=tau,
-        p_t=p_t,
-        alpha=alpha,
-        counts=counts,
-        codes=codes,
-        only=ORACLE_PANEL,
-    )
+    oracle_panel = {k: M.percentile_ci(o_point[k], o_reps[k], alpha) for k in o_point}
     nb_lo, nb_hi = cfg.net_benefit_range
     result: dict[str, Any] = {
         "n_rows": df.height,
@@ -617,19 +647,9 @@ def evaluate_predictions(
             **patient_kwargs, n_boot=cfg.bootstrap_replicates, seed=seed, alpha=alpha
         )
 
-    plan, result["slices_dropped"] = plan_slices(df, cfg, categories)
+    result["slices_dropped"] = dropped
     result["slices"] = slice_analysis(
-        df,
-        p,
-        overall_auc,
-        cfg,
-        tau=tau,
-        p_t=p_t,
-        counts=counts,
-        codes=codes,
-        categories=categories,
-        patient_kwargs=patient_kwargs,
-        plan=plan,
+        plan, slice_boots, ys, pool.data.codes, overall_auc, cfg, patient_kwargs=patient_kwargs
     )
     result["label_noise_blind_spot"] = blind_spot(result["slices"], "insurance")
 
@@ -834,6 +854,7 @@ def _evaluate_scores(
         window_years=int(window) if window is not None else None,
         contrib=_bundle_contrib(bundle),
         rows_of=rows_of,
+        workers=cfg.evaluate.workers or cfg.run.workers,
     )
     result["threshold"] = thr
     return result

@@ -70,12 +70,27 @@ def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proces
     return alive
 
 
-def stop_descendants(grace_s: float = GRACE_S, pid: int | None = None) -> int:
-    """SIGTERM every descendant, SIGKILL those still alive after ``grace_s``; repeat until none is left
-    (a dying task may still have forked). Returns how many processes were signalled."""
+def is_own_resource_tracker(proc: psutil.Process) -> bool:
+    """``proc`` is this process's multiprocessing resource tracker (started with its first process pool).
+
+    A command that unwinds after a signal must leave it running: on exit the pool's semaphores are
+    unregistered with it, and a killed tracker is relaunched and prints tracebacks for names it never saw.
+    It exits by itself once this process (and the workers, which share its pipe) are gone, cleaning up
+    whatever they leaked."""
+    try:
+        return proc.ppid() == os.getpid() and "multiprocessing.resource_tracker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def stop_descendants(
+    grace_s: float = GRACE_S, pid: int | None = None, spare: Callable[[psutil.Process], bool] | None = None
+) -> int:
+    """SIGTERM every descendant (but those ``spare`` keeps), SIGKILL those still alive after ``grace_s``;
+    repeat until none is left (a dying task may still have forked). Returns how many were signalled."""
     signalled: set[int] = set()
     for _ in range(20):
-        procs = descendants(pid)
+        procs = [p for p in descendants(pid) if spare is None or not spare(p)]
         if not procs:
             break
         for proc in procs:
@@ -113,7 +128,7 @@ def raise_interrupted(signum: int, frame: FrameType | None) -> None:
     # A second signal while unwinding must not interrupt the cleanup itself.
     for s in HANDLED:
         signal.signal(s, signal.SIG_IGN)
-    stop_descendants()
+    stop_descendants(spare=is_own_resource_tracker)
     raise Interrupted(signum)
 
 

@@ -6,8 +6,14 @@ Onset follows a per-patient yearly hazard, so ``eval_oracle_risk`` (p^A) is the 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import polars as pl
+
+from clinrisk.config import load_config
+from clinrisk.io import shard_file
 
 INSURANCE = ["commercial", "medicaid", "medicare", "uninsured"]
 ETHNICITY = ["White", "Black", "Hispanic", "Asian", "Other"]
@@ -86,3 +92,54 @@ def synth_test_frame(
 
 
 INSURANCE_ARR = np.array(INSURANCE)
+
+
+EVAL_FEATURES = ["age", "insurance", "visits", "hba1c_n_3y", "hba1c_locf", "bmi_locf"]
+
+
+def write_eval_dataset(root: Path, df: pl.DataFrame) -> Path:
+    """``df`` as a two-shard features dataset under ``root/features`` with its feature spec."""
+    feats = root / "features"
+    ids = df["patient_id"].to_numpy()
+    for shard in range(2):
+        part = df.filter(pl.Series((ids % 2) == shard))
+        f = shard_file(feats, shard)
+        f.parent.mkdir(parents=True)
+        part.write_parquet(f)
+    spec = {
+        "feature_names": EVAL_FEATURES,
+        "categories": {"insurance": ["commercial", "medicaid", "medicare", "uninsured", "__OTHER__"]},
+    }
+    (feats / "feature_spec.json").write_text(json.dumps(spec))
+    return feats
+
+
+def write_eval_bundle(root: Path, df: pl.DataFrame) -> Path:
+    """A small LightGBM bundle trained on ``df`` (recorded labels), under ``root/bundle``."""
+    import lightgbm as lgb
+
+    from clinrisk.bundle import features_to_matrix, write_bundle
+    from clinrisk.io import atomic_output_dir
+
+    spec = json.loads((root / "features" / "feature_spec.json").read_text())
+    X = features_to_matrix(df, EVAL_FEATURES, spec["categories"])
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 7, "min_data_in_leaf": 20, "verbose": -1, "seed": 0},
+        lgb.Dataset(X, df["label_rec"].to_numpy(), feature_name=EVAL_FEATURES),
+        num_boost_round=30,
+    )
+    out = root / "bundle"
+    with atomic_output_dir(out) as tmp:
+        write_bundle(
+            tmp,
+            model_text=booster.model_to_string(),
+            spec=spec,
+            feature_names=EVAL_FEATURES,
+            calibration={"method": "none"},
+            threshold={"value": 0.1, "method": "net_benefit", "reason": "p_t", "threshold_probability": 0.1},
+            reference={"features": {}, "score": {}},
+            metrics={},
+            cfg=load_config(None),
+            metadata={"positive_class_weight": 1.0, "label_strategy": "E0"},
+        )
+    return out

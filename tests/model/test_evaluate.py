@@ -20,8 +20,7 @@ from clinrisk.evaluate import (
     evaluate_predictions,
     load_test_frame,
 )
-from clinrisk.io import shard_file
-from tests.model.eval_synth import synth_test_frame
+from tests.model.eval_synth import EVAL_FEATURES, synth_test_frame, write_eval_bundle, write_eval_dataset
 
 CFG = EvaluateConfig(bootstrap_replicates=30, top_k_errors=5)
 
@@ -209,61 +208,12 @@ def test_bad_probabilities_are_rejected(synth) -> None:
 # ------------------------------------------------------------------------------------ end to end
 
 
-FEATURES = ["age", "insurance", "visits", "hba1c_n_3y", "hba1c_locf", "bmi_locf"]
-
-
-def _write_dataset(root: Path, df: pl.DataFrame) -> Path:
-    feats = root / "features"
-    ids = df["patient_id"].to_numpy()
-    for shard in range(2):
-        part = df.filter(pl.Series((ids % 2) == shard))
-        f = shard_file(feats, shard)
-        f.parent.mkdir(parents=True)
-        part.write_parquet(f)
-    spec = {
-        "feature_names": FEATURES,
-        "categories": {"insurance": ["commercial", "medicaid", "medicare", "uninsured", "__OTHER__"]},
-    }
-    (feats / "feature_spec.json").write_text(json.dumps(spec))
-    return feats
-
-
-def _write_bundle(root: Path, df: pl.DataFrame) -> Path:
-    import lightgbm as lgb
-
-    from clinrisk.bundle import features_to_matrix, write_bundle
-    from clinrisk.io import atomic_output_dir
-
-    spec = json.loads((root / "features" / "feature_spec.json").read_text())
-    X = features_to_matrix(df, FEATURES, spec["categories"])
-    booster = lgb.train(
-        {"objective": "binary", "num_leaves": 7, "min_data_in_leaf": 20, "verbose": -1, "seed": 0},
-        lgb.Dataset(X, df["label_rec"].to_numpy(), feature_name=FEATURES),
-        num_boost_round=30,
-    )
-    out = root / "bundle"
-    with atomic_output_dir(out) as tmp:
-        write_bundle(
-            tmp,
-            model_text=booster.model_to_string(),
-            spec=spec,
-            feature_names=FEATURES,
-            calibration={"method": "none"},
-            threshold={"value": 0.1, "method": "net_benefit", "reason": "p_t", "threshold_probability": 0.1},
-            reference={"features": {}, "score": {}},
-            metrics={},
-            cfg=load_config(None),
-            metadata={"positive_class_weight": 1.0, "label_strategy": "E0"},
-        )
-    return out
-
-
 def test_evaluate_model_end_to_end_and_cli(tmp_path: Path) -> None:
     # A model trained on one synthetic population, evaluated on another one's test rows.
     train_df, _ = synth_test_frame(n_patients=1200, seed=3)
     test_df, _ = synth_test_frame(n_patients=800, seed=4)
-    feats = _write_dataset(tmp_path, test_df)
-    bundle = _write_bundle(tmp_path, train_df)
+    feats = write_eval_dataset(tmp_path, test_df)
+    bundle = write_eval_bundle(tmp_path, train_df)
     cfg = load_config(None, ["evaluate.bootstrap_replicates=20", "evaluate.top_k_errors=3"])
     out = tmp_path / "evaluation"
     res = evaluate_model(cfg, bundle, feats, out)
@@ -281,7 +231,7 @@ def test_evaluate_model_end_to_end_and_cli(tmp_path: Path) -> None:
     assert preds.columns == ["patient_id", "year", "probability", "label_rec", "eval_label_true"]
     assert preds.height == load_test_frame(feats).height
     top = res["top_errors"]["false_positives"][0]["top_contributions"]
-    assert len(top) == 5 and {c["feature"] for c in top} <= set(FEATURES)
+    assert len(top) == 5 and {c["feature"] for c in top} <= set(EVAL_FEATURES)
     assert "insurance" in (out / "report.md").read_text()
 
     from clinrisk.cli.app import build_app
@@ -307,7 +257,7 @@ def test_evaluate_model_end_to_end_and_cli(tmp_path: Path) -> None:
 
 def test_failure_publishes_nothing(tmp_path: Path) -> None:
     df, _ = synth_test_frame(n_patients=200, seed=5)
-    feats = _write_dataset(tmp_path, df.drop("eval_oracle_risk"))
+    feats = write_eval_dataset(tmp_path, df.drop("eval_oracle_risk"))
     with pytest.raises(DataError, match="eval_oracle_risk"):
         load_test_frame(feats)
     from clinrisk.cli.app import build_app
@@ -329,13 +279,15 @@ def test_evaluation_reads_only_its_columns_and_scores_in_batches(tmp_path: Path)
 
     train_df, _ = synth_test_frame(n_patients=600, seed=6)
     test_df, _ = synth_test_frame(n_patients=400, seed=7)
-    feats = _write_dataset(tmp_path, test_df.with_columns(pl.lit(1.5, pl.Float32).alias("unselected_lab_3y")))
-    bundle = load_bundle(_write_bundle(tmp_path, train_df))
+    feats = write_eval_dataset(
+        tmp_path, test_df.with_columns(pl.lit(1.5, pl.Float32).alias("unselected_lab_3y"))
+    )
+    bundle = load_bundle(write_eval_bundle(tmp_path, train_df))
     cfg = load_config(None, ["evaluate.bootstrap_replicates=10", "evaluate.top_k_errors=3"])
     full = load_test_frame(feats)
     lean = load_test_frame(feats, keep=evaluation_columns(cfg.evaluate, bundle.feature_names))
     assert "unselected_lab_3y" in full.columns and "unselected_lab_3y" not in lean.columns
-    assert {*FEATURES, "patient_id", "eval_oracle_risk", "eval_onset_year"} <= set(lean.columns)
+    assert {*EVAL_FEATURES, "patient_id", "eval_oracle_risk", "eval_onset_year"} <= set(lean.columns)
     assert lean.height == full.height
     p_one = np.asarray(bundle.predict_proba(full), dtype=np.float64)
     np.testing.assert_array_equal(predict_in_batches(bundle, lean, rows=7), p_one)
@@ -357,8 +309,8 @@ def test_split_scored_shard_by_shard_keeps_no_model_features_and_gives_the_same_
 
     train_df, _ = synth_test_frame(n_patients=600, seed=6)
     test_df, _ = synth_test_frame(n_patients=400, seed=7)
-    feats = _write_dataset(tmp_path, test_df)
-    bundle = load_bundle(_write_bundle(tmp_path, train_df))
+    feats = write_eval_dataset(tmp_path, test_df)
+    bundle = load_bundle(write_eval_bundle(tmp_path, train_df))
     cfg = load_config(None, ["evaluate.bootstrap_replicates=10", "evaluate.top_k_errors=3"])
     whole = load_test_frame(feats, keep=evaluation_columns(cfg.evaluate, bundle.feature_names))
     scored = score_split(feats, bundle, cfg.evaluate)

@@ -216,6 +216,33 @@ def test_a_zombie_that_nobody_reaps_counts_as_gone() -> None:
         parent.wait()
 
 
+def test_a_signal_stops_pool_workers_but_spares_the_resource_tracker() -> None:
+    # In a process of its own: stop_descendants would stop every process below pytest too.
+    code = textwrap.dedent(
+        """
+        import json, time
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+        from clinrisk.interrupts import descendants, is_live, is_own_resource_tracker, stop_descendants
+        ex = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+        ex.submit(time.sleep, 0).result(timeout=60)
+        tree = descendants()
+        trackers = [p for p in tree if is_own_resource_tracker(p)]
+        n = stop_descendants(grace_s=5, spare=is_own_resource_tracker)
+        print(json.dumps({"trackers": len(trackers), "others": len(tree) - len(trackers), "signalled": n,
+                          "tracker_live": all(is_live(p) for p in trackers),
+                          "others_live": [p.pid for p in tree if p not in trackers and is_live(p)]}))
+        ex.shutdown(wait=False, cancel_futures=True)
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["trackers"] == 1 and out["tracker_live"]
+    assert out["others"] >= 1 and out["signalled"] == out["others"] and out["others_live"] == []
+    assert "Traceback" not in r.stderr and "resource_tracker" not in r.stderr
+
+
 def test_an_interrupted_runs_mlflow_run_is_killed_even_if_the_exit_handler_failed_it(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -147,6 +147,9 @@ class EvaluateConfig(Section):
     """Evaluation: bootstrap, patient-level horizons, slices, error analysis (docs/science.md §4.3, §7)."""
 
     bootstrap_replicates: int = Field(200, ge=10, le=10_000)
+    workers: int = Field(
+        0, ge=0, le=64, description="processes for the bootstraps (same result for any); 0 = run.workers"
+    )
     ci_level: float = Field(0.95, gt=0.5, lt=1.0, description="patient-cluster bootstrap CI level")
     patient_k_years: list[int] = Field(default_factory=lambda: [1, 2, 3])
     slice_auc_delta: float = Field(0.03, gt=0.0)

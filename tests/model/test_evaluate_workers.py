@@ -1,0 +1,208 @@
+"""The evaluation's bootstraps over several processes: the same result for any number of workers, one BLAS
+thread, a worker that dies or an unguarded script is a clear error (never a hang), and a signal mid-way
+leaves no process, folder or output behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import psutil
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import clinrisk.evaluate_bootstrap as EB
+from clinrisk import metrics as M
+from clinrisk.config import EvaluateConfig
+from clinrisk.errors import StageError
+from clinrisk.evaluate import evaluate_predictions
+from clinrisk.interrupts import wait_gone
+from tests.model.eval_synth import synth_test_frame, write_eval_bundle, write_eval_dataset
+
+CFG = EvaluateConfig(bootstrap_replicates=30, top_k_errors=5)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def synth() -> tuple[pl.DataFrame, np.ndarray]:
+    return synth_test_frame(n_patients=1500, seed=0)
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal to the last bit (NaN equal to NaN): compared through JSON, which writes floats exactly."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def test_any_number_of_workers_gives_the_same_evaluation(synth) -> None:
+    df, p = synth
+    one = evaluate_predictions(CFG, df, p, tau=0.1, p_t=0.1, seed=1, window_years=3, workers=1)
+    for workers in (2, 3):
+        many = evaluate_predictions(CFG, df, p, tau=0.1, p_t=0.1, seed=1, window_years=3, workers=workers)
+        assert _same(one, many), workers
+    assert len(one["slices"]) >= 8  # the batch really held many jobs
+
+
+def test_the_evaluation_does_not_depend_on_the_callers_blas_threads(synth, monkeypatch) -> None:
+    """BLAS runs on one thread inside the evaluation whatever the caller set: a threaded dot product sums
+    in a thread-count-dependent order (different last bits on machines with different core counts)."""
+    df, p = synth
+    seen: list[int] = []
+    real = EB.run_job
+
+    def spy(data: EB.BootstrapData, job: EB.BootstrapJob) -> EB.Replicates:
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return real(data, job)
+
+    monkeypatch.setattr(EB, "run_job", spy)
+    with threadpool_limits(2, user_api="blas"):
+        two = evaluate_predictions(CFG, df, p, tau=0.1, p_t=0.1, seed=1)
+    assert seen and set(seen) == {EB.BLAS_THREADS}
+    with threadpool_limits(1, user_api="blas"):
+        one = evaluate_predictions(CFG, df, p, tau=0.1, p_t=0.1, seed=1)
+    assert _same(one, two)
+
+
+def test_shares_are_balanced_and_deterministic() -> None:
+    costs = [5.0, 1.0, 4.0, 3.0, 3.0, 2.0, 2.0]
+    split = EB.shares(costs, 2)
+    assert sorted(i for s in split for i in s) == list(range(len(costs)))
+    loads = [sum(costs[i] for i in s) for s in split]
+    assert loads == [10.0, 10.0]
+    assert EB.shares(costs, 2) == split  # same input, same split
+    assert EB.shares([1.0], 3) == [[0], [], []]
+    assert EB.shares(costs, 1) == [[0, 2, 3, 4, 5, 6, 1]]  # largest first
+
+
+def _small_data(n: int = 4000, seed: int = 0) -> EB.BootstrapData:
+    rng = np.random.default_rng(seed)
+    codes, n_pat = M.patient_codes(rng.integers(0, n // 4, n))
+    y = (rng.random(n) < 0.2).astype(np.float64)
+    p = rng.random(n)
+    return EB.BootstrapData({"recorded": y, "true": y}, p, p, M.cluster_counts(n_pat, 20, 1), codes, 0.2, 0.1)
+
+
+class ExitOnUse:
+    """A job's rows that end the worker process abruptly when it indexes with them (``os._exit``: no
+    exception, no cleanup, like the OOM killer)."""
+
+    def sum(self) -> int:  # the parent's cost estimate
+        return 4000
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        os._exit(3)
+
+
+def test_a_worker_that_dies_is_a_stage_error_and_leaves_nothing(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    data = _small_data()
+    jobs = [EB.BootstrapJob("recorded"), EB.BootstrapJob("true", rows=ExitOnUse())]  # type: ignore[arg-type]
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    with pytest.raises(StageError, match="bootstrap worker process died"), EB.BootstrapPool(data, 2) as pool:
+        pool.run(jobs)
+    left = [c for c in psutil.Process().children(recursive=True) if c.pid not in before and c.is_running()]
+    assert [c for c in left if c.status() != psutil.STATUS_ZOMBIE] == []
+    assert list(tmp_path.iterdir()) == []  # the data folder the workers read is gone
+
+
+def test_the_pool_runs_in_process_with_one_worker_or_one_job(monkeypatch) -> None:
+    monkeypatch.setattr(EB, "ProcessPoolExecutor", None)  # any attempt to start processes would fail
+    data = _small_data()
+    jobs = [EB.BootstrapJob("recorded"), EB.BootstrapJob("true", only=("auc",))]
+    with EB.BootstrapPool(data, 1) as pool:
+        one = pool.run(jobs)
+    with EB.BootstrapPool(data, 4) as pool:
+        single = pool.run(jobs[:1])
+    assert one[0][0] == single[0][0]
+    with pytest.raises(StageError, match=r"evaluate\.workers"):
+        EB.BootstrapPool(data, 0)
+
+
+def test_an_unguarded_script_gets_a_clear_error_not_a_hang(tmp_path) -> None:
+    """A script without ``if __name__ == "__main__":`` re-runs itself in each spawned worker, which then
+    dies. With the data sent as the workers' start-up arguments (far over a pipe's 64 KiB here) that
+    blocked the parent's write for good; the data now goes by file."""
+    script = tmp_path / "evaluate_unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            from clinrisk import metrics as M
+            from clinrisk.evaluate_bootstrap import BootstrapData, BootstrapJob, BootstrapPool
+            rng = np.random.default_rng(0)
+            n = 200_000
+            codes, n_pat = M.patient_codes(rng.integers(0, n // 4, n))
+            y = (rng.random(n) < 0.2).astype(float)
+            p = rng.random(n)
+            data = BootstrapData({"recorded": y, "true": y}, p, p, M.cluster_counts(n_pat, 10, 1), codes, 0.2, 0.1)
+            with BootstrapPool(data, 2) as pool:
+                pool.run([BootstrapJob("recorded", only=("auc",)), BootstrapJob("true", only=("auc",))])
+            """
+        )
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO, env=env
+    )
+    assert r.returncode != 0
+    assert "bootstrap worker process died" in r.stderr
+    assert [f.name for f in tmp_path.iterdir()] == [script.name]
+
+
+def test_sigterm_mid_bootstrap_stops_the_workers_and_publishes_nothing(tmp_path) -> None:
+    df, _ = synth_test_frame(n_patients=6000, seed=4)
+    feats = write_eval_dataset(tmp_path, df)
+    bundle = write_eval_bundle(tmp_path, df)
+    out = tmp_path / "evaluation"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [
+        sys.executable,
+        "-m",
+        "clinrisk",
+        "evaluate",
+        "--set",
+        "evaluate.bootstrap_replicates=3000",
+        "--set",
+        "evaluate.workers=2",
+        "--bundle",
+        str(bundle),
+        "--features",
+        str(feats),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    me = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = [c for c in me.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+        if workers and any(tmp.glob("clinrisk-bootstrap-*")):
+            break
+        time.sleep(0.1)
+    assert workers, "no bootstrap worker was started"
+    time.sleep(0.5)  # mid-batch
+    tree = me.children(recursive=True)  # the workers and multiprocessing's resource tracker
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    text = output.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert "error:" in text and "SIGTERM" in text and "Traceback" not in text
+    assert not out.exists() and not list(tmp_path.glob(".evaluation*"))
+    assert wait_gone(tree, timeout=10) == []  # the tracker too: it ends with the command
+    assert list(tmp.iterdir()) == []
