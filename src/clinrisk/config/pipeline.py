@@ -91,7 +91,7 @@ STEP_DEFAULTS: dict[str, dict[str, str]] = {
     "merge_features": {"cpu": "1", "memory": "2Gi"},
     "select_features": {"cpu": "2", "memory": "4Gi"},
     "train": {"cpu": "2", "memory": "4Gi"},
-    "evaluate": {"cpu": "1", "memory": "4Gi"},
+    "evaluate": {"cpu": "2", "memory": "4Gi"},  # evaluate.workers (0 = run.workers) bootstrap processes
     "register": {"cpu": "500m", "memory": "1Gi"},
     "deploy_canary": {"cpu": "100m", "memory": "256Mi"},
     "finalize_tracking": {"cpu": "100m", "memory": "512Mi"},
