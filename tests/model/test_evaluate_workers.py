@@ -206,3 +206,28 @@ def test_sigterm_mid_bootstrap_stops_the_workers_and_publishes_nothing(tmp_path)
     assert not out.exists() and not list(tmp_path.glob(".evaluation*"))
     assert wait_gone(tree, timeout=10) == []  # the tracker too: it ends with the command
     assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["-1", "65", "two"])
+def test_a_bad_evaluate_workers_is_one_config_error_naming_the_key(tmp_path, value) -> None:
+    from typer.testing import CliRunner
+
+    from clinrisk.cli.app import build_app
+
+    out = tmp_path / "evaluation"
+    r = CliRunner().invoke(
+        build_app(),
+        [
+            "evaluate",
+            "--set",
+            f"evaluate.workers={value}",
+            "--bundle",
+            str(tmp_path),
+            "--features",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 2 and "error:" in r.output and "evaluate.workers" in r.output, r.output
+    assert "Traceback" not in r.output and not out.exists()
