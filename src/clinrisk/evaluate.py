@@ -565,39 +565,51 @@ def evaluate_predictions(
         if not np.isin(y, (0.0, 1.0)).all():
             raise DataError(f"{LABELS[k]}: labels must be 0/1")
 
-    data = BootstrapData(ys=ys, p=p, p_oracle=po, counts=counts, codes=codes, tau=tau, p_t=p_t)
-    with threadpool_limits(BLAS_THREADS, user_api="blas"), BootstrapPool(data, workers) as pool:
+    # One batch of bootstraps: per label set the model's full panel with the oracle's metrics, the
+    # oracle's own panel, then every slice's (one batch balances the processes best). The workers end
+    # with the batch; BLAS stays on one thread for the whole evaluation.
+    with threadpool_limits(BLAS_THREADS, user_api="blas"):
+        plan, dropped = plan_slices(df, cfg, categories)
+        jobs = [BootstrapJob(name, with_oracle=True) for name in ys]
+        jobs.append(BootstrapJob("true", only=ORACLE_PANEL, oracle_scores=True))
+        data = BootstrapData(ys=ys, p=p, p_oracle=po, counts=counts, codes=codes, tau=tau, p_t=p_t)
+        with BootstrapPool(data, workers) as pool:
+            boots = pool.run([*jobs, *slice_jobs(plan, ys)])
         return _evaluate_with(
-            cfg, df, p, po, ys, pool, n_pat, seed, categories, window_years, contrib, rows_of
+            cfg,
+            df,
+            data,
+            boots,
+            (plan, dropped),
+            n_pat=n_pat,
+            seed=seed,
+            window_years=window_years,
+            contrib=contrib,
+            rows_of=rows_of,
         )
 
 
 def _evaluate_with(
     cfg: EvaluateConfig,
     df: pl.DataFrame,
-    p: npt.NDArray[np.float64],
-    po: npt.NDArray[np.float64],
-    ys: dict[str, npt.NDArray[np.float64]],
-    pool: BootstrapPool,
+    data: BootstrapData,
+    boots: list[Replicates],
+    slices: tuple[list[SliceMask], list[dict[str, Any]]],
+    *,
     n_pat: int,
     seed: int,
-    categories: dict[str, list[str]] | None,
     window_years: int | None,
     contrib: ContribFn | None,
     rows_of: RowsFn | None,
 ) -> dict[str, Any]:
-    """:func:`evaluate_predictions` once the labels, scores and resamples are in ``pool``."""
+    """:func:`evaluate_predictions` once the bootstraps are done: ``boots`` holds, in order, each label
+    set's full panel, the oracle's panel and the slices' (``slices``: the kept and the dropped levels)."""
     alpha = 1 - cfg.ci_level
-    tau, p_t = pool.data.tau, pool.data.p_t
+    p, po, ys, tau, p_t = data.p, data.p_oracle, data.ys, data.tau, data.p_t
+    plan, dropped = slices
     overall: dict[str, dict[str, dict[str, float]]] = {}
     overall_auc: dict[str, tuple[float, npt.NDArray[np.float64]]] = {}  # reused by the slices' AUC deltas
-    # One batch of bootstraps: per label set the model's full panel with the oracle's metrics, the
-    # oracle's own panel, then every slice's (one batch balances the processes best).
-    plan, dropped = plan_slices(df, cfg, categories)
-    jobs = [BootstrapJob(name, with_oracle=True) for name in ys]
-    jobs.append(BootstrapJob("true", only=ORACLE_PANEL, oracle_scores=True))
-    boots = pool.run([*jobs, *slice_jobs(plan, ys)])
-    model_boots, (o_point, o_reps), slice_boots = boots[: len(ys)], boots[len(ys)], boots[len(jobs) :]
+    model_boots, (o_point, o_reps), slice_boots = boots[: len(ys)], boots[len(ys)], boots[len(ys) + 1 :]
     for (name, y), (point, reps) in zip(ys.items(), model_boots, strict=True):
         overall[name] = {k: M.percentile_ci(point[k], reps[k], alpha) for k in point}
         if 0 < y.sum() < y.size:
@@ -649,7 +661,7 @@ def _evaluate_with(
 
     result["slices_dropped"] = dropped
     result["slices"] = slice_analysis(
-        plan, slice_boots, ys, pool.data.codes, overall_auc, cfg, patient_kwargs=patient_kwargs
+        plan, slice_boots, ys, data.codes, overall_auc, cfg, patient_kwargs=patient_kwargs
     )
     result["label_noise_blind_spot"] = blind_spot(result["slices"], "insurance")
 
