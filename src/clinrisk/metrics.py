@@ -596,14 +596,16 @@ def cluster_counts(n_clusters: int, n_boot: int, seed: int) -> IntArray:
     pvals = np.full(n_clusters, 1.0 / n_clusters)
     # Drawn a few replicates at a time (the same stream as one size=n_boot call) and kept in the smallest
     # unsigned type that holds them (a patient is rarely drawn more than ~10 times: uint8): B × P int64 was
-    # 0.8 GB at 20M raw rows (B = 200, 510k test patients) and the evaluate step's largest allocation.
+    # 0.8 GB at 20M raw rows (B = 200, 510k test patients) and the evaluate step's largest allocation. Each
+    # part is shrunk as it is drawn (concatenate promotes to the largest part's type, which is the smallest
+    # type of the overall maximum): parts kept as uint32 until the end cost 0.9 GB at 20M.
     step = max(1, _CHUNK_CELLS // max(n_clusters, 1))
-    parts = [
-        rng.multinomial(n_clusters, pvals, size=min(step, n_boot - s)).astype(np.uint32)
-        for s in range(0, n_boot, step)
-    ]
-    top = max(int(part.max()) for part in parts)
-    return np.concatenate(parts).astype(np.min_scalar_type(top), copy=False)
+    parts = []
+    for s in range(0, n_boot, step):
+        part = rng.multinomial(n_clusters, pvals, size=min(step, n_boot - s))
+        parts.append(part.astype(np.min_scalar_type(int(part.max())), copy=False))
+        del part  # not alive beside the next draw
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _count_sums(counts: IntArray, member: npt.NDArray[np.bool_]) -> FloatArray:
@@ -795,6 +797,7 @@ def patient_level_metrics(
     n_boot: int = 0,
     seed: int = 0,
     alpha: float = 0.05,
+    counts: IntArray | None = None,
 ) -> dict[str, Any]:
     """Patient-level detection (docs/science.md §2.4) from row predictions.
 
@@ -807,7 +810,9 @@ def patient_level_metrics(
     False-alarm share = share of never-onset patients (T* null) ever alerted; alert burden = alerts (and
     false alerts: rows with Y_true = 0, or with T* null when ``label_true`` is None) per 1,000 patient-years.
     ``onset_year``/``recorded_year`` are per row (constant within patient), NaN for missing.
-    With ``n_boot`` > 0, sensitivities and the false-alarm share get patient-bootstrap CIs.
+    With ``n_boot`` > 0, sensitivities and the false-alarm share get patient-bootstrap CIs; ``counts``
+    passes the resamples :func:`cluster_counts` would draw (n_boot × patients, patients in sorted-id order)
+    when the caller already has them.
     """
     pid = np.asarray(patient_id)
     yr = _vec(year, "year")
@@ -842,7 +847,12 @@ def patient_level_metrics(
         "tau": float(tau),
         "onset_window": int(window),
     }
-    counts = cluster_counts(P, n_boot, seed) if n_boot > 0 else None
+    if counts is not None and n_boot > 0 and counts.shape != (n_boot, P):
+        raise DataError(f"patient_level_metrics: counts has shape {counts.shape}, expected ({n_boot}, {P})")
+    if n_boot <= 0:
+        counts = None
+    elif counts is None:
+        counts = cluster_counts(P, n_boot, seed)
 
     def share(ind: npt.NDArray[np.bool_], den: npt.NDArray[np.bool_]) -> dict[str, float]:
         d = float(den.sum())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -192,6 +194,14 @@ def test_patient_level_detection_constructed() -> None:
     assert out["false_alerts_per_1000_patient_years"] == pytest.approx(100.0)
     boot = M.patient_level_metrics(pid, year, p, onset, rec, tau=0.25, n_boot=50, label_true=ytrue)
     assert 0 <= boot["sensitivity_3"]["lo"] <= boot["sensitivity_3"]["hi"] <= 1
+    # The caller's resamples (the evaluation's: same patients, B and seed) give the same result.
+    counts = M.cluster_counts(5, 50, 0)
+    given = M.patient_level_metrics(
+        pid, year, p, onset, rec, tau=0.25, n_boot=50, label_true=ytrue, counts=counts
+    )
+    assert given == boot
+    with pytest.raises(DataError, match=r"counts has shape \(50, 4\), expected \(50, 5\)"):
+        M.patient_level_metrics(pid, year, p, onset, rec, tau=0.25, n_boot=50, counts=counts[:, :4])
 
 
 def test_bad_inputs_raise_named_errors() -> None:
@@ -296,6 +306,14 @@ def test_cluster_counts_are_the_one_shot_draw_in_a_compact_type() -> None:
     ref = np.random.default_rng(4).multinomial(n_pat, np.full(n_pat, 1.0 / n_pat), size=n_boot)
     assert np.array_equal(counts, ref)
     assert counts.dtype == np.uint8  # 1 byte a cell instead of 8
+    # Each part shrinks as it is drawn: the peak is one part's int64 draw plus the uint8 parts and their
+    # concatenation (keeping every part as uint32 until the end needed 8 bytes a cell more).
+    tracemalloc.start()
+    M.cluster_counts(n_pat, n_boot, seed=4)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    one_part_int64 = (4_000_000 // n_pat) * n_pat * 8
+    assert peak < 1.2 * one_part_int64 + 2 * counts.nbytes, peak  # 46 MB here; 111 MB before
     # Patient-level bootstrap shares from the compact counts equal the float64 matrix product.
     rng = np.random.default_rng(0)
     member, den = rng.random(n_pat) < 0.2, rng.random(n_pat) < 0.7
