@@ -284,7 +284,7 @@ def run_local(
             with (
                 signal_handlers(stop),
                 _task_environment(run_root, run_id, own_tmpdir=runner == "subprocess"),
-                _quiet_runner(router),
+                quiet_runner(router),
             ):
                 try:
                     task = pipeline(**arguments)
@@ -375,11 +375,18 @@ def _task_environment(run_root: Path, run_id: str, own_tmpdir: bool = False) -> 
 
 
 @contextlib.contextmanager
-def _quiet_runner(router: TaskOutputRouter) -> Iterator[None]:
-    """Route kfp.local's stdout to per-task logs; keep the root logger's INFO (cache hits) there too."""
+def quiet_runner(router: TaskOutputRouter) -> Iterator[None]:
+    """Route kfp.local's stdout to per-task logs; keep the root logger's INFO (cache hits) there too.
+
+    On the way out the root logger gets back exactly the handlers it had: kfp.local's
+    ``local_logger_context`` saves and restores them per task, and its ParallelFor threads do so
+    concurrently, which could leave one of its ``StreamHandler(sys.stdout)`` behind, bound to this run's
+    router. A later run in the same process then wrote its task lines into this run's log files and
+    progress line too (seen in ``bench_pipeline.py --repeat 3``: "build-features-shard 92.3 s 3/2 tasks")."""
     root = logging.getLogger()
     handler = RootLogToRouter(router)
     level = root.level
+    handlers = root.handlers[:]
     with warnings.catch_warnings():
         # kfp.local warns on every task that the component's base image (our pipeline image) is not a
         # Python image. The SubprocessRunner deliberately runs the same components in this interpreter
@@ -391,7 +398,7 @@ def _quiet_runner(router: TaskOutputRouter) -> Iterator[None]:
             with contextlib.redirect_stdout(router):
                 yield
         finally:
-            root.removeHandler(handler)
+            root.handlers[:] = handlers
             root.setLevel(level)
 
 

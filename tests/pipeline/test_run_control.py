@@ -154,6 +154,31 @@ def test_router_files_each_task_and_prints_one_line_per_step(tmp_path: Path) -> 
     assert len(out.splitlines()) == 5
 
 
+def test_a_run_leaves_the_root_loggers_handlers_as_it_found_them(tmp_path: Path) -> None:
+    """kfp.local's per-task logger contexts restore handlers concurrently and could leave a
+    ``StreamHandler`` bound to a run's router on the root logger; a later run in the same process then
+    wrote its lines into the earlier run's logs and progress line."""
+    import logging
+
+    from clinrisk.pipeline_runner import quiet_runner
+
+    root = logging.getLogger()
+    before, level = root.handlers[:], root.level
+    first = TaskOutputRouter(tmp_path / "first", io.StringIO(), shard_total=lambda: 2)
+    with quiet_runner(first):
+        # What a racy restore leaves behind: a handler writing to the redirected stdout (the router).
+        root.addHandler(logging.StreamHandler(sys.stdout))
+    assert root.handlers == before and root.level == level
+    term = io.StringIO()
+    second = TaskOutputRouter(tmp_path / "second", term, shard_total=lambda: 2)
+    with quiet_runner(second):
+        logging.getLogger("kfp").info("Executing task 'train'")
+    first.close_files()
+    second.close_files()
+    assert not (tmp_path / "first" / "train.log").exists()
+    assert "train" in (tmp_path / "second" / "train.log").read_text()
+
+
 def test_verbose_router_passes_everything_through(tmp_path: Path) -> None:
     term = io.StringIO()
     router = TaskOutputRouter(tmp_path / "logs", term, verbose=True)
