@@ -16,9 +16,11 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 # What `clinrisk serve` imports (see src/clinrisk/serving/ and bundle.py); pandera: config/schemas are
-# imported by the CLI; setuptools: grpcio-tools (kserve) needs pkg_resources at runtime.
+# imported by the CLI; setuptools: grpcio-tools (kserve) needs pkg_resources at runtime; threadpoolctl: a
+# declared dependency of clinrisk (the evaluation's one BLAS thread), tiny and pure Python, so the image's
+# `pip check` stays clean.
 ROOTS = ["kserve", "lightgbm", "polars", "pyarrow", "pandas", "pandera[polars]", "numpy", "pydantic", "pyyaml",
-         "typer", "tqdm", "httpx", "prometheus-client", "setuptools"]  # fmt: skip
+         "typer", "tqdm", "httpx", "prometheus-client", "setuptools", "threadpoolctl"]  # fmt: skip
 # Training/tracking only — must not end up in the serving image (checked by tests/k8s/test_images.py).
 TRAINING_ONLY = {
     "kfp",
