@@ -39,8 +39,9 @@ def run_once(tree: Path, config: str, out: Path, extra: list[str]) -> tuple[floa
 
 def outputs(out: Path) -> dict[str, str]:
     """The trained model's sha256 and the test headline of a finished run (read from its pipeline folder)."""
-    model = sorted(out.rglob("train/bundle/model.txt"))
-    metrics = sorted(out.rglob("evaluate/evaluation/metrics.json"))
+    # train/ and evaluate/, or the local runner's one model task (pipeline.fuse_local_model_steps)
+    model = sorted(out.rglob("bundle/model.txt"))
+    metrics = sorted(out.rglob("evaluation/metrics.json"))
     if not model or not metrics:
         return {"model_sha256": "?", "headline": "?", "data_hash": "?"}
     headline = json.loads(metrics[-1].read_text()).get("headline", {})

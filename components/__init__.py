@@ -10,6 +10,7 @@ from components.data import generate_shard, merge_data, plan_generation, validat
 from components.deploy import deploy_canary
 from components.evaluate import evaluate
 from components.features import build_features_shard, fit_feature_spec, merge_features
+from components.model_chain import select_train_evaluate_register
 from components.register import register
 from components.resolve_config import resolve_config
 from components.select import select_features
@@ -29,6 +30,7 @@ __all__ = [
     "register",
     "resolve_config",
     "select_features",
+    "select_train_evaluate_register",
     "start_tracking",
     "train",
     "validate_shard",

@@ -31,9 +31,10 @@ class StepLook:
     display_names: Mapping[str, str]
     resources: Mapping[str, StepResources]
 
-    def __call__(self, task: Any, step: str) -> Any:
-        """Give ``task`` its display name and the step's requests and limits; returns the task."""
-        res = self.resources[step]
+    def __call__(self, task: Any, step: str, resources_of: str | None = None) -> Any:
+        """Give ``task`` its display name and the requests and limits of ``resources_of`` (default: the
+        step's own); returns the task."""
+        res = self.resources[resources_of or step]
         cpu_limit, memory_limit = res.limits()
         task.set_display_name(self.display_names[step])
         task.set_cpu_request(res.cpu).set_cpu_limit(cpu_limit)

@@ -36,6 +36,7 @@ DISPLAY_NAMES = {
     "train": "Train + calibrate",
     "evaluate": "Evaluate on test split",
     "register": "Register challenger",
+    "select_train_evaluate_register": "Select, train, evaluate, register (one local task)",
     "deploy_canary": "Canary deploy",
     "finalize_tracking": "Close MLflow run",
 }
@@ -48,10 +49,17 @@ GROUP_NAMES = {
 
 
 def build_training_pipeline(
-    parallelism: int = 2, resources: Mapping[str, StepResources] | None = None, task_groups: int = 0
+    parallelism: int = 2,
+    resources: Mapping[str, StepResources] | None = None,
+    task_groups: int = 0,
+    fuse_model_steps: bool = False,
 ) -> Callable[..., Any]:
     """Return the pipeline function; ``parallelism`` caps concurrent shard tasks and ``resources`` sets
-    each step's pod resources (both compile-time in KFP; ``resources`` defaults to the config's defaults)."""
+    each step's pod resources (both compile-time in KFP; ``resources`` defaults to the config's defaults).
+
+    ``fuse_model_steps`` (the local runner, ``pipeline.fuse_local_model_steps``) runs select → train →
+    evaluate → register as one task, :func:`components.select_train_evaluate_register`, which calls the
+    same step functions: one process pays their imports once. A compiled pipeline keeps a task per step."""
     look = StepLook(DISPLAY_NAMES, dict(resources) if resources is not None else PipelineConfig().resources)
     warnings.filterwarnings("ignore", message=LOCAL_NOOP_WARNING, category=UserWarning)
 
@@ -105,46 +113,62 @@ def build_training_pipeline(
                 ),
                 "merge_features",
             )
-            selection = look(
-                c.select_features(config=config, features=features.outputs["features"]), "select_features"
-            )
-            trained = look(
-                c.train(
-                    config=config,
-                    features=features.outputs["features"],
-                    selection=selection.outputs["selection"],
-                    raw=data.outputs["raw"],
-                    mlflow_run_id=tracking.output,
-                ),
-                "train",
-            )
-            evaluated = look(
-                c.evaluate(
-                    config=config,
-                    bundle=trained.outputs["bundle"],
-                    features=features.outputs["features"],
-                    mlflow_run_id=tracking.output,
-                ),
-                "evaluate",
-            )
-            registered = look(
-                c.register(
-                    config=config,
-                    bundle=trained.outputs["bundle"],
-                    evaluation=evaluated.outputs["evaluation"],
-                    validation_report=data.outputs["validation_report"],
-                    validated=data.outputs["validated"],
-                    mlflow_run_id=tracking.output,
-                ),
-                "register",
-            )
+            if fuse_model_steps:
+                registered = look(
+                    c.select_train_evaluate_register(
+                        config=config,
+                        features=features.outputs["features"],
+                        raw=data.outputs["raw"],
+                        validation_report=data.outputs["validation_report"],
+                        validated=data.outputs["validated"],
+                        mlflow_run_id=tracking.output,
+                    ),
+                    "select_train_evaluate_register",
+                    resources_of="train",
+                )
+            else:
+                selection = look(
+                    c.select_features(config=config, features=features.outputs["features"]),
+                    "select_features",
+                )
+                trained = look(
+                    c.train(
+                        config=config,
+                        features=features.outputs["features"],
+                        selection=selection.outputs["selection"],
+                        raw=data.outputs["raw"],
+                        mlflow_run_id=tracking.output,
+                    ),
+                    "train",
+                )
+                evaluated = look(
+                    c.evaluate(
+                        config=config,
+                        bundle=trained.outputs["bundle"],
+                        features=features.outputs["features"],
+                        mlflow_run_id=tracking.output,
+                    ),
+                    "evaluate",
+                )
+                registered = look(
+                    c.register(
+                        config=config,
+                        bundle=trained.outputs["bundle"],
+                        evaluation=evaluated.outputs["evaluation"],
+                        validation_report=data.outputs["validation_report"],
+                        validated=data.outputs["validated"],
+                        mlflow_run_id=tracking.output,
+                    ),
+                    "register",
+                )
+            # Register (alone or in the fused task) has registry side effects: never served from the cache.
             registered.set_caching_options(False)
             # KFP condition expression, not a Python comparison.
             with dsl.If(deploy == True, name=GROUP_NAMES["deploy_condition"]):  # noqa: E712
                 look(
                     c.deploy_canary(
                         config=config,
-                        model_uri=registered.output,
+                        model_uri=registered.outputs["Output"],
                         inference_service=inference_service,
                         namespace=namespace,
                         percent=canary_percent,

@@ -149,14 +149,15 @@ def passes_all_rules(df: pl.DataFrame, rules: dict[str, dict[str, Any]]) -> bool
 
 def validate_features(df: pl.DataFrame, spec: FeatureSpec, *, where: str = "features") -> pl.DataFrame:
     """Validate a features frame (all errors collected); raise DataError naming columns and checks."""
-    import pandera.errors as pe
-
     with_eval = any(c.startswith("eval_") for c in df.columns)
     extra_eval = [c for c in df.columns if c.startswith("eval_") and c not in EVAL_COLUMNS]
     if extra_eval:
         raise DataError(f"{where}: unknown evaluation columns {extra_eval}")
     if passes_all_rules(df, _column_specs(spec, with_eval)):
         return df
+    # pandera only when the one-pass check found something: its import (~0.8 s) is then worth paying.
+    import pandera.errors as pe
+
     schema = build_feature_schema(spec, with_eval=with_eval)
     try:
         return schema.validate(df, lazy=True)

@@ -16,8 +16,8 @@ plausibility ranges, unit inference and repair of mislabelled units belong to th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandera.polars as pa
 import polars as pl
 
 from clinrisk.generator.schema import OBSERVED_SCHEMA, UNIT_LEVELS
@@ -31,6 +31,9 @@ from clinrisk.units import (
     KG_PER_LB,
     TRIGLYCERIDE_MGDL_PER_MMOLL,
 )
+
+if TYPE_CHECKING:
+    import pandera.polars as pa
 
 __all__ = [
     "DUPLICATE_KEY",
@@ -289,6 +292,8 @@ def rule_mask(rule: Rule, lf: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _as_check(rule: Rule) -> pa.Check:
+    import pandera.polars as pa
+
     # no `error=`: pandera would report it instead of the name, which keys the reason table
     return pa.Check(lambda data: rule_mask(rule, data.lazyframe), name=rule.name)
 
@@ -299,6 +304,10 @@ def raw_schema(first_year: int, last_year: int) -> pa.DataFrameSchema:
     Category sets (sex, region, ethnicity, insurance, every ``*_unit``) are enforced by the Enum dtypes;
     ``clinrisk.validate`` casts raw strings to them and quarantines unknown levels before this schema runs.
     """
+    # pandera is imported here, not at module level: the rules and ranges above are also read by the
+    # feature steps and the model server, which never run the schema (pandera's import is ~0.8 s per process).
+    import pandera.polars as pa
+
     by_col: dict[str, list[pa.Check]] = {c: [] for c in OBSERVED_SCHEMA}
     for rule in raw_rules(first_year, last_year):
         by_col[rule.column].append(_as_check(rule))

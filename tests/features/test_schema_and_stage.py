@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -106,6 +108,24 @@ def test_failed_stage_publishes_nothing(dataset: Path, tmp_path: Path) -> None:
         build_features_dataset(cfg, dataset / "validated", tmp_path / "features", bad, workers=1)
     assert not (tmp_path / "features").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".features")]
+
+
+def test_building_good_features_never_imports_pandera(dataset: Path, tmp_path: Path) -> None:
+    """The features steps validate with one polars pass and call pandera only for a frame that fails it:
+    pandera's import (~0.8 s) is paid by the validation steps, not by every feature task process."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from clinrisk.config import load_config\n"
+        "from clinrisk.features_stage import build_features_dataset\n"
+        f"d = Path({str(dataset)!r})\n"
+        "cfg = load_config(None, ['split.temporal=false'])\n"
+        f"build_features_dataset(cfg, d / 'validated', Path({str(tmp_path / 'f')!r}), d / 'truth', workers=1)\n"
+        "print(sorted(m for m in ('pandera', 'pandas') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_workers_give_identical_output(dataset: Path, built, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from clinrisk.cli.common import (
     load,
 )
 from clinrisk.interrupts import interruptible
+from clinrisk.stages.catalog import Catalog
 
 pipeline_app = typer.Typer(
     help="Run, compile or submit the Kubeflow training pipeline.", no_args_is_help=True
@@ -78,9 +79,8 @@ def pipeline_run(
 
 def _print_locations(run_root: Path, pipeline_dir: Path, model_uri: str, tracking_uri: str) -> None:
     typer.echo(f"pipeline outputs : {pipeline_dir}  (also {run_root / 'latest'})")
-    reports = sorted(pipeline_dir.glob("evaluate/report*")) + sorted(
-        pipeline_dir.glob("evaluate/evaluation/report.md")
-    )
+    evaluation = Catalog.for_kfp_run(pipeline_dir).path("evaluation")
+    reports = sorted(evaluation.parent.glob("report*")) + sorted(evaluation.glob("report.md"))
     for r in reports:
         typer.echo(f"evaluation report: {r}")
     typer.echo(f"registered model : {model_uri}")

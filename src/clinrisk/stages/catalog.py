@@ -61,6 +61,11 @@ KFP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "predictions": ("evaluate", "evaluation", "predictions.parquet"),
 }
 
+# The local runner's one task for the model half (components.select_train_evaluate_register): the outputs
+# of these steps, under the same output names, sit in its folder instead.
+FUSED_MODEL_TASK = "select-train-evaluate-register"
+FUSED_STEPS = frozenset({"select-features", "train", "evaluate", "register"})
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -89,9 +94,16 @@ class Catalog:
 
     @classmethod
     def for_kfp_run(cls, pipeline_dir: str | Path) -> Catalog:
-        """Where a kfp.local run of the training DAG left its artefacts (:data:`KFP_OUTPUTS`)."""
+        """Where a kfp.local run of the training DAG left its artefacts (:data:`KFP_OUTPUTS`; a run whose
+        model half was one task, :data:`FUSED_MODEL_TASK`, has those steps' outputs in its folder)."""
         base = Path(pipeline_dir)
-        return cls({name: base.joinpath(*parts) for name, parts in KFP_OUTPUTS.items()})
+        fused = (base / FUSED_MODEL_TASK).is_dir()
+        return cls(
+            {
+                name: base.joinpath(FUSED_MODEL_TASK if fused and task in FUSED_STEPS else task, *rest)
+                for name, (task, *rest) in KFP_OUTPUTS.items()
+            }
+        )
 
     def with_paths(self, **paths: str | Path | None) -> Catalog:
         """A copy with ``paths`` (those not None) set."""
