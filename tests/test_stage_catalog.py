@@ -12,7 +12,14 @@ import pytest
 import yaml
 
 from clinrisk.errors import ConfigError
-from clinrisk.stages.catalog import KFP_OUTPUTS, RUN_LAYOUT, Catalog, flat_numeric
+from clinrisk.stages.catalog import (
+    FUSED_MODEL_TASK,
+    FUSED_STEPS,
+    KFP_OUTPUTS,
+    RUN_LAYOUT,
+    Catalog,
+    flat_numeric,
+)
 
 
 def test_run_layout_and_overrides(tmp_path: Path) -> None:
@@ -61,6 +68,27 @@ def test_kfp_binding_matches_the_compiled_dag(tmp_path: Path) -> None:
     for name, (task, output, *_) in KFP_OUTPUTS.items():
         assert task in outputs, f"{name}: no task {task!r} in the DAG"
         assert output in outputs[task], f"{name}: task {task!r} has no output {output!r}"
+
+
+def test_kfp_binding_of_the_local_shape_with_one_model_task(tmp_path: Path) -> None:
+    """A run whose model half was one task (the local runner's default) is read back from that task's
+    folder, whose outputs carry the per-step names; a per-step run from the steps' folders."""
+    from kfp import compiler
+    from pipelines.training import build_training_pipeline
+
+    compiler.Compiler().compile(build_training_pipeline(fuse_model_steps=True), str(tmp_path / "p.yaml"))
+    outputs = _dag_outputs(yaml.safe_load((tmp_path / "p.yaml").read_text()))
+    run = tmp_path / "run"
+    (run / FUSED_MODEL_TASK).mkdir(parents=True)
+    io = Catalog.for_kfp_run(run)
+    for name, (task, output, *rest) in KFP_OUTPUTS.items():
+        expected = FUSED_MODEL_TASK if task in FUSED_STEPS else task
+        assert io.path(name) == run.joinpath(expected, output, *rest), name
+        assert output in outputs[expected], f"{name}: task {expected!r} has no output {output!r}"
+    assert (
+        Catalog.for_kfp_run(tmp_path / "other").path("model_bundle")
+        == tmp_path / "other" / "train" / "bundle"
+    )
 
 
 def test_locate_outputs_reads_the_binding(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from clinrisk.pipeline_runner import (
     local_store_path,
     run_local,
 )
+from clinrisk.stages.catalog import FUSED_MODEL_TASK, Catalog
 from tests.pipeline.test_local_pipeline import TASKS, TINY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,9 +42,9 @@ SHARDS = min(_TINY_GENERATE.n_shards, -(-_TINY_GENERATE.n_patients // _TINY_GENE
 # The local runners group the shards into at most run.workers tasks per fan-out.
 FANOUT_TASKS = min(SHARDS, load_config(TINY_CONFIG, TINY).run.workers)
 EXIT_TASK = "finalize-tracking"  # the DAG's exit handler: runs once, after every other task
-# generate + validate per task group, build-features per task group, plus the tasks that run once and the
-# exit task.
-TASK_COUNT = len(TASKS) + 1 + 3 * FANOUT_TASKS
+# generate + validate per task group, build-features per task group, plus the tasks that run once, the
+# model half's one task and the exit task.
+TASK_COUNT = len(TASKS) + 2 + 3 * FANOUT_TASKS
 
 
 def test_docker_run_args_mirror_a_restricted_pod(tmp_path: Path) -> None:
@@ -169,9 +170,11 @@ def test_outputs_are_valid_and_owned_by_the_caller(docker_run: dict[str, Any]) -
     for loop in ("for-loop-2", "for-loop-3"):  # group 1 is the exit handler around the DAG
         assert len(list(d.glob(f"{loop}-iteration-*"))) == FANOUT_TASKS
     assert len(list_shards(d / "merge-features" / "features")) == SHARDS
-    bundle = load_bundle(d / "train" / "bundle")
+    io = Catalog.for_kfp_run(d)
+    assert io.path("model_bundle") == d / FUSED_MODEL_TASK / "bundle"  # the model half: one task
+    bundle = load_bundle(io.path("model_bundle"))
     assert bundle.feature_names
-    assert read_json(d / "evaluate" / "evaluation" / "metrics.json")
+    assert read_json(io.path("evaluation") / "metrics.json")
     # The register step wrote the MLflow store under the mounted run directory.
     assert (docker_run["root"] / "mlflow" / "mlflow.db").stat().st_size > 0
     assert "registered model : models:/clinrisk/1" in docker_run["log"]
@@ -203,7 +206,7 @@ def test_failed_step_in_a_container_stops_the_run(tmp_path: Path) -> None:
     run_dir = next(tmp_path.glob("tiny/runs/*/clinrisk-training-*"))
     assert not (run_dir / "merge-data" / "validated").exists()
     assert not (run_dir / "fit-feature-spec").exists()
-    assert not (run_dir / "train").exists()
+    assert not (run_dir / "train").exists() and not (run_dir / FUSED_MODEL_TASK).exists()
 
 
 @pytest.mark.docker

@@ -12,6 +12,7 @@ from clinrisk.config import load_config
 from clinrisk.errors import StageError
 from clinrisk.pipeline_params import PipelineParams, resolve
 from clinrisk.pipeline_runner import compile_pipeline, run_local
+from clinrisk.stages.catalog import FUSED_MODEL_TASK
 from clinrisk.steps import MODEL_URI_TAG, finalize_tracking_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,7 +108,7 @@ def test_failed_step_leaves_a_failed_mlflow_run_and_registers_nothing(tmp_path: 
     assert client.search_model_versions() == []
     run_dir = next(tmp_path.glob("tiny/runs/*/clinrisk-training-*"))
     assert (run_dir / "finalize-tracking").is_dir()
-    assert not (run_dir / "register").exists()
+    assert not (run_dir / "register").exists() and not (run_dir / FUSED_MODEL_TASK).exists()
 
 
 def test_compiled_dag_has_the_exit_handler(tmp_path: Path) -> None:

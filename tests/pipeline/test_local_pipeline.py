@@ -14,6 +14,7 @@ from clinrisk.config import load_config, save_config
 from clinrisk.errors import StageError
 from clinrisk.io import list_shards, read_json
 from clinrisk.pipeline_runner import run_local
+from clinrisk.stages.catalog import FUSED_MODEL_TASK, Catalog
 
 REPO = Path(__file__).resolve().parents[2]
 # 3,000 patients at the default block size (1,000) make 3 blocks: the plan clamps generate.n_shards=8 to 3
@@ -29,8 +30,9 @@ TINY = [
 ]
 TASKS = [
     "resolve-config", "start-tracking", "plan-generation", "merge-data", "fit-feature-spec",
-    "merge-features", "select-features", "train", "evaluate", "register",
+    "merge-features",
 ]  # fmt: skip
+MODEL_STEPS = ["select-features", "train", "evaluate", "register"]  # one task locally: FUSED_MODEL_TASK
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +51,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, task_tmpdir: Path):  # ty
 
 def test_every_task_ran_and_artifacts_are_valid(tiny_run) -> None:  # type: ignore[no-untyped-def]
     d = tiny_run.pipeline_dir
-    for task in TASKS:
+    for task in [*TASKS, FUSED_MODEL_TASK]:
         assert (d / task).is_dir(), task
+    # the local runner's default: the model half is one task (pipeline.fuse_local_model_steps)
+    assert not [step for step in MODEL_STEPS if (d / step).exists()]
+    io = Catalog.for_kfp_run(d)
     plan = read_json(d / "plan-generation" / "plan" / "plan.json")
     assert plan["n_blocks"] == 3 and plan["n_shards"] == 3
     # The local runner groups the 3 shards into at most run.workers (2) tasks per fan-out: the plan owns
@@ -69,15 +74,45 @@ def test_every_task_ran_and_artifacts_are_valid(tiny_run) -> None:  # type: igno
     spec = read_json(d / "merge-features" / "features" / "feature_spec.json")
     df = pl.read_parquet(feats[0])
     assert set(spec["feature_names"]) <= set(df.columns)
-    selected = read_json(d / "select-features" / "selection" / "selected_features.json")
+    selected = read_json(io.path("selection_file"))
     assert selected["selected"]
-    bundle = load_bundle(d / "train" / "bundle")
+    bundle = load_bundle(io.path("model_bundle"))
     assert set(bundle.feature_names) <= set(spec["feature_names"])
-    metrics = read_json(d / "evaluate" / "evaluation" / "metrics.json")
+    metrics = read_json(io.path("evaluation") / "metrics.json")
     assert metrics
-    assert (d / "evaluate" / "report").read_text().startswith("#")
+    assert (d / FUSED_MODEL_TASK / "report").read_text().startswith("#")
     assert tiny_run.model_uri == "models:/clinrisk/1"
     assert (tiny_run.run_root / "latest").resolve() == d
+
+
+def test_one_task_per_model_step_gives_the_same_model_and_metrics(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The fused model task calls the same step functions as the per-step DAG a cluster runs: with it
+    off, the run has a task per step and trains the same model bytes with the same test metrics."""
+    per_step = run_local(
+        REPO / "configs" / "tiny.yaml",
+        [f"run.output_dir={tmp_path}", *TINY, "pipeline.fuse_local_model_steps=false"],
+    )
+    d = per_step.pipeline_dir
+    for task in [*TASKS, *MODEL_STEPS]:
+        assert (d / task).is_dir(), task
+    assert not (d / FUSED_MODEL_TASK).exists()
+    fused, split = Catalog.for_kfp_run(tiny_run.pipeline_dir), Catalog.for_kfp_run(d)
+    assert split.path("model_bundle") == d / "train" / "bundle"
+    # (the selection document also records its input folder and its own wall time and memory)
+    assert (
+        read_json(split.path("selection_file"))["selected"]
+        == read_json(fused.path("selection_file"))["selected"]
+    )
+    assert split.path("predictions").read_bytes() == fused.path("predictions").read_bytes()
+    assert (split.path("model_bundle") / "model.txt").read_bytes() == (
+        fused.path("model_bundle") / "model.txt"
+    ).read_bytes()
+    split_metrics, fused_metrics = (
+        read_json(io.path("evaluation") / "metrics.json") for io in (split, fused)
+    )
+    assert split_metrics.pop("bundle_dir") != fused_metrics.pop("bundle_dir")  # where each run put its bundle
+    assert split_metrics == fused_metrics
+    assert per_step.model_uri == "models:/clinrisk/1"  # its own run root: its own registry
 
 
 def test_tasks_leave_nothing_in_the_temp_folder(tiny_run, task_tmpdir: Path) -> None:  # type: ignore[no-untyped-def]
@@ -112,7 +147,7 @@ def test_failed_step_stops_run_and_publishes_nothing(tmp_path: Path) -> None:
     run_dir = next(tmp_path.glob("tiny/runs/*/clinrisk-training-*"))
     assert not (run_dir / "merge-data" / "validated").exists()
     assert not (run_dir / "fit-feature-spec").exists()
-    assert not (run_dir / "train").exists()
+    assert not (run_dir / "train").exists() and not (run_dir / FUSED_MODEL_TASK).exists()
 
 
 def test_component_called_directly(tmp_path: Path) -> None:

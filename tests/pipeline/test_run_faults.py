@@ -21,6 +21,7 @@ import pytest
 
 from clinrisk import run_control as rc
 from clinrisk.integrity import check_store
+from clinrisk.stages.catalog import FUSED_MODEL_TASK
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +169,7 @@ def test_sigint_then_resume_reuses_verified_steps(store: dict[str, Any]) -> None
     known = {p.name for p in (root / rc.RUNS_DIR).iterdir()}
     proc = _start(out, "int")
     rid = _new_run(root, known, proc)
-    _wait_step(root, rid, "select-features", proc)
+    _wait_step(root, rid, FUSED_MODEL_TASK, proc)  # select → register: one local task
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=300) == 130
     assert _err(out, "int") == ["error: interrupted by SIGINT; nothing was published"]
@@ -188,7 +189,7 @@ def test_sigint_then_resume_reuses_verified_steps(store: dict[str, Any]) -> None
     (new,) = {p.name for p in (root / rc.RUNS_DIR).iterdir()} - known
     logs = {p.name for p in rc.RunDirs(root, new).logs.glob("*.log")}
     assert "generate-shard-0.log" not in logs and "merge-data.log" not in logs  # served from the cache
-    assert {"merge-features.log", "train.log", "register.log"} <= logs  # re-ran
+    assert {"merge-features.log", f"{FUSED_MODEL_TASK}.log"} <= logs  # re-ran
     assert _record(root, new)["resumed_from"] == rid
     assert _versions(root) - versions <= 1  # a resumed run registers once (or reuses the same bundle)
     assert (root / "latest").resolve() == Path(_record(root, new)["pipeline_dir"])
@@ -254,7 +255,7 @@ def test_sigkill_of_the_runner_then_a_failing_run_then_resume(store: dict[str, A
     assert again.wait(timeout=1800) == 0, (out / "fail-resume.err").read_text()
     (rid,) = {p.name for p in (root / rc.RUNS_DIR).iterdir()} - known - {fid}
     logs = {p.name for p in rc.RunDirs(root, rid).logs.glob("*.log")}
-    assert "merge-features.log" not in logs and "train.log" in logs
+    assert "merge-features.log" not in logs and f"{FUSED_MODEL_TASK}.log" in logs
     assert _versions(root) - versions <= 1
     assert (root / "latest").resolve() == Path(_record(root, rid)["pipeline_dir"])
     _no_orphans(root)

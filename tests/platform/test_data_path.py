@@ -25,6 +25,7 @@ import polars as pl
 import pytest
 import yaml
 
+from clinrisk.stages.catalog import Catalog
 from tests.platform import services as sv
 from tests.platform.conftest import Stack
 
@@ -290,7 +291,7 @@ def test_registered_version_is_served_bit_equal_to_the_pipelines_evaluation(
 
     client.get_run(str(mv.run_id))  # the version points at a run the server knows
     # The pipeline's own evaluation of the test rows (its outputs; MLflow holds no row-level data).
-    preds_file = pipeline["dir"] / "evaluate" / "evaluation" / "predictions.parquet"
+    preds_file = Catalog.for_kfp_run(pipeline["dir"]).path("predictions")
     instances, expected = _evaluated_instances(
         usecase, pipeline["dir"], pl.read_parquet(preds_file), model_dir, cfg
     )

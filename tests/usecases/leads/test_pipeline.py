@@ -18,6 +18,7 @@ from clinrisk.config import load_config
 from clinrisk.errors import StageError
 from clinrisk.io import list_shards, read_json
 from clinrisk.pipeline_runner import run_local
+from clinrisk.stages.catalog import FUSED_MODEL_TASK, Catalog
 from clinrisk.usecases import get
 from clinrisk.usecases.leads.evaluate import evaluate_leads
 
@@ -31,7 +32,7 @@ FAST = [
 ]
 TASKS = [
     "resolve-config", "start-tracking", "plan-generation", "merge-data", "fit-feature-spec",
-    "merge-features", "select-features", "train", "evaluate", "register",
+    "merge-features", FUSED_MODEL_TASK,  # select → register: one local task
 ]  # fmt: skip
 LEADS = get("leads")
 
@@ -67,9 +68,10 @@ def test_every_task_ran_and_artifacts_are_valid(leads_run) -> None:  # type: ign
     feats = list_shards(d / "merge-features" / "features")
     assert len(feats) == n
     assert set(spec["feature_names"]) <= set(pl.read_parquet(feats[0]).columns)
-    bundle = load_bundle(d / "train" / "bundle")
+    io = Catalog.for_kfp_run(d)
+    bundle = load_bundle(io.path("model_bundle"))
     assert set(bundle.feature_names) <= set(spec["feature_names"])
-    assert read_json(d / "evaluate" / "evaluation" / "metrics.json")["oracle"]
+    assert read_json(io.path("evaluation") / "metrics.json")["oracle"]
     assert leads_run.model_uri == "models:/leads/1"
 
 
@@ -110,7 +112,7 @@ def test_same_config_same_data_hash(leads_run) -> None:  # type: ignore[no-untyp
 
 def test_lift_and_gains_on_the_pipeline_test_predictions(leads_run) -> None:  # type: ignore[no-untyped-def]
     d = leads_run.pipeline_dir
-    pred = pl.read_parquet(d / "evaluate" / "evaluation" / "predictions.parquet")
+    pred = pl.read_parquet(Catalog.for_kfp_run(d).path("evaluation") / "predictions.parquet")
     truth = pl.concat(
         pl.read_parquet(
             f, columns=["patient_id", "year", "eval_oracle_risk", "INDUSTRY_GROUP", "EMPLOYEE_RANGE"]
@@ -136,13 +138,15 @@ def test_lift_and_gains_on_the_pipeline_test_predictions(leads_run) -> None:  # 
     assert by_f[0.2]["gains"] > 0.2
     assert {s["column"] for s in res["slices"]} == set(LEADS.labels.slices)
     # the shared evaluation (metrics.json, report.md) carries the same lift/gains, from the same function
-    shared = read_json(d / "evaluate" / "evaluation" / "metrics.json")["top_k"]
+    shared = read_json(Catalog.for_kfp_run(d).path("evaluation") / "metrics.json")["top_k"]
     assert [r["fraction"] for r in shared["recorded"]] == list(LEADS.labels.top_k_fractions)
     for mine, theirs in zip(shared["recorded"], res["top_k"], strict=True):
         assert mine["rows_worked"] == theirs["leads_worked"]
         for k in ("lift", "gains", "capture_vs_oracle"):
             assert mine[k] == pytest.approx(theirs[k]), k
-    assert "## Lift and gains at top-k" in (d / "evaluate" / "evaluation" / "report.md").read_text()
+    assert (
+        "## Lift and gains at top-k" in (Catalog.for_kfp_run(d).path("evaluation") / "report.md").read_text()
+    )
 
 
 def test_failed_stage_stops_the_run_and_publishes_nothing(tmp_path: Path) -> None:
@@ -177,8 +181,8 @@ def test_serving_engine_scores_v1_instances_like_the_bundle_scores_training_rows
 
     d = leads_run.pipeline_dir
     cfg = load_config(d / "resolve-config" / "config" / "config.yaml")
-    bundle = load_bundle(d / "train" / "bundle")
-    engine = ServingEngine.from_dir(d / "train" / "bundle", cfg.serving)
+    bundle = load_bundle(Catalog.for_kfp_run(d).path("model_bundle"))
+    engine = ServingEngine.from_dir(Catalog.for_kfp_run(d).path("model_bundle"), cfg.serving)
     check = engine.self_check()
     assert check["usecase"] == "leads" and 0.0 < check["example_probability"] < 1.0
     rows, instances = _test_rows_and_instances(leads_run)
@@ -207,7 +211,7 @@ def test_kserve_model_server_answers_v1_for_leads(leads_run, tmp_path: Path) -> 
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     cmd = [
-        sys.executable, "-m", "clinrisk", "serve", "--config", str(TINY), "--bundle", str(d / "train" / "bundle"),
+        sys.executable, "-m", "clinrisk", "serve", "--config", str(TINY), "--bundle", str(Catalog.for_kfp_run(d).path("model_bundle")),
         "--set", f"serving.http_port={port}", "--set", "serving.host=127.0.0.1",
     ]  # fmt: skip
     log = tmp_path / "server.log"
@@ -222,7 +226,7 @@ def test_kserve_model_server_answers_v1_for_leads(leads_run, tmp_path: Path) -> 
             raise AssertionError(f"server did not start:\n{log.read_text()[-3000:]}") from None
         rows, instances = _test_rows_and_instances(leads_run, n=3)
         preds = predict(url, instances, model_name=name)["predictions"]
-        bundle = load_bundle(d / "train" / "bundle")
+        bundle = load_bundle(Catalog.for_kfp_run(d).path("model_bundle"))
         want = bundle.predict_proba(rows.select(bundle.feature_names)).tolist()
         assert [p["probability"] for p in preds] == pytest.approx(want, rel=1e-9, abs=1e-12)
         future = {**instances[0], "as_of": instances[0]["usage"][-1]["WHEN_TIMESTAMP"][:10]}
