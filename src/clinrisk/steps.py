@@ -29,6 +29,7 @@ from clinrisk.stages.shards import (
     group_shards,
     plan_shards,
 )
+from clinrisk.task_exit import task_step
 from clinrisk.usecases.base import UseCase
 
 CONFIG_FILE = "config.yaml"
@@ -46,6 +47,7 @@ def _usecase(cfg: ClinriskConfig) -> UseCase:
     return get(cfg.run.usecase)
 
 
+@task_step
 def resolve_config_step(
     config_yaml: str,
     overrides: list[str],
@@ -69,6 +71,7 @@ def resolve_config_step(
 # --------------------------------------------------------------------------- tracking + generation
 
 
+@task_step
 def start_tracking_step(config_dir: str | Path, kfp_run_id: str) -> str:
     """Open the pipeline run's MLflow run (tagged with the KFP run id) with the flattened config as params."""
     from clinrisk.tracking import log_config, start_run
@@ -97,6 +100,7 @@ KFP_RUN_TAG = "kfp.run_id"  # the tag start_tracking_step gives the MLflow run (
 MODEL_URI_TAG = "clinrisk.model_uri"  # the model URI register returned, read back by the exit handler
 
 
+@task_step
 def tag_model_uri_step(config_dir: str | Path, mlflow_run_id: str, model_uri: str) -> str:
     """Record on the MLflow run the model URI register returned (the DAG's result: the exit task, which
     may depend on no task, reads it back); returns ``model_uri``."""
@@ -109,6 +113,7 @@ def tag_model_uri_step(config_dir: str | Path, mlflow_run_id: str, model_uri: st
     return model_uri
 
 
+@task_step
 def finalize_tracking_step(params: Any, kfp_run_id: str, pipeline_state: str, error_message: str = "") -> str:
     """The DAG's exit handler: close the pipeline's MLflow run if a step left it RUNNING; returns the model
     URI the run registered ("" if none) — the pipeline's result, since only the exit task is at its top level.
@@ -147,6 +152,7 @@ def finalize_tracking_step(params: Any, kfp_run_id: str, pipeline_state: str, er
     return model_uri
 
 
+@task_step
 def plan_generation_step(config_dir: str | Path, out_dir: str | Path, task_groups: int = 0) -> list[int]:
     """Calibrate α by bisection and fix each shard's patient blocks (plan.json); returns the indices the
     pipeline fans out over (the plan owns the fan-out; :mod:`clinrisk.stages.generate`).
@@ -199,6 +205,7 @@ def _run_group(out_dir: str | Path, shards: list[int], one: Callable[[int, Path]
         write_json(tmp / GROUP_PARTS_FILE, {"shards": shards, "parts": [group_part_name(s) for s in shards]})
 
 
+@task_step
 def generate_shard_step(
     config_dir: str | Path, plan_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
@@ -226,6 +233,7 @@ def _generate_one(config_dir: str | Path, plan_dir: str | Path, shard: int, out_
     generate.generate_shard(cfg, _catalog({"raw_shard": out_dir}), plan, shard)
 
 
+@task_step
 def merge_data_step(
     config_dir: str | Path,
     plan_dir: str | Path,
@@ -288,6 +296,7 @@ def _log_validation_metrics(report: dict[str, Any], log_metric: MetricLogger | N
 # --------------------------------------------------------------------------- validation
 
 
+@task_step
 def validate_shard_step(
     config_dir: str | Path, raw_shard_dir: str | Path, shard: int, out_dir: str | Path
 ) -> None:
@@ -322,6 +331,7 @@ def _validate_one(config_dir: str | Path, raw_shard_dir: str | Path, shard: int,
 # --------------------------------------------------------------------------- features
 
 
+@task_step
 def fit_feature_spec_step(config_dir: str | Path, validated_dir: str | Path, out_dir: str | Path) -> None:
     """Freeze the feature spec into ``out_dir/feature_spec.json`` (:func:`clinrisk.stages.features.fit_spec`)."""
     from clinrisk.stages import features
@@ -330,6 +340,7 @@ def fit_feature_spec_step(config_dir: str | Path, validated_dir: str | Path, out
     features.fit_spec(_load(config_dir), io)
 
 
+@task_step
 def build_features_shard_step(
     config_dir: str | Path,
     spec_dir: str | Path,
@@ -375,6 +386,7 @@ def _features_one(
     features.build_shard(_load(config_dir), io, shard)
 
 
+@task_step
 def merge_features_step(
     config_dir: str | Path, spec_dir: str | Path, part_dirs: list[str | Path], out_dir: str | Path
 ) -> dict[str, Any]:
@@ -400,6 +412,7 @@ def _catalog(
     ).with_paths(**paths)
 
 
+@task_step
 def select_features_step(
     config_dir: str | Path,
     features_dir: str | Path,
@@ -413,6 +426,7 @@ def select_features_step(
     return dict(select.run(_load(config_dir), io))
 
 
+@task_step
 def train_step(
     config_dir: str | Path,
     features_dir: str | Path,
@@ -443,6 +457,7 @@ def train_step(
 # --------------------------------------------------------------------------- evaluation
 
 
+@task_step
 def evaluate_step(
     config_dir: str | Path,
     bundle_dir: str | Path,
@@ -476,6 +491,7 @@ def evaluate_step(
 # --------------------------------------------------------------------------- registry + deploy
 
 
+@task_step
 def register_step(
     config_dir: str | Path,
     bundle_dir: str | Path,
@@ -505,6 +521,7 @@ def register_step(
     return str(register.run(_load(config_dir), io)["model_uri"])
 
 
+@task_step
 def deploy_canary_step(
     config_dir: str | Path,
     model_uri: str,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clinrisk.errors import DataError
+from clinrisk.task_exit import task_step
 
 if TYPE_CHECKING:
     from clinrisk.config import ClinriskConfig
@@ -74,6 +75,7 @@ def _client(cfg: ClinriskConfig) -> Any:
     return mlflow_client()
 
 
+@task_step
 def train_step(
     config_dir: str | Path,
     validated_dir: str | Path,
@@ -105,6 +107,7 @@ def train_step(
     return fitted
 
 
+@task_step
 def evaluate_step(
     config_dir: str | Path,
     validated_dir: str | Path,
@@ -159,6 +162,7 @@ def render_report(run_name: str, metrics: dict[str, Any], fitted: dict[str, Any]
     )
 
 
+@task_step
 def register_step(
     config_dir: str | Path,
     model_dir: str | Path,
@@ -224,6 +228,7 @@ def checkpoint_storage_uri(cfg: ClinriskConfig, uri: str) -> str:
     return kserve_storage_uri(str(version.source), cfg.tracking.artifacts_destination)
 
 
+@task_step
 def deploy_canary_step(
     config_dir: str | Path,
     model_uri: str,
