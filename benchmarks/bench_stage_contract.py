@@ -39,7 +39,7 @@ def run_once(tree: Path, config: str, out: Path, extra: list[str]) -> tuple[floa
 
 def outputs(out: Path) -> dict[str, str]:
     """The trained model's sha256 and the test headline of a finished run (read from its pipeline folder)."""
-    # train/ and evaluate/, or the local runner's one model task (pipeline.fuse_local_model_steps)
+    # train/ and evaluate/, or the local runner's one model task (pipeline.fuse_local_steps)
     model = sorted(out.rglob("bundle/model.txt"))
     metrics = sorted(out.rglob("evaluation/metrics.json"))
     if not model or not metrics:

@@ -24,7 +24,13 @@ from typing import Any
 # A stage's time is the sum of its steps' spans (a fan-out's span: first task start to last task end, with
 # run.workers tasks at a time); its memory is the largest task's peak RSS.
 STAGES: dict[str, tuple[str, ...]] = {
-    "generate + validate": ("plan-generation", "generate-shard", "validate-shard", "merge-data"),
+    "generate + validate": (
+        "plan-generation",
+        "generate-shard",
+        "validate-shard",
+        "generate-validate-shard",
+        "merge-data",
+    ),
     "features": ("fit-feature-spec", "build-features-shard", "merge-features"),
     "select": ("select-features",),
     "train": ("train",),

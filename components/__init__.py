@@ -6,7 +6,13 @@ pipeline image (``clinrisk.images.pipeline_image()``), so the same component run
 (subprocess or Docker) and on a Kubeflow cluster.
 """
 
-from components.data import generate_shard, merge_data, plan_generation, validate_shard
+from components.data import (
+    generate_shard,
+    generate_validate_shard,
+    merge_data,
+    plan_generation,
+    validate_shard,
+)
 from components.deploy import deploy_canary
 from components.evaluate import evaluate
 from components.features import build_features_shard, fit_feature_spec, merge_features
@@ -24,6 +30,7 @@ __all__ = [
     "finalize_tracking",
     "fit_feature_spec",
     "generate_shard",
+    "generate_validate_shard",
     "merge_data",
     "merge_features",
     "plan_generation",

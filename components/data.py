@@ -43,6 +43,22 @@ def validate_shard(
 
 
 @dsl.component(base_image=pipeline_image(), install_kfp_package=False)
+def generate_validate_shard(
+    config: dsl.Input[dsl.Artifact],
+    plan: dsl.Input[dsl.Artifact],
+    shard: int,
+    raw_shard: dsl.Output[dsl.Dataset],
+    validated_shard: dsl.Output[dsl.Dataset],
+) -> None:
+    """generate_shard then validate_shard in one process (the local runner's shape,
+    ``pipeline.fuse_local_steps``): the same two step functions and outputs, one start-up."""
+    from clinrisk.steps import generate_shard_step, validate_shard_step
+
+    generate_shard_step(config.path, plan.path, int(shard), raw_shard.path)
+    validate_shard_step(config.path, raw_shard.path, int(shard), validated_shard.path)
+
+
+@dsl.component(base_image=pipeline_image(), install_kfp_package=False)
 def merge_data(
     config: dsl.Input[dsl.Artifact],
     plan: dsl.Input[dsl.Artifact],

@@ -3,7 +3,7 @@
 kfp.local starts a fresh Python process per task, and these four steps each import LightGBM and (three of
 them) MLflow: ≈ 2.5–3.4 s of imports per task, paid once here instead of four times. The body calls the
 same four step functions, in the same order and with the same artefacts, as the one-task-per-step DAG a
-cluster runs (``pipeline.fuse_local_model_steps``); only the task boundary differs. Never cached, like
+cluster runs (``pipeline.fuse_local_steps``); only the task boundary differs. Never cached, like
 register: it has registry side effects.
 """
 

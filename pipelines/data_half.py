@@ -86,12 +86,18 @@ class DataHalf:
 
 
 def add_data_half(
-    form: Mapping[str, Any], look: StepLook, parallelism: int, loop_name: str, task_groups: int = 0
+    form: Mapping[str, Any],
+    look: StepLook,
+    parallelism: int,
+    loop_name: str,
+    task_groups: int = 0,
+    fuse_steps: bool = False,
 ) -> DataHalf:
     """Add the shared data tasks to the pipeline being defined (call it inside the ``dsl.ExitHandler``).
 
     ``task_groups`` 0 fans out one task per shard (a cluster's default); N > 0 lets the plan group the
-    shards into at most N tasks (the local runner, where every task is a fresh Python process)."""
+    shards into at most N tasks (the local runner, where every task is a fresh Python process).
+    ``fuse_steps`` generates and validates each shard (group) in one task, ``generate_validate_shard``."""
     config = look(c.resolve_config(**form), "resolve_config").outputs["config"]
     tracking = look(
         c.start_tracking(config=config, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), "start_tracking"
@@ -102,10 +108,20 @@ def add_data_half(
     # The plan owns the fan-out: every ParallelFor iterates over the shard indices it returns.
     plan = look(c.plan_generation(config=config, task_groups=task_groups), "plan_generation")
     with dsl.ParallelFor(plan.outputs["Output"], parallelism=parallelism, name=loop_name) as shard:
-        gen = look(c.generate_shard(config=config, plan=plan.outputs["plan"], shard=shard), "generate_shard")
-        val = look(
-            c.validate_shard(config=config, raw_shard=gen.outputs["raw_shard"], shard=shard), "validate_shard"
-        )
+        if fuse_steps:
+            gen = val = look(
+                c.generate_validate_shard(config=config, plan=plan.outputs["plan"], shard=shard),
+                "generate_validate_shard",
+                resources_of="validate_shard",
+            )
+        else:
+            gen = look(
+                c.generate_shard(config=config, plan=plan.outputs["plan"], shard=shard), "generate_shard"
+            )
+            val = look(
+                c.validate_shard(config=config, raw_shard=gen.outputs["raw_shard"], shard=shard),
+                "validate_shard",
+            )
     data = look(
         c.merge_data(
             config=config,

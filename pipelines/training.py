@@ -28,6 +28,7 @@ DISPLAY_NAMES = {
     "plan_generation": "Plan shards",
     "generate_shard": "Generate shard",
     "validate_shard": "Validate shard",
+    "generate_validate_shard": "Generate + validate shard (one local task)",
     "merge_data": "Merge data + validation report",
     "fit_feature_spec": "Fit feature spec",
     "build_features_shard": "Build features (shard)",
@@ -52,14 +53,15 @@ def build_training_pipeline(
     parallelism: int = 2,
     resources: Mapping[str, StepResources] | None = None,
     task_groups: int = 0,
-    fuse_model_steps: bool = False,
+    fuse_steps: bool = False,
 ) -> Callable[..., Any]:
     """Return the pipeline function; ``parallelism`` caps concurrent shard tasks and ``resources`` sets
     each step's pod resources (both compile-time in KFP; ``resources`` defaults to the config's defaults).
 
-    ``fuse_model_steps`` (the local runner, ``pipeline.fuse_local_model_steps``) runs select → train →
-    evaluate → register as one task, :func:`components.select_train_evaluate_register`, which calls the
-    same step functions: one process pays their imports once. A compiled pipeline keeps a task per step."""
+    ``fuse_steps`` (the local runner, ``pipeline.fuse_local_steps``) runs generate → validate as one task
+    per shard (group), :func:`components.generate_validate_shard`, and select → train → evaluate → register
+    as one task, :func:`components.select_train_evaluate_register`; both call the same step functions, so
+    one process pays their imports once. A compiled pipeline keeps a task per step."""
     look = StepLook(DISPLAY_NAMES, dict(resources) if resources is not None else PipelineConfig().resources)
     warnings.filterwarnings("ignore", message=LOCAL_NOOP_WARNING, category=UserWarning)
 
@@ -84,7 +86,9 @@ def build_training_pipeline(
         finalize = close_run_on_exit(form, look)
 
         with dsl.ExitHandler(finalize, name=GROUP_NAMES["exit_handler"]):
-            half = add_data_half(form, look, parallelism, GROUP_NAMES["generate_loop"], task_groups)
+            half = add_data_half(
+                form, look, parallelism, GROUP_NAMES["generate_loop"], task_groups, fuse_steps=fuse_steps
+            )
             config, tracking, plan, data = half.config, half.tracking, half.plan, half.data
             spec = look(
                 c.fit_feature_spec(config=config, validated=data.outputs["validated"]), "fit_feature_spec"
@@ -113,7 +117,7 @@ def build_training_pipeline(
                 ),
                 "merge_features",
             )
-            if fuse_model_steps:
+            if fuse_steps:
                 registered = look(
                     c.select_train_evaluate_register(
                         config=config,

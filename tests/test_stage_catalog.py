@@ -76,7 +76,7 @@ def test_kfp_binding_of_the_local_shape_with_one_model_task(tmp_path: Path) -> N
     from kfp import compiler
     from pipelines.training import build_training_pipeline
 
-    compiler.Compiler().compile(build_training_pipeline(fuse_model_steps=True), str(tmp_path / "p.yaml"))
+    compiler.Compiler().compile(build_training_pipeline(fuse_steps=True), str(tmp_path / "p.yaml"))
     outputs = _dag_outputs(yaml.safe_load((tmp_path / "p.yaml").read_text()))
     run = tmp_path / "run"
     (run / FUSED_MODEL_TASK).mkdir(parents=True)

@@ -277,10 +277,11 @@ def run_local(
         task: Any = None
         # kfp.local starts a fresh Python process per task: the plan groups the shards into at most
         # run.workers tasks per fan-out (a compiled pipeline keeps one task per shard).
-        # Likewise the training DAG's model half is one task (pipeline.fuse_local_model_steps).
+        # Likewise the training DAG runs generate + validate, and its model half, as one task each
+        # (pipeline.fuse_local_steps).
         shape: dict[str, Any] = {"task_groups": cfg.run.workers}
         if pipeline_name == PIPELINE_NAME:
-            shape["fuse_model_steps"] = cfg.pipeline.fuse_local_model_steps
+            shape["fuse_steps"] = cfg.pipeline.fuse_local_steps
         pipeline = build_pipeline(parallelism=cfg.run.workers, resources=cfg.pipeline.resources, **shape)
         try:
             with (

@@ -172,7 +172,7 @@ class TaskOutputRouter(io.TextIOBase):
             if self.interrupted():
                 return
             last = _last_line(state.failed[-1])
-            self._echo(f"  x {state.name:<22} FAILED after {elapsed:6.1f} s  (log: {state.failed[-1]})")
+            self._echo(f"  x {state.name:<30} FAILED after {elapsed:6.1f} s  (log: {state.failed[-1]})")
             if last:
                 self._echo(f"      {last}")
             return
@@ -180,7 +180,7 @@ class TaskOutputRouter(io.TextIOBase):
         cached = " (cached)" if state.cached and state.cached == state.done else ""
         if not sharded:
             if complete:
-                self._echo(f"  ✓ {state.name:<22} {elapsed:6.1f} s{cached}")
+                self._echo(f"  ✓ {state.name:<30} {elapsed:6.1f} s{cached}")
             return
         shown_total = total or state.done
         if self._tty and not self.verbose:
@@ -189,7 +189,7 @@ class TaskOutputRouter(io.TextIOBase):
 
                 state.bar = tqdm(
                     total=shown_total,
-                    desc=f"  {state.name:<24}",
+                    desc=f"  {state.name:<30}",  # the longest task name: select-train-evaluate-register
                     unit="task",  # a task runs one shard, or a group of them (local runner)
                     file=self.terminal,
                     leave=True,
@@ -204,7 +204,7 @@ class TaskOutputRouter(io.TextIOBase):
         bar = "#" * filled + "-" * (width - filled)
         mark = "✓" if complete else " "
         self._echo(
-            f"  {mark} {state.name:<22} {elapsed:6.1f} s  [{bar}] {state.done}/{shown_total} tasks{cached}"
+            f"  {mark} {state.name:<30} {elapsed:6.1f} s  [{bar}] {state.done}/{shown_total} tasks{cached}"
         )
 
 

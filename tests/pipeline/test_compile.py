@@ -87,23 +87,31 @@ def test_every_task_loop_and_condition_has_a_display_name(tmp_path: Path) -> Non
     shown = {name: t["taskInfo"]["name"] for name, t in tasks.items()}
     for name, label in shown.items():
         assert label != name and not label.startswith(("for-loop-", "condition-", "exit-handler-")), name
-    local_only = {DISPLAY_NAMES["select_train_evaluate_register"]}  # the local runner's fused model task
+    # the local runner's fused tasks (pipeline.fuse_local_steps)
+    local_only = {DISPLAY_NAMES["select_train_evaluate_register"], DISPLAY_NAMES["generate_validate_shard"]}
     assert set(shown.values()) == (set(DISPLAY_NAMES.values()) - local_only) | set(GROUP_NAMES.values())
     groups = {n for n in tasks if n.startswith(("for-loop-", "condition-", "exit-handler-"))}
     assert len(groups) == 4  # 2 loops, the deploy condition, the exit handler
 
 
 def test_the_local_shape_has_one_model_task(tmp_path: Path) -> None:
-    """pipeline.fuse_local_model_steps: the same DAG with select → register as one task that takes the
-    per-step tasks' inputs, is never cached (it registers) and feeds the deploy condition."""
+    """pipeline.fuse_local_steps: the same DAG with generate → validate as one task per shard (group),
+    and select → register as one task that takes the per-step tasks' inputs, is never cached (it
+    registers) and feeds the deploy condition."""
     from kfp import compiler
     from pipelines.training import DISPLAY_NAMES, build_training_pipeline
 
     out = tmp_path / "local.yaml"
-    compiler.Compiler().compile(build_training_pipeline(fuse_model_steps=True), str(out))
+    compiler.Compiler().compile(build_training_pipeline(fuse_steps=True), str(out))
     ir = yaml.safe_load(out.read_text())
     tasks = _dag_tasks(ir)
-    assert not {"select-features", "train", "evaluate", "register"} & set(tasks)
+    assert not {"generate-shard", "validate-shard", "select-features", "train", "evaluate", "register"} & set(
+        tasks
+    )
+    shard_task = tasks["generate-validate-shard"]
+    assert shard_task["cachingOptions"] == {"enableCache": True}  # deterministic: resumable from the cache
+    merge_inputs = str(tasks["merge-data"]["inputs"])
+    assert merge_inputs.count("generate-validate-shard") == 2  # raw and validated shards, collected
     fused = tasks["select-train-evaluate-register"]
     assert fused["taskInfo"]["name"] == DISPLAY_NAMES["select_train_evaluate_register"]
     assert fused["cachingOptions"] == {}  # caching off (KFP writes enableCache only when on)

@@ -42,9 +42,9 @@ SHARDS = min(_TINY_GENERATE.n_shards, -(-_TINY_GENERATE.n_patients // _TINY_GENE
 # The local runners group the shards into at most run.workers tasks per fan-out.
 FANOUT_TASKS = min(SHARDS, load_config(TINY_CONFIG, TINY).run.workers)
 EXIT_TASK = "finalize-tracking"  # the DAG's exit handler: runs once, after every other task
-# generate + validate per task group, build-features per task group, plus the tasks that run once, the
-# model half's one task and the exit task.
-TASK_COUNT = len(TASKS) + 2 + 3 * FANOUT_TASKS
+# generate + validate (one task) per task group, build-features per task group, plus the tasks that run
+# once, the model half's one task and the exit task (the local shape: pipeline.fuse_local_steps).
+TASK_COUNT = len(TASKS) + 2 + 2 * FANOUT_TASKS
 
 
 def test_docker_run_args_mirror_a_restricted_pod(tmp_path: Path) -> None:
@@ -157,7 +157,13 @@ def test_every_task_ran_in_the_pipeline_image(docker_run: dict[str, Any]) -> Non
     exits = [e["Actor"]["Attributes"].get("exitCode") for e in docker_run["events"]]
     assert exits == ["0"] * TASK_COUNT, exits
     executed = set(re.findall(r"Executing task '([a-z-]+)'", log))
-    assert executed == {*TASKS, EXIT_TASK, "generate-shard", "validate-shard", "build-features-shard"}
+    assert executed == {
+        *TASKS,
+        EXIT_TASK,
+        FUSED_MODEL_TASK,
+        "generate-validate-shard",
+        "build-features-shard",
+    }
     assert "FAILURE" not in log
     assert "Pipeline 'clinrisk-training' finished with status SUCCESS" in log
 

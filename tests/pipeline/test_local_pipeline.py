@@ -53,8 +53,11 @@ def test_every_task_ran_and_artifacts_are_valid(tiny_run) -> None:  # type: igno
     d = tiny_run.pipeline_dir
     for task in [*TASKS, FUSED_MODEL_TASK]:
         assert (d / task).is_dir(), task
-    # the local runner's default: the model half is one task (pipeline.fuse_local_model_steps)
+    # the local runner's default (pipeline.fuse_local_steps): generate + validate is one task per shard
+    # group, the model half one task
     assert not [step for step in MODEL_STEPS if (d / step).exists()]
+    assert len(list(d.glob("for-loop-2-iteration-*/generate-validate-shard"))) == 2
+    assert not list(d.glob("for-loop-2-iteration-*/generate-shard"))
     io = Catalog.for_kfp_run(d)
     plan = read_json(d / "plan-generation" / "plan" / "plan.json")
     assert plan["n_blocks"] == 3 and plan["n_shards"] == 3
@@ -86,17 +89,27 @@ def test_every_task_ran_and_artifacts_are_valid(tiny_run) -> None:  # type: igno
 
 
 def test_one_task_per_model_step_gives_the_same_model_and_metrics(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The fused model task calls the same step functions as the per-step DAG a cluster runs: with it
-    off, the run has a task per step and trains the same model bytes with the same test metrics."""
+    """The fused tasks call the same step functions as the per-step DAG a cluster runs: with them off,
+    the run has a task per step and makes the same data, model bytes and test metrics."""
     per_step = run_local(
         REPO / "configs" / "tiny.yaml",
-        [f"run.output_dir={tmp_path}", *TINY, "pipeline.fuse_local_model_steps=false"],
+        [f"run.output_dir={tmp_path}", *TINY, "pipeline.fuse_local_steps=false"],
     )
     d = per_step.pipeline_dir
     for task in [*TASKS, *MODEL_STEPS]:
         assert (d / task).is_dir(), task
     assert not (d / FUSED_MODEL_TASK).exists()
+    for step in ("generate-shard", "validate-shard"):
+        assert len(list(d.glob(f"for-loop-2-iteration-*/{step}"))) == 2, step
     fused, split = Catalog.for_kfp_run(tiny_run.pipeline_dir), Catalog.for_kfp_run(d)
+    split_raw, fused_raw = (read_json(io.path("raw_manifest")) for io in (split, fused))
+    assert (
+        split_raw["observed_hash"] == fused_raw["observed_hash"]
+        and split_raw["truth_hash"] == fused_raw["truth_hash"]
+    )
+    split_report, fused_report = (read_json(io.path("validation") / "report.json") for io in (split, fused))
+    assert split_report["rows_quarantined"] == fused_report["rows_quarantined"]
+    assert split_report["rows_valid"] == fused_report["rows_valid"] > 0
     assert split.path("model_bundle") == d / "train" / "bundle"
     # (the selection document also records its input folder and its own wall time and memory)
     assert (

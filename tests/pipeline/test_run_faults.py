@@ -188,7 +188,7 @@ def test_sigint_then_resume_reuses_verified_steps(store: dict[str, Any]) -> None
     assert resumed.wait(timeout=1800) == 0, (out / "resume.err").read_text()
     (new,) = {p.name for p in (root / rc.RUNS_DIR).iterdir()} - known
     logs = {p.name for p in rc.RunDirs(root, new).logs.glob("*.log")}
-    assert "generate-shard-0.log" not in logs and "merge-data.log" not in logs  # served from the cache
+    assert "generate-validate-shard-0.log" not in logs and "merge-data.log" not in logs  # from the cache
     assert {"merge-features.log", f"{FUSED_MODEL_TASK}.log"} <= logs  # re-ran
     assert _record(root, new)["resumed_from"] == rid
     assert _versions(root) - versions <= 1  # a resumed run registers once (or reuses the same bundle)

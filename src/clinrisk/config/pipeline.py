@@ -106,12 +106,13 @@ class PipelineConfig(Section):
         description="CPU/memory requests and limits per step (pipeline.resources.<step>.{cpu,memory,...})",
     )
 
-    fuse_local_model_steps: bool = Field(
+    fuse_local_steps: bool = Field(
         True,
         description=(
-            "the local runner (kfp.local) runs select, train, evaluate and register as one task: one "
-            "process pays their LightGBM and MLflow imports once (≈ 8 s of a 2M run); false keeps one task "
-            "per step, as a compiled pipeline always does"
+            "the local runner (kfp.local, a fresh Python process per task) runs generate + validate as one "
+            "task per shard group, and select, train, evaluate and register as one task: their imports and "
+            "start-up are paid once (≈ 10 s of a 2M run); false keeps one task per step, as a compiled "
+            "pipeline always does"
         ),
     )
 
