@@ -55,6 +55,8 @@ TRAIN, VALIDATION = "train", "validation"
 # stopping; CALIBRATION rows (the other patients) fit and choose the calibration map and check τ, so the
 # map is never fitted on the rows that picked the number of trees.
 CALIBRATION = "calibration"
+# Seed stream of the training-row budget's draw (kept apart from the other draws seeded by run.seed).
+TRAIN_SAMPLE_STREAM = 0x7261
 # Rows drawn from the training split for the reference quantiles (OOD checks, PSI drift).
 REFERENCE_SAMPLE_ROWS = 100_000
 REFERENCE_QUANTILES = tuple(round(q, 2) for q in np.linspace(0.1, 0.9, 9))
@@ -224,6 +226,38 @@ class SplitRows:
     @property
     def n(self) -> int:
         return sum(len(s) for s in self.sequences)
+
+    def subsample(self, max_rows: int, seed: int) -> SplitRows:
+        """At most ``max_rows`` of these rows, drawn uniformly without replacement (seeded), in file order.
+
+        What LightGBM holds grows with the rows it trains on (its binned store and per-row training
+        buffers), so a row budget is what bounds the train step's memory when the data grows. Rows, not
+        patients, are drawn: the training split is already patient-disjoint from validation and test, and
+        for a fixed budget more patients means more diverse rows. Called after :meth:`finish`; returns
+        ``self`` when there are no more rows than the budget (the model is then unchanged).
+        """
+        n = self.n
+        if n <= max_rows:
+            return self
+        if self.keep_ids:
+            raise ValueError("subsample: only the training split (no ids kept) is sampled")
+        rng = np.random.default_rng([seed, TRAIN_SAMPLE_STREAM])
+        keep = np.sort(rng.choice(n, size=max_rows, replace=False, shuffle=False))
+        out = SplitRows(keep_ids=False)
+        (label,), (weight,) = self.label, self.weight
+        out.label, out.weight = [label[keep]], [weight[keep]]
+        start = 0
+        for seq in self.sequences:
+            rg_rows = []
+            for rows in seq.rg_rows:
+                lo, hi = np.searchsorted(keep, [start, start + len(rows)])
+                rg_rows.append(rows[keep[lo:hi] - start])
+                start += len(rows)
+            if any(len(r) for r in rg_rows):
+                out.sequences.append(
+                    ShardSequence(seq.path, seq.feature_names, seq.categories, rg_rows, cache=seq.cache)
+                )
+        return out
 
 
 def scan_splits(
@@ -669,6 +703,15 @@ def fit_bundle(
     train, stop, val = rows[TRAIN], rows[VALIDATION], rows[CALIBRATION]
     if train.n == 0:
         raise DataError(f"{where}: no training-split rows with sample_weight > 0")
+    n_train_available = train.n
+    if cfg.train.max_rows is not None:
+        train = train.subsample(cfg.train.max_rows, cfg.run.seed)
+        if train.n < n_train_available:
+            log.info(
+                "train.max_rows: training on %d of %d training rows (uniform, seeded)",
+                train.n,
+                n_train_available,
+            )
     if stop.n == 0 or val.n == 0:
         raise DataError(
             f"{where}: no validation-split rows in one of its two patient-grouped parts "
@@ -741,6 +784,8 @@ def fit_bundle(
         "positive_class_weight": cw,
         "calibration_method": calibration["method"],
         "n_train_rows": train.n,
+        "n_train_rows_available": n_train_available,
+        "train_max_rows": cfg.train.max_rows,
         "n_validation_rows": stop.n + val.n,
         "n_early_stopping_rows": stop.n,
         "n_calibration_rows": val.n,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import polars as pl
 import pytest
 
@@ -98,3 +99,77 @@ def test_streamed_dataset_build_memory_does_not_grow_with_rows(tmp_path: Path, l
     # The tracer does see a full matrix: the in-memory build of the same rows peaks above its size.
     peak_in_memory, _, _ = _traced_peak_of_build(large, streamed=False)
     assert peak_in_memory >= matrix_large
+
+
+# --------------------------------------------------------------------------------- the training-row budget
+
+
+def _indexed_features(root: Path, n_patients: int = 1500) -> Path:
+    """A features dataset whose ``ldl_mean_3y`` is the row's number and whose weight is that number + 1, so
+    a row's features and its label/weight can be matched after sampling."""
+    df = synth_frame(n_patients, 2)
+    idx = np.arange(df.height, dtype=np.float32)
+    df = df.with_columns(
+        pl.Series("ldl_mean_3y", idx, dtype=pl.Float32), pl.Series("sample_weight", idx + 1, dtype=pl.Float32)
+    )
+    return write_features_dataset(df, root, n_shards=3, row_group_size=700)
+
+
+def test_row_budget_draws_exactly_the_budget_and_keeps_rows_aligned(tmp_path: Path):
+    features = _indexed_features(tmp_path / "features")
+    names, _, cats = _inputs(features)
+    train = scan_splits(list_shards(features), names, cats)[TRAIN]
+    assert train.subsample(train.n, seed=7) is train  # within the budget: untouched
+    sample = train.subsample(2000, seed=7)
+    assert sample.n == 2000 and len(sample.labels_weights()[0]) == 2000
+    rows = np.concatenate([X[:, names.index("ldl_mean_3y")] for s in sample.sequences for X in s.matrices()])
+    label, weight = sample.labels_weights()
+    np.testing.assert_array_equal(rows + 1, weight)  # each label/weight belongs to the row LightGBM reads
+    for seq in sample.sequences:  # file order kept within a shard (rows are numbered in file order)
+        assert np.all(np.diff(np.concatenate(list(seq.matrices()))[:, names.index("ldl_mean_3y")]) > 0)
+    full_rows = np.concatenate(
+        [X[:, names.index("ldl_mean_3y")] for s in train.sequences for X in s.matrices()]
+    )
+    order = np.argsort(full_rows)
+    at = order[np.searchsorted(full_rows[order], rows)]
+    np.testing.assert_array_equal(full_rows[at], rows)
+    np.testing.assert_array_equal(train.labels_weights()[0][at], label)
+    # seeded: the same seed draws the same rows, another seed others
+    again = train.subsample(2000, seed=7)
+    other = train.subsample(2000, seed=8)
+
+    def drawn(s: Any) -> np.ndarray:
+        return np.concatenate([X[:, names.index("ldl_mean_3y")] for q in s.sequences for X in q.matrices()])
+
+    np.testing.assert_array_equal(drawn(again), rows)
+    assert not np.array_equal(drawn(other), rows)
+    # LightGBM is handed the budget's rows and no more
+    params = {**lgb_params(small_config(), "binary"), "bin_construct_sample_cnt": 500}
+    ds = sequence_dataset(sample, label, weight, names, [], params=params).construct()
+    assert ds.num_data() == 2000
+
+
+def test_row_budget_in_the_train_stage(tmp_path: Path):
+    """Above the budget the bundle says how many rows it was fitted on, of how many, and is reproducible;
+    within the budget the model is byte-identical to one with no budget."""
+    import json
+
+    from clinrisk.train import train_model
+
+    features = write_features_dataset(synth_frame(1500, 4), tmp_path / "features")
+
+    def fit(name: str, *sets: str) -> tuple[bytes, dict[str, Any]]:
+        out = tmp_path / name
+        train_model(small_config(None, *sets), features, out)
+        return (out / "model.txt").read_bytes(), json.loads((out / "metadata.json").read_text())
+
+    full, full_meta = fit("a", "train.max_rows=null")
+    within, _ = fit("b")
+    assert within == full
+    available = full_meta["n_train_rows"]
+    assert full_meta["train_max_rows"] is None and full_meta["n_train_rows_available"] == available
+    (capped, meta), (again, _) = fit("c", "train.max_rows=2000"), fit("d", "train.max_rows=2000")
+    assert meta["n_train_rows"] == 2000 < available
+    assert meta["n_train_rows_available"] == available and meta["train_max_rows"] == 2000
+    assert capped == again != full
+    assert meta["n_validation_rows"] == full_meta["n_validation_rows"]  # validation is never sampled

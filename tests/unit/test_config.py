@@ -45,6 +45,8 @@ def test_an_iso_date_is_a_name_not_a_date(tmp_path: Path) -> None:
         ("nosuch.key=1", "unknown section 'nosuch'"),
         ("novalue", "expected KEY=VALUE"),
         ("split.train_buckets=[70,10]", "split.train_buckets"),
+        ("train.max_rows=10", "train.max_rows"),
+        ("train.max_rows=many", "train.max_rows"),
     ],
 )
 def test_bad_override_names_the_key(override: str, needle: str) -> None:

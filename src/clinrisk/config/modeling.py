@@ -99,6 +99,12 @@ class DaskConfig(Section):
     )
 
 
+# The default training-row budget: above the default run's training split (2M raw rows → 438,938 training
+# rows), so the default model is unchanged, and what holds the train step's memory flat at 20M raw rows
+# (4.4M training rows) and up (docs/scaling.md, "A training-row budget").
+MAX_TRAIN_ROWS = 1_000_000
+
+
 class TrainConfig(Section):
     """LightGBM settings; imbalance handled by calibration + threshold, not resampling."""
 
@@ -126,6 +132,12 @@ class TrainConfig(Section):
     )
     dask_workers: int = Field(2, ge=1, le=64, description="worker processes of the dask engine's cluster")
     dask: DaskConfig = Field(default_factory=DaskConfig)
+    max_rows: int | None = Field(
+        MAX_TRAIN_ROWS,
+        ge=1000,
+        description="training-row budget: above it, a seeded uniform sample of this many training rows is "
+        "fitted (LightGBM's memory grows with the rows it trains on); null = every training row",
+    )
 
     @field_validator("calibration")
     @classmethod
