@@ -190,6 +190,7 @@ class SplitRows:
     """
 
     keep_ids: bool = True
+    drawn_from: int | None = None  # the rows a training-row budget drew these from (None: not sampled)
     sequences: list[ShardSequence] = field(default_factory=list)
     label: list[F32Array] = field(default_factory=list)
     weight: list[F32Array] = field(default_factory=list)
@@ -227,43 +228,61 @@ class SplitRows:
     def n(self) -> int:
         return sum(len(s) for s in self.sequences)
 
-    def subsample(self, max_rows: int, seed: int) -> SplitRows:
-        """At most ``max_rows`` of these rows, drawn uniformly without replacement (seeded), in file order.
 
-        What LightGBM holds grows with the rows it trains on (its binned store and per-row training
-        buffers), so a row budget is what bounds the train step's memory when the data grows. Rows, not
-        patients, are drawn: the training split is already patient-disjoint from validation and test, and
-        for a fixed budget more patients means more diverse rows. Called after :meth:`finish`; returns
-        ``self`` when there are no more rows than the budget (the model is then unchanged).
-        """
-        n = self.n
-        if n <= max_rows:
-            return self
-        if self.keep_ids:
-            raise ValueError("subsample: only the training split (no ids kept) is sampled")
-        rng = np.random.default_rng([seed, TRAIN_SAMPLE_STREAM])
-        keep = np.sort(rng.choice(n, size=max_rows, replace=False, shuffle=False))
-        out = SplitRows(keep_ids=False)
-        (label,), (weight,) = self.label, self.weight
-        out.label, out.weight = [label[keep]], [weight[keep]]
-        start = 0
-        for seq in self.sequences:
-            rg_rows = []
-            for rows in seq.rg_rows:
-                lo, hi = np.searchsorted(keep, [start, start + len(rows)])
-                rg_rows.append(rows[keep[lo:hi] - start])
-                start += len(rows)
-            if any(len(r) for r in rg_rows):
-                out.sequences.append(
-                    ShardSequence(seq.path, seq.feature_names, seq.categories, rg_rows, cache=seq.cache)
-                )
-        return out
+def budget_draw(n: int, max_rows: int, seed: int) -> npt.NDArray[np.int64]:
+    """The sorted positions (among ``n`` training rows in file order) that a budget of ``max_rows`` keeps: a
+    uniform random subset of ``min(max_rows, n)`` positions, seeded.
+
+    Memory is O(``max_rows``) whatever ``n`` (numpy's ``choice`` without replacement allocates all ``n``
+    positions once ``max_rows > n / 20``): i.i.d. draws with repeats discarded until the subset is complete
+    (a uniform subset, by symmetry); above half of ``n`` the rows left out are drawn instead, so each draw
+    is new with probability at least one half.
+    """
+    rng = np.random.default_rng([seed, TRAIN_SAMPLE_STREAM])
+    k = min(max_rows, n)
+    left_out = k > n // 2
+    m = n - k if left_out else k
+    picked = np.zeros(0, dtype=np.int64)
+    while picked.size < m:
+        picked = np.union1d(picked, rng.integers(0, n, m - picked.size, dtype=np.int64))
+    if left_out:  # n < 2k here, so this array is within twice the budget
+        return np.setdiff1d(np.arange(n, dtype=np.int64), picked, assume_unique=True)
+    return picked
+
+
+def _count_training_rows(shards: list[Path]) -> int:
+    """Training-split rows with ``sample_weight > 0`` (two columns read; the budget's first pass)."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for f in shards:
+        pf = pq.ParquetFile(f)
+        if not {"split", "sample_weight"} <= set(pf.schema_arrow.names):
+            continue  # the full pass below names the missing column
+        for rg in range(pf.num_row_groups):
+            df = pl.from_arrow(pf.read_row_group(rg, columns=["split", "sample_weight"]))
+            assert isinstance(df, pl.DataFrame)
+            in_train = (pl.col("split").cast(pl.String) == TRAIN) & (
+                pl.col("sample_weight").cast(pl.Float32) > 0
+            )
+            n += df.filter(in_train).height
+    return n
 
 
 def scan_splits(
-    shards: list[Path], feature_names: list[str], categories: dict[str, list[str]]
+    shards: list[Path],
+    feature_names: list[str],
+    categories: dict[str, list[str]],
+    *,
+    max_train_rows: int | None = None,
+    seed: int = 0,
 ) -> dict[str, SplitRows]:
-    """Index the train/validation rows (split + weight > 0) of every shard without reading features."""
+    """Index the train/validation rows (split + weight > 0) of every shard without reading features.
+
+    With ``max_train_rows`` below the training rows, the training split holds only the budget's rows
+    (:func:`budget_draw`; the same rows as :meth:`SplitRows.subsample` of the whole split): a first pass
+    counts the training rows, so the per-row bookkeeping never exists for the rows left out and the
+    step's memory does not grow with the data."""
     import pyarrow.parquet as pq
 
     from clinrisk.calibration import patient_fold
@@ -272,6 +291,12 @@ def scan_splits(
     out = {n: SplitRows(keep_ids=n != TRAIN) for n in names}
     slots = {n: DecodedRowGroup() for n in names}
     need = ["split", "label", "sample_weight"]
+    keep: npt.NDArray[np.int64] | None = None
+    if max_train_rows is not None:
+        available = _count_training_rows(shards)
+        if available > max_train_rows:
+            keep = budget_draw(available, max_train_rows, seed)
+    seen = 0  # training rows passed so far (positions in the budget's draw)
     for f in shards:
         pf = pq.ParquetFile(f)
         have = set(pf.schema_arrow.names)
@@ -299,12 +324,17 @@ def scan_splits(
                 if np.any(in_split & ~np.isfinite(wt)):
                     raise DataError(f"{f}: column sample_weight has null/NaN values in {name} rows")
                 rows = np.flatnonzero(in_split & (wt > 0)).astype(np.int32)  # row-group local
-                per_split[name].append(rows)
-                if len(rows) == 0:
-                    continue
                 y = lab[rows]
                 if not np.all(np.isfinite(y)) or np.any((y < 0) | (y > 1)):
                     raise DataError(f"{f}: column label has null/NaN or values outside [0, 1] in {name} rows")
+                if name == TRAIN and keep is not None:
+                    start, seen = seen, seen + len(rows)
+                    lo, hi = np.searchsorted(keep, [start, seen])
+                    rows = rows[keep[lo:hi] - start]
+                    y = lab[rows]
+                per_split[name].append(rows)
+                if len(rows) == 0:
+                    continue
                 out[name].label.append(y)
                 out[name].weight.append(wt[rows])
                 if out[name].keep_ids:
@@ -315,6 +345,10 @@ def scan_splits(
                 out[name].sequences.append(
                     ShardSequence(Path(f), feature_names, categories, per_split[name], cache=slots[name])
                 )
+    if keep is not None:
+        if seen != available:
+            raise DataError(f"training rows changed while being read ({available} counted, {seen} read)")
+        out[TRAIN].drawn_from = available
     for split_rows in out.values():
         split_rows.finish()
     return out
@@ -699,19 +733,17 @@ def fit_bundle(
     categorical = [n for n in feature_names if n in spec.categories]
     categories = {n: spec.categories[n] for n in categorical}
 
-    rows = scan_splits(shards, feature_names, categories)
+    rows = scan_splits(
+        shards, feature_names, categories, max_train_rows=cfg.train.max_rows, seed=cfg.run.seed
+    )
     train, stop, val = rows[TRAIN], rows[VALIDATION], rows[CALIBRATION]
     if train.n == 0:
         raise DataError(f"{where}: no training-split rows with sample_weight > 0")
-    n_train_available = train.n
-    if cfg.train.max_rows is not None:
-        train = train.subsample(cfg.train.max_rows, cfg.run.seed)
-        if train.n < n_train_available:
-            log.info(
-                "train.max_rows: training on %d of %d training rows (uniform, seeded)",
-                train.n,
-                n_train_available,
-            )
+    n_train_available = train.drawn_from or train.n
+    if train.drawn_from is not None:
+        log.info(
+            "train.max_rows: training on %d of %d training rows (uniform, seeded)", train.n, train.drawn_from
+        )
     if stop.n == 0 or val.n == 0:
         raise DataError(
             f"{where}: no validation-split rows in one of its two patient-grouped parts "

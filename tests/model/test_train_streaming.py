@@ -16,7 +16,7 @@ import pytest
 from clinrisk.bundle import features_to_matrix
 from clinrisk.feature_table import FeatureSpec
 from clinrisk.io import list_shards
-from clinrisk.train import TRAIN, lgb_params, scan_splits, sequence_dataset
+from clinrisk.train import TRAIN, budget_draw, lgb_params, scan_splits, sequence_dataset
 from tests.model.conftest import small_config, synth_frame, write_features_dataset
 
 
@@ -115,38 +115,62 @@ def _indexed_features(root: Path, n_patients: int = 1500) -> Path:
     return write_features_dataset(df, root, n_shards=3, row_group_size=700)
 
 
+def _row_numbers(split: Any, names: list[str]) -> np.ndarray:
+    return np.concatenate([X[:, names.index("ldl_mean_3y")] for s in split.sequences for X in s.matrices()])
+
+
 def test_row_budget_draws_exactly_the_budget_and_keeps_rows_aligned(tmp_path: Path):
     features = _indexed_features(tmp_path / "features")
     names, _, cats = _inputs(features)
-    train = scan_splits(list_shards(features), names, cats)[TRAIN]
-    assert train.subsample(train.n, seed=7) is train  # within the budget: untouched
-    sample = train.subsample(2000, seed=7)
-    assert sample.n == 2000 and len(sample.labels_weights()[0]) == 2000
-    rows = np.concatenate([X[:, names.index("ldl_mean_3y")] for s in sample.sequences for X in s.matrices()])
+    shards = list_shards(features)
+    full = scan_splits(shards, names, cats)[TRAIN]
+    within = scan_splits(shards, names, cats, max_train_rows=full.n, seed=7)[TRAIN]
+    assert within.drawn_from is None and within.n == full.n  # within the budget: every row
+    sample = scan_splits(shards, names, cats, max_train_rows=2000, seed=7)[TRAIN]
+    assert sample.n == 2000 and sample.drawn_from == full.n
     label, weight = sample.labels_weights()
+    assert len(label) == len(weight) == 2000  # no per-row bookkeeping for the rows left out
+    # the budget's rows are the seeded draw's positions among all training rows in file order
+    rows = _row_numbers(sample, names)
+    keep = budget_draw(full.n, 2000, seed=7)
+    np.testing.assert_array_equal(rows, _row_numbers(full, names)[keep])
     np.testing.assert_array_equal(rows + 1, weight)  # each label/weight belongs to the row LightGBM reads
+    np.testing.assert_array_equal(full.labels_weights()[0][keep], label)
     for seq in sample.sequences:  # file order kept within a shard (rows are numbered in file order)
         assert np.all(np.diff(np.concatenate(list(seq.matrices()))[:, names.index("ldl_mean_3y")]) > 0)
-    full_rows = np.concatenate(
-        [X[:, names.index("ldl_mean_3y")] for s in train.sequences for X in s.matrices()]
-    )
-    order = np.argsort(full_rows)
-    at = order[np.searchsorted(full_rows[order], rows)]
-    np.testing.assert_array_equal(full_rows[at], rows)
-    np.testing.assert_array_equal(train.labels_weights()[0][at], label)
     # seeded: the same seed draws the same rows, another seed others
-    again = train.subsample(2000, seed=7)
-    other = train.subsample(2000, seed=8)
-
-    def drawn(s: Any) -> np.ndarray:
-        return np.concatenate([X[:, names.index("ldl_mean_3y")] for q in s.sequences for X in q.matrices()])
-
-    np.testing.assert_array_equal(drawn(again), rows)
-    assert not np.array_equal(drawn(other), rows)
+    again = scan_splits(shards, names, cats, max_train_rows=2000, seed=7)[TRAIN]
+    other = scan_splits(shards, names, cats, max_train_rows=2000, seed=8)[TRAIN]
+    np.testing.assert_array_equal(_row_numbers(again, names), rows)
+    assert not np.array_equal(_row_numbers(other, names), rows)
     # LightGBM is handed the budget's rows and no more
     params = {**lgb_params(small_config(), "binary"), "bin_construct_sample_cnt": 500}
     ds = sequence_dataset(sample, label, weight, names, [], params=params).construct()
     assert ds.num_data() == 2000
+
+
+def test_row_budget_bookkeeping_does_not_grow_with_rows(tmp_path: Path):
+    """With a budget, the scan holds per-row bookkeeping for the budget's rows only, not every row's."""
+    large = _indexed_features(tmp_path / "large", n_patients=6000)
+    names, _, cats = _inputs(large)
+    shards = list_shards(large)
+
+    def traced_peak(**budget: int) -> tuple[int, int]:
+        tracemalloc.start()
+        try:
+            train = scan_splits(shards, names, cats, **budget)[TRAIN]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return peak, train.n
+
+    traced_peak()  # first use imports Parquet readers: not part of the scan
+    peak_all, n_all = traced_peak()
+    peak_budget, n_budget = traced_peak(max_train_rows=2000, seed=1)
+    assert n_budget == 2000 < n_all / 10
+    # every row left out saves at least its float32 label and weight (the validation parts, never sampled,
+    # and one row group's columns are the rest of both peaks)
+    assert peak_all - peak_budget >= 8 * (n_all - n_budget), (peak_budget, peak_all)
 
 
 def test_row_budget_in_the_train_stage(tmp_path: Path):
@@ -173,3 +197,19 @@ def test_row_budget_in_the_train_stage(tmp_path: Path):
     assert meta["n_train_rows_available"] == available and meta["train_max_rows"] == 2000
     assert capped == again != full
     assert meta["n_validation_rows"] == full_meta["n_validation_rows"]  # validation is never sampled
+
+
+@pytest.mark.parametrize(("n", "k"), [(1000, 300), (1000, 800), (1000, 1000), (50, 7)])
+def test_budget_draw_is_a_seeded_uniform_subset(n: int, k: int):
+    draws = [budget_draw(n, k, seed) for seed in range(400)]
+    for d in draws:
+        assert d.dtype == np.int64 and d.size == k and np.all(np.diff(d) > 0) and d[0] >= 0 and d[-1] < n
+    np.testing.assert_array_equal(budget_draw(n, k, 3), draws[3])
+    if k < n:
+        assert not np.array_equal(draws[0], draws[1])
+        # every position is kept with probability k/n: 400 draws give 400k/n expected inclusions each
+        hits = np.bincount(np.concatenate(draws), minlength=n)
+        expected = 400 * k / n
+        sd = np.sqrt(400 * (k / n) * (1 - k / n))
+        assert np.all(np.abs(hits - expected) < 6 * sd), (hits.min(), hits.max(), expected)
+        assert abs(hits.mean() - expected) < 1e-9

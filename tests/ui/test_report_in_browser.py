@@ -11,6 +11,7 @@ import pytest
 
 from clinrisk.pipeline_runner import LocalRunResult, run_local
 from clinrisk.report import PLOTS
+from clinrisk.stages.catalog import Catalog
 from tests.ui.browser import Browser, chromium_binary
 from tests.ui.mlflow_ui import MlflowUi
 
@@ -60,13 +61,13 @@ def test_mlflow_ui_shows_the_report_with_every_image(finished_run: LocalRunResul
 
 def test_kfp_artifacts_carry_their_images(finished_run: LocalRunResult, tmp_path: Path) -> None:
     """The Markdown and HTML artefacts the Kubeflow UI shows are single files: no path may point elsewhere."""
-    evaluate_dir = finished_run.pipeline_dir / "evaluate"
-    md = (evaluate_dir / "report").read_text()
+    outputs = Catalog.for_kfp_run(finished_run.pipeline_dir)  # the per-step or the local fused layout
+    md = outputs.path("report_md").read_text()
     assert len(re.findall(r"!\[[^\]]*\]\(data:image/png;base64,", md)) == len(PLOTS)
     assert str(finished_run.run_root) not in md and "](plots/" not in md and "](/" not in md
     # The Kubeflow UI serves the HTML artefact (a file without an extension locally) as text/html.
     page = tmp_path / "kfp-report.html"
-    page.write_bytes((evaluate_dir / "report_html").read_bytes())
+    page.write_bytes(outputs.path("report_html").read_bytes())
     with Browser() as browser:
         browser.navigate(page.as_uri())
         frame = browser.wait_for_report_images(min_images=len(PLOTS))

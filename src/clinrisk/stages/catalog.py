@@ -59,6 +59,9 @@ KFP_OUTPUTS: dict[str, tuple[str, ...]] = {
     "model_bundle": ("train", "bundle"),
     "evaluation": ("evaluate", "evaluation"),
     "predictions": ("evaluate", "evaluation", "predictions.parquet"),
+    # the evaluation report as the Kubeflow UI shows it (single files: Markdown and HTML, images inlined)
+    "report_md": ("evaluate", "report"),
+    "report_html": ("evaluate", "report_html"),
 }
 
 # The local runner's one task for the model half (components.select_train_evaluate_register): the outputs
