@@ -47,7 +47,7 @@ def train_once(features: Path, selected: Path | None, budget: str, seed: int, ou
     }
 
 
-def test_scores(features: Path, bundle_dir: Path) -> dict[str, float]:
+def scores_on_test_split(features: Path, bundle_dir: Path) -> dict[str, float]:
     """Test AUC and AP of a bundle against true and recorded labels (scored one shard at a time)."""
     from clinrisk import metrics as M
     from clinrisk.bundle import load_bundle
@@ -102,7 +102,7 @@ def main() -> None:
                         f"error: training with budget {budget}, seed {seed} failed:\n{done.stderr[-2000:]}"
                     )
                 row = {"budget": budget, "seed": seed, **json.loads(done.stdout.strip().splitlines()[-1])}
-                row.update(test_scores(args.features, out))
+                row.update(scores_on_test_split(args.features, out))
                 results.append(row)
                 print(json.dumps(row), flush=True)
 
