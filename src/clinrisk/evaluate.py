@@ -31,6 +31,7 @@ from clinrisk.evaluate_bootstrap import (
     BootstrapJob,
     BootstrapPool,
     Replicates,
+    replicate_split,
 )
 from clinrisk.io import atomic_output_dir, check_feature_shards, json_safe, read_json, write_json
 
@@ -398,11 +399,14 @@ def plan_slices(
     return kept, dropped
 
 
-def slice_jobs(plan: list[SliceMask], ys: dict[str, npt.NDArray[np.float64]]) -> list[BootstrapJob]:
+def slice_jobs(
+    plan: list[SliceMask], ys: dict[str, npt.NDArray[np.float64]], order: npt.NDArray[np.int64] | None = None
+) -> list[BootstrapJob]:
     """The slices' bootstraps, in the order :func:`slice_analysis` reads them: per slice level, per label
-    set with both classes in it (a one-class slice gets sizes only; its ranking metrics are undefined)."""
+    set with both classes in it (a one-class slice gets sizes only; its ranking metrics are undefined).
+    ``order``: the bootstraps' rows are ``ys``'s rows in this order (the jobs' row masks follow it)."""
     return [
-        BootstrapJob(name, rows=m, only=SLICE_PANEL)
+        BootstrapJob(name, rows=m if order is None else m[order], only=SLICE_PANEL)
         for _, _, m in plan
         for name, y_all in ys.items()
         if y_all[m].min() != y_all[m].max()
@@ -558,35 +562,86 @@ def evaluate_predictions(
     if not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
         raise DataError("probability: model returned values outside [0, 1] or NaN")
     codes, n_pat = M.patient_codes(df["patient_id"].to_numpy())
-    counts = M.cluster_counts(n_pat, cfg.bootstrap_replicates, seed)
+    n_boot = cfg.bootstrap_replicates
+    count_parts = M.cluster_count_parts(n_pat, n_boot, seed, replicate_split(n_boot))
     po = df["eval_oracle_risk"].cast(pl.Float64).to_numpy()
     ys = {k: df[c].cast(pl.Float64).to_numpy() for k, c in LABELS.items()}
     for k, y in ys.items():
         if not np.isin(y, (0.0, 1.0)).all():
             raise DataError(f"{LABELS[k]}: labels must be 0/1")
+    patient_kwargs = patient_level_inputs(df, p, ys["true"], tau, cfg)
+    patient_level = None
+    if patient_kwargs is not None:
+        # The same patients, B and seed as the evaluation's resamples: the same matrix, not drawn twice
+        # (at 20M rows a draw took 6.5 s). Before the bootstraps: the pool then keeps only its blocks.
+        patient_level = M.patient_level_metrics(
+            **patient_kwargs, n_boot=n_boot, seed=seed, alpha=1 - cfg.ci_level, counts=count_parts
+        )
+    del patient_kwargs  # rebuilt after the bootstraps: not held beside them
 
     # One batch of bootstraps: per label set the model's full panel with the oracle's metrics, the
     # oracle's own panel, then every slice's (one batch balances the processes best). The workers end
-    # with the batch; BLAS stays on one thread for the whole evaluation.
+    # with the batch; BLAS stays on one thread for the whole evaluation. The bootstraps read the rows
+    # sorted by descending score, so no job copies them to sort them (at 20M raw rows that was ~55 MB
+    # per job in each process); the row-order arrays are rebuilt from ``df`` for what follows.
     with threadpool_limits(BLAS_THREADS, user_api="blas"):
         plan, dropped = plan_slices(df, cfg, categories)
+        order = M.descending_order(p)
         jobs = [BootstrapJob(name, with_oracle=True) for name in ys]
         jobs.append(BootstrapJob("true", only=ORACLE_PANEL, oracle_scores=True))
-        data = BootstrapData(ys=ys, p=p, p_oracle=po, counts=counts, codes=codes, tau=tau, p_t=p_t)
+        jobs += slice_jobs(plan, ys, order)
+        data = BootstrapData(
+            ys={k: y[order] for k, y in ys.items()},
+            p=p[order],
+            p_oracle=po[order],
+            count_parts=tuple(count_parts),
+            codes=codes[order],
+            tau=tau,
+            p_t=p_t,
+        )
+        del count_parts, order, ys, po, codes  # the pool owns the blocks: it lets go of its workers'
         with BootstrapPool(data, workers) as pool:
-            boots = pool.run([*jobs, *slice_jobs(plan, ys)])
+            del data
+            boots = pool.run(jobs)
+        del jobs, pool
+        codes, _ = M.patient_codes(df["patient_id"].to_numpy())
+        ys = {k: df[c].cast(pl.Float64).to_numpy() for k, c in LABELS.items()}
+        po = df["eval_oracle_risk"].cast(pl.Float64).to_numpy()
+        rows = BootstrapData(ys=ys, p=p, p_oracle=po, count_parts=(), codes=codes, tau=tau, p_t=p_t)
         return _evaluate_with(
             cfg,
             df,
-            data,
+            rows,
             boots,
             (plan, dropped),
             n_pat=n_pat,
-            seed=seed,
+            patient=(patient_level_inputs(df, p, ys["true"], tau, cfg), patient_level),
             window_years=window_years,
             contrib=contrib,
             rows_of=rows_of,
         )
+
+
+def patient_level_inputs(
+    df: pl.DataFrame,
+    p: npt.NDArray[np.float64],
+    label_true: npt.NDArray[np.float64],
+    tau: float,
+    cfg: EvaluateConfig,
+) -> dict[str, Any] | None:
+    """The row arrays :func:`clinrisk.metrics.patient_level_metrics` reads (None without onset columns)."""
+    if not {"eval_onset_year", "eval_recorded_year"} <= set(df.columns):
+        return None
+    return {
+        "patient_id": df["patient_id"].to_numpy(),
+        "year": df["year"].cast(pl.Float64).to_numpy(),
+        "p": p,
+        "onset_year": _num(df, "eval_onset_year"),
+        "recorded_year": _num(df, "eval_recorded_year"),
+        "label_true": label_true,
+        "tau": tau,
+        "ks": tuple(cfg.patient_k_years),
+    }
 
 
 def _evaluate_with(
@@ -597,13 +652,14 @@ def _evaluate_with(
     slices: tuple[list[SliceMask], list[dict[str, Any]]],
     *,
     n_pat: int,
-    seed: int,
+    patient: tuple[dict[str, Any] | None, dict[str, Any] | None],
     window_years: int | None,
     contrib: ContribFn | None,
     rows_of: RowsFn | None,
 ) -> dict[str, Any]:
     """:func:`evaluate_predictions` once the bootstraps are done: ``boots`` holds, in order, each label
-    set's full panel, the oracle's panel and the slices' (``slices``: the kept and the dropped levels)."""
+    set's full panel, the oracle's panel and the slices' (``slices``: the kept and the dropped levels);
+    ``patient``: the patient-level inputs and their (whole test set) result, both None without onsets."""
     alpha = 1 - cfg.ci_level
     p, po, ys, tau, p_t = data.p, data.p_oracle, data.ys, data.tau, data.p_t
     plan, dropped = slices
@@ -643,23 +699,9 @@ def _evaluate_with(
         "pr_curve": {name: M.pr_points(y, p, cfg.max_curve_points) for name, y in ys.items()},
     }
 
-    patient_kwargs: dict[str, Any] | None = None
-    if {"eval_onset_year", "eval_recorded_year"} <= set(df.columns):
-        patient_kwargs = {
-            "patient_id": df["patient_id"].to_numpy(),
-            "year": df["year"].cast(pl.Float64).to_numpy(),
-            "p": p,
-            "onset_year": _num(df, "eval_onset_year"),
-            "recorded_year": _num(df, "eval_recorded_year"),
-            "label_true": ys["true"],
-            "tau": tau,
-            "ks": tuple(cfg.patient_k_years),
-        }
-        # The same patients, B and seed as the evaluation's resamples: the same matrix, not drawn twice
-        # (at 20M rows a draw took 6.5 s).
-        result["patient_level"] = M.patient_level_metrics(
-            **patient_kwargs, n_boot=cfg.bootstrap_replicates, seed=seed, alpha=alpha, counts=data.counts
-        )
+    patient_kwargs, patient_level = patient
+    if patient_level is not None:
+        result["patient_level"] = patient_level
 
     result["slices_dropped"] = dropped
     result["slices"] = slice_analysis(

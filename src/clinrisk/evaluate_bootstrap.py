@@ -12,6 +12,13 @@ BLAS thread and 23.3 s with two). With N workers the caller's process takes one 
 processes the others (spawn, not fork: the parent has polars' thread pool running). Jobs are assigned
 largest first to the least-loaded share (rows x panel size as the cost), which is deterministic.
 
+Every job's B replicates are computed in two fixed blocks, ``[0, B//2)`` and ``[B//2, B)``
+(:func:`replicate_split`; the same blocks for any number of workers, so the result does not depend on it).
+With two or more processes, this one computes the first block of every job and a spawned worker the
+second, and each process holds only its block of the resample counts: the (B, patients) matrix is the
+evaluation's largest per-patient array, and it had been held whole by both processes (at 20M raw rows
+2 × 99 MB of the step's peak).
+
 Every process runs BLAS on one thread (:data:`BLAS_THREADS`): a threaded dot product sums in an order
 that depends on the thread count, so the same evaluation gave different last bits on machines with
 different core counts, and two processes each spinning two BLAS threads on two cores only slowed down.
@@ -24,7 +31,7 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from types import TracebackType
@@ -44,14 +51,21 @@ Replicates = tuple[dict[str, float], dict[str, FloatArray]]
 BLAS_THREADS = 1
 
 
+def replicate_split(n_boot: int) -> tuple[int, ...]:
+    """Where a job's replicates are cut into blocks (:func:`clinrisk.metrics.cluster_count_parts`'s
+    ``split_at``): two halves, fixed whatever the number of workers."""
+    return (n_boot // 2,) if n_boot >= 2 else ()
+
+
 @dataclass(frozen=True)
 class BootstrapData:
-    """What every job reads: labels per label set, scores, the oracle risk, and the shared resamples."""
+    """What every job reads: labels per label set, scores, the oracle risk, and the shared resamples as
+    row blocks (``count_parts``, :func:`replicate_split`; None: a block this process does not hold)."""
 
     ys: dict[str, FloatArray]
     p: FloatArray
     p_oracle: FloatArray
-    counts: M.IntArray  # the smallest unsigned type in practice (metrics.cluster_counts)
+    count_parts: tuple[M.IntArray | None, ...]  # the smallest unsigned type in practice
     codes: npt.NDArray[np.int64]
     tau: float
     p_t: float
@@ -76,8 +90,12 @@ class BootstrapJob:
         return rows * (len(self.only) if self.only is not None else 3 * len(M.PANEL_METRICS))
 
 
-def run_job(data: BootstrapData, job: BootstrapJob) -> Replicates:
-    """Point estimates and replicates of one job (:func:`clinrisk.metrics.bootstrap_replicates`)."""
+def run_job(data: BootstrapData, job: BootstrapJob, part: int = 0) -> Replicates:
+    """Point estimates and the replicates of block ``part`` of one job
+    (:func:`clinrisk.metrics.bootstrap_replicates`)."""
+    counts = data.count_parts[part]
+    if counts is None:
+        raise StageError(f"evaluate: replicate block {part} is not held by this process")
     y = data.ys[job.label]
     p = np.clip(data.p_oracle, 0, 1) if job.oracle_scores else data.p
     po: FloatArray | None = data.p_oracle if job.with_oracle else None
@@ -91,11 +109,17 @@ def run_job(data: BootstrapData, job: BootstrapJob) -> Replicates:
         None,
         tau=data.tau,
         p_t=data.p_t,
-        counts=data.counts,
+        counts=counts,
         codes=codes,
         p_oracle=po,
         only=job.only,
     )
+
+
+def joined(blocks: Sequence[Replicates]) -> Replicates:
+    """One job's result from its blocks' (in block order): every block has the same point estimates."""
+    point = blocks[0][0]
+    return point, {k: np.concatenate([b[1][k] for b in blocks]) for k in blocks[0][1]}
 
 
 def shares(costs: Sequence[float], n: int) -> list[list[int]]:
@@ -110,19 +134,21 @@ def shares(costs: Sequence[float], n: int) -> list[list[int]]:
     return out
 
 
-def save_data(data: BootstrapData, folder: Path) -> None:
-    """Write ``data`` into ``folder`` for the workers: one ``.npy`` per array, the rest as JSON (exact:
-    JSON floats round-trip)."""
-    arrays = {"p": data.p, "p_oracle": data.p_oracle, "counts": data.counts, "codes": data.codes}
+def save_data(data: BootstrapData, folder: Path, parts: Sequence[int]) -> None:
+    """Write ``data`` into ``folder`` for the workers: one ``.npy`` per array (of the count blocks, those
+    in ``parts``), the rest as JSON (exact: JSON floats round-trip)."""
+    arrays: dict[str, Any] = {"p": data.p, "p_oracle": data.p_oracle, "codes": data.codes}
     arrays |= {f"y_{i}": y for i, y in enumerate(data.ys.values())}
+    arrays |= {f"counts_{k}": data.count_parts[k] for k in parts}
     for name, a in arrays.items():
         np.save(folder / f"{name}.npy", a, allow_pickle=False)
-    meta = {"labels": list(data.ys), "tau": data.tau, "p_t": data.p_t}
+    meta = {"labels": list(data.ys), "tau": data.tau, "p_t": data.p_t, "n_parts": len(data.count_parts)}
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def load_data(folder: Path) -> BootstrapData:
-    """What :func:`save_data` wrote, memory-mapped read-only (the page cache is shared, not copied)."""
+def load_data(folder: Path, part: int) -> BootstrapData:
+    """What :func:`save_data` wrote, with count block ``part`` only, memory-mapped read-only (the page cache
+    is shared, not copied)."""
     meta = json.loads((folder / "meta.json").read_text())
 
     def arr(name: str) -> Any:
@@ -132,7 +158,7 @@ def load_data(folder: Path) -> BootstrapData:
         ys={name: arr(f"y_{i}") for i, name in enumerate(meta["labels"])},
         p=arr("p"),
         p_oracle=arr("p_oracle"),
-        counts=arr("counts"),
+        count_parts=tuple(arr(f"counts_{k}") if k == part else None for k in range(meta["n_parts"])),
         codes=arr("codes"),
         tau=meta["tau"],
         p_t=meta["p_t"],
@@ -143,26 +169,30 @@ def load_data(folder: Path) -> BootstrapData:
 _WORKER_DATA: list[BootstrapData] = []
 
 
-def _init_worker(folder: str) -> None:
+def _init_worker(folder: str, part: int) -> None:
     threadpool_limits(BLAS_THREADS, user_api="blas")  # for the whole life of this worker process
-    _WORKER_DATA[:] = [load_data(Path(folder))]
+    _WORKER_DATA[:] = [load_data(Path(folder), part)]
 
 
-def _worker_job(job: BootstrapJob) -> Replicates:
-    return run_job(_WORKER_DATA[0], job)
+def _worker_job(job: BootstrapJob, part: int) -> Replicates:
+    return run_job(_WORKER_DATA[0], job, part)
 
 
 class BootstrapPool:
     """Runs bootstrap jobs over ``workers`` processes (this one included); use as a context manager.
 
-    One pool serves every batch of an evaluation, so the workers start (and receive the data) once."""
+    Process k computes replicate block k mod (number of blocks): with two processes, this one the first
+    block of every job and the spawned worker the second. Once the workers start, this process lets go
+    of the blocks it does not compute (``data`` then holds None there). One pool serves every batch of an
+    evaluation, so the workers start (and receive the data) once; with one worker, or while no batch has
+    held more than one job, no process is started."""
 
     def __init__(self, data: BootstrapData, workers: int = 1) -> None:
         if workers < 1:
             raise StageError(f"evaluate.workers: must be >= 1 once resolved, got {workers}")
         self.data = data
         self.workers = workers
-        self._executor: ProcessPoolExecutor | None = None
+        self._executors: dict[int, ProcessPoolExecutor] = {}  # per count block, its spawned processes
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> BootstrapPool:
@@ -171,47 +201,69 @@ class BootstrapPool:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        for ex in self._executors.values():
+            ex.shutdown(wait=True, cancel_futures=True)
+        self._executors = {}
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            # The data goes by file, not as initargs: spawn writes initargs into a pipe before the child
-            # reads them, and a child that dies first (an unguarded __main__, the OOM killer) would leave
-            # that write, and the evaluation, blocked for good once they outgrow the pipe's 64 KiB.
-            self._tmp = tempfile.TemporaryDirectory(prefix="clinrisk-bootstrap-")
-            save_data(self.data, Path(self._tmp.name))
-            self._executor = ProcessPoolExecutor(
-                self.workers - 1,
-                mp_context=get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(self._tmp.name,),
+    def _layout(self) -> tuple[dict[int, int], set[int]]:
+        """Spawned processes per count block, and the blocks this process computes."""
+        n_parts = len(self.data.count_parts)
+        spawned: dict[int, int] = {}
+        for k in range(1, self.workers):
+            spawned[k % n_parts] = spawned.get(k % n_parts, 0) + 1
+        mine = {k for k in range(n_parts) if k == 0 or k not in spawned}
+        return spawned, mine
+
+    def _start(self) -> None:
+        spawned, mine = self._layout()
+        # The data goes by file, not as initargs: spawn writes initargs into a pipe before the child
+        # reads them, and a child that dies first (an unguarded __main__, the OOM killer) would leave
+        # that write, and the evaluation, blocked for good once they outgrow the pipe's 64 KiB.
+        self._tmp = tempfile.TemporaryDirectory(prefix="clinrisk-bootstrap-")
+        save_data(self.data, Path(self._tmp.name), sorted(spawned))
+        for part, n in sorted(spawned.items()):
+            self._executors[part] = ProcessPoolExecutor(
+                n, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(self._tmp.name, part)
             )
-        return self._executor
+        parts = tuple(c if k in mine else None for k, c in enumerate(self.data.count_parts))
+        self.data = replace(self.data, count_parts=parts)
 
     def run(self, jobs: Sequence[BootstrapJob]) -> list[Replicates]:
         """Every job's result, in the order given."""
-        n = min(self.workers, len(jobs))
-        if n <= 1:
-            return [run_job(self.data, j) for j in jobs]
+        n_parts = len(self.data.count_parts)
+        tasks = [(i, k) for i in range(len(jobs)) for k in range(n_parts)]
+        if not self._executors and (self.workers == 1 or len(jobs) <= 1):
+            got = {t: run_job(self.data, jobs[t[0]], t[1]) for t in tasks}
+            return [joined([got[(i, k)] for k in range(n_parts)]) for i in range(len(jobs))]
+        if not self._executors:
+            self._start()
+        spawned, mine = self._layout()
         n_rows = self.data.p.size
-        mine, *theirs = shares([j.cost(n_rows) for j in jobs], n)
-        futures: dict[int, Future[Replicates]] = {}
-        pool = self._pool()
-        for share in theirs:
-            for i in share:
-                futures[i] = pool.submit(_worker_job, jobs[i])
-        results: dict[int, Replicates] = {i: run_job(self.data, jobs[i]) for i in mine}
+        futures: dict[tuple[int, int], Future[Replicates]] = {}
+        here: list[tuple[int, int]] = []
+        for part in range(n_parts):
+            block = [t for t in tasks if t[1] == part]
+            if part not in mine:
+                futures |= {t: self._executors[part].submit(_worker_job, jobs[t[0]], part) for t in block}
+                continue
+            # This process and the block's spawned processes (if any) share the block's jobs by cost.
+            mine_share, *theirs = shares([jobs[i].cost(n_rows) for i, _ in block], 1 + spawned.get(part, 0))
+            here += [block[j] for j in mine_share]
+            futures |= {
+                block[j]: self._executors[part].submit(_worker_job, jobs[block[j][0]], part)
+                for share in theirs
+                for j in share
+            }
+        results: dict[tuple[int, int], Replicates] = {t: run_job(self.data, jobs[t[0]], t[1]) for t in here}
         try:
-            for i, fut in futures.items():
-                results[i] = fut.result()
+            for t, fut in futures.items():
+                results[t] = fut.result()
         except BrokenProcessPool as e:
             raise StageError(
                 f"evaluate: a bootstrap worker process died ({e}); nothing was published. The workers are "
                 'spawned: a script that evaluates needs an `if __name__ == "__main__":` guard'
             ) from None
-        return [results[i] for i in range(len(jobs))]
+        return [joined([results[(i, k)] for k in range(n_parts)]) for i in range(len(jobs))]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,12 @@ def _div(num: FloatArray, den: FloatArray) -> FloatArray:
 # ------------------------------------------------------------------------------------------- ranking core
 
 
+def descending_order(score: FloatArray) -> IntArray:
+    """Row positions by descending score, ties in row order (a stable sort): the order every rank-based
+    metric here reads rows in. Rows already in this order make :func:`bootstrap_replicates` copy nothing."""
+    return np.argsort(-score, kind="mergesort").astype(np.int64)
+
+
 @dataclass(frozen=True)
 class _Ranked:
     """Rows sorted by descending score, with the start index of each tied-score group."""
@@ -112,7 +119,7 @@ class _Ranked:
 
     @classmethod
     def of(cls, score: FloatArray) -> _Ranked:
-        order = np.argsort(-score, kind="mergesort").astype(np.int64)
+        order = descending_order(score)
         s = score[order]
         starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]).astype(np.int64)
         identity = bool(np.all(order[1:] > order[:-1])) if order.size > 1 else True
@@ -590,8 +597,22 @@ def patient_codes(groups: Any) -> tuple[IntArray, int]:
 def cluster_counts(n_clusters: int, n_boot: int, seed: int) -> IntArray:
     """(B, P) matrix: how often each patient is drawn in each of B resamples of P patients with replacement
     (unsigned, in the smallest type that holds the largest count)."""
+    (counts,) = cluster_count_parts(n_clusters, n_boot, seed)
+    return counts
+
+
+def cluster_count_parts(
+    n_clusters: int, n_boot: int, seed: int, split_at: Sequence[int] = ()
+) -> list[IntArray]:
+    """:func:`cluster_counts`' matrix as row blocks ``[0, s1), [s1, s2), …, [sk, B)`` for ``split_at`` =
+    (s1, …, sk): the same draw, never held whole (the evaluation's processes each keep one block)."""
     if n_boot < 1:
         raise DataError(f"bootstrap_replicates: must be >= 1, got {n_boot}")
+    edges = [0, *split_at, n_boot]
+    if any(b <= a for a, b in pairwise(edges)):
+        raise DataError(
+            f"bootstrap replicate blocks: split points {list(split_at)} must rise inside (0, {n_boot})"
+        )
     rng = np.random.default_rng(seed)
     pvals = np.full(n_clusters, 1.0 / n_clusters)
     # Drawn a few replicates at a time (the same stream as one size=n_boot call) and kept in the smallest
@@ -600,12 +621,20 @@ def cluster_counts(n_clusters: int, n_boot: int, seed: int) -> IntArray:
     # part is shrunk as it is drawn (concatenate promotes to the largest part's type, which is the smallest
     # type of the overall maximum): parts kept as uint32 until the end cost 0.9 GB at 20M.
     step = max(1, _CHUNK_CELLS // max(n_clusters, 1))
-    parts = []
+    blocks: list[list[IntArray]] = [[] for _ in edges[1:]]
     for s in range(0, n_boot, step):
         part = rng.multinomial(n_clusters, pvals, size=min(step, n_boot - s))
-        parts.append(part.astype(np.min_scalar_type(int(part.max())), copy=False))
+        for k, (lo, hi) in enumerate(pairwise(edges)):
+            a, b = max(lo, s), min(hi, s + part.shape[0])
+            if a < b:
+                blocks[k].append(_compact(part[a - s : b - s]))
         del part  # not alive beside the next draw
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return [np.concatenate(b) if len(b) > 1 else b[0] for b in blocks]
+
+
+def _compact(counts: IntArray) -> IntArray:
+    """A copy of ``counts`` in the smallest unsigned type that holds its largest value."""
+    return counts.astype(np.min_scalar_type(int(counts.max())), copy=True)
 
 
 def _count_sums(counts: IntArray, member: npt.NDArray[np.bool_]) -> FloatArray:
@@ -704,11 +733,15 @@ def bootstrap_replicates(
         raise DataError("groups: length mismatch with labels")
     if counts is None:
         counts = cluster_counts(n_clusters, n_boot, seed)
-    # Sort rows by descending score once; every replicate then skips the (b, n) reordering.
-    o = _Ranked.of(pp).order
-    yy, pp, codes = yy[o], pp[o], codes[o]
-    po = None if p_oracle is None else _vec(p_oracle, "p_oracle")[o]
+    # Sort rows by descending score once; every replicate then skips the (b, n) reordering. Rows that come
+    # sorted (:func:`descending_order`) are used as they are: no copy of every row per bootstrap.
     rk = _Ranked.of(pp)
+    po = None if p_oracle is None else _vec(p_oracle, "p_oracle")
+    if not rk.identity:
+        o = rk.order
+        yy, pp, codes = yy[o], pp[o], codes[o]
+        po = None if po is None else po[o]
+        rk = _Ranked.of(pp)
     point = metric_panel(
         yy, pp, None, tau=tau, p_t=p_t, p_oracle=po, ranked=rk, only=only, integer_weights=True
     )
@@ -797,7 +830,7 @@ def patient_level_metrics(
     n_boot: int = 0,
     seed: int = 0,
     alpha: float = 0.05,
-    counts: IntArray | None = None,
+    counts: IntArray | Sequence[IntArray] | None = None,
 ) -> dict[str, Any]:
     """Patient-level detection (docs/science.md §2.4) from row predictions.
 
@@ -812,7 +845,7 @@ def patient_level_metrics(
     ``onset_year``/``recorded_year`` are per row (constant within patient), NaN for missing.
     With ``n_boot`` > 0, sensitivities and the false-alarm share get patient-bootstrap CIs; ``counts``
     passes the resamples :func:`cluster_counts` would draw (n_boot × patients, patients in sorted-id order)
-    when the caller already has them.
+    when the caller already has them, whole or as the row blocks of :func:`cluster_count_parts`.
     """
     pid = np.asarray(patient_id)
     yr = _vec(year, "year")
@@ -847,19 +880,23 @@ def patient_level_metrics(
         "tau": float(tau),
         "onset_window": int(window),
     }
-    if counts is not None and n_boot > 0 and counts.shape != (n_boot, P):
-        raise DataError(f"patient_level_metrics: counts has shape {counts.shape}, expected ({n_boot}, {P})")
-    if n_boot <= 0:
-        counts = None
-    elif counts is None:
-        counts = cluster_counts(P, n_boot, seed)
+    blocks: list[IntArray] | None = None
+    if n_boot > 0:
+        if counts is None:
+            blocks = [cluster_counts(P, n_boot, seed)]
+        else:
+            blocks = [counts] if isinstance(counts, np.ndarray) else list(counts)
+            shape = (sum(b.shape[0] for b in blocks), *{b.shape[1] for b in blocks})
+            if shape != (n_boot, P):
+                raise DataError(f"patient_level_metrics: counts has shape {shape}, expected ({n_boot}, {P})")
 
     def share(ind: npt.NDArray[np.bool_], den: npt.NDArray[np.bool_]) -> dict[str, float]:
         d = float(den.sum())
         val = float(ind[den].mean()) if d > 0 else float("nan")
-        if counts is None:
+        if blocks is None:
             return {"value": val}
-        return _summarise(val, _div(_count_sums(counts, ind & den), _count_sums(counts, den)), alpha)
+        hits = np.concatenate([_count_sums(b, ind & den) for b in blocks])
+        return _summarise(val, _div(hits, np.concatenate([_count_sums(b, den) for b in blocks])), alpha)
 
     with np.errstate(invalid="ignore"):
         for k in ks:

@@ -5,6 +5,7 @@ leaves no process, folder or output behind."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -58,9 +59,9 @@ def test_the_evaluation_does_not_depend_on_the_callers_blas_threads(synth, monke
     seen: list[int] = []
     real = EB.run_job
 
-    def spy(data: EB.BootstrapData, job: EB.BootstrapJob) -> EB.Replicates:
+    def spy(data: EB.BootstrapData, job: EB.BootstrapJob, part: int = 0) -> EB.Replicates:
         seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
-        return real(data, job)
+        return real(data, job, part)
 
     monkeypatch.setattr(EB, "run_job", spy)
     with threadpool_limits(2, user_api="blas"):
@@ -87,24 +88,31 @@ def _small_data(n: int = 4000, seed: int = 0) -> EB.BootstrapData:
     codes, n_pat = M.patient_codes(rng.integers(0, n // 4, n))
     y = (rng.random(n) < 0.2).astype(np.float64)
     p = rng.random(n)
-    return EB.BootstrapData({"recorded": y, "true": y}, p, p, M.cluster_counts(n_pat, 20, 1), codes, 0.2, 0.1)
+    parts = tuple(M.cluster_count_parts(n_pat, 20, 1, EB.replicate_split(20)))
+    return EB.BootstrapData({"recorded": y, "true": y}, p, p, parts, codes, 0.2, 0.1)
 
 
 class ExitOnUse:
-    """A job's rows that end the worker process abruptly when it indexes with them (``os._exit``: no
-    exception, no cleanup, like the OOM killer)."""
+    """A job's rows that end a spawned worker process abruptly when it indexes with them (``os._exit``: no
+    exception, no cleanup, like the OOM killer); in this process they are every row (this process
+    computes the first replicate block of every job)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
 
     def sum(self) -> int:  # the parent's cost estimate
-        return 4000
+        return self.n
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
-        os._exit(3)
+        if multiprocessing.parent_process() is not None:
+            os._exit(3)
+        return np.ones(self.n, dtype=bool)
 
 
 def test_a_worker_that_dies_is_a_stage_error_and_leaves_nothing(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     data = _small_data()
-    jobs = [EB.BootstrapJob("recorded"), EB.BootstrapJob("true", rows=ExitOnUse())]  # type: ignore[arg-type]
+    jobs = [EB.BootstrapJob("recorded"), EB.BootstrapJob("true", rows=ExitOnUse(4000))]  # type: ignore[arg-type]
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     with pytest.raises(StageError, match="bootstrap worker process died"), EB.BootstrapPool(data, 2) as pool:
         pool.run(jobs)
@@ -142,7 +150,8 @@ def test_an_unguarded_script_gets_a_clear_error_not_a_hang(tmp_path) -> None:
             codes, n_pat = M.patient_codes(rng.integers(0, n // 4, n))
             y = (rng.random(n) < 0.2).astype(float)
             p = rng.random(n)
-            data = BootstrapData({"recorded": y, "true": y}, p, p, M.cluster_counts(n_pat, 10, 1), codes, 0.2, 0.1)
+            parts = tuple(M.cluster_count_parts(n_pat, 10, 1, (5,)))
+            data = BootstrapData({"recorded": y, "true": y}, p, p, parts, codes, 0.2, 0.1)
             with BootstrapPool(data, 2) as pool:
                 pool.run([BootstrapJob("recorded", only=("auc",)), BootstrapJob("true", only=("auc",))])
             """
@@ -231,3 +240,38 @@ def test_a_bad_evaluate_workers_is_one_config_error_naming_the_key(tmp_path, val
     )
     assert r.exit_code == 2 and "error:" in r.output and "evaluate.workers" in r.output, r.output
     assert "Traceback" not in r.output and not out.exists()
+
+
+def test_each_process_holds_only_its_block_of_the_resamples(monkeypatch) -> None:
+    """With two processes this one computes the first replicate block of every job and the worker the
+    second; each holds only its block of the (B, patients) counts, and the results equal one process's."""
+    data = _small_data()
+    jobs = [EB.BootstrapJob("recorded"), EB.BootstrapJob("true", only=("auc", "oe"))]
+    with EB.BootstrapPool(data, 1) as pool:
+        one = pool.run(jobs)
+    saved: list[list[int]] = []
+    real_save = EB.save_data
+
+    def spy(d: EB.BootstrapData, folder: Path, parts: Any) -> None:
+        saved.append(list(parts))
+        real_save(d, folder, parts)
+
+    monkeypatch.setattr(EB, "save_data", spy)
+    with EB.BootstrapPool(data, 2) as pool:
+        two = pool.run(jobs)
+        assert pool.data.count_parts[0] is data.count_parts[0]
+        assert pool.data.count_parts[1] is None  # let go once the worker had it
+        again = pool.run(jobs[:1])  # a later batch reuses the same layout
+    assert saved == [[1]]  # the worker received only its block
+    for a, b in zip([*one, one[0]], [*two, *again], strict=True):
+        assert a[0] == b[0]
+        assert all(np.array_equal(a[1][k], b[1][k], equal_nan=True) for k in a[1])
+    assert one[0][1]["auc"].shape == (20,)
+    with pytest.raises(StageError, match="replicate block 1 is not held"):
+        EB.run_job(
+            EB.BootstrapData(
+                data.ys, data.p, data.p_oracle, (data.count_parts[0], None), data.codes, 0.2, 0.1
+            ),
+            jobs[0],
+            1,
+        )

@@ -299,6 +299,39 @@ def test_bootstrap_with_only_gives_the_full_bootstrap_numbers() -> None:
         M.metric_panel(y, p, tau=0.2, p_t=0.1, only=("auc", "auroc"))
 
 
+def test_cluster_count_parts_are_row_blocks_of_the_same_draw() -> None:
+    n_pat, n_boot = 120_000, 70  # 33 replicates per drawn part: blocks cut inside parts too
+    whole = M.cluster_counts(n_pat, n_boot, seed=9)
+    for split in ((35,), (1, 33, 34, 69), ()):
+        parts = M.cluster_count_parts(n_pat, n_boot, 9, split)
+        assert [b.shape[0] for b in parts] == np.diff([0, *split, n_boot]).tolist()
+        assert np.array_equal(np.concatenate(parts), whole)
+        assert all(b.dtype == np.uint8 and b.flags.c_contiguous for b in parts)
+    for bad in ((0,), (70,), (40, 20), (10, 10)):
+        with pytest.raises(DataError, match="split points"):
+            M.cluster_count_parts(n_pat, n_boot, 9, bad)
+
+
+def test_patient_level_metrics_take_the_counts_whole_or_in_blocks() -> None:
+    rng = np.random.default_rng(3)
+    pid = np.repeat(np.arange(400), 3)
+    year = np.tile([2020.0, 2021.0, 2022.0], 400)
+    onset = np.repeat(np.where(rng.random(400) < 0.3, 2021.0, np.nan), 3)
+    rec = onset + 1
+    p = rng.random(pid.size)
+    kw = dict(tau=0.5, n_boot=30, alpha=0.1)
+    n_pat = M.patient_codes(pid)[1]
+    whole = M.patient_level_metrics(pid, year, p, onset, rec, counts=M.cluster_counts(n_pat, 30, 4), **kw)
+    blocks = M.patient_level_metrics(
+        pid, year, p, onset, rec, counts=M.cluster_count_parts(n_pat, 30, 4, (15,)), **kw
+    )
+    assert whole == blocks
+    with pytest.raises(DataError, match=r"counts has shape \(29, 400\)"):
+        M.patient_level_metrics(
+            pid, year, p, onset, rec, counts=M.cluster_count_parts(n_pat, 29, 4, (15,)), **kw
+        )
+
+
 def test_cluster_counts_are_the_one_shot_draw_in_a_compact_type() -> None:
     # More replicates than one chunk holds, so the chunked draw is exercised.
     n_pat, n_boot = 300_000, 40
@@ -320,3 +353,33 @@ def test_cluster_counts_are_the_one_shot_draw_in_a_compact_type() -> None:
     got = M._count_sums(counts, member & den) / M._count_sums(counts, den)
     want = (ref.astype(float) @ (member & den).astype(float)) / (ref.astype(float) @ den.astype(float))
     assert np.array_equal(got, want)
+
+
+def test_rows_sorted_by_descending_score_give_the_same_bootstrap_without_copies() -> None:
+    """The evaluation hands the bootstraps rows already in :func:`descending_order` (ties included): the
+    numbers are the unsorted rows' to the last bit, and no per-row copy is made to sort them."""
+    rng = np.random.default_rng(11)
+    n_pat = 20_000
+    codes = np.repeat(np.arange(n_pat), 5)
+    p = np.round(rng.beta(1, 6, codes.size), 3).clip(0.001, 0.999)  # many ties
+    y = (rng.random(codes.size) < p).astype(float)
+    po = rng.random(codes.size)
+    counts = M.cluster_counts(n_pat, 4, seed=1)
+    o = M.descending_order(p)
+    assert np.array_equal(o, np.argsort(-p, kind="stable"))
+    kw = dict(tau=0.2, p_t=0.1, counts=counts)
+    pt, reps = M.bootstrap_replicates(y, p, None, codes=codes, p_oracle=po, **kw)
+
+    def traced(*args: np.ndarray) -> tuple[tuple[dict[str, float], dict[str, np.ndarray]], int]:
+        tracemalloc.start()
+        out = M.bootstrap_replicates(args[0], args[1], None, codes=args[2], p_oracle=args[3], **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return out, peak
+
+    (pt_s, reps_s), peak_sorted = traced(y[o], p[o], codes[o], po[o])
+    (_, _), peak_unsorted = traced(y, p, codes, po)
+    assert pt_s == pt
+    assert all(np.array_equal(reps[k], reps_s[k], equal_nan=True) for k in reps)
+    # Sorting copies y, p, codes and p_oracle (8 bytes a row each) and ranks the rows a second time.
+    assert peak_unsorted - peak_sorted >= 4 * 8 * codes.size, (peak_unsorted, peak_sorted)
