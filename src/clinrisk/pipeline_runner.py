@@ -23,8 +23,8 @@ from typing import Any, Literal, TextIO
 
 import yaml
 
+from clinrisk import docker_exit, task_cache
 from clinrisk import run_control as rc
-from clinrisk import task_cache
 from clinrisk.config import ClinriskConfig, load_config
 from clinrisk.errors import ConfigError, StageError
 from clinrisk.images import pipeline_image
@@ -253,6 +253,7 @@ def run_local(
             # The run's containers can be told apart from any other on the engine
             # (`docker ps --filter label=io.clinrisk.run-id=<run id>`).
             docker_args["labels"] = {RUN_LABEL: run_id}
+            docker_exit.install()  # a fast-failing task's exit code must never read as 0
             kfp_runner = kfp.local.DockerRunner(**docker_args)
         kfp.local.init(
             runner=kfp_runner,
