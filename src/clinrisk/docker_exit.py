@@ -7,7 +7,8 @@ recorded as a success, publishes no outputs, and the run fails later on an unrel
 (seen in CI: merge-data's quarantine gate, 0.9 s). :func:`run_task_container` runs the container without
 ``auto_remove``, waits for its exit code, and then removes it itself (also when log streaming is
 interrupted), so the code is always the container's own. :func:`install` points kfp's Docker task
-handler at it.
+handler at it. Upstream: kubeflow/pipelines#13332 (open fixes #13402, #13907 do the same); drop this
+module once the locked kfp has the fix.
 """
 
 from __future__ import annotations
