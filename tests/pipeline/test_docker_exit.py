@@ -63,7 +63,8 @@ ARGS = {"image": "clinrisk/pipeline:0.1.0", "command": ["python", "-c", "raise S
 
 def test_kfp_reads_a_container_removed_before_wait_as_success() -> None:
     """The upstream behaviour this module works around: it is why the docker tier once saw a failed
-    merge-data continue."""
+    merge-data continue. When a kfp upgrade fixes it (kubeflow/pipelines#13332), this test fails: then
+    drop ``clinrisk.docker_exit``."""
     client = FakeClient(code=3)
     assert docker_task_handler.run_docker_container(client, **ARGS) == 0  # type: ignore[arg-type]
 
