@@ -30,8 +30,8 @@ from clinrisk.evaluate_bootstrap import (
     BootstrapData,
     BootstrapJob,
     BootstrapPool,
+    CountSumsJob,
     Replicates,
-    replicate_split,
 )
 from clinrisk.io import atomic_output_dir, check_feature_shards, json_safe, read_json, write_json
 
@@ -399,18 +399,24 @@ def plan_slices(
     return kept, dropped
 
 
-def slice_jobs(
-    plan: list[SliceMask], ys: dict[str, npt.NDArray[np.float64]], order: npt.NDArray[np.int64] | None = None
-) -> list[BootstrapJob]:
+def slice_jobs(plan: list[SliceMask], ys: dict[str, npt.NDArray[np.float64]]) -> list[BootstrapJob]:
     """The slices' bootstraps, in the order :func:`slice_analysis` reads them: per slice level, per label
     set with both classes in it (a one-class slice gets sizes only; its ranking metrics are undefined).
-    ``order``: the bootstraps' rows are ``ys``'s rows in this order (the jobs' row masks follow it)."""
+    A job's ``rows`` is its slice's index in ``plan`` (:func:`slice_row_sets`)."""
     return [
-        BootstrapJob(name, rows=m if order is None else m[order], only=SLICE_PANEL)
-        for _, _, m in plan
+        BootstrapJob(name, rows=i, only=SLICE_PANEL)
+        for i, (_, _, m) in enumerate(plan)
         for name, y_all in ys.items()
         if y_all[m].min() != y_all[m].max()
     ]
+
+
+def slice_row_sets(
+    plan: list[SliceMask], order: npt.NDArray[np.int64] | None = None
+) -> tuple[npt.NDArray[np.uint8], ...]:
+    """Each slice's rows as a bit mask (:func:`numpy.packbits`: an eighth of a boolean mask), over the rows
+    in ``order`` (the bootstraps read them sorted by score)."""
+    return tuple(np.packbits(m if order is None else m[order]) for _, _, m in plan)
 
 
 def slice_analysis(
@@ -563,51 +569,69 @@ def evaluate_predictions(
         raise DataError("probability: model returned values outside [0, 1] or NaN")
     codes, n_pat = M.patient_codes(df["patient_id"].to_numpy())
     n_boot = cfg.bootstrap_replicates
-    count_parts = M.cluster_count_parts(n_pat, n_boot, seed, replicate_split(n_boot))
     po = df["eval_oracle_risk"].cast(pl.Float64).to_numpy()
     ys = {k: df[c].cast(pl.Float64).to_numpy() for k, c in LABELS.items()}
     for k, y in ys.items():
         if not np.isin(y, (0.0, 1.0)).all():
             raise DataError(f"{LABELS[k]}: labels must be 0/1")
     patient_kwargs = patient_level_inputs(df, p, ys["true"], tau, cfg)
-    patient_level = None
-    if patient_kwargs is not None:
-        # The same patients, B and seed as the evaluation's resamples: the same matrix, not drawn twice
-        # (at 20M rows a draw took 6.5 s). Before the bootstraps: the pool then keeps only its blocks.
-        patient_level = M.patient_level_metrics(
-            **patient_kwargs, n_boot=n_boot, seed=seed, alpha=1 - cfg.ci_level, counts=count_parts
-        )
+    # The patient-level CIs resample the same patients as every other bootstrap: their sums are one
+    # more job on the same streamed resamples (drawing them again took 6.5 s at 20M raw rows).
+    level = None if patient_kwargs is None else M.patient_level_point(**patient_kwargs)
     del patient_kwargs  # rebuilt after the bootstraps: not held beside them
 
     # One batch of bootstraps: per label set the model's full panel with the oracle's metrics, the
-    # oracle's own panel, then every slice's (one batch balances the processes best). The workers end
-    # with the batch; BLAS stays on one thread for the whole evaluation. The bootstraps read the rows
-    # sorted by descending score, so no job copies them to sort them (at 20M raw rows that was ~55 MB
-    # per job in each process); the row-order arrays are rebuilt from ``df`` for what follows.
+    # oracle's own panel, every slice's, then the patient-level sums (one batch balances the processes
+    # best). The workers end with the batch; BLAS stays on one thread for the whole evaluation. The
+    # bootstraps read the rows sorted by descending score, so no job copies them to sort them (at 20M raw
+    # rows that was ~55 MB per job in each process); the row-order arrays are rebuilt from ``df`` for
+    # what follows.
     with threadpool_limits(BLAS_THREADS, user_api="blas"):
         plan, dropped = plan_slices(df, cfg, categories)
         order = M.descending_order(p)
-        jobs = [BootstrapJob(name, with_oracle=True) for name in ys]
+        jobs: list[BootstrapJob | CountSumsJob] = [BootstrapJob(name, with_oracle=True) for name in ys]
         jobs.append(BootstrapJob("true", only=ORACLE_PANEL, oracle_scores=True))
-        jobs += slice_jobs(plan, ys, order)
+        jobs += slice_jobs(plan, ys)
+        if level is not None:
+            jobs.append(CountSumsJob(level.members))
+        # The slices' row-order masks wait packed (an eighth of the bytes) until their analysis.
+        packed_plan = [(col, lvl, np.packbits(m)) for col, lvl, m in plan]
         data = BootstrapData(
             ys={k: y[order] for k, y in ys.items()},
             p=p[order],
             p_oracle=po[order],
-            count_parts=tuple(count_parts),
             codes=codes[order],
+            row_sets=slice_row_sets(plan, order),
+            n_patients=n_pat,
+            n_boot=n_boot,
+            seed=seed,
             tau=tau,
             p_t=p_t,
         )
-        del count_parts, order, ys, po, codes  # the pool owns the blocks: it lets go of its workers'
+        del order, ys, po, codes, plan
         with BootstrapPool(data, workers) as pool:
             del data
             boots = pool.run(jobs)
         del jobs, pool
+        plan = [(col, lvl, np.unpackbits(b, count=df.height).view(np.bool_)) for col, lvl, b in packed_plan]
+        patient_level = None
+        if level is not None:
+            patient_level = M.patient_level_cis(level, boots.pop()[1]["sums"], 1 - cfg.ci_level)
         codes, _ = M.patient_codes(df["patient_id"].to_numpy())
         ys = {k: df[c].cast(pl.Float64).to_numpy() for k, c in LABELS.items()}
         po = df["eval_oracle_risk"].cast(pl.Float64).to_numpy()
-        rows = BootstrapData(ys=ys, p=p, p_oracle=po, count_parts=(), codes=codes, tau=tau, p_t=p_t)
+        rows = BootstrapData(
+            ys=ys,
+            p=p,
+            p_oracle=po,
+            codes=codes,
+            row_sets=(),
+            n_patients=n_pat,
+            n_boot=n_boot,
+            seed=seed,
+            tau=tau,
+            p_t=p_t,
+        )
         return _evaluate_with(
             cfg,
             df,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -113,23 +112,36 @@ def descending_order(score: FloatArray) -> IntArray:
 class _Ranked:
     """Rows sorted by descending score, with the start index of each tied-score group."""
 
-    order: IntArray
+    sort: IntArray | None  # None: rows already in descending-score order (skip the (b, n) gathers)
     starts: IntArray
-    identity: bool = False  # rows already in descending-score order: skip the (b, n) gathers
+    n: int
+
+    @property
+    def identity(self) -> bool:
+        return self.sort is None
+
+    @property
+    def order(self) -> IntArray:
+        """Row positions by descending score (:func:`descending_order`)."""
+        return np.arange(self.n, dtype=np.int64) if self.sort is None else self.sort
 
     @classmethod
     def of(cls, score: FloatArray) -> _Ranked:
-        order = descending_order(score)
-        s = score[order]
+        if bool(np.all(score[1:] <= score[:-1])):  # already descending: the stable sort is the identity
+            sort, s = None, score
+        else:
+            sort = descending_order(score)
+            s = score[sort]
+            if sort.size < 2 or bool(np.all(sort[1:] > sort[:-1])):
+                sort = None
         starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]).astype(np.int64)
-        identity = bool(np.all(order[1:] > order[:-1])) if order.size > 1 else True
-        return cls(order, starts, identity)
+        return cls(sort, starts, score.size)
 
     def take(self, W: FloatArray, v: FloatArray) -> FloatArray:
         """W[:, order] * v[order], without copying W when already sorted."""
-        if self.identity:
+        if self.sort is None:
             return W * v
-        return W[:, self.order] * v[self.order]
+        return W[:, self.sort] * v[self.sort]
 
     def group(self, M: FloatArray) -> FloatArray:
         """Sum columns within tied-score groups (no-op when all scores are distinct)."""
@@ -163,7 +175,7 @@ def _auc_of_groups(pg: FloatArray, ng: FloatArray, self_pairs: FloatArray) -> Fl
 def _ap_sorted(ranked: _Ranked, y: FloatArray, W: FloatArray) -> FloatArray:
     """Average precision Σ ΔRecall·Precision at each distinct threshold (sklearn's definition)."""
     pg = ranked.group(ranked.take(W, y))
-    allg = ranked.group(W if ranked.identity else W[:, ranked.order])
+    allg = ranked.group(W if ranked.sort is None else W[:, ranked.sort])
     return _ap_of_groups(pg, allg)
 
 
@@ -181,7 +193,7 @@ def _auc_and_ap_counts(ranked: _Ranked, y: FloatArray, W: FloatArray) -> tuple[F
     then an exact integer, so the negatives' groups are all − positives (one grouping pass fewer) and the
     values are bit-identical to :func:`_pairwise_auc` and :func:`_ap_sorted`."""
     pg = ranked.group(ranked.take(W, y))
-    allg = ranked.group(W if ranked.identity else W[:, ranked.order])
+    allg = ranked.group(W if ranked.sort is None else W[:, ranked.sort])
     return _auc_of_groups(pg, allg - pg, W @ (y * (1.0 - y))), _ap_of_groups(pg, allg)
 
 
@@ -597,39 +609,42 @@ def patient_codes(groups: Any) -> tuple[IntArray, int]:
 def cluster_counts(n_clusters: int, n_boot: int, seed: int) -> IntArray:
     """(B, P) matrix: how often each patient is drawn in each of B resamples of P patients with replacement
     (unsigned, in the smallest type that holds the largest count)."""
-    (counts,) = cluster_count_parts(n_clusters, n_boot, seed)
+    if n_boot < 1:
+        raise DataError(f"bootstrap_replicates: must be >= 1, got {n_boot}")
+    (counts,) = cluster_count_chunks(n_clusters, seed, 0, n_boot, n_boot)
     return counts
 
 
-def cluster_count_parts(
-    n_clusters: int, n_boot: int, seed: int, split_at: Sequence[int] = ()
-) -> list[IntArray]:
-    """:func:`cluster_counts`' matrix as row blocks ``[0, s1), [s1, s2), …, [sk, B)`` for ``split_at`` =
-    (s1, …, sk): the same draw, never held whole (the evaluation's processes each keep one block)."""
-    if n_boot < 1:
-        raise DataError(f"bootstrap_replicates: must be >= 1, got {n_boot}")
-    edges = [0, *split_at, n_boot]
-    if any(b <= a for a, b in pairwise(edges)):
-        raise DataError(
-            f"bootstrap replicate blocks: split points {list(split_at)} must rise inside (0, {n_boot})"
-        )
+def cluster_count_chunks(n_clusters: int, seed: int, start: int, stop: int, size: int) -> Iterator[IntArray]:
+    """Rows ``[start, stop)`` of :func:`cluster_counts`' matrix (any B ≥ ``stop``), ``size`` rows at a time
+    (the last chunk may be shorter): the same draw, never held whole, so a bootstrap that consumes it chunk
+    by chunk holds ``size`` × patients bytes whatever B is. The rows before ``start`` are drawn and dropped:
+    a multinomial row uses a varying amount of the random stream, so the stream cannot jump ahead."""
+    if not 0 <= start < stop or size < 1:
+        raise DataError(f"bootstrap replicates: bad range [{start}, {stop}) in chunks of {size}")
     rng = np.random.default_rng(seed)
     pvals = np.full(n_clusters, 1.0 / n_clusters)
-    # Drawn a few replicates at a time (the same stream as one size=n_boot call) and kept in the smallest
-    # unsigned type that holds them (a patient is rarely drawn more than ~10 times: uint8): B × P int64 was
-    # 0.8 GB at 20M raw rows (B = 200, 510k test patients) and the evaluate step's largest allocation. Each
-    # part is shrunk as it is drawn (concatenate promotes to the largest part's type, which is the smallest
-    # type of the overall maximum): parts kept as uint32 until the end cost 0.9 GB at 20M.
+    # Drawn a few replicates at a time (the same stream as one size=B call: numpy draws multinomial rows one
+    # after another) and kept in the smallest unsigned type that holds them (a patient is rarely drawn
+    # more than ~10 times: uint8); the int64 draw is bounded by _CHUNK_CELLS.
     step = max(1, _CHUNK_CELLS // max(n_clusters, 1))
-    blocks: list[list[IntArray]] = [[] for _ in edges[1:]]
-    for s in range(0, n_boot, step):
-        part = rng.multinomial(n_clusters, pvals, size=min(step, n_boot - s))
-        for k, (lo, hi) in enumerate(pairwise(edges)):
-            a, b = max(lo, s), min(hi, s + part.shape[0])
-            if a < b:
-                blocks[k].append(_compact(part[a - s : b - s]))
-        del part  # not alive beside the next draw
-    return [np.concatenate(b) if len(b) > 1 else b[0] for b in blocks]
+    pos = 0
+    while pos < start:  # skipped replicates: drawn in the same pieces, never kept
+        k = min(step, start - pos)
+        rng.multinomial(n_clusters, pvals, size=k)
+        pos += k
+    for lo in range(start, stop, size):
+        hi = min(lo + size, stop)
+        pieces: list[IntArray] = []
+        for s in range(lo, hi, step):
+            part = rng.multinomial(n_clusters, pvals, size=min(step, hi - s))
+            pieces.append(_compact(part))
+            del part  # not alive beside the next draw
+        # concatenate promotes to the largest piece's type: the smallest type of the chunk's maximum
+        chunk = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        del pieces  # the generator's frame would keep them beside the chunk while the consumer runs
+        yield chunk
+        del chunk
 
 
 def _compact(counts: IntArray) -> IntArray:
@@ -637,14 +652,13 @@ def _compact(counts: IntArray) -> IntArray:
     return counts.astype(np.min_scalar_type(int(counts.max())), copy=True)
 
 
-def _count_sums(counts: IntArray, member: npt.NDArray[np.bool_]) -> FloatArray:
-    """Per replicate, how many drawn patients are members: ``counts @ member`` in float64, a few replicates
-    at a time (never all of ``counts`` as float64). Whole-number sums, so exact in any order."""
-    v = member.astype(np.float64)
-    step = max(1, _CHUNK_CELLS // max(counts.shape[1], 1))
-    return np.concatenate(
-        [counts[s : s + step].astype(np.float64) @ v for s in range(0, counts.shape[0], step)]
-    )
+def count_sums(counts: IntArray, members: Sequence[npt.NDArray[np.bool_]]) -> FloatArray:
+    """Per replicate (row of ``counts``) and member set, how many drawn patients are members: shape
+    (replicates, sets). Whole numbers summed as integers, so exact, and the same for any chunking."""
+    out = np.empty((counts.shape[0], len(members)))
+    for j, member in enumerate(members):
+        out[:, j] = counts[:, member].sum(axis=1, dtype=np.int64)
+    return out
 
 
 def _chunks(counts: IntArray, codes: IntArray) -> Iterator[FloatArray]:
@@ -733,28 +747,84 @@ def bootstrap_replicates(
         raise DataError("groups: length mismatch with labels")
     if counts is None:
         counts = cluster_counts(n_clusters, n_boot, seed)
-    # Sort rows by descending score once; every replicate then skips the (b, n) reordering. Rows that come
-    # sorted (:func:`descending_order`) are used as they are: no copy of every row per bootstrap.
-    rk = _Ranked.of(pp)
-    po = None if p_oracle is None else _vec(p_oracle, "p_oracle")
-    if not rk.identity:
-        o = rk.order
-        yy, pp, codes = yy[o], pp[o], codes[o]
-        po = None if po is None else po[o]
+    rows = BootstrapRows.of(yy, pp, codes, p_oracle)
+    point = bootstrap_point(rows, tau=tau, p_t=p_t, only=only)
+    reps = bootstrap_chunk(rows, counts, point, tau=tau, p_t=p_t, only=only)
+    return {k: point[k] for k in reps}, reps
+
+
+@dataclass(frozen=True)
+class BootstrapRows:
+    """A bootstrap's rows sorted by descending score (every replicate then skips the (b, n) reordering):
+    labels, scores, patient codes, the oracle risk (or None) and the ranking."""
+
+    y: FloatArray
+    p: FloatArray
+    codes: IntArray
+    p_oracle: FloatArray | None
+    ranked: _Ranked
+
+    @classmethod
+    def of(cls, y: Any, p: Any, codes: IntArray, p_oracle: Any = None) -> BootstrapRows:
+        """Sorted copies, or the arrays themselves when they come sorted (:func:`descending_order`)."""
+        yy, pp = _check(y, p)
+        po = None if p_oracle is None else _vec(p_oracle, "p_oracle")
         rk = _Ranked.of(pp)
+        if not rk.identity:
+            o = rk.order
+            yy, pp, codes = yy[o], pp[o], codes[o]
+            po = None if po is None else po[o]
+            rk = _Ranked.of(pp)
+        return cls(yy, pp, codes, po, rk)
+
+
+def bootstrap_point(
+    rows: BootstrapRows, *, tau: float, p_t: float, only: Sequence[str] | None = None
+) -> dict[str, float]:
+    """The panel's point estimates on ``rows``, with the internal ``_``-keys the replicates warm-start
+    from (pass the result to :func:`bootstrap_chunk`)."""
     point = metric_panel(
-        yy, pp, None, tau=tau, p_t=p_t, p_oracle=po, ranked=rk, only=only, integer_weights=True
+        rows.y,
+        rows.p,
+        None,
+        tau=tau,
+        p_t=p_t,
+        p_oracle=rows.p_oracle,
+        ranked=rows.ranked,
+        only=only,
+        integer_weights=True,
     )
-    init = {k: _scalar(v) for k, v in point.items()}
-    reps: dict[str, list[FloatArray]] = {k: [] for k in point}
-    for W in _chunks(counts, codes):
+    return {k: _scalar(v) for k, v in point.items()}
+
+
+def bootstrap_chunk(
+    rows: BootstrapRows,
+    counts: IntArray,
+    point: dict[str, float],
+    *,
+    tau: float,
+    p_t: float,
+    only: Sequence[str] | None = None,
+) -> dict[str, FloatArray]:
+    """The panel for each resample (row) of ``counts`` (replicates × patients, patients as ``rows.codes``
+    numbers them), warm-started from ``point``; a few replicates at a time, to bound memory."""
+    reps: dict[str, list[FloatArray]] = {k: [] for k in point if k[0] != "_"}
+    for W in _chunks(counts, rows.codes):
         chunk = metric_panel(
-            yy, pp, W, tau=tau, p_t=p_t, p_oracle=po, ranked=rk, init=init, only=only, integer_weights=True
+            rows.y,
+            rows.p,
+            W,
+            tau=tau,
+            p_t=p_t,
+            p_oracle=rows.p_oracle,
+            ranked=rows.ranked,
+            init=point,
+            only=only,
+            integer_weights=True,
         )
-        for k, v in chunk.items():
-            reps[k].append(v)
-    keys = [k for k in point if k[0] != "_"]
-    return {k: _scalar(point[k]) for k in keys}, {k: np.concatenate(reps[k]) for k in keys}
+        for k, got in reps.items():
+            got.append(chunk[k])
+    return {k: np.concatenate(v) for k, v in reps.items()}
 
 
 def percentile_ci(point: float, reps: Any, alpha: float) -> dict[str, float]:
@@ -830,7 +900,7 @@ def patient_level_metrics(
     n_boot: int = 0,
     seed: int = 0,
     alpha: float = 0.05,
-    counts: IntArray | Sequence[IntArray] | None = None,
+    counts: IntArray | None = None,
 ) -> dict[str, Any]:
     """Patient-level detection (docs/science.md §2.4) from row predictions.
 
@@ -845,8 +915,54 @@ def patient_level_metrics(
     ``onset_year``/``recorded_year`` are per row (constant within patient), NaN for missing.
     With ``n_boot`` > 0, sensitivities and the false-alarm share get patient-bootstrap CIs; ``counts``
     passes the resamples :func:`cluster_counts` would draw (n_boot × patients, patients in sorted-id order)
-    when the caller already has them, whole or as the row blocks of :func:`cluster_count_parts`.
+    when the caller already has them. A caller that streams the resamples uses
+    :func:`patient_level_point`, :func:`count_sums` per chunk and :func:`patient_level_cis` instead.
     """
+    level = patient_level_point(
+        patient_id,
+        year,
+        p,
+        onset_year,
+        recorded_year,
+        tau=tau,
+        ks=ks,
+        onset_window=onset_window,
+        label_true=label_true,
+    )
+    if n_boot <= 0:
+        return level.result
+    P = level.result["n_patients"]
+    if counts is None:
+        counts = cluster_counts(P, n_boot, seed)
+    elif counts.shape != (n_boot, P):
+        raise DataError(f"patient_level_metrics: counts has shape {counts.shape}, expected ({n_boot}, {P})")
+    return patient_level_cis(level, count_sums(counts, level.members), alpha)
+
+
+@dataclass(frozen=True)
+class PatientLevel:
+    """:func:`patient_level_metrics` without its CIs (``result``: each share as ``{"value": v}``), and what
+    the CIs need: per share, the patient sets (``members``, by index) of its numerator and denominator, whose
+    resampled sizes (:func:`count_sums`) give the share per replicate."""
+
+    result: dict[str, Any]
+    members: tuple[npt.NDArray[np.bool_], ...]
+    shares: dict[str, tuple[int, int]]
+
+
+def patient_level_point(
+    patient_id: Any,
+    year: Any,
+    p: Any,
+    onset_year: Any,
+    recorded_year: Any,
+    *,
+    tau: float,
+    ks: Sequence[int] = (1, 2, 3),
+    onset_window: int | None = None,
+    label_true: Any = None,
+) -> PatientLevel:
+    """:func:`patient_level_metrics`' values (same arguments), with the sets its bootstrap resamples."""
     pid = np.asarray(patient_id)
     yr = _vec(year, "year")
     pp = _vec(p, "p")
@@ -880,28 +996,21 @@ def patient_level_metrics(
         "tau": float(tau),
         "onset_window": int(window),
     }
-    blocks: list[IntArray] | None = None
-    if n_boot > 0:
-        if counts is None:
-            blocks = [cluster_counts(P, n_boot, seed)]
-        else:
-            blocks = [counts] if isinstance(counts, np.ndarray) else list(counts)
-            shape = (sum(b.shape[0] for b in blocks), *{b.shape[1] for b in blocks})
-            if shape != (n_boot, P):
-                raise DataError(f"patient_level_metrics: counts has shape {shape}, expected ({n_boot}, {P})")
+    members: list[npt.NDArray[np.bool_]] = []
+    shares: dict[str, tuple[int, int]] = {}
 
-    def share(ind: npt.NDArray[np.bool_], den: npt.NDArray[np.bool_]) -> dict[str, float]:
+    def share(key: str, ind: npt.NDArray[np.bool_], den: npt.NDArray[np.bool_]) -> None:
         d = float(den.sum())
-        val = float(ind[den].mean()) if d > 0 else float("nan")
-        if blocks is None:
-            return {"value": val}
-        hits = np.concatenate([_count_sums(b, ind & den) for b in blocks])
-        return _summarise(val, _div(hits, np.concatenate([_count_sums(b, den) for b in blocks])), alpha)
+        out[key] = {"value": float(ind[den].mean()) if d > 0 else float("nan")}
+        if not any(m is den for m in members):
+            members.append(den)
+        members.append(ind & den)
+        shares[key] = (len(members) - 1, next(i for i, m in enumerate(members) if m is den))
 
     with np.errstate(invalid="ignore"):
         for k in ks:
             hit = ever_alert & (first_alert >= ts - k) & before_coding
-            out[f"sensitivity_{k}"] = share(hit, is_case)
+            share(f"sensitivity_{k}", hit, is_case)
         detected = is_case & ever_alert & before_coding & np.isfinite(tr)
     lead = (tr - first_alert)[detected]
     out["lead_time"] = {
@@ -910,13 +1019,27 @@ def patient_level_metrics(
         "q25": float(np.quantile(lead, 0.25)) if lead.size else float("nan"),
         "q75": float(np.quantile(lead, 0.75)) if lead.size else float("nan"),
     }
-    out["false_alarm_share"] = share(ever_alert, never)
+    share("false_alarm_share", ever_alert, never)
     if label_true is not None:
         false_rows = alert & (np.asarray(label_true, dtype=np.float64) == 0)
     else:
         false_rows = alert & ~np.isfinite(t_star)
     out["alerts_per_1000_patient_years"] = float(1000.0 * alert.sum() / n)
     out["false_alerts_per_1000_patient_years"] = float(1000.0 * false_rows.sum() / n)
+    return PatientLevel(out, tuple(members), shares)
+
+
+def patient_level_cis(level: PatientLevel, sums: FloatArray, alpha: float) -> dict[str, Any]:
+    """``level``'s result with a percentile CI on each share; ``sums``: :func:`count_sums` of
+    ``level.members`` over all the replicates (replicates × members)."""
+    if sums.ndim != 2 or sums.shape[1] != len(level.members):
+        raise DataError(
+            f"patient-level bootstrap: sums have shape {sums.shape}, expected (B, {len(level.members)})"
+        )
+    out = dict(level.result)
+    with np.errstate(invalid="ignore"):
+        for key, (num, den) in level.shares.items():
+            out[key] = _summarise(out[key]["value"], _div(sums[:, num], sums[:, den]), alpha)
     return out
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,13 @@ def test_the_evaluation_does_not_depend_on_the_callers_blas_threads(synth, monke
     in a thread-count-dependent order (different last bits on machines with different core counts)."""
     df, p = synth
     seen: list[int] = []
-    real = EB.run_job
+    real = EB.run_block
 
-    def spy(data: EB.BootstrapData, job: EB.BootstrapJob, part: int = 0) -> EB.Replicates:
+    def spy(data: EB.BootstrapData, jobs: Any, part: int) -> list[EB.Replicates]:
         seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
-        return real(data, job, part)
+        return real(data, jobs, part)
 
-    monkeypatch.setattr(EB, "run_job", spy)
+    monkeypatch.setattr(EB, "run_block", spy)
     with threadpool_limits(2, user_api="blas"):
         two = evaluate_predictions(CFG, df, p, tau=0.1, p_t=0.1, seed=1)
     assert seen and set(seen) == {EB.BLAS_THREADS}
@@ -83,36 +84,33 @@ def test_shares_are_balanced_and_deterministic() -> None:
     assert EB.shares(costs, 1) == [[0, 2, 3, 4, 5, 6, 1]]  # largest first
 
 
-def _small_data(n: int = 4000, seed: int = 0) -> EB.BootstrapData:
+def _small_data(n: int = 4000, seed: int = 0, n_boot: int = 20) -> EB.BootstrapData:
     rng = np.random.default_rng(seed)
     codes, n_pat = M.patient_codes(rng.integers(0, n // 4, n))
     y = (rng.random(n) < 0.2).astype(np.float64)
     p = rng.random(n)
-    parts = tuple(M.cluster_count_parts(n_pat, 20, 1, EB.replicate_split(20)))
-    return EB.BootstrapData({"recorded": y, "true": y}, p, p, parts, codes, 0.2, 0.1)
+    o = M.descending_order(p)
+    half = np.packbits(np.arange(n) % 2 == 0)
+    return EB.BootstrapData(
+        {"recorded": y[o], "true": y[o]}, p[o], p[o], codes[o], (half,), n_pat, n_boot, 1, 0.2, 0.1
+    )
 
 
-class ExitOnUse:
-    """A job's rows that end a spawned worker process abruptly when it indexes with them (``os._exit``: no
-    exception, no cleanup, like the OOM killer); in this process they are every row (this process
+class ExitOnUse(str):
+    """A label that ends a spawned worker process abruptly when a job looks it up (``os._exit``: no
+    exception, no cleanup, like the OOM killer); in this process it is an ordinary label (this process
     computes the first replicate block of every job)."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def sum(self) -> int:  # the parent's cost estimate
-        return self.n
-
-    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+    def __hash__(self) -> int:
         if multiprocessing.parent_process() is not None:
             os._exit(3)
-        return np.ones(self.n, dtype=bool)
+        return str.__hash__(self)
 
 
 def test_a_worker_that_dies_is_a_stage_error_and_leaves_nothing(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     data = _small_data()
-    jobs = [EB.BootstrapJob("recorded"), EB.BootstrapJob("true", rows=ExitOnUse(4000))]  # type: ignore[arg-type]
+    jobs = [EB.BootstrapJob("recorded"), EB.BootstrapJob(ExitOnUse("true"), rows=0)]
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     with pytest.raises(StageError, match="bootstrap worker process died"), EB.BootstrapPool(data, 2) as pool:
         pool.run(jobs)
@@ -150,8 +148,7 @@ def test_an_unguarded_script_gets_a_clear_error_not_a_hang(tmp_path) -> None:
             codes, n_pat = M.patient_codes(rng.integers(0, n // 4, n))
             y = (rng.random(n) < 0.2).astype(float)
             p = rng.random(n)
-            parts = tuple(M.cluster_count_parts(n_pat, 10, 1, (5,)))
-            data = BootstrapData({"recorded": y, "true": y}, p, p, parts, codes, 0.2, 0.1)
+            data = BootstrapData({"recorded": y, "true": y}, p, p, codes, (), n_pat, 10, 1, 0.2, 0.1)
             with BootstrapPool(data, 2) as pool:
                 pool.run([BootstrapJob("recorded", only=("auc",)), BootstrapJob("true", only=("auc",))])
             """
@@ -242,36 +239,86 @@ def test_a_bad_evaluate_workers_is_one_config_error_naming_the_key(tmp_path, val
     assert "Traceback" not in r.output and not out.exists()
 
 
-def test_each_process_holds_only_its_block_of_the_resamples(monkeypatch) -> None:
-    """With two processes this one computes the first replicate block of every job and the worker the
-    second; each holds only its block of the (B, patients) counts, and the results equal one process's."""
+def test_each_process_draws_only_its_block_and_results_equal_one_processs(monkeypatch) -> None:
+    """With two processes this one computes the first replicate block of every job (the patient-level
+    sums included) and the worker the second; the results equal one process's to the last bit."""
     data = _small_data()
-    jobs = [EB.BootstrapJob("recorded"), EB.BootstrapJob("true", only=("auc", "oe"))]
+    members = (np.arange(data.n_patients) % 3 == 0, np.arange(data.n_patients) % 2 == 0)
+    jobs: list[EB.Job] = [
+        EB.BootstrapJob("recorded"),
+        EB.BootstrapJob("true", only=("auc", "oe")),
+        EB.BootstrapJob("true", rows=0, only=("auc", "cal_slope")),
+        EB.BootstrapJob("true", only=("auc",), oracle_scores=True),
+        EB.CountSumsJob(members),
+    ]
     with EB.BootstrapPool(data, 1) as pool:
         one = pool.run(jobs)
-    saved: list[list[int]] = []
-    real_save = EB.save_data
+    drawn: list[tuple[int, ...]] = []
+    real = M.cluster_count_chunks
 
-    def spy(d: EB.BootstrapData, folder: Path, parts: Any) -> None:
-        saved.append(list(parts))
-        real_save(d, folder, parts)
+    def spy(*args: int) -> Any:
+        drawn.append(args[2:])
+        return real(*args)
 
-    monkeypatch.setattr(EB, "save_data", spy)
+    monkeypatch.setattr(M, "cluster_count_chunks", spy)
     with EB.BootstrapPool(data, 2) as pool:
         two = pool.run(jobs)
-        assert pool.data.count_parts[0] is data.count_parts[0]
-        assert pool.data.count_parts[1] is None  # let go once the worker had it
-        again = pool.run(jobs[:1])  # a later batch reuses the same layout
-    assert saved == [[1]]  # the worker received only its block
+        again = pool.run(jobs[:1])  # a later batch reuses the same workers
+    assert set(drawn) == {(0, 10, 10)}  # this process: block 0 only (the worker drew block 1)
     for a, b in zip([*one, one[0]], [*two, *again], strict=True):
         assert a[0] == b[0]
+        assert a[1].keys() == b[1].keys()
         assert all(np.array_equal(a[1][k], b[1][k], equal_nan=True) for k in a[1])
     assert one[0][1]["auc"].shape == (20,)
-    with pytest.raises(StageError, match="replicate block 1 is not held"):
-        EB.run_job(
-            EB.BootstrapData(
-                data.ys, data.p, data.p_oracle, (data.count_parts[0], None), data.codes, 0.2, 0.1
-            ),
-            jobs[0],
-            1,
-        )
+    whole = M.cluster_counts(data.n_patients, 20, 1)
+    assert np.array_equal(one[-1][1]["sums"], M.count_sums(whole, members))
+    # The slice job is the bootstrap of the slice's rows under the same resamples.
+    m = data.rows(0)
+    pt, reps = M.bootstrap_replicates(
+        data.ys["true"][m],
+        data.p[m],
+        None,
+        tau=0.2,
+        p_t=0.1,
+        counts=whole,
+        codes=data.codes[m],
+        only=("auc",),
+    )
+    assert one[2][0]["auc"] == pt["auc"] and np.array_equal(one[2][1]["auc"], reps["auc"], equal_nan=True)
+
+
+def test_a_block_holds_one_chunk_of_the_resamples_at_a_time(monkeypatch) -> None:
+    """The resample counts are streamed: with a small chunk the block never exists whole (the peak falls
+    by far more than half), and the replicates are the same (AUC is exact in any chunking)."""
+    rng = np.random.default_rng(2)
+    n_pat, n = 400_000, 4000
+    codes = np.sort(rng.choice(n_pat, n, replace=False)).astype(np.int64)
+    p = np.sort(rng.random(n))[::-1].copy()
+    y = (rng.random(n) < p).astype(np.float64)
+    data = EB.BootstrapData({"true": y}, p, p, codes, (), n_pat, 20, 5, 0.2, 0.1)
+    jobs: list[EB.Job] = [EB.BootstrapJob("true", only=("prevalence", "auc"))]
+
+    def traced(chunk_bytes: int) -> tuple[list[EB.Replicates], int]:
+        monkeypatch.setattr(EB, "COUNT_CHUNK_BYTES", chunk_bytes)
+        tracemalloc.start()
+        out = EB.run_block(data, jobs, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return out, peak
+
+    whole, peak_whole = traced(10 * n_pat)  # the block (10 replicates) in one chunk
+    small, peak_small = traced(n_pat)  # one replicate at a time
+    assert EB.chunk_replicates(n_pat, 10) == 1
+    assert peak_small < 0.3 * peak_whole, (peak_small, peak_whole)
+    assert np.array_equal(whole[0][1]["auc"], small[0][1]["auc"])
+    assert whole[0][1]["auc"].shape == (10,)
+
+
+def test_replicate_blocks_and_chunks() -> None:
+    assert EB.replicate_blocks(200) == ((0, 100), (100, 200))
+    assert EB.replicate_blocks(1) == ((0, 1),)
+    with pytest.raises(StageError, match="bootstrap_replicates"):
+        EB.replicate_blocks(0)
+    assert EB.chunk_replicates(50_000, 100) == 100  # 2M raw rows: the whole block in one chunk
+    assert EB.chunk_replicates(518_079, 100) == EB.COUNT_CHUNK_BYTES // 518_079  # 20M: 16 at a time
+    assert EB.chunk_replicates(10**9, 100) == 1

@@ -299,20 +299,25 @@ def test_bootstrap_with_only_gives_the_full_bootstrap_numbers() -> None:
         M.metric_panel(y, p, tau=0.2, p_t=0.1, only=("auc", "auroc"))
 
 
-def test_cluster_count_parts_are_row_blocks_of_the_same_draw() -> None:
-    n_pat, n_boot = 120_000, 70  # 33 replicates per drawn part: blocks cut inside parts too
+def test_cluster_count_chunks_are_row_blocks_of_the_same_draw() -> None:
+    """The streamed resamples: any range of the one-shot draw, a few replicates at a time, in uint8 (the
+    replicates before the range are drawn and dropped, so the stream is the same)."""
+    n_pat, n_boot = 120_000, 70  # 33 replicates per drawn piece: chunks and ranges cut inside pieces too
     whole = M.cluster_counts(n_pat, n_boot, seed=9)
-    for split in ((35,), (1, 33, 34, 69), ()):
-        parts = M.cluster_count_parts(n_pat, n_boot, 9, split)
-        assert [b.shape[0] for b in parts] == np.diff([0, *split, n_boot]).tolist()
-        assert np.array_equal(np.concatenate(parts), whole)
-        assert all(b.dtype == np.uint8 and b.flags.c_contiguous for b in parts)
-    for bad in ((0,), (70,), (40, 20), (10, 10)):
-        with pytest.raises(DataError, match="split points"):
-            M.cluster_count_parts(n_pat, n_boot, 9, bad)
+    for start, stop, size in ((0, 70, 70), (0, 35, 16), (35, 70, 16), (34, 69, 1), (1, 2, 5), (0, 70, 33)):
+        chunks = list(M.cluster_count_chunks(n_pat, 9, start, stop, size))
+        assert [c.shape[0] for c in chunks[:-1]] == [size] * (len(chunks) - 1)
+        assert 1 <= chunks[-1].shape[0] <= size
+        assert np.array_equal(np.concatenate(chunks), whole[start:stop]), (start, stop, size)
+        assert all(c.dtype == np.uint8 and c.flags.c_contiguous for c in chunks)
+    for bad in ((-1, 5, 2), (5, 5, 2), (6, 5, 2), (0, 5, 0)):
+        with pytest.raises(DataError, match="bad range"):
+            list(M.cluster_count_chunks(n_pat, 9, *bad))
 
 
-def test_patient_level_metrics_take_the_counts_whole_or_in_blocks() -> None:
+def test_patient_level_metrics_from_streamed_sums_equal_the_whole_counts() -> None:
+    """The evaluation sums the patient sets per streamed chunk (:func:`count_sums`) and adds the CIs after
+    (:func:`patient_level_cis`): the same result as :func:`patient_level_metrics` on the whole counts."""
     rng = np.random.default_rng(3)
     pid = np.repeat(np.arange(400), 3)
     year = np.tile([2020.0, 2021.0, 2022.0], 400)
@@ -322,14 +327,18 @@ def test_patient_level_metrics_take_the_counts_whole_or_in_blocks() -> None:
     kw = dict(tau=0.5, n_boot=30, alpha=0.1)
     n_pat = M.patient_codes(pid)[1]
     whole = M.patient_level_metrics(pid, year, p, onset, rec, counts=M.cluster_counts(n_pat, 30, 4), **kw)
-    blocks = M.patient_level_metrics(
-        pid, year, p, onset, rec, counts=M.cluster_count_parts(n_pat, 30, 4, (15,)), **kw
+    assert whole == M.patient_level_metrics(pid, year, p, onset, rec, seed=4, **kw)  # drawn the same
+    level = M.patient_level_point(pid, year, p, onset, rec, tau=0.5)
+    assert len(level.members) == 6  # the cases and never-onset patients are shared denominators
+    sums = np.concatenate(
+        [M.count_sums(c, level.members) for c in M.cluster_count_chunks(n_pat, 4, 0, 30, 7)]
     )
-    assert whole == blocks
+    assert M.patient_level_cis(level, sums, 0.1) == whole
+    assert "lo" in whole["sensitivity_1"] and "lo" in whole["false_alarm_share"]
     with pytest.raises(DataError, match=r"counts has shape \(29, 400\)"):
-        M.patient_level_metrics(
-            pid, year, p, onset, rec, counts=M.cluster_count_parts(n_pat, 29, 4, (15,)), **kw
-        )
+        M.patient_level_metrics(pid, year, p, onset, rec, counts=M.cluster_counts(n_pat, 29, 4), **kw)
+    with pytest.raises(DataError, match=r"sums have shape \(30, 5\)"):
+        M.patient_level_cis(level, sums[:, :5], 0.1)
 
 
 def test_cluster_counts_are_the_one_shot_draw_in_a_compact_type() -> None:
@@ -350,7 +359,8 @@ def test_cluster_counts_are_the_one_shot_draw_in_a_compact_type() -> None:
     # Patient-level bootstrap shares from the compact counts equal the float64 matrix product.
     rng = np.random.default_rng(0)
     member, den = rng.random(n_pat) < 0.2, rng.random(n_pat) < 0.7
-    got = M._count_sums(counts, member & den) / M._count_sums(counts, den)
+    sums = M.count_sums(counts, [member & den, den])
+    got = sums[:, 0] / sums[:, 1]
     want = (ref.astype(float) @ (member & den).astype(float)) / (ref.astype(float) @ den.astype(float))
     assert np.array_equal(got, want)
 
