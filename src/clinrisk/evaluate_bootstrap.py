@@ -151,7 +151,9 @@ class _JobRows:
             self._subset, self._key = (mask, d.p[mask], d.codes[mask]), job.rows
         mask, p_rows, codes_rows = self._subset
         p_rows = np.clip(p[mask], 0, 1) if job.oracle_scores else p_rows
-        return M.BootstrapRows.of(y[mask], p_rows, codes_rows, None if po is None else po[mask])
+        po_rows = None if po is None else po[mask]
+        # The subset's labels, scores and codes (and oracle risk) share the bootstrap's memory budget.
+        return M.BootstrapRows.of(y[mask], p_rows, codes_rows, po_rows, copies=3 + (po_rows is not None))
 
 
 def run_block(data: BootstrapData, jobs: Sequence[Job], part: int) -> list[Replicates]:

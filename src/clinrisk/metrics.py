@@ -47,7 +47,8 @@ PANEL_METRICS: tuple[str, ...] = (
 ORACLE_METRICS: tuple[str, ...] = ("expected_auc", "oracle_brier", "excess_brier")
 
 _EPS = float(np.finfo(np.float64).eps)
-# Cells per bootstrap chunk (b x n): bounds peak memory at a few hundred MB whatever B and n are.
+# Cells per bootstrap chunk (b x n), the rows the bootstrap reads included (_chunks): bounds its peak
+# memory at a few hundred MB whatever B and n are.
 _CHUNK_CELLS = 4_000_000
 
 
@@ -661,9 +662,12 @@ def count_sums(counts: IntArray, members: Sequence[npt.NDArray[np.bool_]]) -> Fl
     return out
 
 
-def _chunks(counts: IntArray, codes: IntArray) -> Iterator[FloatArray]:
-    """Row-weight chunks W[b, i] = counts[b, patient(i)], sized to bound memory."""
-    step = max(1, _CHUNK_CELLS // max(codes.size, 1))
+def _chunks(counts: IntArray, codes: IntArray, row_arrays: int = 0) -> Iterator[FloatArray]:
+    """Row-weight chunks W[b, i] = counts[b, patient(i)], sized to bound memory: the chunk's cells and
+    ``row_arrays`` arrays of one value a row (what the caller reads and holds beside it) share
+    :data:`_CHUNK_CELLS`, so a bootstrap's working set does not grow with its rows (down to one replicate
+    a chunk: at 20M raw rows the full panel's 4-replicate chunks had made it grow 2M → 20M by ~70 MB)."""
+    step = max(1, (_CHUNK_CELLS - row_arrays * codes.size) // max(codes.size, 1))
     for s in range(0, counts.shape[0], step):
         yield counts[s : s + step][:, codes].astype(np.float64)
 
@@ -763,19 +767,28 @@ class BootstrapRows:
     codes: IntArray
     p_oracle: FloatArray | None
     ranked: _Ranked
+    copies: int = 0  # row arrays copied to sort them (0: the caller's arrays, already sorted)
+
+    @property
+    def row_arrays(self) -> int:
+        """Arrays of one value a row the bootstrap reads (labels, scores, codes, oracle risk) and holds
+        (its copies): they share the chunks' memory budget (:func:`_chunks`)."""
+        return 3 + (self.p_oracle is not None) + self.copies
 
     @classmethod
-    def of(cls, y: Any, p: Any, codes: IntArray, p_oracle: Any = None) -> BootstrapRows:
-        """Sorted copies, or the arrays themselves when they come sorted (:func:`descending_order`)."""
+    def of(cls, y: Any, p: Any, codes: IntArray, p_oracle: Any = None, *, copies: int = 0) -> BootstrapRows:
+        """Sorted copies, or the arrays themselves when they come sorted (:func:`descending_order`).
+        ``copies``: row arrays the caller made for this bootstrap (a slice's rows), counted like sorted
+        copies (:func:`bootstrap_chunk`)."""
         yy, pp = _check(y, p)
         po = None if p_oracle is None else _vec(p_oracle, "p_oracle")
         rk = _Ranked.of(pp)
-        if not rk.identity:
-            o = rk.order
-            yy, pp, codes = yy[o], pp[o], codes[o]
-            po = None if po is None else po[o]
-            rk = _Ranked.of(pp)
-        return cls(yy, pp, codes, po, rk)
+        if rk.identity:
+            return cls(yy, pp, codes, po, rk, copies)
+        o = rk.order
+        yy, pp, codes = yy[o], pp[o], codes[o]
+        po = None if po is None else po[o]
+        return cls(yy, pp, codes, po, _Ranked.of(pp), 3 if po is None else 4)
 
 
 def bootstrap_point(
@@ -807,9 +820,12 @@ def bootstrap_chunk(
     only: Sequence[str] | None = None,
 ) -> dict[str, FloatArray]:
     """The panel for each resample (row) of ``counts`` (replicates × patients, patients as ``rows.codes``
-    numbers them), warm-started from ``point``; a few replicates at a time, to bound memory."""
+    numbers them), warm-started from ``point``; a few replicates at a time, to bound memory. The rows it
+    reads and its copies of them take their share of that bound (:attr:`BootstrapRows.row_arrays`): at 20M
+    raw rows the full panel's chunks, then the oracle's own panel (sorted by the oracle risk: copies) and
+    the large slices (their rows: copies) had each made a process's peak grow with the rows."""
     reps: dict[str, list[FloatArray]] = {k: [] for k in point if k[0] != "_"}
-    for W in _chunks(counts, rows.codes):
+    for W in _chunks(counts, rows.codes, rows.row_arrays):
         chunk = metric_panel(
             rows.y,
             rows.p,

@@ -393,3 +393,30 @@ def test_rows_sorted_by_descending_score_give_the_same_bootstrap_without_copies(
     assert all(np.array_equal(reps[k], reps_s[k], equal_nan=True) for k in reps)
     # Sorting copies y, p, codes and p_oracle (8 bytes a row each) and ranks the rows a second time.
     assert peak_unsorted - peak_sorted >= 4 * 8 * codes.size, (peak_unsorted, peak_sorted)
+
+
+def test_a_bootstraps_working_set_does_not_grow_with_its_rows() -> None:
+    """The chunks' cells and the rows the bootstrap reads share one budget: ten times the rows take fewer
+    replicates a chunk, so the chunk's temporaries shrink by more than the rows add. Without the shared
+    budget both sizes traced the same chunk temporaries (196 MB here), and the larger rows came on top."""
+
+    def peak(n: int, n_boot: int) -> int:
+        rng = np.random.default_rng(n)
+        p = np.sort(rng.random(n))[::-1].copy()
+        y = (rng.random(n) < p).astype(np.float64)
+        codes = np.arange(n, dtype=np.int64) // 2
+        counts = M.cluster_counts(n // 2, n_boot, seed=1)
+        rows = M.BootstrapRows.of(y, p, codes)
+        assert rows.copies == 0 and rows.row_arrays == 3  # sorted: the caller's arrays, no copies
+        point = M.bootstrap_point(rows, tau=0.5, p_t=0.1, only=("prevalence", "auc", "ap"))
+        tracemalloc.start()
+        reps = M.bootstrap_chunk(rows, counts, point, tau=0.5, p_t=0.1, only=("prevalence", "auc", "ap"))
+        got = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert reps["auc"].shape == (n_boot,)
+        return got
+
+    small, large = peak(80_000, 60), peak(800_000, 6)
+    assert large <= 0.7 * small, (small, large)
+    unsorted = M.BootstrapRows.of(np.zeros(4), np.array([0.1, 0.4, 0.2, 0.3]), np.arange(4))
+    assert unsorted.copies == 3 and unsorted.row_arrays == 6  # sorted copies count too
