@@ -467,3 +467,49 @@ def test_disjointness_check_names_the_smallest_shared_id_and_every_shard_holding
     assert str(exc.value) == (
         "patient_id 3 appears in several shards [1, 2] (a patient must never span shards)"
     )
+
+
+def test_disjointness_reads_ids_only_for_shards_whose_ranges_overlap() -> None:
+    """Shards with disjoint id ranges (the generator's contiguous blocks) cannot share a patient: their ids
+    are never read. Overlapping runs are read and compared; a null id makes every shard compared."""
+    import polars as pl
+
+    from clinrisk.validate import ShardIds, _check_patients_disjoint
+
+    read: list[int] = []
+
+    def shard(k: int, *v: int | None) -> ShardIds:
+        ids = pl.Series("patient_id", list(v), dtype=pl.Int64)
+
+        def load() -> pl.Series:
+            read.append(k)
+            return ids
+
+        present = ids.drop_nulls()
+        return ShardIds(present.min(), present.max(), ids.null_count() > 0, load)
+
+    _check_patients_disjoint({0: shard(0, 1, 5), 1: shard(1, 6, 9), 2: shard(2, 10, 10), 3: shard(3)})
+    assert read == []
+    with pytest.raises(DataError, match=r"patient_id 7 appears in several shards \[1, 2\]"):
+        _check_patients_disjoint(
+            {0: shard(0, 1, 5), 1: shard(1, 6, 7, 9), 2: shard(2, 7, 8), 3: shard(3, 20)}
+        )
+    assert sorted(read) == [1, 2]  # shards 0 and 3 overlap no one: not read
+    read.clear()
+    _check_patients_disjoint({0: shard(0, 1, 2), 1: shard(1, 3, None)})
+    assert sorted(read) == [0, 1]
+
+
+def test_shard_ids_give_the_range_without_reading_the_ids(tmp_path) -> None:
+    import polars as pl
+
+    from clinrisk.config import ClinriskConfig
+    from clinrisk.validate import shard_ids
+
+    cfg = ClinriskConfig()
+    table = tmp_path / "shard=003"
+    table.mkdir()
+    pl.DataFrame({"patient_id": [40, 12, 40, 31], "year": [1, 2, 3, 4]}).write_parquet(table / "part.parquet")
+    got = shard_ids(cfg, tmp_path, 3)
+    assert (got.low, got.high, got.has_null) == (12, 40, False)
+    assert sorted(got.read().to_list()) == [12, 31, 40]

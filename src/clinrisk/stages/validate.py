@@ -25,7 +25,7 @@ from clinrisk.stages.shards import copy_shards
 from clinrisk.usecase_io import validated_dir
 from clinrisk.validate import (
     finish_report,
-    shard_entities,
+    shard_ids,
     validate_raw_shard,
     validate_to,
     write_report,
@@ -64,7 +64,7 @@ def collect(
         copy_shards(list(part_dirs), f"validated/{table}", validated_dir(usecase, validated, table))
         copy_shards(list(part_dirs), f"quarantine/{table}", validated_dir(usecase, quarantine, table))
     stats = [read_json(Path(p) / STATS_FILE) for p in part_dirs]
-    entities = {int(s["shard"]): shard_entities(cfg, validated, int(s["shard"])) for s in stats}
+    entities = {int(s["shard"]): shard_ids(cfg, validated, int(s["shard"])) for s in stats}
     where = Path(manifest["path"]).parent / usecase.source.tables[0]
     report = finish_report(cfg, manifest, where, stats, entities)
     write_report(report, report_dir)
