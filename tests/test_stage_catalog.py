@@ -308,6 +308,10 @@ def _kfp_generate_and_validate(config_dir: Path, work: Path, n: int) -> tuple[Pa
         validate_shard_step(config_dir, raw_parts[s], s, val_parts[s])
     raw, validated = work / "raw", work / "validated"
     merge_data_step(config_dir, work / "plan", raw_parts, val_parts, raw, validated, work / "report.md")
+    # The report names the raw manifest where merge-data published it, not its staging folder.
+    report = json.loads((validated / "validation" / "report.json").read_text())
+    assert report["raw_manifest"]["path"] == str(raw / "manifest.json")
+    assert (raw / "manifest.json").is_file()
     return raw, validated, work / "report.md"
 
 

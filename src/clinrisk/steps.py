@@ -271,9 +271,11 @@ def merge_data_step(
         return dict(report)
     with atomic_output_dir(Path(raw_out)) as raw_tmp, atomic_output_dir(Path(validated_out)) as val_tmp:
         generate.collect(cfg, plan, raw_parts, raw_tmp)
+        # Verified in the staging folder, but named by the path it is published under (report, errors).
+        manifest = {**checked_raw_manifest(raw_tmp), "path": str(Path(raw_out) / "manifest.json")}
         report = validate_stage.collect(
             cfg,
-            checked_raw_manifest(raw_tmp),
+            manifest,
             validated_parts,
             val_tmp,
             val_tmp / "quarantine",
