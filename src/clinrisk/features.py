@@ -311,7 +311,9 @@ def build_feature_frame(raw: pl.LazyFrame, spec: FeatureSpec) -> pl.LazyFrame:
             exprs.append(encode_categorical(name, spec.categories[name], spec.rollups))
 
     lf = lf.with_columns(exprs)
-    missing = [n for n in spec.feature_names if n not in lf.collect_schema().names()]
+    # One schema resolution: in the comprehension's condition it re-planned the query once per feature.
+    built = set(lf.collect_schema().names())
+    missing = [n for n in spec.feature_names if n not in built]
     if missing:
         raise DataError(f"feature spec: features {missing} cannot be built by this clinrisk version")
     return lf.select(
