@@ -41,7 +41,7 @@ COPY wheels/clinrisk/ /wheels/clinrisk/
 RUN set -e; \
     python3 -m pip --python /opt/venv/bin/python install --no-index --no-deps /wheels/clinrisk/clinrisk-*.whl; \
     { python3 -m pip --python /opt/venv/bin/python check || true; } \
-      | grep -v -E '^clinrisk [^ ]+ requires (kfp|mlflow|matplotlib|scikit-learn|docker|dask|distributed|optax), which is not installed\.$' \
+      | grep -v -E '^clinrisk [^ ]+ requires (kfp|kfp-kubernetes|mlflow|matplotlib|scikit-learn|docker|dask|distributed|optax), which is not installed\.$' \
       | grep -v '^No broken requirements found\.$' > /tmp/pip-check.txt || true; \
     if [ -s /tmp/pip-check.txt ]; then cat /tmp/pip-check.txt; exit 1; fi; \
     rm -rf /wheels /tmp/pip-check.txt

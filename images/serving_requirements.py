@@ -24,6 +24,7 @@ ROOTS = ["kserve", "lightgbm", "polars", "pyarrow", "pandas", "pandera[polars]",
 # Training/tracking only — must not end up in the serving image (checked by tests/k8s/test_images.py).
 TRAINING_ONLY = {
     "kfp",
+    "kfp-kubernetes",
     "mlflow",
     "mlflow-skinny",
     "matplotlib",

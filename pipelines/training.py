@@ -4,7 +4,8 @@ generate/validate and features fan out per shard with ``dsl.ParallelFor`` (one p
 and are collected with ``dsl.Collected``; then select → train → evaluate → register (→ canary deploy when
 ``deploy`` is true). The whole DAG sits in a ``dsl.ExitHandler`` whose exit task closes the MLflow run a
 failed step left RUNNING. Every task, loop and condition has a display name for the
-Kubeflow UI, and every task the CPU/memory of ``pipeline.resources.<step>`` (fixed at compile time). This
+Kubeflow UI, and every task the CPU/memory of ``pipeline.resources.<step>`` (fixed at compile time); the
+train task's pod carries the label the Dask NetworkPolicy admits (kfp-kubernetes). This
 module only wires inputs to outputs; the data half (config, MLflow run, plan, generate + validate per
 shard, merge) is :func:`pipelines.data_half.add_data_half`, shared with every use case's pipeline.
 """
@@ -14,9 +15,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import components as c
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from clinrisk.config import PipelineConfig, StepResources
+from clinrisk.dask_k8s import CLIENT_LABEL
 from pipelines.data_half import LOCAL_NOOP_WARNING, StepLook, add_data_half, close_run_on_exit, run_form
 
 PIPELINE_NAME = "clinrisk-training"
@@ -145,6 +147,10 @@ def build_training_pipeline(
                     ),
                     "train",
                 )
+                # Always labelled (train.engine is a run-time config value): the label only lets the pod reach
+                # a DaskCluster's pods (manifests/dask/networkpolicy.yaml). The fused task runs only on
+                # kfp.local, where pod labels mean nothing.
+                kubernetes.add_pod_label(trained, *CLIENT_LABEL)
                 evaluated = look(
                     c.evaluate(
                         config=config,

@@ -63,7 +63,8 @@ def test_kfp_binding_matches_the_compiled_dag(tmp_path: Path) -> None:
     """Every (task, output) the catalog reads a finished run back from is a task and output of the DAG."""
     from clinrisk.pipeline_runner import compile_pipeline
 
-    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    # the pipeline spec: the first document (the second is the Kubernetes platform spec)
+    ir = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
     outputs = _dag_outputs(ir)
     for name, (task, output, *_) in KFP_OUTPUTS.items():
         assert task in outputs, f"{name}: no task {task!r} in the DAG"

@@ -9,8 +9,9 @@ garbage collector has removed what the operator created from it (scheduler Deplo
 worker Deployments, their pods), and the step waits for that, so "gone" means everything is gone.
 
 Every failure is a :class:`StageError` with one line: an API server that cannot be reached, a missing
-DaskCluster CRD, a missing namespace, a forbidden call (the step runs as ``clinrisk-train-dask``,
-manifests/dask/train-rbac.yaml), or an operator that never brings the cluster up.
+DaskCluster CRD, a missing namespace, a forbidden call (the step runs as ``clinrisk-train-dask``, or under
+KFP as ``kubeflow/pipeline-runner``; manifests/dask/train-rbac.yaml binds both), or an operator that never
+brings the cluster up.
 
 Only the calls that RBAC grants are made: create/get/delete daskclusters, get services, list pods.
 """
@@ -39,6 +40,9 @@ SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
 REQUEST_TIMEOUT_S = 15.0
 POLL_S = 1.0
+# The pod label manifests/dask/networkpolicy.yaml admits to the DaskCluster's pods; the compiled pipeline puts
+# it on the train pod (pipelines/training.py).
+CLIENT_LABEL = ("clinrisk.io/dask-client", "true")
 
 # PodSecurity "restricted" (the clinrisk namespace enforces it; manifests/base/namespace.yaml).
 _RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}

@@ -3,7 +3,8 @@
 What runs for real:
 - the vendored manifests/dask (dask-kubernetes 2025.4.3 CRDs, operator RBAC, the train step's RBAC), server-side
   applied to a real kube-apiserver;
-- the RBAC answers, asked of the API server with SubjectAccessReviews (``kubectl auth can-i --as``);
+- the RBAC answers for the train step's accounts (clinrisk-train-dask, and kubeflow/pipeline-runner, which
+  KFP runs it as), asked of the API server with SubjectAccessReviews (``kubectl auth can-i --as``);
 - the real operator (dask-kubernetes 2025.4.3, a kopf controller, from its own cached venv made by
   scripts/cluster/dask-operator-venv.sh) as a local process under its ServiceAccount's token, so the upstream
   ClusterRole is what it gets; its in-cluster Deployment is scaled to 0;
@@ -45,6 +46,8 @@ from tests.model.conftest import make_features_dataset, small_config
 NS = "clinrisk"
 OP_NS = "dask-operator"
 TRAIN_SA = f"system:serviceaccount:{NS}:clinrisk-train-dask"
+# Standalone KFP runs the train pod as kubeflow/pipeline-runner: the same RoleBinding holds it.
+KFP_SA = "system:serviceaccount:kubeflow:pipeline-runner"
 DASK_KINDS = "daskclusters.kubernetes.dask.org,daskworkergroups.kubernetes.dask.org"
 OWNED = "deployments,services,pods,replicasets"
 CRD = "daskclusters.kubernetes.dask.org"
@@ -183,24 +186,26 @@ def dask_plane(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
     _stop(plane.procs)
 
 
-def _can(cluster: Cluster, verb: str, resource: str, ns: str = NS) -> bool:
-    proc = cluster.kubectl("auth", "can-i", verb, resource, "-n", ns, "--as", TRAIN_SA, check=False)
+def _can(cluster: Cluster, verb: str, resource: str, ns: str = NS, as_: str = TRAIN_SA) -> bool:
+    proc = cluster.kubectl("auth", "can-i", verb, resource, "-n", ns, "--as", as_, check=False)
     return proc.stdout.strip() == "yes"
 
 
-def test_train_rbac_is_exactly_what_the_step_calls(dask_plane: DaskPlane) -> None:
+@pytest.mark.parametrize("account", [TRAIN_SA, KFP_SA], ids=["clinrisk-train-dask", "kfp-pipeline-runner"])
+def test_train_rbac_is_exactly_what_the_step_calls(dask_plane: DaskPlane, account: str) -> None:
     c = dask_plane.cluster
     for verb in ("create", "get", "delete"):
-        assert _can(c, verb, CRD), verb
-    assert _can(c, "get", "services") and _can(c, "list", "pods")
+        assert _can(c, verb, CRD, as_=account), verb
+    assert _can(c, "get", "services", as_=account) and _can(c, "list", "pods", as_=account)
     for verb in ("list", "watch", "patch", "update", "deletecollection"):
-        assert not _can(c, verb, CRD), verb
+        assert not _can(c, verb, CRD, as_=account), verb
     for verb, res in [("get", "secrets"), ("list", "secrets"), ("get", "configmaps"), ("create", "pods"),
                       ("create", "services"), ("delete", "services"), ("get", "pods/log"),
                       ("create", "daskworkergroups.kubernetes.dask.org"), ("create", "deployments")]:  # fmt: skip
-        assert not _can(c, verb, res), (verb, res)
-    assert not _can(c, "create", CRD, ns="default")  # a Role, not a ClusterRole
-    assert not _can(c, "get", "services", ns=OP_NS)
+        assert not _can(c, verb, res, as_=account), (verb, res)
+    assert not _can(c, "create", CRD, ns="default", as_=account)  # a Role, not a ClusterRole
+    assert not _can(c, "create", CRD, ns="kubeflow", as_=account)  # bound in clinrisk only
+    assert not _can(c, "get", "services", ns=OP_NS, as_=account)
 
 
 @pytest.fixture(scope="module")

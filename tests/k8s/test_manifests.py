@@ -400,3 +400,35 @@ def test_deploy_script_refuses_an_unknown_usecase(repo: Path, tmp_path: Path) ->
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: USECASE: unknown use case 'nope'; known:")
+
+
+def test_dask_policy_and_rbac_admit_the_train_pod_where_kfp_runs_it(repo: Path, tools: kv.Tools) -> None:
+    """manifests/dask: the DaskCluster's pods take ingress from pods with the train pod's label (the compiled
+    pipeline sets it) in their own namespace and in kubeflow, where standalone KFP runs every pipeline pod
+    (namespaceSelector AND podSelector, one peer); the client egress policy selects the same label; and the
+    train Role is bound to kubeflow/pipeline-runner, the account KFP runs the train pod as."""
+    from clinrisk.config.modeling import DaskConfig
+    from clinrisk.dask_k8s import CLIENT_LABEL
+
+    label = dict([CLIENT_LABEL])
+    objs = kv.render_kustomize(tools, repo / "manifests" / "dask")
+    policies = {o["metadata"]["name"]: o for o in objs if o["kind"] == "NetworkPolicy"}
+    dask = policies["clinrisk-train-dask"]
+    assert dask["metadata"]["namespace"] == DaskConfig().namespace
+    (rule,) = dask["spec"]["ingress"]
+    clients = [p for p in rule["from"] if p.get("podSelector", {}).get("matchLabels") == label]
+    in_namespace = {"podSelector": {"matchLabels": label}}
+    from_kubeflow = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}},
+        "podSelector": {"matchLabels": label},
+    }
+    assert len(clients) == 2 and in_namespace in clients and from_kubeflow in clients, clients
+    assert policies["clinrisk-dask-client-egress"]["spec"]["podSelector"] == {"matchLabels": label}
+    (binding,) = [
+        o for o in objs if o["kind"] == "RoleBinding" and o["metadata"]["name"] == "clinrisk-train-dask"
+    ]
+    subjects = {(s["kind"], s.get("namespace"), s["name"]) for s in binding["subjects"]}
+    assert subjects == {
+        ("ServiceAccount", DaskConfig().namespace, "clinrisk-train-dask"),
+        ("ServiceAccount", "kubeflow", "pipeline-runner"),
+    }

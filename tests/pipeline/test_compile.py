@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kfp import components
 
+from clinrisk.dask_k8s import CLIENT_LABEL
 from clinrisk.images import pipeline_image
 from clinrisk.pipeline_runner import compile_pipeline
 
@@ -29,11 +31,26 @@ EXPECTED_TASKS = {
 }
 
 
+def _load(path: Path) -> dict[str, Any]:
+    """The compiled pipeline spec: the file's first document (the second is the Kubernetes platform spec)."""
+    return next(yaml.safe_load_all(path.read_text()))
+
+
+def _k8s_executors(path: Path) -> dict[str, Any]:
+    """Executor -> its Kubernetes platform config (kfp-kubernetes; the file's second document, if any)."""
+    _, *platform = yaml.safe_load_all(path.read_text())
+    return {
+        name: spec
+        for doc in platform
+        for name, spec in doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()
+    }
+
+
 def test_compiled_ir_loads_back_and_uses_pipeline_image(tmp_path: Path) -> None:
     out = compile_pipeline(tmp_path / "p.yaml", parallelism=3)
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "clinrisk-training"
-    ir = yaml.safe_load(out.read_text())
+    ir = _load(out)
     executors = ir["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
     assert images == {pipeline_image()}
@@ -64,7 +81,7 @@ def _caching(spec: dict[str, object]) -> dict[str, bool]:
 
 
 def test_side_effecting_steps_are_never_cached(tmp_path: Path) -> None:
-    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    ir = _load(compile_pipeline(tmp_path / "p.yaml"))
     caching = _caching(ir)
     assert {t for t, on in caching.items() if not on} >= {"start-tracking", "register", "deploy-canary"}
     for deterministic in ("generate-shard", "validate-shard", "build-features-shard", "train", "evaluate"):
@@ -82,7 +99,7 @@ def _dag_tasks(ir: dict[str, object]) -> dict[str, dict[str, object]]:
 def test_every_task_loop_and_condition_has_a_display_name(tmp_path: Path) -> None:
     from pipelines.training import DISPLAY_NAMES, GROUP_NAMES
 
-    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    ir = _load(compile_pipeline(tmp_path / "p.yaml"))
     tasks = _dag_tasks(ir)
     shown = {name: t["taskInfo"]["name"] for name, t in tasks.items()}
     for name, label in shown.items():
@@ -103,7 +120,7 @@ def test_the_local_shape_has_one_model_task(tmp_path: Path) -> None:
 
     out = tmp_path / "local.yaml"
     compiler.Compiler().compile(build_training_pipeline(fuse_steps=True), str(out))
-    ir = yaml.safe_load(out.read_text())
+    ir = _load(out)
     tasks = _dag_tasks(ir)
     assert not {"generate-shard", "validate-shard", "select-features", "train", "evaluate", "register"} & set(
         tasks
@@ -130,7 +147,7 @@ def test_resources_come_from_config(tmp_path: Path) -> None:
     from clinrisk.config.pipeline import STEP_DEFAULTS
 
     cfg = load_config(None, ["pipeline.resources.train.memory=6Gi", "pipeline.resources.train.cpu_limit=3"])
-    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", cfg=cfg).read_text())
+    ir = _load(compile_pipeline(tmp_path / "p.yaml", cfg=cfg))
     executors = ir["deploymentSpec"]["executors"]
     by_step = {k.removeprefix("exec-"): e["container"]["resources"] for k, e in executors.items()}
     assert set(by_step) == {s.replace("_", "-") for s in STEP_DEFAULTS}
@@ -143,7 +160,7 @@ def test_resources_come_from_config(tmp_path: Path) -> None:
 
 
 def test_ui_parameters_have_defaults_so_a_form_needs_none(tmp_path: Path) -> None:
-    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    ir = _load(compile_pipeline(tmp_path / "p.yaml"))
     params = ir["root"]["inputDefinitions"]["parameters"]
     assert {"usecase", "config_name", "n_patients", "seed", "run_name", "overrides", "config_yaml"} <= set(
         params
@@ -174,7 +191,7 @@ def test_both_pipelines_share_one_data_half(tmp_path: Path) -> None:
     for name, build in (("training", build_training_pipeline), ("segmentation", build_pipeline)):
         out = tmp_path / f"{name}.yaml"
         compiler.Compiler().compile(build(2), str(out))
-        irs.append(yaml.safe_load(out.read_text()))
+        irs.append(_load(out))
     training, segmentation = (_dag_tasks(ir) for ir in irs)
 
     def data_half(tasks: dict[str, dict[str, object]]) -> dict[str, object]:
@@ -188,3 +205,17 @@ def test_both_pipelines_share_one_data_half(tmp_path: Path) -> None:
             assert f"exec-{task}" in executors, task  # each a plain container task, not a sub-pipeline
     assert {"fit-feature-spec", "select-features"} <= set(training)
     assert not {"fit-feature-spec", "select-features"} & set(segmentation)
+
+
+def test_only_the_train_pod_carries_the_dask_client_label(tmp_path: Path) -> None:
+    """train.engine=dask with train.dask.cluster=kubernetes: the train pod reaches its DaskCluster's pods
+    through manifests/dask/networkpolicy.yaml, which admits pods with this label (set through kfp-kubernetes,
+    always: the engine is a run-time config value). No other step's pod gets it."""
+    out = compile_pipeline(tmp_path / "p.yaml")
+    labelled = {
+        name: spec["podMetadata"]["labels"]
+        for name, spec in _k8s_executors(out).items()
+        if (spec.get("podMetadata") or {}).get("labels")
+    }
+    assert labelled == {"exec-train": dict([CLIENT_LABEL])}
+    assert "exec-train" in _load(out)["deploymentSpec"]["executors"]

@@ -112,7 +112,8 @@ def test_failed_step_leaves_a_failed_mlflow_run_and_registers_nothing(tmp_path: 
 
 
 def test_compiled_dag_has_the_exit_handler(tmp_path: Path) -> None:
-    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml").read_text())
+    # the pipeline spec: the first document (the second is the Kubernetes platform spec)
+    ir = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
     root = ir["root"]["dag"]["tasks"]
     exit_task = root["finalize-tracking"]
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"

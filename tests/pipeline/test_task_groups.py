@@ -180,7 +180,8 @@ def test_a_compiled_pipeline_keeps_one_task_per_shard(tmp_path: Path) -> None:
 
     from clinrisk.pipeline_runner import compile_pipeline
 
-    ir = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", parallelism=3).read_text())
+    # the pipeline spec: the first document (the second is the Kubernetes platform spec)
+    ir = next(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", parallelism=3).read_text()))
     assert _plan_task_groups(ir) == 0
     compiler.Compiler().compile(build_training_pipeline(3, task_groups=4), str(tmp_path / "g.yaml"))
-    assert _plan_task_groups(yaml.safe_load((tmp_path / "g.yaml").read_text())) == 4
+    assert _plan_task_groups(next(yaml.safe_load_all((tmp_path / "g.yaml").read_text()))) == 4

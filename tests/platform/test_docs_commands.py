@@ -83,7 +83,7 @@ def _expand(value: Any) -> Any:
 
 
 def _pipeline_inputs(package: Path) -> dict[str, dict[str, Any]]:
-    spec = yaml.safe_load(package.read_text())
+    spec = next(yaml.safe_load_all(package.read_text()))  # the second document: the platform spec
     return dict(spec["root"]["inputDefinitions"]["parameters"])
 
 
