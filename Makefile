@@ -102,9 +102,12 @@ serve: venv ## serve the newest registered model (MODEL=models:/clinrisk@challen
 	$(BIN)/clinrisk serve --config $(CONFIG) --model-uri $(MODEL)
 
 # ---- Local control plane built from upstream Go modules (tools/controlplane); see docs/kubernetes.md ----
-.PHONY: cluster-local cluster-local-down test-cluster
+.PHONY: cluster-local cluster-local-node cluster-local-down test-cluster
 cluster-local: venv k8s-tools ## build (or reuse) + start etcd, kube-apiserver, controller-manager, scheduler, KWOK; prints the kubeconfig
 	KUBECTL=$(CURDIR)/.tools/k8s/kubectl tools/controlplane/cluster.sh up
+
+cluster-local-node: k8s-tools ## (root) add a real data node to cluster-local: containerd, kubelet, kube-proxy, CoreDNS (tainted)
+	KUBECTL=$(CURDIR)/.tools/k8s/kubectl tools/controlplane/cluster.sh node-up
 
 cluster-local-down: ## stop the local control plane started by cluster-local
 	tools/controlplane/cluster.sh down

@@ -96,19 +96,24 @@ def split_crds(objs: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], li
     return crds, [o for o in objs if o["kind"] != "CustomResourceDefinition"]
 
 
+def cluster_script_env(state: Path, kubectl: Path) -> dict[str, str]:
+    """The environment tools/controlplane/cluster.sh needs to act on the test plane (its ports, its state)."""
+    return {
+        **os.environ,
+        **{k: os.environ.get(k, v) for k, v in TEST_PORTS.items()},
+        "CLINRISK_CLUSTER_DIR": str(state),
+        "KUBECTL": str(kubectl),
+        "PATH": os.environ.get("PATH", "") + ":/usr/local/go/bin",
+    }
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if not go_available():
         pytest.skip("no Go toolchain: the control plane is built from Go modules (install Go >= 1.25)")
     tools = kv.ensure_tools(REPO)
     state = tmp_path_factory.mktemp("controlplane")
-    env = {
-        **os.environ,
-        **{k: os.environ.get(k, v) for k, v in TEST_PORTS.items()},
-        "CLINRISK_CLUSTER_DIR": str(state),
-        "KUBECTL": str(tools.kubectl),
-        "PATH": os.environ.get("PATH", "") + ":/usr/local/go/bin",
-    }
+    env = cluster_script_env(state, tools.kubectl)
     proc = subprocess.run(
         [str(CLUSTER_SH), "up"], env=env, capture_output=True, text=True, timeout=3600, check=False
     )

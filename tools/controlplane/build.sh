@@ -14,7 +14,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 CACHE="${CLINRISK_TOOLS_CACHE:-$HOME/.cache/clinrisk}/controlplane"
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-ALL=(kubernetes etcd kwok knative kserve)
+ALL=(kubernetes etcd kwok knative kserve cni coredns nodeimages)
 
 # Version stamped into the Kubernetes binaries: a plain `go build` reports v0.0.0-master, which Knative's
 # minimum-version check (>= v1.32) and `kubectl version` would see.
@@ -23,11 +23,15 @@ KUBE_BUILD_DATE="2025-08-27T00:00:00Z"   # fixed, so the binaries are reproducib
 
 packages() {
   case "$1" in
-    kubernetes) echo "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler" ;;
+    kubernetes) echo "k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy" ;;
     etcd) echo "go.etcd.io/etcd/server/v3" ;;
     kwok) echo "sigs.k8s.io/kwok/cmd/kwok" ;;
     knative) echo "./gen/controller knative.dev/serving/cmd/webhook knative.dev/serving/cmd/autoscaler" ;;
     kserve) echo "github.com/kserve/kserve/cmd/manager" ;;
+    # the data node (cluster.sh node-up): CNI plugins, cluster DNS, and the images no registry serves here
+    cni) echo "github.com/containernetworking/plugins/plugins/main/bridge github.com/containernetworking/plugins/plugins/main/loopback github.com/containernetworking/plugins/plugins/ipam/host-local" ;;
+    coredns) echo "github.com/coredns/coredns" ;;
+    nodeimages) echo "./pause ./netcheck" ;;
     *) return 1 ;;
   esac
 }
