@@ -72,6 +72,11 @@ def daskcluster_manifest(name: str, cfg: DaskConfig, n_workers: int) -> dict[str
         return {"requests": q, "limits": q}
 
     labels = {"app.kubernetes.io/part-of": "clinrisk", "app.kubernetes.io/component": "train-dask"}
+    placement: dict[str, Any] = {}
+    if cfg.node_selector:
+        placement["nodeSelector"] = dict(cfg.node_selector)
+    if cfg.tolerations:
+        placement["tolerations"] = [t.model_dump(exclude_none=True) for t in cfg.tolerations]
     worker = {
         "name": "worker",
         "image": cfg.image,
@@ -115,10 +120,15 @@ def daskcluster_manifest(name: str, cfg: DaskConfig, n_workers: int) -> dict[str
         "spec": {
             "worker": {
                 "replicas": n_workers,
-                "spec": {"securityContext": _RESTRICTED_POD, "containers": [worker], "volumes": volumes},
+                "spec": {
+                    "securityContext": _RESTRICTED_POD,
+                    "containers": [worker],
+                    "volumes": volumes,
+                    **placement,
+                },
             },
             "scheduler": {
-                "spec": {"securityContext": _RESTRICTED_POD, "containers": [scheduler]},
+                "spec": {"securityContext": _RESTRICTED_POD, "containers": [scheduler], **placement},
                 "service": {
                     "type": "ClusterIP",
                     "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
@@ -256,7 +266,8 @@ def _pod_phases(api: _Api, cfg: DaskConfig, name: str) -> str:
     return ", ".join(f"{p.metadata.name}={p.status.phase}" for p in pods.items) or "no pods"
 
 
-def _wait_running(api: _Api, cfg: DaskConfig, name: str) -> None:
+def _wait_running(api: _Api, cfg: DaskConfig, name: str) -> Any:
+    """Poll until the operator has brought the cluster up; returns its scheduler Service."""
     deadline = time.monotonic() + cfg.timeout_s
     phase = None
     while True:
@@ -270,8 +281,8 @@ def _wait_running(api: _Api, cfg: DaskConfig, name: str) -> None:
         # when it saw that Service's status. Both count: the operator's Pending write can land after its
         # Running one and the cluster then stays "Pending" while up (dask/dask-kubernetes#968, seen here on
         # the local control plane). The real readiness is the Client's wait for the workers that follows.
-        if phase in ("Pending", "Running") and _scheduler_service(api, cfg, name) is not None:
-            return
+        if phase in ("Pending", "Running") and (service := _scheduler_service(api, cfg, name)) is not None:
+            return service
         if time.monotonic() > deadline:
             hint = (
                 "no operator reported on it (is the Dask Kubernetes operator running? manifests/dask)"
@@ -307,6 +318,15 @@ def _delete(api: _Api, cfg: DaskConfig, name: str) -> None:
         time.sleep(POLL_S)
 
 
+def scheduler_address(service: Any, name: str, namespace: str) -> str:
+    """The scheduler Service's cluster IP, the address its DNS name resolves to in the cluster: no lookup
+    to fail, and also reachable from a node itself. A headless Service has none: its DNS name then."""
+    cluster_ip = getattr(getattr(service, "spec", None), "cluster_ip", None)
+    if cluster_ip and cluster_ip != "None":
+        return f"tcp://{cluster_ip}:{SCHEDULER_PORT}"
+    return f"tcp://{name}-scheduler.{namespace}.svc:{SCHEDULER_PORT}"
+
+
 @contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
     """SIGTERM raises (so the deletion in ``finally`` runs) also where nothing else handles it: a KFP task
@@ -333,8 +353,8 @@ def kubernetes_dask_cluster(cfg: DaskConfig, n_workers: int) -> Iterator[str]:
         _create(api, cfg, daskcluster_manifest(name, cfg, n_workers))  # a refused create leaves nothing
         failed = True
         try:
-            _wait_running(api, cfg, name)
-            yield cfg.scheduler_address or f"tcp://{name}-scheduler.{cfg.namespace}.svc:{SCHEDULER_PORT}"
+            service = _wait_running(api, cfg, name)
+            yield cfg.scheduler_address or scheduler_address(service, name, cfg.namespace)
             failed = False
         finally:
             try:

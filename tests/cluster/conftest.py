@@ -172,3 +172,31 @@ def platform(cluster: Cluster) -> dict[str, list[dict[str, Any]]]:
     assert not refused, "refused by the API server:\n" + "\n".join(refused)
     (cluster.state_dir / "applied.txt").write_text("\n".join(cluster.applied) + "\n")
     return sources
+
+
+def cluster_script(cluster: Cluster, action: str) -> subprocess.CompletedProcess[str]:
+    """``tools/controlplane/cluster.sh ACTION`` on the test plane."""
+    env = cluster_script_env(cluster.state_dir, cluster.kubectl_bin)
+    return subprocess.run(
+        [str(CLUSTER_SH), action], env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+DATA_NODE = "clinrisk-node-1"
+
+
+@pytest.fixture(scope="module")
+def data_node(cluster: Cluster) -> Iterator[Path]:
+    """The plane's real data node (``cluster.sh node-up``) for one test module; its state folder. Stopped
+    after the module, and so checked to leave nothing only where a test says so."""
+    if os.geteuid() != 0:
+        pytest.skip("node-up needs root (containerd, runc, a bridge, iptables)")
+    proc = cluster_script(cluster, "node-up")
+    try:
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+            pytest.fail(lines[-1] if lines else proc.stderr.strip()[-1000:], pytrace=False)
+        assert proc.stdout.strip().splitlines()[-1] == DATA_NODE
+        yield cluster.state_dir / "node"
+    finally:
+        cluster_script(cluster, "node-down")

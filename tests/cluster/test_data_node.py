@@ -12,44 +12,20 @@ nothing on the host.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import CLUSTER_SH, Cluster, cluster_script_env
+from tests.cluster.conftest import DATA_NODE, Cluster, cluster_script
 
-NODE = "clinrisk-node-1"
+NODE = DATA_NODE
 NS = "clinrisk-data-node"
 NETCHECK = "clinrisk.local/netcheck:1.0"
 TAINT = {"key": "clinrisk.io/data-node", "value": "true", "effect": "NoSchedule"}
-
-
-def _script(cluster: Cluster, action: str) -> subprocess.CompletedProcess[str]:
-    env = cluster_script_env(cluster.state_dir, cluster.kubectl_bin)
-    return subprocess.run(
-        [str(CLUSTER_SH), action], env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-
-
-@pytest.fixture(scope="module")
-def data_node(cluster: Cluster) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("node-up needs root (containerd, runc, a bridge, iptables)")
-    proc = _script(cluster, "node-up")
-    try:
-        if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-            pytest.fail(lines[-1] if lines else proc.stderr.strip()[-1000:], pytrace=False)
-        assert proc.stdout.strip().splitlines()[-1] == NODE
-        yield cluster.state_dir / "node"
-    finally:
-        _script(cluster, "node-down")
 
 
 def _pod(name: str, args: list[str], *, tolerate: bool = True, labels: dict[str, str] | None = None) -> dict:
@@ -184,7 +160,7 @@ def test_node_down_leaves_nothing_on_the_host(
     cluster: Cluster, server: dict[str, Any], data_node: Path
 ) -> None:
     """With a pod still running: no process, mount, bridge, iptables chain, state or Node object is left."""
-    proc = _script(cluster, "node-down")
+    proc = cluster_script(cluster, "node-down")
     assert proc.returncode == 0, proc.stderr
     leftover = subprocess.run(["pgrep", "-af", str(data_node)], capture_output=True, text=True, check=False)
     assert leftover.stdout == "", leftover.stdout

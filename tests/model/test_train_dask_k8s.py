@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from clinrisk.config import load_config
-from clinrisk.dask_k8s import daskcluster_manifest, worker_threads
+from clinrisk.dask_k8s import daskcluster_manifest, scheduler_address, worker_threads
 from clinrisk.errors import ConfigError, StageError
 from clinrisk.train import train_model
 from tests.model.conftest import make_features_dataset, small_config
@@ -59,6 +59,34 @@ def test_daskcluster_manifest_is_restricted_and_sized() -> None:
             }
 
 
+def test_daskcluster_pods_go_where_node_selector_and_tolerations_say() -> None:
+    cfg = _cfg(
+        'train.dask.node_selector={pool: train, "clinrisk.io/data-node": "true"}',
+        "train.dask.tolerations=[{key: clinrisk.io/data-node, operator: Exists, effect: NoSchedule}]",
+    )
+    m = daskcluster_manifest("clinrisk-train-abc123", cfg, n_workers=2)
+    for spec in (m["spec"]["worker"]["spec"], m["spec"]["scheduler"]["spec"]):
+        assert spec["nodeSelector"] == {"pool": "train", "clinrisk.io/data-node": "true"}
+        assert spec["tolerations"] == [
+            {"key": "clinrisk.io/data-node", "operator": "Exists", "value": "", "effect": "NoSchedule"}
+        ]
+    plain = daskcluster_manifest("clinrisk-train-abc123", _cfg(), n_workers=2)
+    for spec in (plain["spec"]["worker"]["spec"], plain["spec"]["scheduler"]["spec"]):
+        assert "nodeSelector" not in spec and "tolerations" not in spec
+
+
+def test_the_client_connects_to_the_scheduler_service_cluster_ip() -> None:
+    from types import SimpleNamespace
+
+    svc = SimpleNamespace(spec=SimpleNamespace(cluster_ip="10.0.0.17"))
+    assert scheduler_address(svc, "clinrisk-train-abc123", "ml") == "tcp://10.0.0.17:8786"
+    headless = SimpleNamespace(spec=SimpleNamespace(cluster_ip="None"))
+    assert (
+        scheduler_address(headless, "clinrisk-train-abc123", "ml")
+        == "tcp://clinrisk-train-abc123-scheduler.ml.svc:8786"
+    )
+
+
 @pytest.mark.parametrize(("cpu", "threads"), [("500m", 1), ("1", 1), ("2", 2), ("2.5", 3), ("4000m", 4)])
 def test_worker_threads(cpu: str, threads: int) -> None:
     assert worker_threads(cpu) == threads
@@ -74,6 +102,10 @@ def test_worker_threads(cpu: str, threads: int) -> None:
         ("train.dask.timeout_s=0", "train.dask.timeout_s"),
         ("train.dask.scheduler_address=localhost", "train.dask.scheduler_address"),
         ("train.dask.replicas=2", "train.dask.replicas"),
+        ('train.dask.node_selector={"bad key!": x}', "train.dask.node_selector"),
+        ('train.dask.node_selector={pool: "two words"}', "train.dask.node_selector"),
+        ("train.dask.tolerations=[{key: pool, effect: Sometimes}]", r"train.dask.tolerations.0.effect"),
+        ("train.dask.tolerations=[{operator: Exists}]", r"train.dask.tolerations.0.key"),
     ],
 )
 def test_bad_dask_config_names_the_key(setting: str, key: str) -> None:

@@ -56,6 +56,20 @@ _MEMORY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
+# A label key as Kubernetes accepts it: an optional DNS-subdomain prefix, then a name of up to 63 characters.
+_LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+_LABEL_VALUE = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+
+
+class DaskToleration(Section):
+    """One toleration of the DaskCluster's pods (a tainted node pool for training)."""
+
+    key: str = Field(pattern=_LABEL_KEY, max_length=316)
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = Field("", pattern=_LABEL_VALUE)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
 class DaskConfig(Section):
     """Where ``train.engine: dask`` gets its dask cluster (src/clinrisk/dask_k8s.py, docs/scaling.md)."""
 
@@ -81,6 +95,13 @@ class DaskConfig(Section):
         "workers read the feature shards themselves; the train pod must see them at the same path)",
     )
     data_mount_path: str = Field("/data", pattern=r"^/[^\s]*$")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="nodeSelector of the scheduler and worker pods (a node pool's labels)",
+    )
+    tolerations: list[DaskToleration] = Field(
+        default_factory=list, description="tolerations of the scheduler and worker pods (a tainted node pool)"
+    )
     worker_cpu: str = Field("1", pattern=_CPU, description="each worker's CPU request and limit")
     worker_memory: str = Field("2Gi", pattern=_MEMORY, description="each worker's memory request and limit")
     scheduler_cpu: str = Field("1", pattern=_CPU)
@@ -94,9 +115,21 @@ class DaskConfig(Section):
     scheduler_address: str | None = Field(
         None,
         pattern=r"^(tcp|tls)://[^\s/]+:[0-9]+$",
-        description="connect here instead of the scheduler Service's cluster DNS name (a driver outside the "
-        "cluster through kubectl port-forward; the cluster tests' local data plane)",
+        description="connect here instead of the scheduler Service's cluster IP (a driver outside the "
+        "cluster through kubectl port-forward)",
     )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key, val in value.items():
+            if not re.match(_LABEL_KEY, key) or len(key) > 316:
+                raise ValueError(f"{key!r} is not a Kubernetes label key")
+            if not re.match(_LABEL_VALUE, val):
+                raise ValueError(f"{key}: {val!r} is not a Kubernetes label value")
+        return value
 
 
 # The default training-row budget: above the default run's training split (2M raw rows → 438,938 training
