@@ -260,8 +260,17 @@ ctr_node() { ctr --address "$NODE_DIR/containerd.sock" --namespace k8s.io "$@"; 
 
 node_up() {
   [[ "$(id -u)" == 0 ]] || die "node-up: needs root (containerd, runc, a bridge, iptables)"
-  local cmd; for cmd in containerd runc ctr ip iptables; do
-    command -v "$cmd" >/dev/null 2>&1 || die "node-up: $cmd: not found (Debian: apt-get install containerd iptables iproute2)"
+  local cmd missing=()
+  for cmd in containerd runc ctr ip iptables; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
+  if (( ${#missing[@]} )) && command -v apt-get >/dev/null 2>&1; then
+    # As make test-images installs docker.io: the runtime comes from Debian, not from a registry.
+    mkdir -p "$DIR/logs"
+    echo "node-up: installing containerd runc iptables iproute2 (apt; missing: ${missing[*]})" >&2
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q containerd runc iptables iproute2; } \
+      >"$DIR/logs/apt.log" 2>&1 || die "node-up: apt-get install containerd runc iptables iproute2 failed (log: $DIR/logs/apt.log)"
+  fi
+  for cmd in containerd runc ctr ip iptables; do
+    command -v "$cmd" >/dev/null 2>&1 || die "node-up: $cmd: not found (Debian: apt-get install containerd runc iptables iproute2)"
   done
   [[ -f "$DIR/admin.kubeconfig" ]] && "$KUBECTL" --kubeconfig "$DIR/admin.kubeconfig" get --raw /readyz >/dev/null 2>&1 \
     || die "node-up: the control plane is not running (run: $0 up)"
