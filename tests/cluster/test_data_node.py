@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import DATA_NODE, Cluster, cluster_script
+from tests.cluster.conftest import CLUSTER_SH, DATA_NODE, Cluster, cluster_script, cluster_script_env
 
 NODE = DATA_NODE
 NS = "clinrisk-data-node"
@@ -156,14 +156,34 @@ def test_a_pod_without_the_toleration_stays_off_the_data_node(
     assert cluster.get("pod", "elsewhere", "-n", NS)["spec"]["nodeName"].startswith("kwok-node-")
 
 
-def test_node_down_leaves_nothing_on_the_host(
-    cluster: Cluster, server: dict[str, Any], data_node: Path
-) -> None:
-    """With a pod still running: no process, mount, bridge, iptables chain, state or Node object is left."""
-    proc = cluster_script(cluster, "node-down")
+def _pids(cluster: Cluster) -> dict[str, str]:
+    names = ("containerd", "kubelet", "kube-proxy", "coredns")
+    return {n: (cluster.state_dir / "pids" / n).read_text().strip() for n in names}
+
+
+def test_node_up_again_keeps_the_running_node(cluster: Cluster, server: dict[str, Any]) -> None:
+    """A second ``node-up`` (say, make cluster-local-node run twice) starts nothing new and breaks nothing."""
+    before = _pids(cluster)
+    proc = cluster_script(cluster, "node-up")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == NODE
+    assert _pids(cluster) == before
+    assert all(subprocess.run(["kill", "-0", pid], check=False).returncode == 0 for pid in before.values())
+    assert _http_get(f"http://{server['service']['spec']['clusterIP']}/") == "netcheck server\n"
+
+
+def _assert_host_clean(cluster: Cluster, data_node: Path) -> None:
+    """No process, shim, mount, bridge, iptables chain, state folder, Node or RBAC object of the node left."""
     leftover = subprocess.run(["pgrep", "-af", str(data_node)], capture_output=True, text=True, check=False)
     assert leftover.stdout == "", leftover.stdout
+    # kube-proxy's command line names only its kubeconfig, in the plane's folder
+    proxy = subprocess.run(
+        ["pgrep", "-af", str(cluster.state_dir / "kube-proxy.kubeconfig")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proxy.stdout == "", proxy.stdout
     shims = subprocess.run(["pgrep", "-af", "containerd-shim"], capture_output=True, text=True, check=False)
     assert str(data_node) not in shims.stdout
     assert str(data_node) not in Path("/proc/self/mountinfo").read_text()
@@ -175,3 +195,32 @@ def test_node_down_leaves_nothing_on_the_host(
     assert not data_node.exists()
     assert cluster.kubectl("get", "node", NODE, check=False).returncode != 0
     assert cluster.kubectl("get", "clusterrole", "clinrisk-coredns", check=False).returncode != 0
+
+
+def test_node_down_leaves_nothing_on_the_host(
+    cluster: Cluster, server: dict[str, Any], data_node: Path
+) -> None:
+    """With a pod still running."""
+    proc = cluster_script(cluster, "node-down")
+    assert proc.returncode == 0, proc.stderr
+    _assert_host_clean(cluster, data_node)
+
+
+def test_node_down_cleans_up_after_a_node_up_killed_midway(cluster: Cluster, data_node: Path) -> None:
+    """``node-up`` SIGKILLed once its kubelet is started leaves orphans (containerd, the kubelet, maybe a
+    sandbox); ``node-down`` still removes everything."""
+    env = cluster_script_env(cluster.state_dir, cluster.kubectl_bin)
+    proc = subprocess.Popen([str(CLUSTER_SH), "node-up"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    kubelet_pid = cluster.state_dir / "pids" / "kubelet"
+    deadline = time.monotonic() + 120
+    while not kubelet_pid.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert kubelet_pid.exists(), "node-up never started its kubelet"
+    proc.kill()
+    proc.wait(timeout=30)
+    orphan = kubelet_pid.read_text().strip()
+    assert subprocess.run(["kill", "-0", orphan], check=False).returncode == 0  # really left behind
+    done = cluster_script(cluster, "node-down")
+    assert done.returncode == 0, done.stderr
+    _assert_host_clean(cluster, data_node)

@@ -454,16 +454,8 @@ node_down() {
 
 down() {
   node_down
-  local name pid
-  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
-    pid="$(cat "$DIR/pids/$name" 2>/dev/null || true)"
-    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$DIR/pids/$name"
-  done
+  local name
+  for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_process "$name"; done
   rm -rf "$DIR/etcd"
   echo "control plane stopped" >&2
 }
